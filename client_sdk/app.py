@@ -1,0 +1,124 @@
+"""Build a Flower ClientApp (Message API) from a Task.
+
+The train handler loads the global model, trains locally, and replies with the
+local-minus-global delta encoded by :mod:`wire` (never raw pickled tensors). The evaluate
+handler reports loss/accuracy on the client's local test split; the query handler tells the
+server which partition this node holds, so the server can sample clients reproducibly.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from client_sdk.task import ClientData, Task, TaskConfigError
+from client_sdk.training import LocalSchedule, evaluate_model, train_local
+from client_sdk.weights import load_arrays, model_arrays
+from wire import PAYLOAD_FIELD, UPDATE_RECORD_KEY, encode_update
+
+log = logging.getLogger(__name__)
+
+# (node context, the server's config for this round) -> this client's data
+DataProvider = Callable[[Context, ConfigRecord], ClientData]
+# a fixed Task, or a resolver from the task name the server sends in its config
+TaskSource = Task | Callable[[str], Task]
+
+
+def partition_id_of(context: Context) -> int:
+    """The node's ``partition-id`` (simulation sets it; deployments pass ``--node-config``)."""
+    value = context.node_config.get("partition-id", -1)
+    return int(value) if isinstance(value, (int, float)) else -1
+
+
+def client_seed(seed: int, server_round: int, partition_id: int) -> int:
+    """A per-client, per-round seed derived from the run seed (numpy SeedSequence)."""
+    state = np.random.SeedSequence([seed, server_round, partition_id + 1]).generate_state(1)
+    return int(state[0])
+
+
+def _named_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {name: array.numpy() for name, array in record.items()}
+
+
+def _resolve(task: TaskSource, config: ConfigRecord) -> Task:
+    if isinstance(task, Task):
+        return task
+    name = config.get("task")
+    if not isinstance(name, str):
+        raise TaskConfigError("the server's config has no 'task' name for this client to run")
+    return task(name)
+
+
+def _schedule(task: Task, config: ConfigRecord) -> LocalSchedule:
+    """The Task's schedule, with any positive override the server sent in its config."""
+
+    def pick(key: str, default: float) -> float:
+        value = config.get(key, 0)
+        return value if isinstance(value, (int, float)) and value > 0 else default
+
+    return LocalSchedule(
+        lr=float(pick("lr", task.optimizer.lr)),
+        epochs=int(pick("local-epochs", task.local_epochs)),
+        batch_size=int(pick("batch-size", task.batch_size)),
+        proximal_mu=float(config.get("proximal-mu", 0.0) or 0.0),
+    )
+
+
+def build_client_app(task: TaskSource, data: DataProvider) -> ClientApp:
+    """A Flower ClientApp that trains ``task`` on the data ``data`` returns for this node."""
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        config = msg.content.config_records.get("config", ConfigRecord())
+        server_round = int(config.get("server-round", 0))
+        the_task = _resolve(task, config)
+        model = the_task.build_model(seed=0)
+        global_arrays = _named_arrays(msg.content["arrays"])
+        load_arrays(model, global_arrays)
+        client_data = data(context, config)
+        pid = partition_id_of(context)
+        generator = torch.Generator().manual_seed(
+            client_seed(int(config.get("seed", 0)), server_round, pid)
+        )
+        stats = train_local(model, the_task, client_data, _schedule(the_task, config), generator)
+        local = model_arrays(model)
+        delta = {name: local[name] - g for name, g in global_arrays.items()}
+        payload = encode_update(delta, server_round=server_round)
+        metrics = MetricRecord(
+            {
+                "num-examples": stats.num_examples,
+                "train-loss": stats.mean_loss,
+                "partition-id": pid,
+                "upload-bytes": len(payload),
+            }
+        )
+        content = RecordDict(
+            {UPDATE_RECORD_KEY: ConfigRecord({PAYLOAD_FIELD: payload}), "metrics": metrics}
+        )
+        return Message(content=content, reply_to=msg)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        config = msg.content.config_records.get("config", ConfigRecord())
+        the_task = _resolve(task, config)
+        model = the_task.build_model(seed=0)
+        load_arrays(model, _named_arrays(msg.content["arrays"]))
+        client_data = data(context, config)
+        loss, acc = evaluate_model(model, the_task, client_data.x_test, client_data.y_test)
+        metrics = MetricRecord(
+            {"num-examples": len(client_data.y_test), "eval-loss": loss, "eval-accuracy": acc}
+        )
+        return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+
+    @app.query()
+    def query(msg: Message, context: Context) -> Message:
+        info = MetricRecord({"partition-id": partition_id_of(context)})
+        return Message(content=RecordDict({"node-info": info}), reply_to=msg)
+
+    return app

@@ -1,0 +1,92 @@
+"""Local training and evaluation of a Task's model on one client's data.
+
+Plain minibatch training with the Task's optimizer; ``proximal_mu > 0`` adds FedProx's proximal
+term mu/2 * ||w - w_global||^2 (Li et al., "Federated Optimization in Heterogeneous Networks",
+MLSys 2020). Shuffling draws from the ``torch.Generator`` passed in, so a run is reproducible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from client_sdk.task import ClientData, Task, TaskConfigError
+
+
+@dataclass(frozen=True, kw_only=True)
+class LocalSchedule:
+    """How one round of local training runs (Task defaults, overridable by the server)."""
+
+    lr: float
+    epochs: int
+    batch_size: int
+    proximal_mu: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0 or self.epochs < 1 or self.batch_size < 1 or self.proximal_mu < 0:
+            raise TaskConfigError(
+                f"local schedule needs lr > 0, epochs >= 1, batch_size >= 1, proximal_mu >= 0; "
+                f"got {self}"
+            )
+
+
+@dataclass(frozen=True)
+class TrainStats:
+    mean_loss: float
+    num_examples: int
+    steps: int
+
+
+def train_local(
+    model: nn.Module,
+    task: Task,
+    data: ClientData,
+    schedule: LocalSchedule,
+    generator: torch.Generator,
+) -> TrainStats:
+    """Train ``model`` in place for ``schedule.epochs`` epochs over ``data``'s train split."""
+    x = torch.from_numpy(np.asarray(data.x_train, dtype=np.float32))
+    y = torch.from_numpy(np.asarray(data.y_train, dtype=np.int64))
+    n = len(y)
+    if n == 0:
+        raise TaskConfigError("client has no training examples; check the partition guard")
+    anchor = [p.detach().clone() for p in model.parameters()] if schedule.proximal_mu else []
+    optimizer = task.optimizer.build(model.parameters(), lr=schedule.lr)
+    model.train()
+    total, steps = 0.0, 0
+    for _ in range(schedule.epochs):
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n, schedule.batch_size):
+            idx = order[start : start + schedule.batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            loss = task.loss_fn(model(x[idx]), y[idx])
+            if anchor:
+                prox = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor))
+                loss = loss + 0.5 * schedule.proximal_mu * prox
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach())
+            steps += 1
+    return TrainStats(mean_loss=total / max(steps, 1), num_examples=n, steps=steps)
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: nn.Module, task: Task, x: np.ndarray, y: np.ndarray, batch_size: int = 1024
+) -> tuple[float, float]:
+    """Mean loss and accuracy of ``model`` on (x, y)."""
+    if len(y) == 0:
+        return float("nan"), float("nan")
+    model.eval()
+    xt = torch.from_numpy(np.asarray(x, dtype=np.float32))
+    yt = torch.from_numpy(np.asarray(y, dtype=np.int64))
+    loss_sum, correct = 0.0, 0
+    for start in range(0, len(yt), batch_size):
+        logits = model(xt[start : start + batch_size])
+        target = yt[start : start + batch_size]
+        loss_sum += float(task.loss_fn(logits, target)) * len(target)
+        correct += int((logits.argmax(dim=1) == target).sum())
+    return loss_sum / len(yt), correct / len(yt)

@@ -1,0 +1,15 @@
+"""Pollen's server side: the ServerApp, run settings, metrics log and (later) deployment helpers."""
+
+from server.config import RunConfigError, RunSettings
+from server.federation import MODEL_FILE, FederationResult, run_federation
+from server.metrics import MetricsLog, read_metrics
+
+__all__ = [
+    "MODEL_FILE",
+    "FederationResult",
+    "MetricsLog",
+    "RunConfigError",
+    "RunSettings",
+    "read_metrics",
+    "run_federation",
+]

@@ -1,0 +1,34 @@
+"""Pollen's Flower ServerApp (``[tool.flwr.app.components] serverapp = "server.app:app"``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from server.config import RunSettings
+from server.federation import RoundCallback, default_out_dir, run_federation
+
+
+def build_server_app(
+    settings: RunSettings | None = None,
+    *,
+    out_dir: Path | None = None,
+    on_round: RoundCallback | None = None,
+) -> ServerApp:
+    """A ServerApp with fixed settings (simulations), or one reading the run config (``None``)."""
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_settings = settings or RunSettings.from_run_config(context.run_config)
+        target = out_dir or (
+            Path(run_settings.out_dir) if run_settings.out_dir else default_out_dir(context.run_id)
+        )
+        run_federation(grid, run_settings, out_dir=target, on_round=on_round)
+
+    return server_app
+
+
+app = build_server_app()

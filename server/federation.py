@@ -1,0 +1,129 @@
+"""One federated run on any Flower Grid: strategy loop, central evaluation, metrics, model file.
+
+The same function runs under ``flwr run`` against a real SuperLink, inside Flower's simulation
+engine, and (later) on Pollen's batched engine, since all of them hand the ServerApp a Grid.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
+from flwr.serverapp import Grid
+
+from client_sdk import evaluate_model, load_arrays, model_arrays
+from client_sdk.tasks import get_task
+from server.config import RunSettings
+from server.metrics import MetricsLog
+from strategies import StrategySettings, build_strategy
+
+log = logging.getLogger(__name__)
+
+RoundCallback = Callable[[dict[str, Any]], None]
+MODEL_FILE = "final_model.npz"
+
+
+@dataclass(frozen=True)
+class FederationResult:
+    final_arrays: dict[str, np.ndarray]
+    rows: list[dict[str, Any]]
+    out_dir: Path
+
+
+def default_out_dir(run_id: int) -> Path:
+    home = Path(os.environ.get("POLLEN_HOME", Path.home() / ".pollen")).expanduser()
+    return home / "runs" / str(run_id)
+
+
+def client_config(settings: RunSettings, num_partitions: int) -> ConfigRecord:
+    """What every client needs each round besides the model (the server is the source of truth)."""
+    return ConfigRecord(
+        {
+            "task": settings.task,
+            "seed": settings.seed,
+            "partition": settings.partition,
+            "num-partitions": num_partitions,
+            "lr": settings.lr,
+            "local-epochs": settings.local_epochs,
+            "batch-size": settings.batch_size,
+        }
+    )
+
+
+def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Atomically write named arrays as an uncompressed .npz (no pickle)."""
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def run_federation(
+    grid: Grid,
+    settings: RunSettings,
+    *,
+    out_dir: Path,
+    on_round: RoundCallback | None = None,
+) -> FederationResult:
+    """Train ``settings.task`` for ``settings.num_server_rounds`` rounds over ``grid``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "run_config.json").write_text(json.dumps(asdict(settings), indent=2))
+    task = get_task(settings.task)
+    model = task.build_model(seed=settings.seed)
+    initial = model_arrays(model)
+    strategy = build_strategy(
+        StrategySettings(
+            name=settings.strategy,
+            fraction_train=settings.fraction_train,
+            fraction_evaluate=settings.fraction_evaluate,
+            min_available_nodes=settings.min_available_nodes,
+            seed=settings.seed,
+            proximal_mu=settings.proximal_mu,
+            server_lr=settings.server_lr,
+            client_lr=settings.lr or task.optimizer.lr,
+        )
+    )
+    num_partitions = settings.num_partitions or len(strategy.sampler.wait_for_nodes(grid))
+    x_test, y_test = task.data.central_test(num_partitions=num_partitions, seed=settings.seed)
+    metrics_log = MetricsLog(out_dir / "metrics.jsonl")
+    clock = {"start": time.perf_counter(), "last": time.perf_counter()}
+
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        load_arrays(model, {name: a.numpy() for name, a in arrays.items()})
+        loss, accuracy = evaluate_model(model, task, x_test, y_test)
+        now = time.perf_counter()
+        row: dict[str, Any] = {
+            "round": server_round,
+            "accuracy": accuracy,
+            "loss": loss,
+            "round_wall_s": now - clock["last"],
+            "elapsed_s": now - clock["start"],
+        }
+        clock["last"] = now
+        if server_round in strategy.rounds:
+            row.update(strategy.rounds[server_round].as_metrics())
+        metrics_log.write(row)
+        if on_round is not None:
+            on_round(row)
+        return MetricRecord({"accuracy": accuracy, "loss": loss})
+
+    config = client_config(settings, num_partitions)
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord({k: Array(v) for k, v in initial.items()}),
+        num_rounds=settings.num_server_rounds,
+        train_config=config,
+        evaluate_config=ConfigRecord(dict(config)),
+        evaluate_fn=evaluate_fn,
+    )
+    final = {name: a.numpy() for name, a in result.arrays.items()} if result.arrays else initial
+    save_arrays(out_dir / MODEL_FILE, final)
+    log.info("run finished: %d rounds, model saved to %s", settings.num_server_rounds, out_dir)
+    return FederationResult(final_arrays=final, rows=metrics_log.rows, out_dir=out_dir)

@@ -1,0 +1,1 @@
+"""Simulated federations: partitioners, the simulation ClientApp, the experiment runner, plots."""

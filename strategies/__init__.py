@@ -1,0 +1,18 @@
+"""Flower strategy adapters that decode Pollen wire payloads (numpy; never torch)."""
+
+from strategies.registry import STRATEGY_NAMES, StrategySettings, UnknownStrategy, build_strategy
+from strategies.sampling import FixedNodesGrid, SeededSampler
+from strategies.stats import Rejection, RoundStats
+from strategies.wire_adapter import WireStrategy
+
+__all__ = [
+    "STRATEGY_NAMES",
+    "FixedNodesGrid",
+    "Rejection",
+    "RoundStats",
+    "SeededSampler",
+    "StrategySettings",
+    "UnknownStrategy",
+    "WireStrategy",
+    "build_strategy",
+]

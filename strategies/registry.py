@@ -1,0 +1,67 @@
+"""Flower's own strategies, by name, wrapped to consume Pollen wire payloads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, FedYogi, Strategy
+
+from strategies.sampling import SeededSampler
+from strategies.wire_adapter import WireStrategy
+
+STRATEGY_NAMES = ("fedavg", "fedprox", "fedadam", "fedyogi")
+
+
+class UnknownStrategy(ValueError):
+    """The strategy name is not one Pollen wires up."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class StrategySettings:
+    """Options shared by every strategy; FedProx/FedOpt read their own fields."""
+
+    name: str = "fedavg"
+    fraction_train: float = 1.0
+    fraction_evaluate: float = 0.0
+    min_train_nodes: int = 1
+    min_evaluate_nodes: int = 1
+    min_available_nodes: int = 1
+    seed: int = 0
+    proximal_mu: float = 0.01  # FedProx (Li et al. 2020)
+    server_lr: float = 0.1  # FedAdam/FedYogi eta (Reddi et al., ICLR 2021)
+    client_lr: float = 0.1  # FedAdam/FedYogi eta_l, reported to clients by Flower
+    tau: float = 1e-3  # FedAdam/FedYogi adaptivity
+
+
+def _inner(settings: StrategySettings) -> Strategy:
+    # The adapter samples; the wrapped strategy takes every node it is shown.
+    common = {
+        "fraction_train": 1.0,
+        "fraction_evaluate": 1.0 if settings.fraction_evaluate > 0 else 0.0,
+        "min_train_nodes": 1,
+        "min_evaluate_nodes": 1,
+        "min_available_nodes": 1,
+    }
+    name = settings.name.lower()
+    if name == "fedavg":
+        return FedAvg(**common)
+    if name == "fedprox":
+        return FedProx(**common, proximal_mu=settings.proximal_mu)
+    if name in ("fedadam", "fedyogi"):
+        cls = FedAdam if name == "fedadam" else FedYogi
+        return cls(**common, eta=settings.server_lr, eta_l=settings.client_lr, tau=settings.tau)
+    raise UnknownStrategy(
+        f"unknown strategy {settings.name!r}; choose one of: {', '.join(STRATEGY_NAMES)}"
+    )
+
+
+def build_strategy(settings: StrategySettings) -> WireStrategy:
+    """The named Flower strategy inside Pollen's wire adapter."""
+    return WireStrategy(
+        _inner(settings),
+        sampler=SeededSampler(seed=settings.seed, min_available=settings.min_available_nodes),
+        fraction_train=settings.fraction_train,
+        fraction_evaluate=settings.fraction_evaluate,
+        min_train_nodes=settings.min_train_nodes,
+        min_evaluate_nodes=settings.min_evaluate_nodes,
+    )

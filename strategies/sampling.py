@@ -1,0 +1,98 @@
+"""Reproducible client sampling for Flower grids.
+
+Flower's strategies sample with the module-level ``random`` and simulation node ids are random
+per run, so the same seed would train different clients. Here nodes are ordered by the
+partition id they report (a QUERY message, asked once per new node and only when sampling a
+fraction) and drawn with a ``numpy.random.Generator`` seeded by (seed, round, purpose).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+log = logging.getLogger(__name__)
+
+UNKNOWN_PARTITION = 2**62
+
+
+class FixedNodesGrid:
+    """A view of a Grid that shows only ``node_ids``, so a wrapped strategy samples all of them."""
+
+    def __init__(self, grid: Grid, node_ids: Iterable[int]) -> None:
+        self._grid = grid
+        self._node_ids = list(node_ids)
+
+    def get_node_ids(self) -> list[int]:
+        return list(self._node_ids)
+
+    def __getattr__(self, name: str):  # everything else goes to the real grid
+        return getattr(self._grid, name)
+
+
+@dataclass
+class SeededSampler:
+    """Draw ``max(int(N * fraction), min_nodes)`` of the N connected nodes, reproducibly."""
+
+    seed: int
+    min_available: int = 1
+    wait_timeout_s: float = 600.0
+    query_timeout_s: float = 120.0
+    sleep: Callable[[float], None] = time.sleep
+    partitions: dict[int, int] = field(default_factory=dict)
+
+    def wait_for_nodes(self, grid: Grid) -> list[int]:
+        """Block until ``min_available`` nodes are connected (as Flower does), with a deadline."""
+        waited = 0.0
+        while len(nodes := sorted(grid.get_node_ids())) < self.min_available:
+            if waited >= self.wait_timeout_s:
+                raise TimeoutError(
+                    f"only {len(nodes)} of the {self.min_available} required nodes connected "
+                    f"within {self.wait_timeout_s:.0f}s; start more SuperNodes or lower "
+                    "min-available-nodes"
+                )
+            log.info("waiting for nodes: %d connected, %d required", len(nodes), self.min_available)
+            self.sleep(1.0)
+            waited += 1.0
+        return nodes
+
+    def sample(
+        self, grid: Grid, server_round: int, fraction: float, min_nodes: int, purpose: int = 0
+    ) -> list[int]:
+        """Node ids for this round; all nodes (no query) when ``fraction >= 1``."""
+        nodes = self.wait_for_nodes(grid)
+        size = min(len(nodes), max(int(len(nodes) * fraction), min_nodes))
+        if size >= len(nodes):
+            return nodes
+        self._learn_partitions(grid, nodes)
+        ordered = sorted(nodes, key=lambda nid: (self.partitions.get(nid, UNKNOWN_PARTITION), nid))
+        rng = np.random.default_rng([self.seed, server_round, purpose])
+        picked = np.sort(rng.choice(len(ordered), size=size, replace=False))
+        return [ordered[i] for i in picked]
+
+    def _learn_partitions(self, grid: Grid, nodes: list[int]) -> None:
+        unknown = [nid for nid in nodes if nid not in self.partitions]
+        if not unknown:
+            return
+        queries = [
+            Message(
+                content=RecordDict({"config": ConfigRecord({"ask": "partition-id"})}),
+                message_type=MessageType.QUERY,
+                dst_node_id=nid,
+            )
+            for nid in unknown
+        ]
+        for reply in grid.send_and_receive(queries, timeout=self.query_timeout_s):
+            nid = reply.metadata.src_node_id
+            if reply.has_error() or "node-info" not in reply.content.metric_records:
+                log.warning("node %d did not report its partition id; ordering it by node id", nid)
+                self.partitions[nid] = UNKNOWN_PARTITION
+                continue
+            pid = int(reply.content.metric_records["node-info"].get("partition-id", -1))
+            self.partitions[nid] = pid if pid >= 0 else UNKNOWN_PARTITION

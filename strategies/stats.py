@@ -1,0 +1,49 @@
+"""Per-round accounting kept by the wire adapter: bytes each way, rejections, failures."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class Rejection:
+    node_id: int
+    reason: str
+    detail: str
+
+
+@dataclass
+class RoundStats:
+    """What happened in one training round, as the server saw it."""
+
+    server_round: int
+    sampled: int = 0
+    download_bytes_per_client: int = 0
+    upload_bytes: list[int] = field(default_factory=list)
+    accepted: int = 0
+    rejected: list[Rejection] = field(default_factory=list)
+    failures: list[Rejection] = field(default_factory=list)
+
+    @property
+    def download_bytes_total(self) -> int:
+        return self.download_bytes_per_client * self.sampled
+
+    @property
+    def upload_bytes_total(self) -> int:
+        return sum(self.upload_bytes)
+
+    def as_metrics(self) -> dict[str, Any]:
+        received = len(self.upload_bytes)
+        return {
+            "sampled_clients": self.sampled,
+            "accepted_updates": self.accepted,
+            "rejected_updates": len(self.rejected),
+            "failed_clients": len(self.failures),
+            "upload_bytes_total": self.upload_bytes_total,
+            "upload_bytes_per_client": self.upload_bytes_total / received if received else 0.0,
+            "download_bytes_total": self.download_bytes_total,
+            "download_bytes_per_client": self.download_bytes_per_client,
+            "rejections": [asdict(r) for r in self.rejected],
+            "failures": [asdict(r) for r in self.failures],
+        }

@@ -1,0 +1,171 @@
+"""Let any Flower Message-API strategy consume Pollen wire payloads.
+
+The adapter wraps a Flower strategy the way Flower's DP wrappers do: it samples clients
+reproducibly, forwards ``configure_*`` to the wrapped strategy, and in ``aggregate_train``
+validates and decodes each reply's payload into the ``ArrayRecord`` + ``MetricRecord`` shape the
+wrapped strategy expects. A payload that fails validation is logged with its reason, counted,
+and left out; the round goes on with the rest. Aggregation itself stays Flower's.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from strategies.sampling import UNKNOWN_PARTITION, FixedNodesGrid, SeededSampler
+from strategies.stats import Rejection, RoundStats
+from wire import (
+    PAYLOAD_FIELD,
+    UPDATE_RECORD_KEY,
+    RejectReason,
+    TensorSpec,
+    UpdateRejected,
+    decode_update,
+)
+
+log = logging.getLogger(__name__)
+
+WEIGHT_KEY = "num-examples"
+# Metrics the adapter keeps for itself instead of passing to the weighted average.
+_ADAPTER_METRICS = ("partition-id", "upload-bytes")
+# Header and codec slack allowed above the float32 size of the model before refusing a payload.
+_PAYLOAD_SLACK_BYTES = 1 << 16
+
+
+class WireStrategy(Strategy):
+    """Adapter: ``inner`` (FedAvg, FedProx, FedAdam, ...) aggregates decoded wire updates."""
+
+    def __init__(
+        self,
+        inner: Strategy,
+        *,
+        sampler: SeededSampler,
+        fraction_train: float = 1.0,
+        fraction_evaluate: float = 0.0,
+        min_train_nodes: int = 1,
+        min_evaluate_nodes: int = 1,
+    ) -> None:
+        self.inner = inner
+        self.sampler = sampler
+        self.fraction_train = fraction_train
+        self.fraction_evaluate = fraction_evaluate
+        self.min_train_nodes = min_train_nodes
+        self.min_evaluate_nodes = min_evaluate_nodes
+        self.rounds: dict[int, RoundStats] = {}
+        self._global: dict[str, np.ndarray] = {}
+
+    # ----------------------------------------------------------------- Strategy interface
+    def summary(self) -> None:
+        log.info(
+            "Pollen wire adapter around %s: fraction train %.2f / evaluate %.2f, seed %d",
+            type(self.inner).__name__,
+            self.fraction_train,
+            self.fraction_evaluate,
+            self.sampler.seed,
+        )
+        self.inner.summary()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self._global = {name: array.numpy() for name, array in arrays.items()}
+        nodes = self.sampler.sample(grid, server_round, self.fraction_train, self.min_train_nodes)
+        messages = list(
+            self.inner.configure_train(server_round, arrays, config, FixedNodesGrid(grid, nodes))
+        )
+        stats = self.rounds.setdefault(server_round, RoundStats(server_round=server_round))
+        stats.sampled = len(messages)
+        stats.download_bytes_per_client = sum(a.nbytes for a in self._global.values())
+        return messages
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        stats = self.rounds.setdefault(server_round, RoundStats(server_round=server_round))
+        decoded: list[tuple[tuple[int, int], Message]] = []
+        for msg in replies:
+            node = msg.metadata.src_node_id
+            if msg.has_error():
+                stats.failures.append(Rejection(node, "client-error", str(msg.error.reason)))
+                log.warning("round %d: node %d failed: %s", server_round, node, msg.error.reason)
+                continue
+            try:
+                order_key = self._decode_into(msg, server_round, stats)
+            except UpdateRejected as err:
+                stats.rejected.append(Rejection(node, err.reason.value, err.detail))
+                log.warning(
+                    "round %d: rejected update from node %d (%s): %s",
+                    server_round,
+                    node,
+                    err.reason.value,
+                    err.detail,
+                )
+                continue
+            decoded.append((order_key, msg))
+        stats.accepted = len(decoded)
+        if not decoded:
+            log.warning("round %d: no valid update; the global model stays as it was", server_round)
+            return None, None
+        # A fixed order makes the floating-point sum, hence the model, reproducible.
+        decoded.sort(key=lambda item: item[0])
+        return self.inner.aggregate_train(server_round, [msg for _, msg in decoded])
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        if self.fraction_evaluate <= 0:
+            return []
+        nodes = self.sampler.sample(
+            grid, server_round, self.fraction_evaluate, self.min_evaluate_nodes, purpose=1
+        )
+        return self.inner.configure_evaluate(
+            server_round, arrays, config, FixedNodesGrid(grid, nodes)
+        )
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        return self.inner.aggregate_evaluate(server_round, replies)
+
+    # ----------------------------------------------------------------- decoding
+    def _decode_into(self, msg: Message, server_round: int, stats: RoundStats) -> tuple[int, int]:
+        """Replace the reply's content by decoded arrays; return its sort key."""
+        content = msg.content
+        record = content.config_records.get(UPDATE_RECORD_KEY)
+        payload = None if record is None else record.get(PAYLOAD_FIELD)
+        if not isinstance(payload, bytes):
+            raise UpdateRejected(
+                RejectReason.MISSING_PAYLOAD,
+                f"reply has no bytes under {UPDATE_RECORD_KEY!r}/{PAYLOAD_FIELD!r}; "
+                "is the client built with Pollen's SDK?",
+            )
+        stats.upload_bytes.append(len(payload))
+        metrics = next(iter(content.metric_records.values()), None)
+        weight = None if metrics is None else metrics.get(WEIGHT_KEY)
+        if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not weight > 0:
+            raise UpdateRejected(
+                RejectReason.BAD_HEADER,
+                f"reply needs a positive {WEIGHT_KEY!r} metric to be weighted, got {weight!r}",
+            )
+        specs = [TensorSpec(name=k, shape=tuple(v.shape)) for k, v in self._global.items()]
+        model_bytes = sum(a.nbytes for a in self._global.values())
+        update = decode_update(
+            payload,
+            expected=specs,
+            expected_round=server_round,
+            max_bytes=model_bytes + _PAYLOAD_SLACK_BYTES,
+        )
+        local = {
+            name: Array(self._global[name] + delta)
+            for name, delta in zip(update.names, update.tensors, strict=True)
+        }
+        kept = {k: v for k, v in metrics.items() if k not in _ADAPTER_METRICS}
+        msg.content = RecordDict({"arrays": ArrayRecord(local), "metrics": MetricRecord(kept)})
+        pid = metrics.get("partition-id", -1)
+        pid = int(pid) if isinstance(pid, (int, float)) and pid >= 0 else UNKNOWN_PARTITION
+        return pid, msg.metadata.src_node_id

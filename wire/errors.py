@@ -1,0 +1,35 @@
+"""Typed errors of the wire format."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class RejectReason(str, Enum):
+    """Why a payload was refused; the value is the short code logged and counted in metrics."""
+
+    TOO_SHORT = "too-short"
+    TOO_LARGE = "too-large"
+    BAD_MAGIC = "bad-magic"
+    UNSUPPORTED_VERSION = "unsupported-version"
+    BAD_HEADER = "bad-header"
+    UNKNOWN_STAGE = "unknown-stage"
+    BAD_TENSOR_SPEC = "bad-tensor-spec"
+    LENGTH_MISMATCH = "length-mismatch"
+    SHAPE_MISMATCH = "shape-mismatch"
+    ROUND_MISMATCH = "round-mismatch"
+    NON_FINITE = "non-finite"
+    MISSING_PAYLOAD = "missing-payload"
+
+
+class UpdateRejected(ValueError):
+    """A client update failed validation; ``reason`` is a :class:`RejectReason`.
+
+    The message always says what was wrong and what a well-formed payload looks like, so the
+    server can log it and the client author can fix it.
+    """
+
+    def __init__(self, reason: RejectReason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
