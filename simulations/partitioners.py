@@ -5,7 +5,8 @@
   ICDE 2022, which stops feeding clients that already hold an average share).
 - Label shards, k classes per client (NIID-Bench's "#C=k"; McMahan et al. 2017 use shards
   to the same end): each client gets k distinct labels, each label's examples are split evenly
-  among the clients that hold it.
+  among the clients that hold it (a label no client holds, possible only when
+  clients * k < #classes, is left out).
 
 Each returns one index array per client, uses only the ``numpy.random.Generator`` passed in, and
 checks a minimum number of examples per client.
@@ -96,14 +97,17 @@ class ShardPartitioner:
         k = self.classes_per_client
         if k > len(classes):
             raise PartitionError(f"shards:{k} asks for more classes than the {len(classes)} present")
+        # Deal labels from a seeded permutation, k consecutive ones per client: each client's k
+        # labels are distinct, and every label is held by someone once n * k >= #classes.
+        order = rng.permutation(classes)
         holders: dict[int, list[int]] = {int(c): [] for c in classes}
         for client in range(n):
-            first = int(classes[client % len(classes)])
-            others = rng.choice([int(c) for c in classes if c != first], size=k - 1, replace=False)
-            for label in [first, *map(int, others)]:
-                holders[label].append(client)
+            for j in range(k):
+                holders[int(order[(client * k + j) % len(classes)])].append(client)
         parts: list[list[np.ndarray]] = [[] for _ in range(n)]
         for label, owners in holders.items():
+            if not owners:  # fewer client slots than labels: this label is left out
+                continue
             idx = rng.permutation(np.flatnonzero(labels == label))
             for client, chunk in zip(owners, np.array_split(idx, len(owners)), strict=True):
                 parts[client].append(chunk)

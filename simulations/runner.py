@@ -32,6 +32,7 @@ class SimulationSettings:
     clients: int
     out_dir: Path
     cpus_per_client: float = 1.0
+    ray_logs: bool = False  # forward Ray workers' output (Flower's client logs) to this console
 
     def __post_init__(self) -> None:
         if self.clients < 1:
@@ -68,6 +69,8 @@ def simulate(settings: SimulationSettings, on_round: RoundCallback | None = None
         **{**settings.run.__dict__, "num_partitions": settings.clients, "out_dir": str(out)}
     )
     server_app = build_server_app(run, out_dir=out, on_round=on_round)
+    # Ray >= 2.5x warns on every start unless told how to treat CUDA_VISIBLE_DEVICES.
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     started = time.perf_counter()
     run_simulation(
         server_app=server_app,
@@ -75,7 +78,11 @@ def simulate(settings: SimulationSettings, on_round: RoundCallback | None = None
         num_supernodes=settings.clients,
         backend_config={
             "client_resources": {"num_cpus": settings.cpus_per_client, "num_gpus": 0.0},
-            "init_args": {"include_dashboard": False, "num_cpus": os.cpu_count() or 1},
+            "init_args": {
+                "include_dashboard": False,
+                "num_cpus": os.cpu_count() or 1,
+                "log_to_driver": settings.ray_logs,
+            },
         },
     )
     wall = time.perf_counter() - started

@@ -34,10 +34,11 @@ class StrategySettings:
 
 
 def _inner(settings: StrategySettings) -> Strategy:
-    # The adapter samples; the wrapped strategy takes every node it is shown.
+    # The adapter samples (and skips evaluation when its fraction is 0); the wrapped strategy
+    # takes every node it is shown.
     common = {
         "fraction_train": 1.0,
-        "fraction_evaluate": 1.0 if settings.fraction_evaluate > 0 else 0.0,
+        "fraction_evaluate": 1.0,
         "min_train_nodes": 1,
         "min_evaluate_nodes": 1,
         "min_available_nodes": 1,

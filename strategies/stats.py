@@ -24,6 +24,7 @@ class RoundStats:
     accepted: int = 0
     rejected: list[Rejection] = field(default_factory=list)
     failures: list[Rejection] = field(default_factory=list)
+    federated_evaluation: dict[str, float] = field(default_factory=dict)
 
     @property
     def download_bytes_total(self) -> int:
@@ -46,4 +47,5 @@ class RoundStats:
             "download_bytes_per_client": self.download_bytes_per_client,
             "rejections": [asdict(r) for r in self.rejected],
             "failures": [asdict(r) for r in self.failures],
+            **{f"federated_{k}": v for k, v in self.federated_evaluation.items()},
         }

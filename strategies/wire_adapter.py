@@ -130,7 +130,13 @@ class WireStrategy(Strategy):
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        return self.inner.aggregate_evaluate(server_round, replies)
+        metrics = self.inner.aggregate_evaluate(server_round, replies)
+        if metrics is not None:
+            stats = self.rounds.setdefault(server_round, RoundStats(server_round=server_round))
+            stats.federated_evaluation = {
+                k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))
+            }
+        return metrics
 
     # ----------------------------------------------------------------- decoding
     def _decode_into(self, msg: Message, server_round: int, stats: RoundStats) -> tuple[int, int]:

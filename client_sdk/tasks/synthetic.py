@@ -3,9 +3,12 @@
 Generator from Li et al., "Federated Optimization in Heterogeneous Networks" (MLSys 2020),
 Sec. 5.1: client k draws u_k ~ N(0, alpha), B_k ~ N(0, beta); its model W_k, b_k ~ N(u_k, 1); its
 input mean v_k ~ N(B_k, 1); x ~ N(v_k, Sigma) with Sigma_jj = j^-1.2; y = argmax(W_k x + b_k).
-Sample counts follow the paper's power law (lognormal(4, 2) + 50, capped here). alpha controls
-how much the clients' models differ, beta how much their inputs do. Each client's data depends
-only on (seed, client id), so a client generates its own partition and nothing is downloaded.
+Sample counts follow the paper's power law (lognormal(4, 2) + 50, capped here). As in the
+reference code, alpha and beta are standard deviations. beta controls how much the clients'
+inputs differ; alpha shifts every logit of a client by the same amount, so (in the reference
+generator as here) it changes the clients' model parameters but not which label wins. Each
+client's data depends only on (seed, client id), so a client generates its own partition and
+nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -37,8 +40,8 @@ class SyntheticData:
         """All samples of one client (train and test before the split)."""
         rng = np.random.default_rng([seed, 11, client])
         n = min(int(rng.lognormal(4, 2)) + 50, self.max_samples)
-        u = rng.normal(0, np.sqrt(self.alpha))
-        big_b = rng.normal(0, np.sqrt(self.beta))
+        u = rng.normal(0, self.alpha)
+        big_b = rng.normal(0, self.beta)
         w = rng.normal(u, 1, (CLASSES, DIM))
         b = rng.normal(u, 1, CLASSES)
         v = rng.normal(big_b, 1, DIM)

@@ -1,0 +1,3 @@
+from pollen.cli import main
+
+main()

@@ -1,0 +1,175 @@
+"""The ``pollen`` command. ``pollen simulate`` runs a Task with N virtual clients."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from pollen.progress import human_bytes, round_progress, summary_table
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Pollen: federated learning on Flower with compact client updates.",
+)
+
+
+class FlagError(ValueError):
+    """A command-line flag has a value Pollen cannot run with; the message names the flag."""
+
+    def __init__(self, flag: str, why: str) -> None:
+        super().__init__(f"{flag}: {why}")
+        self.flag = flag
+
+
+@app.callback()
+def _root() -> None:
+    """Pollen: federated learning on Flower with compact client updates."""
+
+
+def validate_simulate_flags(
+    *,
+    task: str,
+    clients: int,
+    rounds: int,
+    fraction: float,
+    partition: str | None,
+    strategy: str,
+    fraction_evaluate: float,
+) -> str:
+    """Check the flags before anything starts; return the partition spec to use."""
+    from client_sdk.tasks import get_task, natural_partition
+    from simulations.partitioners import PartitionError, parse_partition
+    from strategies import STRATEGY_NAMES
+
+    if clients < 1:
+        raise FlagError("--clients", f"must be >= 1, got {clients}")
+    if rounds < 1:
+        raise FlagError("--rounds", f"must be >= 1, got {rounds}")
+    if not 0 < fraction <= 1:
+        raise FlagError("--fraction", f"must be in (0, 1], got {fraction}")
+    if not 0 <= fraction_evaluate <= 1:
+        raise FlagError("--fraction-evaluate", f"must be in [0, 1], got {fraction_evaluate}")
+    try:
+        get_task(task)
+    except ValueError as err:
+        raise FlagError("--task", str(err)) from None
+    if strategy.lower() not in STRATEGY_NAMES:
+        raise FlagError(
+            "--strategy", f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGY_NAMES)}"
+        )
+    spec = partition or ("natural" if natural_partition(task) else "dirichlet:0.5")
+    try:
+        parsed = parse_partition(spec)
+    except PartitionError as err:
+        raise FlagError("--partition", str(err)) from None
+    if natural_partition(task) and parsed is not None:
+        raise FlagError("--partition", f"task {task!r} is split per client already; use 'natural'")
+    if not natural_partition(task) and parsed is None:
+        raise FlagError("--partition", f"task {task!r} needs iid, dirichlet:ALPHA or shards:K")
+    return spec
+
+
+@app.command()
+def simulate(
+    task: str = typer.Option("digits", help="Task: digits | synthetic | synthetic:ALPHA,BETA"),
+    clients: int = typer.Option(50, help="Number of virtual clients (SuperNodes)."),
+    rounds: int = typer.Option(30, help="Federated rounds."),
+    fraction: float = typer.Option(1.0, help="Fraction of clients trained each round, in (0, 1]."),
+    partition: str = typer.Option(
+        None, help="iid | dirichlet:ALPHA | shards:K | natural (default: dirichlet:0.5, or natural)"
+    ),
+    strategy: str = typer.Option("fedavg", help="fedavg | fedprox | fedadam | fedyogi"),
+    seed: int = typer.Option(0, help="Seed for init, partition, sampling and local shuffling."),
+    out: Path = typer.Option(None, help="Output directory (default: runs/<task>-<time>)."),
+    fraction_evaluate: float = typer.Option(0.0, help="Fraction of clients for federated eval."),
+    lr: float = typer.Option(0.0, help="Client learning rate (0: the Task's)."),
+    local_epochs: int = typer.Option(0, help="Local epochs (0: the Task's)."),
+    batch_size: int = typer.Option(0, help="Local batch size (0: the Task's)."),
+    proximal_mu: float = typer.Option(0.01, help="FedProx proximal term mu."),
+    server_lr: float = typer.Option(0.1, help="FedAdam/FedYogi server learning rate."),
+    verbose: bool = typer.Option(False, help="Show Flower's and Ray's own logs."),
+) -> None:
+    """Run a Task with N virtual clients in Flower's simulation engine."""
+    console = Console()
+    try:
+        spec = validate_simulate_flags(
+            task=task,
+            clients=clients,
+            rounds=rounds,
+            fraction=fraction,
+            partition=partition,
+            strategy=strategy,
+            fraction_evaluate=fraction_evaluate,
+        )
+        for flag, value in (("--lr", lr), ("--local-epochs", local_epochs), ("--batch-size", batch_size)):
+            if value < 0:
+                raise FlagError(flag, f"must be >= 0, got {value}")
+    except FlagError as err:
+        typer.echo(f"pollen simulate: error: {err}", err=True)
+        raise typer.Exit(2) from None
+
+    from server import RunSettings
+    from simulations.runner import SimulationSettings, simulate as run_simulation
+
+    _quiet_logs(verbose)
+    out_dir = out or Path("runs") / f"{task.replace(':', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    settings = SimulationSettings(
+        run=RunSettings(
+            task=task,
+            num_server_rounds=rounds,
+            strategy=strategy.lower(),
+            fraction_train=fraction,
+            fraction_evaluate=fraction_evaluate,
+            min_available_nodes=clients,
+            partition=spec,
+            seed=seed,
+            lr=lr,
+            local_epochs=local_epochs,
+            batch_size=batch_size,
+            proximal_mu=proximal_mu,
+            server_lr=server_lr,
+        ),
+        clients=clients,
+        out_dir=out_dir.resolve(),
+        ray_logs=verbose,
+    )
+    console.print(
+        f"[bold]pollen simulate[/]: {task}, {clients} clients, {spec}, {strategy}, "
+        f"{rounds} rounds, seed {seed} -> {out_dir}"
+    )
+    with round_progress(console) as progress:
+        bar = progress.add_task("rounds", total=rounds, accuracy="-", upload="-")
+
+        def on_round(row: dict[str, Any]) -> None:
+            fields = {"accuracy": f"{row['accuracy']:.4f}"}
+            if row["round"] > 0:
+                fields["upload"] = human_bytes(row.get("upload_bytes_total", 0))
+                progress.update(bar, completed=row["round"], **fields)
+            else:
+                progress.update(bar, **fields)
+
+        summary = run_simulation(settings, on_round=on_round)
+    console.print(summary_table(summary))
+    console.print(f"final accuracy: {summary['final_accuracy']:.4f}")
+    console.print(f"wrote {out_dir}/summary.json, metrics.jsonl, accuracy.png, final_model.npz")
+
+
+def _quiet_logs(verbose: bool) -> None:
+    """Flower logs every round at INFO; the progress display replaces that unless --verbose."""
+    if not verbose:
+        logging.getLogger("flwr").setLevel(logging.WARNING)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

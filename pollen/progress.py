@@ -1,0 +1,55 @@
+"""A rich progress display for a running simulation: rounds done, accuracy, bytes moved."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+
+def round_progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("acc {task.fields[accuracy]}"),
+        TextColumn("up {task.fields[upload]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    return f"{n:.2f} GB"
+
+
+def summary_table(summary: dict[str, Any]) -> Table:
+    table = Table(title="pollen simulate", show_header=False)
+    for key in (
+        "task",
+        "strategy",
+        "partition",
+        "clients",
+        "rounds",
+        "final_accuracy",
+        "best_accuracy",
+        "upload_bytes_total",
+        "download_bytes_total",
+        "rejected_updates",
+        "failed_clients",
+        "wall_s",
+    ):
+        value = summary.get(key)
+        if key.endswith("_bytes_total") and isinstance(value, (int, float)):
+            value = human_bytes(value)
+        elif isinstance(value, float):
+            value = f"{value:.4f}"
+        table.add_row(key, str(value))
+    return table

@@ -1,0 +1,45 @@
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from pollen.cli import app
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["--clients", "0"], "--clients"),
+        (["--rounds", "0"], "--rounds"),
+        (["--partition", "dirichlet:0"], "--partition"),
+        (["--partition", "dirichlet:-0.5"], "--partition"),
+        (["--partition", "shards:0"], "--partition"),
+        (["--task", "imagenet"], "--task"),
+        (["--strategy", "fedsgd"], "--strategy"),
+        (["--fraction", "0"], "--fraction"),
+        (["--fraction", "1.2"], "--fraction"),
+        (["--task", "synthetic", "--partition", "iid"], "--partition"),
+        (["--lr", "-1"], "--lr"),
+    ],
+)
+def test_bad_flags_exit_nonzero_with_one_line_naming_the_flag(args, flag):
+    result = CliRunner().invoke(app, ["simulate", *args])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"pollen simulate: error: {flag}:")
+
+
+def test_simulate_end_to_end_through_the_console_script(tmp_path):
+    out = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "pollen", "simulate", "--clients", "4", "--rounds", "2",
+         "--partition", "iid", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "final accuracy:" in done.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds"] == 2 and summary["clients"] == 4 and summary["partition"] == "iid"
+    assert (out / "accuracy.png").exists()

@@ -1,0 +1,38 @@
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from server import RunConfigError, RunSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_app_run_config_in_pyproject_is_valid_and_complete():
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    settings = RunSettings.from_run_config(config)
+    assert settings.task == "digits" and settings.strategy == "fedavg"
+    assert set(config) == {f.replace("_", "-") for f in RunSettings.__dataclass_fields__}
+
+
+def test_ints_are_accepted_for_floats():
+    assert RunSettings.from_run_config({"fraction-train": 1}).fraction_train == 1.0
+
+
+@pytest.mark.parametrize(
+    ("config", "key"),
+    [
+        ({"num-server-rounds": 0}, "num-server-rounds"),
+        ({"fraction-train": 0.0}, "fraction-train"),
+        ({"fraction-train": 1.5}, "fraction-train"),
+        ({"strategy": "fedsgd"}, "strategy"),
+        ({"task": "mnist"}, "task"),
+        ({"lr": -1.0}, "lr"),
+        ({"seed": "zero"}, "seed"),
+        ({"num-rounds": 3}, "num-rounds"),
+        ({"fraction-evaluate": True}, "fraction-evaluate"),
+    ],
+)
+def test_bad_run_config_names_the_key(config, key):
+    with pytest.raises(RunConfigError, match=f"run config {key}:"):
+        RunSettings.from_run_config(config)
