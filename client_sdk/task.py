@@ -71,7 +71,9 @@ class OptimizerSpec:
         if not 0 <= self.momentum < 1:
             raise TaskConfigError(f"SGD momentum must be in [0, 1), got {self.momentum}")
 
-    def build(self, params: Iterator[nn.Parameter], *, lr: float | None = None) -> torch.optim.Optimizer:
+    def build(
+        self, params: Iterator[nn.Parameter], *, lr: float | None = None
+    ) -> torch.optim.Optimizer:
         rate = self.lr if lr is None else lr
         if self.name == "sgd":
             return torch.optim.SGD(

@@ -64,7 +64,8 @@ def train_local(
             optimizer.zero_grad(set_to_none=True)
             loss = task.loss_fn(model(x[idx]), y[idx])
             if anchor:
-                prox = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor))
+                params = model.parameters()
+                prox = sum(((p - a) ** 2).sum() for p, a in zip(params, anchor, strict=True))
                 loss = loss + 0.5 * schedule.proximal_mu * prox
             loss.backward()
             optimizer.step()

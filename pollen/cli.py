@@ -62,7 +62,8 @@ def validate_simulate_flags(
         raise FlagError("--task", str(err)) from None
     if strategy.lower() not in STRATEGY_NAMES:
         raise FlagError(
-            "--strategy", f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGY_NAMES)}"
+            "--strategy",
+            f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGY_NAMES)}",
         )
     spec = partition or ("natural" if natural_partition(task) else "dirichlet:0.5")
     try:
@@ -108,7 +109,11 @@ def simulate(
             strategy=strategy,
             fraction_evaluate=fraction_evaluate,
         )
-        for flag, value in (("--lr", lr), ("--local-epochs", local_epochs), ("--batch-size", batch_size)):
+        for flag, value in (
+            ("--lr", lr),
+            ("--local-epochs", local_epochs),
+            ("--batch-size", batch_size),
+        ):
             if value < 0:
                 raise FlagError(flag, f"must be >= 0, got {value}")
     except FlagError as err:
@@ -116,7 +121,8 @@ def simulate(
         raise typer.Exit(2) from None
 
     from server import RunSettings
-    from simulations.runner import SimulationSettings, simulate as run_simulation
+    from simulations.runner import SimulationSettings
+    from simulations.runner import simulate as run_simulation
 
     _quiet_logs(verbose)
     out_dir = out or Path("runs") / f"{task.replace(':', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -48,7 +48,14 @@ class RunSettings:
             raise bad("fraction-evaluate", f"must be in [0, 1], got {self.fraction_evaluate}")
         if self.min_available_nodes < 1:
             raise bad("min-available-nodes", f"must be >= 1, got {self.min_available_nodes}")
-        for key in ("lr", "local_epochs", "batch_size", "proximal_mu", "server_lr", "num_partitions"):
+        for key in (
+            "lr",
+            "local_epochs",
+            "batch_size",
+            "proximal_mu",
+            "server_lr",
+            "num_partitions",
+        ):
             if getattr(self, key) < 0:
                 raise bad(key.replace("_", "-"), f"must be >= 0, got {getattr(self, key)}")
         try:
@@ -72,8 +79,6 @@ class RunSettings:
             if kind is float and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)
             if not isinstance(value, kind) or isinstance(value, bool):
-                raise RunConfigError(
-                    f"run config {key}: expected {kind.__name__}, got {value!r}"
-                )
+                raise RunConfigError(f"run config {key}: expected {kind.__name__}, got {value!r}")
             values[name] = value
         return cls(**values)

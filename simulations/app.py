@@ -29,9 +29,7 @@ def simulated_client_data(context: Context, config: ConfigRecord) -> ClientData:
     partitioner = parse_partition(
         str(config.get("partition", "iid")), min_samples=MIN_SAMPLES_PER_CLIENT
     )
-    return task.data.client_data(
-        pid, num, partitioner=partitioner, seed=int(config.get("seed", 0))
-    )
+    return task.data.client_data(pid, num, partitioner=partitioner, seed=int(config.get("seed", 0)))
 
 
 clientapp = build_client_app(get_task, simulated_client_data)

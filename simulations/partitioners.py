@@ -89,14 +89,18 @@ class ShardPartitioner:
 
     def __post_init__(self) -> None:
         if self.classes_per_client < 1:
-            raise PartitionError(f"shards need k >= 1 classes per client, got {self.classes_per_client}")
+            raise PartitionError(
+                f"shards need k >= 1 classes per client, got {self.classes_per_client}"
+            )
 
     def __call__(self, labels: np.ndarray, n: int, rng: np.random.Generator) -> list[np.ndarray]:
         _check_clients(labels, n)
         classes = np.unique(labels)
         k = self.classes_per_client
         if k > len(classes):
-            raise PartitionError(f"shards:{k} asks for more classes than the {len(classes)} present")
+            raise PartitionError(
+                f"shards:{k} asks for more classes than the {len(classes)} present"
+            )
         # Deal labels from a seeded permutation, k consecutive ones per client: each client's k
         # labels are distinct, and every label is held by someone once n * k >= #classes.
         order = rng.permutation(classes)

@@ -12,7 +12,11 @@ LINT = str(Path(sys.executable).parent / "lint-imports")
 
 def _lint(root: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [LINT, "--no-cache"], cwd=root, capture_output=True, text=True, timeout=300,
+        [LINT, "--no-cache"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={"PYTHONPATH": str(root), "PATH": str(Path(sys.executable).parent)},
     )
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class RejectReason(str, Enum):
+class RejectReason(StrEnum):
     """Why a payload was refused; the value is the short code logged and counted in metrics."""
 
     TOO_SHORT = "too-short"

@@ -128,7 +128,9 @@ def decode_update(
         )
     stage_name, params = stages[0].get("name"), stages[0].get("params", {})
     if not isinstance(stage_name, str) or not isinstance(params, dict):
-        raise UpdateRejected(RejectReason.BAD_HEADER, "a stage needs a string 'name' and dict 'params'")
+        raise UpdateRejected(
+            RejectReason.BAD_HEADER, "a stage needs a string 'name' and dict 'params'"
+        )
     codec = get_stage(stage_name)
     body = view[_PREFIX.size + header_len :]
     want = codec.body_bytes(specs, params)
@@ -181,7 +183,9 @@ def _tensor_specs(header: dict[str, Any]) -> list[TensorSpec]:
             raise UpdateRejected(
                 RejectReason.BAD_TENSOR_SPEC, f"tensor #{i} needs a string name and a list shape"
             )
-        if not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**31 for d in shape):
+        if not all(
+            isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**31 for d in shape
+        ):
             raise UpdateRejected(
                 RejectReason.BAD_TENSOR_SPEC,
                 f"tensor {name!r} has shape {shape}; dimensions must be ints in [0, 2^31)",

@@ -51,9 +51,11 @@ class PooledData:
         train = np.asarray(parts[partition_id])
         n_test = len(pool.y_test)
         order = np.random.default_rng([seed, 2]).permutation(n_test)
-        test = order[partition_id::num_partitions] if partition_id < n_test else order[
-            partition_id % n_test : partition_id % n_test + 1
-        ]
+        test = (
+            order[partition_id::num_partitions]
+            if partition_id < n_test
+            else order[partition_id % n_test : partition_id % n_test + 1]
+        )
         return ClientData(
             x_train=pool.x_train[train],
             y_train=pool.y_train[train],

@@ -34,7 +34,9 @@ class SyntheticData:
 
     def __post_init__(self) -> None:
         if self.alpha < 0 or self.beta < 0:
-            raise TaskConfigError(f"Synthetic alpha and beta must be >= 0, got {self.alpha}, {self.beta}")
+            raise TaskConfigError(
+                f"Synthetic alpha and beta must be >= 0, got {self.alpha}, {self.beta}"
+            )
 
     def generate(self, client: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """All samples of one client (train and test before the split)."""
@@ -53,7 +55,9 @@ class SyntheticData:
     def _split(self, client: int, seed: int) -> ClientData:
         x, y = self.generate(client, seed)
         n_test = max(1, int(round(len(y) * self.test_fraction)))
-        return ClientData(x_train=x[n_test:], y_train=y[n_test:], x_test=x[:n_test], y_test=y[:n_test])
+        return ClientData(
+            x_train=x[n_test:], y_train=y[n_test:], x_test=x[:n_test], y_test=y[:n_test]
+        )
 
     def client_data(
         self,

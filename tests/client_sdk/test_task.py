@@ -34,9 +34,14 @@ def test_build_model_is_seeded_and_leaves_global_rng_alone():
     assert not np.array_equal(a["0.weight"], c["0.weight"])
 
 
-@pytest.mark.parametrize("optimizer", [OptimizerSpec(name="sgd", lr=0.1, momentum=0.9), OptimizerSpec(name="adamw", lr=0.01)])
+@pytest.mark.parametrize(
+    "optimizer",
+    [OptimizerSpec(name="sgd", lr=0.1, momentum=0.9), OptimizerSpec(name="adamw", lr=0.01)],
+)
 def test_local_training_on_real_digits_lowers_the_loss(optimizer):
-    task = Task(name="d", model_fn=digits_task().model_fn, data=digits_task().data, optimizer=optimizer)
+    task = Task(
+        name="d", model_fn=digits_task().model_fn, data=digits_task().data, optimizer=optimizer
+    )
     data = _digits_client()
     model = task.build_model(seed=0)
     loss_before, _ = evaluate_model(model, task, data.x_train, data.y_train)
@@ -53,7 +58,13 @@ def test_same_generator_seed_gives_identical_local_models():
     out = []
     for _ in range(2):
         model = task.build_model(seed=0)
-        train_local(model, task, data, LocalSchedule(lr=0.1, epochs=1, batch_size=8), torch.Generator().manual_seed(4))
+        train_local(
+            model,
+            task,
+            data,
+            LocalSchedule(lr=0.1, epochs=1, batch_size=8),
+            torch.Generator().manual_seed(4),
+        )
         out.append(model_arrays(model))
     assert all(np.array_equal(out[0][k], out[1][k]) for k in out[0])
 
@@ -64,7 +75,13 @@ def test_proximal_term_keeps_the_model_closer_to_the_global_one():
 
     def drift(mu: float) -> float:
         model = task.build_model(seed=0)
-        train_local(model, task, data, LocalSchedule(lr=0.1, epochs=3, batch_size=8, proximal_mu=mu), torch.Generator().manual_seed(1))
+        train_local(
+            model,
+            task,
+            data,
+            LocalSchedule(lr=0.1, epochs=3, batch_size=8, proximal_mu=mu),
+            torch.Generator().manual_seed(1),
+        )
         return sum(float(((v - start[k]) ** 2).sum()) for k, v in model_arrays(model).items())
 
     assert drift(1.0) < drift(0.0)
@@ -76,7 +93,12 @@ def test_proximal_term_keeps_the_model_closer_to_the_global_one():
         lambda: OptimizerSpec(name="rmsprop"),
         lambda: OptimizerSpec(lr=0),
         lambda: OptimizerSpec(momentum=1.0),
-        lambda: Task(name="x", model_fn=lambda: torch.nn.Linear(1, 1), data=digits_task().data, local_epochs=0),
+        lambda: Task(
+            name="x",
+            model_fn=lambda: torch.nn.Linear(1, 1),
+            data=digits_task().data,
+            local_epochs=0,
+        ),
         lambda: LocalSchedule(lr=0.1, epochs=0, batch_size=1),
         lambda: get_task("imagenet"),
         lambda: get_task("synthetic:1"),
@@ -88,6 +110,14 @@ def test_bad_configuration_gets_a_typed_error(make):
 
 
 def test_training_without_examples_is_refused():
-    empty = ClientData(np.zeros((0, 64), np.float32), np.zeros(0, np.int64), np.zeros((0, 64)), np.zeros(0))
+    empty = ClientData(
+        np.zeros((0, 64), np.float32), np.zeros(0, np.int64), np.zeros((0, 64)), np.zeros(0)
+    )
     with pytest.raises(TaskConfigError, match="no training examples"):
-        train_local(digits_task().build_model(0), digits_task(), empty, LocalSchedule(lr=0.1, epochs=1, batch_size=1), torch.Generator())
+        train_local(
+            digits_task().build_model(0),
+            digits_task(),
+            empty,
+            LocalSchedule(lr=0.1, epochs=1, batch_size=1),
+            torch.Generator(),
+        )

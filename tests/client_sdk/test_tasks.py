@@ -65,5 +65,7 @@ def test_synthetic_refuses_a_partitioner_and_central_test_is_union_of_client_tes
     with pytest.raises(TaskConfigError, match="natural"):
         gen.client_data(0, 3, partitioner=IidPartitioner(), seed=0)
     x, y = gen.central_test(num_partitions=3, seed=0)
-    assert len(y) == sum(len(gen.client_data(i, 3, partitioner=None, seed=0).y_test) for i in range(3))
+    assert len(y) == sum(
+        len(gen.client_data(i, 3, partitioner=None, seed=0).y_test) for i in range(3)
+    )
     assert natural_partition("synthetic:0.5,0.5") and not natural_partition("digits")

@@ -156,7 +156,9 @@ class LocalDeployment:
         try:
             return int(json.loads(done.stdout)["run-id"])
         except (ValueError, KeyError) as err:
-            raise RuntimeError(f"flwr run gave no run id ({err}):\n{done.stdout}\n{done.stderr}") from None
+            raise RuntimeError(
+                f"flwr run gave no run id ({err}):\n{done.stdout}\n{done.stderr}"
+            ) from None
 
     def status(self, run_id: int) -> str:
         done = self.flwr("ls", CONNECTION, "--run-id", str(run_id), "--format", "json")

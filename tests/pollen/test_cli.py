@@ -34,9 +34,23 @@ def test_bad_flags_exit_nonzero_with_one_line_naming_the_flag(args, flag):
 def test_simulate_end_to_end_through_the_console_script(tmp_path):
     out = tmp_path / "run"
     done = subprocess.run(
-        [sys.executable, "-m", "pollen", "simulate", "--clients", "4", "--rounds", "2",
-         "--partition", "iid", "--out", str(out)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pollen",
+            "simulate",
+            "--clients",
+            "4",
+            "--rounds",
+            "2",
+            "--partition",
+            "iid",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "final accuracy:" in done.stdout

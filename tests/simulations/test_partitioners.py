@@ -63,7 +63,9 @@ def test_dirichlet_min_samples_guard():
     parts = DirichletPartitioner(0.3, min_samples=20)(LABELS, 30, np.random.default_rng(1))
     assert min(map(len, parts)) >= 20
     with pytest.raises(PartitionError, match="minimum"):
-        DirichletPartitioner(0.01, min_samples=60, max_tries=3)(LABELS, 30, np.random.default_rng(1))
+        DirichletPartitioner(0.01, min_samples=60, max_tries=3)(
+            LABELS, 30, np.random.default_rng(1)
+        )
 
 
 @pytest.mark.parametrize(("clients", "k"), [(25, 2), (3, 3), (10, 1), (7, 10)])

@@ -36,7 +36,9 @@ def _run(out, **run):
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("digits")
-    summary, rounds_seen = _run(out, fraction_train=0.5, fraction_evaluate=0.5, partition="dirichlet:0.5")
+    summary, rounds_seen = _run(
+        out, fraction_train=0.5, fraction_evaluate=0.5, partition="dirichlet:0.5"
+    )
     return out, summary, rounds_seen
 
 
@@ -73,6 +75,8 @@ def test_synthetic_task_with_fedprox(tmp_path):
 
 def test_partition_mismatch_is_refused_before_starting():
     with pytest.raises(PartitionError, match="natural"):
-        SimulationSettings(run=RunSettings(task="synthetic", partition="iid"), clients=3, out_dir=None)
+        SimulationSettings(
+            run=RunSettings(task="synthetic", partition="iid"), clients=3, out_dir=None
+        )
     with pytest.raises(PartitionError, match="clients"):
         SimulationSettings(run=RunSettings(), clients=0, out_dir=None)

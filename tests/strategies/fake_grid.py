@@ -21,6 +21,8 @@ class QueryAnsweringGrid:
             assert msg.metadata.message_type == MessageType.QUERY
             self.queries += 1
             node = msg.metadata.dst_node_id
-            content = RecordDict({"node-info": MetricRecord({"partition-id": self.partitions[node]})})
+            content = RecordDict(
+                {"node-info": MetricRecord({"partition-id": self.partitions[node]})}
+            )
             replies.append(message(content, src=node, dst=1, message_type=MessageType.QUERY))
         return replies

@@ -15,8 +15,12 @@ def test_same_seed_samples_the_same_partitions_whatever_the_node_ids():
         chosen = _chosen_partitions(a, SeededSampler(seed=4), server_round)
         assert chosen == _chosen_partitions(b, SeededSampler(seed=4), server_round)
         assert len(chosen) == 6
-    assert _chosen_partitions(a, SeededSampler(seed=4), 1) != _chosen_partitions(a, SeededSampler(seed=4), 2)
-    assert _chosen_partitions(a, SeededSampler(seed=4), 1) != _chosen_partitions(a, SeededSampler(seed=5), 1)
+    assert _chosen_partitions(a, SeededSampler(seed=4), 1) != _chosen_partitions(
+        a, SeededSampler(seed=4), 2
+    )
+    assert _chosen_partitions(a, SeededSampler(seed=4), 1) != _chosen_partitions(
+        a, SeededSampler(seed=5), 1
+    )
 
 
 def test_nodes_are_queried_once_and_not_at_all_for_full_participation():

@@ -2,7 +2,16 @@ import logging
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Error,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 
 from strategies import StrategySettings, build_strategy
 from tests.messages import message
@@ -18,9 +27,16 @@ def _arrays(named):
 
 def _reply(node, delta, n, server_round=1, partition=None, payload=None):
     payload = payload if payload is not None else encode_update(delta, server_round=server_round)
-    metrics = {"num-examples": n, "train-loss": 0.5, "partition-id": node if partition is None else partition}
+    metrics = {
+        "num-examples": n,
+        "train-loss": 0.5,
+        "partition-id": node if partition is None else partition,
+    }
     content = RecordDict(
-        {UPDATE_RECORD_KEY: ConfigRecord({PAYLOAD_FIELD: payload}), "metrics": MetricRecord(metrics)}
+        {
+            UPDATE_RECORD_KEY: ConfigRecord({PAYLOAD_FIELD: payload}),
+            "metrics": MetricRecord(metrics),
+        }
     )
     return message(content, src=node, dst=1, message_type=MessageType.TRAIN)
 
@@ -28,7 +44,9 @@ def _reply(node, delta, n, server_round=1, partition=None, payload=None):
 def _configured(name="fedavg", nodes=2, **kw):
     strategy = build_strategy(StrategySettings(name=name, **kw))
     grid = QueryAnsweringGrid({n: n for n in range(1, nodes + 1)})
-    msgs = list(strategy.configure_train(1, _arrays(GLOBAL), ConfigRecord({"task": "digits"}), grid))
+    msgs = list(
+        strategy.configure_train(1, _arrays(GLOBAL), ConfigRecord({"task": "digits"}), grid)
+    )
     return strategy, msgs
 
 
@@ -55,13 +73,24 @@ def test_bad_updates_are_logged_counted_and_the_round_goes_on(caplog):
     wrong_shape = _reply(2, {"w": np.ones(4, np.float32)}, n=2)
     stale = _reply(3, {"w": np.ones(3, np.float32)}, n=2, server_round=0)
     garbage = _reply(4, None, n=2, payload=b"\x00" * 40)
-    failed = Message(Error(code=0, reason="boom"), reply_to=message(RecordDict(), src=1, dst=5, message_type=MessageType.TRAIN))
+    failed = Message(
+        Error(code=0, reason="boom"),
+        reply_to=message(RecordDict(), src=1, dst=5, message_type=MessageType.TRAIN),
+    )
     with caplog.at_level(logging.WARNING):
         arrays, _ = strategy.aggregate_train(1, [good, wrong_shape, stale, garbage, failed])
     np.testing.assert_array_equal(arrays["w"].numpy(), GLOBAL["w"] + 1)
     stats = strategy.rounds[1].as_metrics()
-    assert stats["accepted_updates"] == 1 and stats["rejected_updates"] == 3 and stats["failed_clients"] == 1
-    assert [r["reason"] for r in stats["rejections"]] == ["shape-mismatch", "round-mismatch", "bad-magic"]
+    assert (
+        stats["accepted_updates"] == 1
+        and stats["rejected_updates"] == 3
+        and stats["failed_clients"] == 1
+    )
+    assert [r["reason"] for r in stats["rejections"]] == [
+        "shape-mismatch",
+        "round-mismatch",
+        "bad-magic",
+    ]
     assert "rejected update from node 2 (shape-mismatch)" in caplog.text
 
 

@@ -56,7 +56,9 @@ def _reason(payload, **kwargs):
     return info.value.reason
 
 
-GOOD = encode_update({"a": np.ones((2, 3), np.float32), "b": np.zeros(4, np.float32)}, server_round=1)
+GOOD = encode_update(
+    {"a": np.ones((2, 3), np.float32), "b": np.zeros(4, np.float32)}, server_round=1
+)
 SPECS = [TensorSpec("a", (2, 3)), TensorSpec("b", (4,))]
 
 
@@ -109,9 +111,18 @@ def _header(**changes):
         (_header(stages=[]), RejectReason.BAD_HEADER),
         (_header(round="1"), RejectReason.BAD_HEADER),
         (_header(format=7), RejectReason.UNSUPPORTED_VERSION),
-        (_header(tensors=[{"name": "w", "shape": [-2], "dtype": "float32"}]), RejectReason.BAD_TENSOR_SPEC),
-        (_header(tensors=[{"name": "w", "shape": [2], "dtype": "float64"}]), RejectReason.BAD_TENSOR_SPEC),
-        (_header(tensors=[{"name": "w", "shape": [1]}, {"name": "w", "shape": [1]}]), RejectReason.BAD_TENSOR_SPEC),
+        (
+            _header(tensors=[{"name": "w", "shape": [-2], "dtype": "float32"}]),
+            RejectReason.BAD_TENSOR_SPEC,
+        ),
+        (
+            _header(tensors=[{"name": "w", "shape": [2], "dtype": "float64"}]),
+            RejectReason.BAD_TENSOR_SPEC,
+        ),
+        (
+            _header(tensors=[{"name": "w", "shape": [1]}, {"name": "w", "shape": [1]}]),
+            RejectReason.BAD_TENSOR_SPEC,
+        ),
         (_header(body_bytes=4), RejectReason.LENGTH_MISMATCH),
     ],
 )

@@ -1,0 +1,33 @@
+# Quick start: `make demo` (a simulation on bundled data, CPU, ~1 minute) and `make test`.
+# Each creates .venv and installs what it needs (torch 2.13.0 CPU first, then the project).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.pollen-installed
+
+.PHONY: demo test lint e2e clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/pollen simulate --task digits --clients 50 --partition dirichlet:0.5 \
+		--strategy fedavg --rounds 30 --seed 0 --out runs/demo
+
+lint: $(STAMP)
+	$(BIN)/lint-imports
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/pytest -q
+
+e2e: $(STAMP)
+	$(BIN)/pytest -q -m e2e -s
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache .hypothesis *.egg-info
