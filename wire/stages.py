@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+Buffer = bytes | memoryview
+
 import numpy as np
 
 from wire.errors import RejectReason, UpdateRejected
@@ -31,11 +33,14 @@ class TensorSpec:
 
 
 class Stage(Protocol):
-    """One codec stage. ``encode`` returns (body, params); ``decode`` inverts it."""
+    """One codec stage. ``encode`` returns (body buffers, params); ``decode`` inverts it.
+
+    The body is a list of bytes-like buffers that the payload joins in a single copy.
+    """
 
     name: str
 
-    def encode(self, tensors: Sequence[np.ndarray]) -> tuple[bytes, dict[str, Any]]: ...
+    def encode(self, tensors: Sequence[np.ndarray]) -> tuple[list[Buffer], dict[str, Any]]: ...
 
     def body_bytes(self, specs: Sequence[TensorSpec], params: dict[str, Any]) -> int: ...
 
@@ -49,10 +54,9 @@ class Float32Delta:
 
     name = "float32-delta"
 
-    def encode(self, tensors: Sequence[np.ndarray]) -> tuple[bytes, dict[str, Any]]:
-        parts = [np.ascontiguousarray(t, dtype="<f4").reshape(-1) for t in tensors]
-        body = np.concatenate(parts).tobytes() if parts else b""
-        return body, {}
+    def encode(self, tensors: Sequence[np.ndarray]) -> tuple[list[Buffer], dict[str, Any]]:
+        parts = [memoryview(np.ascontiguousarray(t, dtype="<f4")).cast("B") for t in tensors]
+        return parts, {}
 
     def body_bytes(self, specs: Sequence[TensorSpec], params: dict[str, Any]) -> int:
         return 4 * sum(spec.size for spec in specs)
@@ -67,10 +71,11 @@ class Float32Delta:
                 RejectReason.NON_FINITE,
                 f"{bad} of {flat.size} values are NaN or Inf; clients must send finite deltas",
             )
+        owned = flat.astype(np.float32)  # one writable copy, independent of the payload
         out: list[np.ndarray] = []
         offset = 0
         for spec in specs:
-            out.append(flat[offset : offset + spec.size].astype(np.float32).reshape(spec.shape))
+            out.append(owned[offset : offset + spec.size].reshape(spec.shape))
             offset += spec.size
         return out
 
