@@ -24,6 +24,14 @@ class TaskConfigError(ValueError):
     """A Task, optimizer or data request was configured with an impossible value."""
 
 
+def check_partition_id(partition_id: int, num_partitions: int) -> None:
+    """Refuse a partition id outside [0, num_partitions)."""
+    if not 0 <= partition_id < num_partitions:
+        raise TaskConfigError(
+            f"partition-id {partition_id} is outside [0, num-partitions={num_partitions})"
+        )
+
+
 @dataclass(frozen=True)
 class ClientData:
     """One client's local data: train split and local test split (numpy, float32/int64)."""

@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 
 from pollen.progress import human_bytes, round_progress, summary_table
+
+if TYPE_CHECKING:
+    from simulations.runner import SimulationSettings
 
 app = typer.Typer(
     add_completion=False,
@@ -33,48 +36,36 @@ def _root() -> None:
     """Pollen: federated learning on Flower with compact client updates."""
 
 
-def validate_simulate_flags(
-    *,
-    task: str,
-    clients: int,
-    rounds: int,
-    fraction: float,
-    partition: str | None,
-    strategy: str,
-    fraction_evaluate: float,
-) -> str:
-    """Check the flags before anything starts; return the partition spec to use."""
-    from client_sdk.tasks import get_task, natural_partition
-    from simulations.partitioners import PartitionError, parse_partition
-    from strategies import STRATEGY_NAMES
+# Which flag sets each run-config key, to name the flag when RunSettings refuses a value.
+_FLAG_FOR_KEY = {
+    "num-server-rounds": "--rounds",
+    "fraction-train": "--fraction",
+    "min-available-nodes": "--clients",
+}
+
+
+def simulation_settings(
+    *, clients: int, partition: str | None, out: Path, verbose: bool, **run: Any
+) -> SimulationSettings:
+    """Validate the flags into settings, or raise a :class:`FlagError` naming the bad flag."""
+    from client_sdk.tasks import natural_partition
+    from server import RunConfigError, RunSettings
+    from simulations.partitioners import PartitionError
+    from simulations.runner import SimulationSettings
 
     if clients < 1:
         raise FlagError("--clients", f"must be >= 1, got {clients}")
-    if rounds < 1:
-        raise FlagError("--rounds", f"must be >= 1, got {rounds}")
-    if not 0 < fraction <= 1:
-        raise FlagError("--fraction", f"must be in (0, 1], got {fraction}")
-    if not 0 <= fraction_evaluate <= 1:
-        raise FlagError("--fraction-evaluate", f"must be in [0, 1], got {fraction_evaluate}")
+    spec = partition or ("natural" if natural_partition(run["task"]) else "dirichlet:0.5")
     try:
-        get_task(task)
-    except ValueError as err:
-        raise FlagError("--task", str(err)) from None
-    if strategy.lower() not in STRATEGY_NAMES:
-        raise FlagError(
-            "--strategy",
-            f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGY_NAMES)}",
+        settings = RunSettings(partition=spec, min_available_nodes=clients, **run)
+    except RunConfigError as err:
+        raise FlagError(_FLAG_FOR_KEY.get(err.key, f"--{err.key}"), err.why) from None
+    try:
+        return SimulationSettings(
+            run=settings, clients=clients, out_dir=out.resolve(), ray_logs=verbose
         )
-    spec = partition or ("natural" if natural_partition(task) else "dirichlet:0.5")
-    try:
-        parsed = parse_partition(spec)
     except PartitionError as err:
         raise FlagError("--partition", str(err)) from None
-    if natural_partition(task) and parsed is not None:
-        raise FlagError("--partition", f"task {task!r} is split per client already; use 'natural'")
-    if not natural_partition(task) and parsed is None:
-        raise FlagError("--partition", f"task {task!r} needs iid, dirichlet:ALPHA or shards:K")
-    return spec
 
 
 @app.command()
@@ -99,53 +90,33 @@ def simulate(
 ) -> None:
     """Run a Task with N virtual clients in Flower's simulation engine."""
     console = Console()
-    try:
-        spec = validate_simulate_flags(
-            task=task,
-            clients=clients,
-            rounds=rounds,
-            fraction=fraction,
-            partition=partition,
-            strategy=strategy,
-            fraction_evaluate=fraction_evaluate,
-        )
-        for flag, value in (
-            ("--lr", lr),
-            ("--local-epochs", local_epochs),
-            ("--batch-size", batch_size),
-        ):
-            if value < 0:
-                raise FlagError(flag, f"must be >= 0, got {value}")
-    except FlagError as err:
-        typer.echo(f"pollen simulate: error: {err}", err=True)
-        raise typer.Exit(2) from None
-
-    from server import RunSettings
-    from simulations.runner import SimulationSettings
-    from simulations.runner import simulate as run_simulation
-
-    _quiet_logs(verbose)
     out_dir = out or Path("runs") / f"{task.replace(':', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
-    settings = SimulationSettings(
-        run=RunSettings(
+    try:
+        settings = simulation_settings(
+            clients=clients,
+            partition=partition,
+            out=out_dir,
+            verbose=verbose,
             task=task,
             num_server_rounds=rounds,
             strategy=strategy.lower(),
             fraction_train=fraction,
             fraction_evaluate=fraction_evaluate,
-            min_available_nodes=clients,
-            partition=spec,
             seed=seed,
             lr=lr,
             local_epochs=local_epochs,
             batch_size=batch_size,
             proximal_mu=proximal_mu,
             server_lr=server_lr,
-        ),
-        clients=clients,
-        out_dir=out_dir.resolve(),
-        ray_logs=verbose,
-    )
+        )
+    except FlagError as err:
+        typer.echo(f"pollen simulate: error: {err}", err=True)
+        raise typer.Exit(2) from None
+
+    from simulations.runner import simulate as run_simulation
+
+    _quiet_logs(verbose)
+    spec = settings.run.partition
     console.print(
         f"[bold]pollen simulate[/]: {task}, {clients} clients, {spec}, {strategy}, "
         f"{rounds} rounds, seed {seed} -> {out_dir}"

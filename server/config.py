@@ -13,6 +13,11 @@ from strategies import STRATEGY_NAMES
 class RunConfigError(ValueError):
     """A run-config key has a value the server cannot use; the message names the key."""
 
+    def __init__(self, key: str, why: str) -> None:
+        super().__init__(f"run config {key}: {why}")
+        self.key = key
+        self.why = why
+
 
 @dataclass(frozen=True, kw_only=True)
 class RunSettings:
@@ -35,9 +40,7 @@ class RunSettings:
     server_lr: float = 0.1  # FedAdam/FedYogi only
 
     def __post_init__(self) -> None:
-        def bad(key: str, why: str) -> RunConfigError:
-            return RunConfigError(f"run config {key}: {why}")
-
+        bad = RunConfigError
         if self.num_server_rounds < 1:
             raise bad("num-server-rounds", f"must be >= 1, got {self.num_server_rounds}")
         if self.strategy.lower() not in STRATEGY_NAMES:
@@ -72,13 +75,14 @@ class RunSettings:
             name = key.replace("-", "_")
             if name not in known:
                 raise RunConfigError(
-                    f"run config {key}: unknown key; known keys: "
-                    + ", ".join(sorted(k.replace("_", "-") for k in known))
+                    key,
+                    "unknown key; known keys: "
+                    + ", ".join(sorted(k.replace("_", "-") for k in known)),
                 )
             kind = type(known[name].default)
             if kind is float and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)
             if not isinstance(value, kind) or isinstance(value, bool):
-                raise RunConfigError(f"run config {key}: expected {kind.__name__}, got {value!r}")
+                raise RunConfigError(key, f"expected {kind.__name__}, got {value!r}")
             values[name] = value
         return cls(**values)

@@ -12,11 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-Buffer = bytes | memoryview
-
 import numpy as np
 
 from wire.errors import RejectReason, UpdateRejected
+
+Buffer = bytes | memoryview
 
 
 @dataclass(frozen=True)

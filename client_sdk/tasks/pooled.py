@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from client_sdk.task import ClientData, Partitioner, TaskConfigError
+from client_sdk.task import ClientData, Partitioner, TaskConfigError, check_partition_id
 
 
 @dataclass(frozen=True)
@@ -42,10 +42,7 @@ class PooledData:
     ) -> ClientData:
         if partitioner is None:
             raise TaskConfigError("a pooled dataset needs a partitioner (iid, dirichlet, shards)")
-        if not 0 <= partition_id < num_partitions:
-            raise TaskConfigError(
-                f"partition-id {partition_id} is outside [0, num-partitions={num_partitions})"
-            )
+        check_partition_id(partition_id, num_partitions)
         pool = self.load()
         parts = partitioner(pool.y_train, num_partitions, np.random.default_rng([seed, 1]))
         train = np.asarray(parts[partition_id])

@@ -18,7 +18,14 @@ from dataclasses import dataclass
 import numpy as np
 from torch import nn
 
-from client_sdk.task import ClientData, OptimizerSpec, Partitioner, Task, TaskConfigError
+from client_sdk.task import (
+    ClientData,
+    OptimizerSpec,
+    Partitioner,
+    Task,
+    TaskConfigError,
+    check_partition_id,
+)
 
 DIM, CLASSES = 60, 10
 
@@ -72,10 +79,7 @@ class SyntheticData:
                 "Synthetic(alpha, beta) has a natural partition (one generated dataset per "
                 "client); use partition 'natural' instead of iid/dirichlet/shards"
             )
-        if not 0 <= partition_id < num_partitions:
-            raise TaskConfigError(
-                f"partition-id {partition_id} is outside [0, num-partitions={num_partitions})"
-            )
+        check_partition_id(partition_id, num_partitions)
         return self._split(partition_id, seed)
 
     def central_test(self, *, num_partitions: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
