@@ -24,7 +24,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 test: lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=5
 
 e2e: $(STAMP)
 	$(BIN)/pytest -q -m e2e -s
