@@ -1,7 +1,9 @@
-"""Wire v0 encode + decode time vs Flower's own Array serialization, measured in one run.
+"""Encode + decode time of a 1M-parameter update per codec, vs Flower's own Array round trip.
 
-Baseline: ``flwr.app.Array`` from numpy and back (np.save/np.load under the hood), the path a
-plain Flower client's ArrayRecord takes. Prints medians and the ratio (ours / Flower's).
+Baseline (measured in the same run): ``flwr.app.Array`` from numpy and back (np.save/np.load
+under the hood), the path a plain Flower client's ArrayRecord takes. Prints, per codec, the
+payload size, its ratio to float32, the median encode+decode milliseconds and the ratio of that
+time to the baseline's. Target (issue #3): every codec under 50 ms on a 2-core CPU.
 
     .venv/bin/python benchmarks/wire_codec.py [PARAMS]
 """
@@ -15,38 +17,56 @@ import time
 import numpy as np
 from flwr.app import Array
 
-from wire import TensorSpec, decode_update, encode_update
+from wire import CodecSpec, MaskSet, TensorSpec, decode_update, encode_update
 
 
-def median_seconds(fn, repeats: int = 15) -> float:
+def median_ms(fn, repeats: int = 15) -> float:
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return 1e3 * statistics.median(times)
 
 
 def main(params: int = 1_000_000) -> None:
     rng = np.random.default_rng(0)
-    shapes = {"layer1.weight": (params // 2,), "layer2.weight": (params - params // 2,)}
-    update = {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
-    specs = [TensorSpec(k, s) for k, s in shapes.items()]
-
-    def ours() -> None:
-        payload = encode_update(update, server_round=1)
-        decode_update(payload, expected=specs, expected_round=1)
+    rows = params // 1000
+    update = {
+        "layer1.weight": rng.normal(size=(rows, 1000)).astype(np.float32),
+        "layer1.bias": rng.normal(size=params - rows * 1000).astype(np.float32),
+    }
+    specs = [TensorSpec(k, v.shape) for k, v in update.items()]
+    mask = MaskSet({"layer1.weight": rng.random((rows, 1000)) >= 0.9})
+    codecs = [
+        ("float32", CodecSpec(), None),
+        ("8-bit", CodecSpec(quant_bits=8), None),
+        ("4-bit", CodecSpec(quant_bits=4), None),
+        ("1-bit", CodecSpec(quant_bits=1), None),
+        ("90% masked + 4-bit", CodecSpec(quant_bits=4), mask),
+        ("top-1% float32", CodecSpec(topk=0.01), None),
+        ("top-1% + 8-bit", CodecSpec(topk=0.01, quant_bits=8), None),
+    ]
 
     def flower() -> None:
         for value in update.values():
             Array(value).numpy()
 
-    ours_s, flower_s = median_seconds(ours), median_seconds(flower)
-    size = len(encode_update(update, server_round=1))
-    print(f"params={params} payload_bytes={size} float32_bytes={4 * params}")
-    print(f"wire v0 encode+decode: {ours_s * 1e3:.2f} ms (median)")
-    print(f"flower Array round trip: {flower_s * 1e3:.2f} ms (median)")
-    print(f"ratio ours/flower: {ours_s / flower_s:.2f}")
+    base_ms = median_ms(flower)
+    print(f"params={params}; baseline flower Array round trip: {base_ms:.2f} ms (median)")
+    print(f"{'codec':<20} {'bytes':>10} {'vs f32':>7} {'enc+dec ms':>11} {'vs flower':>10}")
+    for name, codec, masks in codecs:
+        payload = encode_update(update, server_round=1, codec=codec, masks=masks, rng=rng)
+
+        def round_trip(codec=codec, masks=masks) -> None:
+            sent = encode_update(update, server_round=1, codec=codec, masks=masks, rng=rng)
+            decode_update(sent, expected=specs, masks=masks, expected_round=1)
+
+        ms = median_ms(round_trip)
+        print(
+            f"{name:<20} {len(payload):>10} {4 * params / len(payload):>6.1f}x "
+            f"{ms:>11.2f} {ms / base_ms:>9.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -16,10 +16,21 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client_sdk.feedback import encode_with_feedback, residual_norm
+from client_sdk.local_model import finish_local_model, prepare_local_model
 from client_sdk.task import ClientData, Task, TaskConfigError
 from client_sdk.training import LocalSchedule, evaluate_model, train_local
-from client_sdk.weights import load_arrays, model_arrays
-from wire import PAYLOAD_FIELD, UPDATE_RECORD_KEY, encode_update
+from client_sdk.weights import load_arrays, model_arrays, tensor_specs
+from wire import (
+    DOWNLOAD_RECORD_KEY,
+    MASK_FIELD,
+    PAYLOAD_FIELD,
+    UPDATE_RECORD_KEY,
+    CodecConfigError,
+    CodecSpec,
+    MaskSet,
+    decode_update,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +54,37 @@ def client_seed(seed: int, server_round: int, partition_id: int) -> int:
 
 def _named_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
     return {name: array.numpy() for name, array in record.items()}
+
+
+def codec_from_config(config: ConfigRecord) -> CodecSpec:
+    """The update compression the server asked for in this round's config."""
+    try:
+        return CodecSpec(
+            quant_bits=int(config.get("quant-bits", 0)),
+            quant_chunk=int(config.get("quant-chunk", 1024)),
+            stochastic=config.get("quant-rounding", "stochastic") != "nearest",
+            topk=float(config.get("topk", 0.0)),
+        )
+    except CodecConfigError as err:
+        raise TaskConfigError(f"server config: {err}") from None
+
+
+def frozen_prefixes(task: Task, config: ConfigRecord) -> tuple[str, ...]:
+    extra = [p for p in str(config.get("freeze", "")).split(",") if p]
+    return tuple(task.frozen) + tuple(extra)
+
+
+def received_model(
+    msg: Message, model_arrays_now: dict[str, np.ndarray], masks: MaskSet | None
+) -> dict[str, np.ndarray]:
+    """The global model from the message: float32 arrays, or a compressed download payload."""
+    records = msg.content.config_records
+    if DOWNLOAD_RECORD_KEY in records:
+        payload = records[DOWNLOAD_RECORD_KEY][PAYLOAD_FIELD]
+        return decode_update(
+            payload, expected=tensor_specs(model_arrays_now), masks=masks
+        ).as_dict()
+    return _named_arrays(msg.content["arrays"])
 
 
 def _resolve(task: TaskSource, config: ConfigRecord) -> Task:
@@ -79,23 +121,52 @@ def build_client_app(task: TaskSource, data: DataProvider) -> ClientApp:
         server_round = int(config.get("server-round", 0))
         the_task = _resolve(task, config)
         model = the_task.build_model(seed=0)
-        global_arrays = _named_arrays(msg.content["arrays"])
+        shapes = {name: arr.shape for name, arr in model_arrays(model).items()}
+        masks = (
+            MaskSet.decode(config[MASK_FIELD], expected=shapes) if MASK_FIELD in config else None
+        )
+        global_arrays = received_model(msg, model_arrays(model), masks)
         load_arrays(model, global_arrays)
+        frozen = frozen_prefixes(the_task, config)
+        prepare_local_model(
+            model,
+            masks=None if masks is None else masks.masks,
+            qat=bool(config.get("qat", False)),
+            frozen=frozen,
+        )
         client_data = data(context, config)
         pid = partition_id_of(context)
-        generator = torch.Generator().manual_seed(
-            client_seed(int(config.get("seed", 0)), server_round, pid)
-        )
+        seed = client_seed(int(config.get("seed", 0)), server_round, pid)
+        generator = torch.Generator().manual_seed(seed)
         stats = train_local(model, the_task, client_data, _schedule(the_task, config), generator)
+        finish_local_model(model)
         local = model_arrays(model)
-        delta = {name: local[name] - g for name, g in global_arrays.items()}
-        payload = encode_update(delta, server_round=server_round)
+        delta = {
+            name: local[name] - g
+            for name, g in global_arrays.items()
+            if not name.startswith(frozen)
+        }
+        feedback = bool(config.get("error-feedback", False))
+        carried = residual_norm(context.state) if feedback else 0.0
+        payload = encode_with_feedback(
+            delta,
+            server_round=server_round,
+            codec=codec_from_config(config),
+            masks=masks,
+            rng=np.random.default_rng(seed),
+            state=context.state if feedback else None,
+        )
         metrics = MetricRecord(
             {
                 "num-examples": stats.num_examples,
                 "train-loss": stats.mean_loss,
                 "partition-id": pid,
                 "upload-bytes": len(payload),
+                **(
+                    {"residual-carried": carried, "residual-norm": residual_norm(context.state)}
+                    if feedback
+                    else {}
+                ),
             }
         )
         content = RecordDict(

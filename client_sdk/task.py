@@ -101,6 +101,7 @@ class Task:
     optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
     local_epochs: int = 1
     batch_size: int = 32
+    frozen: tuple[str, ...] = ()  # parameter-name prefixes kept fixed (e.g. a backbone), never sent
 
     def __post_init__(self) -> None:
         if self.local_epochs < 1:

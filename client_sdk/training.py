@@ -53,8 +53,11 @@ def train_local(
     n = len(y)
     if n == 0:
         raise TaskConfigError("client has no training examples; check the partition guard")
-    anchor = [p.detach().clone() for p in model.parameters()] if schedule.proximal_mu else []
-    optimizer = task.optimizer.build(model.parameters(), lr=schedule.lr)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise TaskConfigError("every parameter is frozen; nothing to train")
+    anchor = [p.detach().clone() for p in params] if schedule.proximal_mu else []
+    optimizer = task.optimizer.build(iter(params), lr=schedule.lr)
     model.train()
     total, steps = 0.0, 0
     for _ in range(schedule.epochs):
@@ -64,7 +67,6 @@ def train_local(
             optimizer.zero_grad(set_to_none=True)
             loss = task.loss_fn(model(x[idx]), y[idx])
             if anchor:
-                params = model.parameters()
                 prox = sum(((p - a) ** 2).sum() for p, a in zip(params, anchor, strict=True))
                 loss = loss + 0.5 * schedule.proximal_mu * prox
             loss.backward()

@@ -86,6 +86,20 @@ def simulate(
     batch_size: int = typer.Option(0, help="Local batch size (0: the Task's)."),
     proximal_mu: float = typer.Option(0.01, help="FedProx proximal term mu."),
     server_lr: float = typer.Option(0.1, help="FedAdam/FedYogi server learning rate."),
+    prune: float = typer.Option(0.0, help="Final sparsity of the shared pruning mask (0: off)."),
+    prune_schedule: str = typer.Option("cubic", help="cubic (Zhu & Gupta) | linear | constant"),
+    prune_scope: str = typer.Option("layer", help="layer | global magnitude pruning"),
+    prune_initial: float = typer.Option(0.0, help="Sparsity at --prune-start-round."),
+    prune_start_round: int = typer.Option(1, help="Round the sparsity ramp starts."),
+    prune_end_round: int = typer.Option(0, help="Round the final sparsity is reached (0: half)."),
+    quant_bits: int = typer.Option(0, help="Update quantization bits: 1, 2, 4, 8 (0: float32)."),
+    quant_chunk: int = typer.Option(1024, help="Values per quantization range."),
+    quant_rounding: str = typer.Option("stochastic", help="stochastic (unbiased) | nearest"),
+    topk: float = typer.Option(0.0, help="Send only this fraction of coordinates (0: dense)."),
+    error_feedback: bool = typer.Option(False, help="Carry the compression residual over."),
+    qat: bool = typer.Option(False, help="Train with fake-quantized int8 weights."),
+    download_bits: int = typer.Option(0, help="Global model download: 0 float32, 8 bits."),
+    freeze: str = typer.Option("", help="Comma-separated parameter prefixes to keep frozen."),
     verbose: bool = typer.Option(False, help="Show Flower's and Ray's own logs."),
 ) -> None:
     """Run a Task with N virtual clients in Flower's simulation engine."""
@@ -108,6 +122,20 @@ def simulate(
             batch_size=batch_size,
             proximal_mu=proximal_mu,
             server_lr=server_lr,
+            prune=prune,
+            prune_schedule=prune_schedule,
+            prune_scope=prune_scope,
+            prune_initial=prune_initial,
+            prune_start_round=prune_start_round,
+            prune_end_round=prune_end_round,
+            quant_bits=quant_bits,
+            quant_chunk=quant_chunk,
+            quant_rounding=quant_rounding,
+            topk=topk,
+            error_feedback=error_feedback,
+            qat=qat,
+            download_bits=download_bits,
+            freeze=freeze,
         )
     except FlagError as err:
         typer.echo(f"pollen simulate: error: {err}", err=True)
@@ -135,7 +163,16 @@ def simulate(
         summary = run_simulation(settings, on_round=on_round)
     console.print(summary_table(summary))
     console.print(f"final accuracy: {summary['final_accuracy']:.4f}")
-    console.print(f"wrote {out_dir}/summary.json, metrics.jsonl, accuracy.png, final_model.npz")
+    export = summary.get("export", {})
+    if export:
+        console.print(
+            f"model on disk: float32 {human_bytes(export['float32_model_bytes'])}, int8 "
+            f"{human_bytes(export['int8_model_bytes'])} (accuracy {export['int8_accuracy']:.4f})"
+        )
+    console.print(
+        f"wrote {out_dir}/summary.json, metrics.jsonl, accuracy.png, final_model.npz, "
+        "final_model_int8.npz"
+    )
 
 
 def _quiet_logs(verbose: bool) -> None:

@@ -41,13 +41,15 @@ def summary_table(summary: dict[str, Any]) -> Table:
         "final_accuracy",
         "best_accuracy",
         "upload_bytes_total",
+        "upload_bytes_per_client_round",
         "download_bytes_total",
+        "final_sparsity",
         "rejected_updates",
         "failed_clients",
         "wall_s",
     ):
         value = summary.get(key)
-        if key.endswith("_bytes_total") and isinstance(value, (int, float)):
+        if "_bytes_" in key and isinstance(value, (int, float)):
             value = human_bytes(value)
         elif isinstance(value, float):
             value = f"{value:.4f}"

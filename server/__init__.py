@@ -1,10 +1,18 @@
 """Pollen's server side: the ServerApp, run settings, metrics log and (later) deployment helpers."""
 
 from server.config import RunConfigError, RunSettings
-from server.federation import MODEL_FILE, FederationResult, run_federation
+from server.federation import (
+    EXPORT_FILE,
+    INT8_MODEL_FILE,
+    MODEL_FILE,
+    FederationResult,
+    run_federation,
+)
 from server.metrics import MetricsLog, read_metrics
 
 __all__ = [
+    "EXPORT_FILE",
+    "INT8_MODEL_FILE",
     "MODEL_FILE",
     "FederationResult",
     "MetricsLog",

@@ -7,7 +7,8 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from client_sdk.tasks import get_task
-from strategies import STRATEGY_NAMES
+from strategies import STRATEGY_NAMES, CompressionSettings, PruningConfigError, PruningSchedule
+from wire import CodecConfigError, CodecSpec
 
 
 class RunConfigError(ValueError):
@@ -17,6 +18,9 @@ class RunConfigError(ValueError):
         super().__init__(f"run config {key}: {why}")
         self.key = key
         self.why = why
+
+
+_PRUNE_KEYS = ("prune-initial", "prune-start-round", "prune-schedule", "prune-scope", "prune")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,6 +42,21 @@ class RunSettings:
     batch_size: int = 0  # 0: the Task's own
     proximal_mu: float = 0.01  # FedProx only
     server_lr: float = 0.1  # FedAdam/FedYogi only
+    # ---- compression (see strategies.compression / wire stages)
+    prune: float = 0.0  # final sparsity of the shared pruning mask; 0: no pruning
+    prune_schedule: str = "cubic"  # cubic (Zhu & Gupta 2017) | linear | constant
+    prune_scope: str = "layer"  # layer | global
+    prune_initial: float = 0.0
+    prune_start_round: int = 1
+    prune_end_round: int = 0  # 0: half of num-server-rounds
+    quant_bits: int = 0  # 0: float32 updates; 1, 2, 4 or 8 bits
+    quant_chunk: int = 1024
+    quant_rounding: str = "stochastic"  # stochastic | nearest
+    topk: float = 0.0  # fraction of coordinates sent; 0: dense
+    error_feedback: bool = False
+    qat: bool = False
+    download_bits: int = 0  # 0: float32 global model; 8: 8-bit download
+    freeze: str = ""  # comma-separated parameter-name prefixes not trained nor sent
 
     def __post_init__(self) -> None:
         bad = RunConfigError
@@ -65,6 +84,49 @@ class RunSettings:
             get_task(self.task)
         except ValueError as err:
             raise bad("task", str(err)) from None
+        if self.quant_rounding not in ("stochastic", "nearest"):
+            raise bad(
+                "quant-rounding", f"must be stochastic or nearest, got {self.quant_rounding!r}"
+            )
+        if self.download_bits not in (0, 8):
+            raise bad("download-bits", f"must be 0 (float32) or 8, got {self.download_bits}")
+        try:
+            self.compression()
+        except PruningConfigError as err:
+            key = next((k for k in _PRUNE_KEYS if k in str(err)), "prune")
+            raise bad(key, str(err)) from None
+        except CodecConfigError as err:
+            key = next(
+                (k for k in ("quant-bits", "quant-chunk", "topk") if k in str(err)), "quant-bits"
+            )
+            raise bad(key, str(err)) from None
+
+    def compression(self) -> CompressionSettings:
+        """The compression every client is asked for, and the server's pruning schedule."""
+        pruning = None
+        if self.prune > 0:
+            end = self.prune_end_round or max(1, self.num_server_rounds // 2)
+            pruning = PruningSchedule(
+                final_sparsity=self.prune,
+                initial_sparsity=self.prune_initial,
+                start_round=self.prune_start_round,
+                end_round=max(end, self.prune_start_round),
+                kind=self.prune_schedule,  # type: ignore[arg-type]
+                scope=self.prune_scope,  # type: ignore[arg-type]
+            )
+        return CompressionSettings(
+            codec=CodecSpec(
+                quant_bits=self.quant_bits,
+                quant_chunk=self.quant_chunk,
+                stochastic=self.quant_rounding == "stochastic",
+                topk=self.topk,
+            ),
+            pruning=pruning,
+            error_feedback=self.error_feedback,
+            qat=self.qat,
+            download_bits=self.download_bits,
+            frozen=tuple(p for p in self.freeze.split(",") if p),
+        )
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> RunSettings:
@@ -82,7 +144,7 @@ class RunSettings:
             kind = type(known[name].default)
             if kind is float and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)
-            if not isinstance(value, kind) or isinstance(value, bool):
+            if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
                 raise RunConfigError(key, f"expected {kind.__name__}, got {value!r}")
             values[name] = value
         return cls(**values)

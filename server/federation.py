@@ -20,6 +20,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
 
 from client_sdk import evaluate_model, load_arrays, model_arrays
+from client_sdk.export import load_int8_model, quantize_int8, save_npz
 from client_sdk.tasks import get_task
 from server.config import RunSettings
 from server.metrics import MetricsLog
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 
 RoundCallback = Callable[[dict[str, Any]], None]
 MODEL_FILE = "final_model.npz"
+INT8_MODEL_FILE = "final_model_int8.npz"
+EXPORT_FILE = "export.json"
 
 
 @dataclass(frozen=True)
@@ -58,13 +61,6 @@ def client_config(settings: RunSettings, num_partitions: int) -> ConfigRecord:
     )
 
 
-def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Atomically write named arrays as an uncompressed .npz (no pickle)."""
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-
-
 def run_federation(
     grid: Grid,
     settings: RunSettings,
@@ -88,12 +84,17 @@ def run_federation(
             proximal_mu=settings.proximal_mu,
             server_lr=settings.server_lr,
             client_lr=settings.lr or task.optimizer.lr,
+            compression=settings.compression(),
         )
     )
     num_partitions = settings.num_partitions or len(strategy.sampler.wait_for_nodes(grid))
     x_test, y_test = task.data.central_test(num_partitions=num_partitions, seed=settings.seed)
     metrics_log = MetricsLog(out_dir / "metrics.jsonl")
     clock = {"start": time.perf_counter(), "last": time.perf_counter()}
+
+    def _accuracy(arrays: dict[str, np.ndarray]) -> float:
+        load_arrays(model, arrays)
+        return evaluate_model(model, task, x_test, y_test)[1]
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         load_arrays(model, {name: a.numpy() for name, a in arrays.items()})
@@ -124,6 +125,32 @@ def run_federation(
         evaluate_fn=evaluate_fn,
     )
     final = {name: a.numpy() for name, a in result.arrays.items()} if result.arrays else initial
-    save_arrays(out_dir / MODEL_FILE, final)
-    log.info("run finished: %d rounds, model saved to %s", settings.num_server_rounds, out_dir)
+    if strategy.masks is not None:  # a server optimizer's momentum may touch pruned weights
+        final = strategy.masks.apply(final)
+    export = export_models(final, out_dir, evaluate=lambda arrays: _accuracy(arrays))
+    log.info(
+        "run finished: %d rounds, models saved to %s: %s",
+        settings.num_server_rounds,
+        out_dir,
+        export,
+    )
     return FederationResult(final_arrays=final, rows=metrics_log.rows, out_dir=out_dir)
+
+
+def export_models(
+    final: dict[str, np.ndarray], out_dir: Path, evaluate: Callable[[dict[str, np.ndarray]], float]
+) -> dict[str, Any]:
+    """Write the float32 and int8 models, and what each weighs and scores, to ``export.json``."""
+    float_bytes = save_npz(out_dir / MODEL_FILE, final)
+    int8_bytes = save_npz(out_dir / INT8_MODEL_FILE, quantize_int8(final))
+    export = {
+        "float32_model_bytes": float_bytes,
+        "int8_model_bytes": int8_bytes,
+        "int8_size_ratio": float_bytes / int8_bytes,
+        "float32_accuracy": evaluate(final),
+        "int8_accuracy": evaluate(load_int8_model(out_dir / INT8_MODEL_FILE)),
+        "nonzero_weights": int(sum(np.count_nonzero(a) for a in final.values())),
+        "total_weights": int(sum(a.size for a in final.values())),
+    }
+    (out_dir / EXPORT_FILE).write_text(json.dumps(export, indent=2))
+    return export

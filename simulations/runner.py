@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from client_sdk.tasks import get_task, natural_partition
-from server import MODEL_FILE, RunSettings, read_metrics
+from server import EXPORT_FILE, MODEL_FILE, RunSettings, read_metrics
 from server.app import build_server_app
 from server.federation import RoundCallback
 from simulations.app import clientapp
@@ -90,6 +90,7 @@ def simulate(settings: SimulationSettings, on_round: RoundCallback | None = None
     if not (out / MODEL_FILE).exists() or not metrics_path.exists():
         raise RuntimeError(f"the simulation ended without a model in {out}; see the log above")
     summary = summarize(read_metrics(metrics_path), run, settings.clients, wall)
+    summary["export"] = json.loads((out / EXPORT_FILE).read_text())
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     plot_accuracy(
         read_metrics(metrics_path),
@@ -118,5 +119,12 @@ def summarize(
         "upload_bytes_total": sum(r.get("upload_bytes_total", 0) for r in trained),
         "download_bytes_total": sum(r.get("download_bytes_total", 0) for r in trained),
         "rejected_updates": sum(r.get("rejected_updates", 0) for r in trained),
+        "upload_bytes_per_client_round": (
+            sum(r.get("upload_bytes_total", 0) for r in trained)
+            / max(
+                sum(r.get("accepted_updates", 0) + r.get("rejected_updates", 0) for r in trained), 1
+            )
+        ),
+        "final_sparsity": trained[-1].get("sparsity", 0.0) if trained else 0.0,
         "failed_clients": sum(r.get("failed_clients", 0) for r in trained),
     }

@@ -1,11 +1,18 @@
 """Flower strategy adapters that decode Pollen wire payloads (numpy; never torch)."""
 
+from strategies.compression import CompressionSettings
+from strategies.pruning import PruningConfigError, PruningSchedule, magnitude_masks, prunable_names
 from strategies.registry import STRATEGY_NAMES, StrategySettings, UnknownStrategy, build_strategy
 from strategies.sampling import FixedNodesGrid, SeededSampler
 from strategies.stats import Rejection, RoundStats
 from strategies.wire_adapter import WireStrategy
 
 __all__ = [
+    "CompressionSettings",
+    "PruningConfigError",
+    "PruningSchedule",
+    "magnitude_masks",
+    "prunable_names",
     "STRATEGY_NAMES",
     "FixedNodesGrid",
     "Rejection",

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, FedYogi, Strategy
 
+from strategies.compression import CompressionSettings
 from strategies.sampling import SeededSampler
 from strategies.wire_adapter import WireStrategy
 
@@ -31,6 +32,7 @@ class StrategySettings:
     server_lr: float = 0.1  # FedAdam/FedYogi eta (Reddi et al., ICLR 2021)
     client_lr: float = 0.1  # FedAdam/FedYogi eta_l, reported to clients by Flower
     tau: float = 1e-3  # FedAdam/FedYogi adaptivity
+    compression: CompressionSettings = field(default_factory=CompressionSettings)
 
 
 def _inner(settings: StrategySettings) -> Strategy:
@@ -65,4 +67,5 @@ def build_strategy(settings: StrategySettings) -> WireStrategy:
         fraction_evaluate=settings.fraction_evaluate,
         min_train_nodes=settings.min_train_nodes,
         min_evaluate_nodes=settings.min_evaluate_nodes,
+        compression=settings.compression,
     )

@@ -25,6 +25,8 @@ class RoundStats:
     rejected: list[Rejection] = field(default_factory=list)
     failures: list[Rejection] = field(default_factory=list)
     federated_evaluation: dict[str, float] = field(default_factory=dict)
+    sparsity: float = 0.0
+    train_metrics: dict[str, float] = field(default_factory=dict)
 
     @property
     def download_bytes_total(self) -> int:
@@ -45,7 +47,9 @@ class RoundStats:
             "upload_bytes_per_client": self.upload_bytes_total / received if received else 0.0,
             "download_bytes_total": self.download_bytes_total,
             "download_bytes_per_client": self.download_bytes_per_client,
+            "sparsity": self.sparsity,
             "rejections": [asdict(r) for r in self.rejected],
             "failures": [asdict(r) for r in self.failures],
             **{f"federated_{k}": v for k, v in self.federated_evaluation.items()},
+            **{f"train_{k}": v for k, v in self.train_metrics.items()},
         }

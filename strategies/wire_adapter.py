@@ -17,15 +17,22 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from strategies.compression import CompressionSettings
+from strategies.pruning import magnitude_masks, prunable_names
 from strategies.sampling import UNKNOWN_PARTITION, FixedNodesGrid, SeededSampler
 from strategies.stats import Rejection, RoundStats
 from wire import (
+    DOWNLOAD_RECORD_KEY,
+    MASK_FIELD,
     PAYLOAD_FIELD,
     UPDATE_RECORD_KEY,
+    CodecSpec,
+    MaskSet,
     RejectReason,
     TensorSpec,
     UpdateRejected,
     decode_update,
+    encode_update,
 )
 
 log = logging.getLogger(__name__)
@@ -49,15 +56,18 @@ class WireStrategy(Strategy):
         fraction_evaluate: float = 0.0,
         min_train_nodes: int = 1,
         min_evaluate_nodes: int = 1,
+        compression: CompressionSettings | None = None,
     ) -> None:
         self.inner = inner
+        self.compression = compression or CompressionSettings()
         self.sampler = sampler
         self.fraction_train = fraction_train
         self.fraction_evaluate = fraction_evaluate
         self.min_train_nodes = min_train_nodes
         self.min_evaluate_nodes = min_evaluate_nodes
         self.rounds: dict[int, RoundStats] = {}
-        self._global: dict[str, np.ndarray] = {}
+        self.masks: MaskSet | None = None  # this round's pruning mask (the server owns it)
+        self._reference: dict[str, np.ndarray] = {}  # the model clients start from this round
 
     # ----------------------------------------------------------------- Strategy interface
     def summary(self) -> None:
@@ -73,14 +83,48 @@ class WireStrategy(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        self._global = {name: array.numpy() for name, array in arrays.items()}
+        comp = self.compression
+        master = {name: array.numpy() for name, array in arrays.items()}
+        self.masks, mask_bytes = None, b""
+        sparsity = comp.pruning.sparsity(server_round) if comp.pruning else 0.0
+        if comp.pruning and sparsity > 0:
+            names = prunable_names(master, comp.frozen)
+            self.masks = magnitude_masks(master, names, sparsity, comp.pruning.scope)
+            master = self.masks.apply(master)
+            arrays = ArrayRecord({k: Array(v) for k, v in master.items()})
+            mask_bytes = self.masks.encode()
+        round_config = ConfigRecord({**dict(config), **comp.codec_config()})
+        if mask_bytes:
+            round_config[MASK_FIELD] = mask_bytes
         nodes = self.sampler.sample(grid, server_round, self.fraction_train, self.min_train_nodes)
         messages = list(
-            self.inner.configure_train(server_round, arrays, config, FixedNodesGrid(grid, nodes))
+            self.inner.configure_train(
+                server_round, arrays, round_config, FixedNodesGrid(grid, nodes)
+            )
         )
+        download = sum(a.nbytes for a in master.values())
+        self._reference = master
+        if comp.download_bits and messages:
+            payload = encode_update(
+                master,
+                server_round=server_round,
+                codec=CodecSpec(quant_bits=comp.download_bits, stochastic=False),
+                masks=self.masks,
+            )
+            self._reference = decode_update(payload, masks=self.masks).as_dict()
+            content = RecordDict(
+                {
+                    "config": messages[0].content["config"],
+                    DOWNLOAD_RECORD_KEY: ConfigRecord({PAYLOAD_FIELD: payload}),
+                }
+            )
+            for msg in messages:
+                msg.content = content
+            download = len(payload)
         stats = self.rounds.setdefault(server_round, RoundStats(server_round=server_round))
         stats.sampled = len(messages)
-        stats.download_bytes_per_client = sum(a.nbytes for a in self._global.values())
+        stats.download_bytes_per_client = download + len(mask_bytes)
+        stats.sparsity = self.masks.sparsity() if self.masks else 0.0
         return messages
 
     def aggregate_train(
@@ -113,7 +157,17 @@ class WireStrategy(Strategy):
             return None, None
         # A fixed order makes the floating-point sum, hence the model, reproducible.
         decoded.sort(key=lambda item: item[0])
-        return self.inner.aggregate_train(server_round, [msg for _, msg in decoded])
+        arrays, metrics = self.inner.aggregate_train(server_round, [msg for _, msg in decoded])
+        if arrays is not None and self.compression.frozen:
+            # averaging equal values can move the last bit; frozen layers stay exactly as sent
+            for name, ref in self._reference.items():
+                if name.startswith(self.compression.frozen):
+                    arrays[name] = Array(ref)
+        if metrics is not None:
+            stats.train_metrics = {
+                k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))
+            }
+        return arrays, metrics
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -139,6 +193,7 @@ class WireStrategy(Strategy):
         return metrics
 
     # ----------------------------------------------------------------- decoding
+
     def _decode_into(self, msg: Message, server_round: int, stats: RoundStats) -> tuple[int, int]:
         """Replace the reply's content by decoded arrays; return its sort key."""
         content = msg.content
@@ -158,17 +213,22 @@ class WireStrategy(Strategy):
                 RejectReason.BAD_HEADER,
                 f"reply needs a positive {WEIGHT_KEY!r} metric to be weighted, got {weight!r}",
             )
-        specs = [TensorSpec(name=k, shape=tuple(v.shape)) for k, v in self._global.items()]
-        model_bytes = sum(a.nbytes for a in self._global.values())
+        trained = {
+            k: v for k, v in self._reference.items() if not k.startswith(self.compression.frozen)
+        }
+        specs = [TensorSpec(name=k, shape=tuple(v.shape)) for k, v in trained.items()]
+        model_bytes = sum(a.nbytes for a in trained.values())
         update = decode_update(
             payload,
             expected=specs,
+            masks=self.masks,
             expected_round=server_round,
             max_bytes=model_bytes + _PAYLOAD_SLACK_BYTES,
         )
+        deltas = update.as_dict()
         local = {
-            name: Array(self._global[name] + delta)
-            for name, delta in zip(update.names, update.tensors, strict=True)
+            name: Array(ref + deltas[name] if name in deltas else ref)
+            for name, ref in self._reference.items()
         }
         kept = {k: v for k, v in metrics.items() if k not in _ADAPTER_METRICS}
         msg.content = RecordDict({"arrays": ArrayRecord(local), "metrics": MetricRecord(kept)})

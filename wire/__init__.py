@@ -4,22 +4,30 @@ Depends on numpy (and, in later stages, cryptography) only; Flower records carry
 bytes under :data:`UPDATE_RECORD_KEY` / :data:`PAYLOAD_FIELD`.
 """
 
+from wire.codec import CodecConfigError, CodecSpec
 from wire.errors import RejectReason, UpdateRejected
 from wire.format import FORMAT_VERSION, MAGIC, DecodedUpdate, decode_update, encode_update
-from wire.stages import STAGES, Float32Delta, TensorSpec
+from wire.mask import MaskSet
+from wire.stages import TensorSpec
 
 # Where a payload lives inside a Flower RecordDict: a ConfigRecord holding one bytes value.
 UPDATE_RECORD_KEY = "pollen.update"
 PAYLOAD_FIELD = "payload"
+# Where the server puts the pruning mask and a compressed global model in its messages.
+MASK_FIELD = "pollen-mask"
+DOWNLOAD_RECORD_KEY = "pollen.download"
 
 __all__ = [
+    "DOWNLOAD_RECORD_KEY",
     "FORMAT_VERSION",
     "MAGIC",
+    "MASK_FIELD",
     "PAYLOAD_FIELD",
-    "STAGES",
     "UPDATE_RECORD_KEY",
+    "CodecConfigError",
+    "CodecSpec",
     "DecodedUpdate",
-    "Float32Delta",
+    "MaskSet",
     "RejectReason",
     "TensorSpec",
     "UpdateRejected",

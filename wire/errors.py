@@ -20,6 +20,11 @@ class RejectReason(StrEnum):
     ROUND_MISMATCH = "round-mismatch"
     NON_FINITE = "non-finite"
     MISSING_PAYLOAD = "missing-payload"
+    MASK_MISMATCH = "mask-mismatch"
+    BAD_BIT_WIDTH = "bad-bit-width"
+    BAD_SCALE = "bad-scale"
+    BAD_INDICES = "bad-indices"
+    STAGE_ORDER = "stage-order"
 
 
 class UpdateRejected(ValueError):

@@ -1,89 +1,140 @@
-"""Wire format v0: a versioned, self-describing, pickle-free client-update payload.
+"""Wire format v1: a versioned, self-describing, pickle-free client-update payload.
 
 Layout (all integers little-endian)::
 
-    b"PLNW" | version: u16 | header_len: u32 | header: UTF-8 JSON | body
+    b"PLNW" | version: u16 | header_len: u32 | header: zlib(UTF-8 JSON) | body sections
 
-The JSON header names the format version, the round, the codec stages with their parameters,
-every tensor's name/shape/dtype and the body's byte count. Decoding checks each field before it
-touches the body, so a malformed payload is refused with an :class:`UpdateRejected` reason and
-never allocates more than the payload it was given.
+The header names the format version, the round, every tensor's name/shape/dtype, the codec
+stages in the order they ran with their parameters (``select`` → [``topk``] → ``quantize`` |
+``float32``), and each body section with its byte count. Decoding checks every field against
+what the server knows (tensor specs, round, pruning mask) before it reads the body, so a
+malformed payload is refused with an :class:`UpdateRejected` reason. The header is
+zlib-compressed (it is often larger than a pruned, quantized body) and inflated with a hard cap,
+so no payload can make the server allocate more than ``MAX_HEADER_BYTES`` for it.
 """
 
 from __future__ import annotations
 
 import json
 import struct
+import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from wire.codec import CodecSpec
 from wire.errors import RejectReason, UpdateRejected
-from wire.stages import Float32Delta, TensorSpec, get_stage
+from wire.mask import MaskSet
+from wire.stages import (
+    TensorSpec,
+    check_select,
+    decode_topk,
+    decode_values,
+    encode_topk,
+    encode_values,
+    parse_topk,
+    scatter,
+    segment_lengths,
+    select,
+    values_sections,
+)
 
 MAGIC = b"PLNW"
-FORMAT_VERSION = 0
-SUPPORTED_VERSIONS = frozenset({0})
+FORMAT_VERSION = 1
+SUPPORTED_VERSIONS = frozenset({1})
 _PREFIX = struct.Struct("<4sHI")
 MAX_HEADER_BYTES = 1 << 20
 ALLOWED_DTYPES = frozenset({"float32"})
+VALUE_STAGES = ("float32", "quantize")
 
 
 @dataclass(frozen=True)
 class DecodedUpdate:
-    """A validated update: tensors in header order plus the byte counts of each part."""
+    """A validated update: dense tensors in header order plus byte counts per part."""
 
     server_round: int
     names: tuple[str, ...]
     tensors: tuple[np.ndarray, ...]
     stages: tuple[dict[str, Any], ...]
     header_bytes: int
-    body_bytes: int
+    section_bytes: dict[str, int]
     total_bytes: int
-    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def body_bytes(self) -> int:
+        return sum(self.section_bytes.values())
 
     def as_dict(self) -> dict[str, np.ndarray]:
         return dict(zip(self.names, self.tensors, strict=True))
 
 
 def encode_update(
-    tensors: Mapping[str, np.ndarray], *, server_round: int, stage: str = Float32Delta.name
+    tensors: Mapping[str, np.ndarray],
+    *,
+    server_round: int,
+    codec: CodecSpec | None = None,
+    masks: MaskSet | None = None,
+    rng: np.random.Generator | None = None,
 ) -> bytes:
-    """Encode named tensors (e.g. local-minus-global deltas) into one payload."""
-    codec = get_stage(stage)
-    names = list(tensors)
-    arrays = [np.asarray(tensors[name]) for name in names]
-    body, params = codec.encode(arrays)
-    body_bytes = sum(part.nbytes if isinstance(part, memoryview) else len(part) for part in body)
+    """Encode named tensors (e.g. local-minus-global deltas) into one payload.
+
+    ``rng`` drives stochastic rounding (required then); masked tensors send kept values only.
+    """
+    codec = codec or CodecSpec()
+    specs = [TensorSpec(name, tuple(int(d) for d in np.shape(t))) for name, t in tensors.items()]
+    lengths = segment_lengths(specs, masks)
+    flat = select(list(tensors.values()), specs, masks)
+    stages: list[dict[str, Any]] = [
+        {
+            "name": "select",
+            "params": {"mask": "" if masks is None else masks.digest, "count": int(flat.size)},
+        }
+    ]
+    sections: list[tuple[str, Any]] = []
+    values = flat
+    if codec.topk:
+        _, values, params, topk_sections = encode_topk(flat, codec.topk, lengths)
+        stages.append({"name": "topk", "params": params})
+        sections += topk_sections
+    if codec.quant_bits and codec.stochastic and rng is None:
+        raise ValueError("stochastic quantization needs an rng (numpy Generator)")
+    params, value_sections = encode_values(
+        values, codec.quant_bits, codec.quant_chunk, rng if codec.stochastic else None
+    )
+    stages.append({"name": "quantize" if codec.quant_bits else "float32", "params": params})
+    sections += value_sections
     header = {
         "format": FORMAT_VERSION,
         "round": int(server_round),
-        "stages": [{"name": codec.name, "params": params}],
-        "tensors": [
-            {"name": name, "shape": [int(d) for d in arr.shape], "dtype": "float32"}
-            for name, arr in zip(names, arrays, strict=True)
-        ],
-        "body_bytes": body_bytes,
+        "tensors": [{"name": s.name, "shape": list(s.shape), "dtype": s.dtype} for s in specs],
+        "stages": stages,
+        "sections": [[name, _nbytes(buf)] for name, buf in sections],
     }
-    header_bytes = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    header_json = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    header_bytes = zlib.compress(header_json, 9)
     prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_bytes))
-    return b"".join([prefix, header_bytes, *body])  # the body is copied once, here
+    return b"".join([prefix, header_bytes, *(buf for _, buf in sections)])  # one copy
+
+
+def _nbytes(buf: bytes | memoryview) -> int:
+    return buf.nbytes if isinstance(buf, memoryview) else len(buf)
 
 
 def decode_update(
     payload: bytes,
     *,
     expected: Sequence[TensorSpec] | None = None,
+    masks: MaskSet | None = None,
     expected_round: int | None = None,
     max_bytes: int | None = None,
 ) -> DecodedUpdate:
     """Validate and decode a payload; raise :class:`UpdateRejected` on any inconsistency.
 
-    ``expected`` (the global model's tensor specs) and ``expected_round`` are what the server
-    knows: an update for another model or another round is refused. ``max_bytes`` refuses an
-    oversized payload before anything is parsed.
+    ``expected`` (the tensors the server wants: the global model's trainable ones), ``masks``
+    (this round's pruning mask) and ``expected_round`` are what the server knows; an update for
+    another model, mask or round is refused. ``max_bytes`` refuses an oversized payload first.
     """
     if not isinstance(payload, (bytes, bytearray, memoryview)):
         raise UpdateRejected(
@@ -98,11 +149,13 @@ def decode_update(
     if len(view) < _PREFIX.size:
         raise UpdateRejected(
             RejectReason.TOO_SHORT,
-            f"payload has {len(view)} bytes; the fixed prefix alone is {_PREFIX.size}",
+            f"payload has {len(view)} bytes; the prefix alone is {_PREFIX.size}",
         )
     magic, version, header_len = _PREFIX.unpack_from(view, 0)
     if magic != MAGIC:
-        raise UpdateRejected(RejectReason.BAD_MAGIC, f"payload starts {magic!r}, not {MAGIC!r}")
+        raise UpdateRejected(
+            RejectReason.BAD_MAGIC, f"payload starts {bytes(magic)!r}, not {MAGIC!r}"
+        )
     if version not in SUPPORTED_VERSIONS:
         raise UpdateRejected(
             RejectReason.UNSUPPORTED_VERSION,
@@ -115,53 +168,63 @@ def decode_update(
         )
     header = _parse_header(bytes(view[_PREFIX.size : _PREFIX.size + header_len]))
     specs = _tensor_specs(header)
-    server_round = header["round"]
-    if expected_round is not None and server_round != expected_round:
+    if expected_round is not None and header["round"] != expected_round:
         raise UpdateRejected(
             RejectReason.ROUND_MISMATCH,
-            f"update is for round {server_round}, the server is in round {expected_round}",
+            f"update is for round {header['round']}, the server is in round {expected_round}",
         )
     if expected is not None:
         _check_expected(specs, expected)
-    stages = header["stages"]
-    if not isinstance(stages, list) or len(stages) != 1 or not isinstance(stages[0], dict):
-        raise UpdateRejected(
-            RejectReason.BAD_HEADER, "wire v0 carries exactly one codec stage object in 'stages'"
-        )
-    stage_name, params = stages[0].get("name"), stages[0].get("params", {})
-    if not isinstance(stage_name, str) or not isinstance(params, dict):
-        raise UpdateRejected(
-            RejectReason.BAD_HEADER, "a stage needs a string 'name' and dict 'params'"
-        )
-    codec = get_stage(stage_name)
-    body = view[_PREFIX.size + header_len :]
-    want = codec.body_bytes(specs, params)
-    if header["body_bytes"] != want or len(body) != want:
-        raise UpdateRejected(
-            RejectReason.LENGTH_MISMATCH,
-            f"body has {len(body)} bytes (header says {header['body_bytes']}); "
-            f"{len(specs)} tensors under {stage_name!r} need exactly {want}",
-        )
-    tensors = codec.decode(body, specs, params)
+    if masks is not None:
+        _check_mask_shapes(specs, masks)
+    lengths = segment_lengths(specs, masks)
+    stages = _stage_chain(header["stages"])
+    check_select(stages[0][1], masks, sum(lengths))
+    layout: list[tuple[str, int]] = []
+    count, codes = sum(lengths), None
+    if stages[1][0] == "topk":
+        count, codes = parse_topk(stages[1][1], lengths)
+        layout.append(("indices", sum(c.nbytes for c in codes)))
+    value_stage, value_params = stages[-1]
+    layout += values_sections(value_stage, value_params, count)
+    sections = _split_body(header, view[_PREFIX.size + header_len :], layout)
+    values = decode_values(value_stage, value_params, sections, count)
+    if codes is not None:
+        flat = np.zeros(sum(lengths), dtype=np.float32)
+        flat[decode_topk(sections["indices"], codes, lengths)] = values
+    else:
+        flat = values
     return DecodedUpdate(
-        server_round=server_round,
+        server_round=header["round"],
         names=tuple(spec.name for spec in specs),
-        tensors=tuple(tensors),
-        stages=tuple(stages),
+        tensors=tuple(scatter(flat, specs, masks)),
+        stages=tuple({"name": n, "params": p} for n, p in stages),
         header_bytes=_PREFIX.size + header_len,
-        body_bytes=len(body),
+        section_bytes={name: len(buf) for name, buf in sections.items()},
         total_bytes=len(view),
     )
 
 
+def read_header(payload: bytes) -> dict[str, Any]:
+    """The inflated JSON header of a payload (for inspection and tests); not validated."""
+    (header_len,) = struct.unpack_from("<I", payload, 6)
+    return json.loads(zlib.decompress(payload[_PREFIX.size : _PREFIX.size + header_len]))
+
+
 def _parse_header(raw: bytes) -> dict[str, Any]:
+    inflater = zlib.decompressobj()
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UpdateRejected(RejectReason.BAD_HEADER, f"header is not UTF-8 JSON ({err})") from None
+        text = inflater.decompress(raw, MAX_HEADER_BYTES)
+        if inflater.unconsumed_tail or inflater.unused_data or not inflater.eof:
+            why = f"header is truncated or inflates past {MAX_HEADER_BYTES} bytes"
+            raise UpdateRejected(RejectReason.BAD_HEADER, why)
+        header = json.loads(text.decode("utf-8"))
+    except (zlib.error, UnicodeDecodeError, json.JSONDecodeError) as err:
+        why = f"header is not zlib-compressed UTF-8 JSON ({err})"
+        raise UpdateRejected(RejectReason.BAD_HEADER, why) from None
     if not isinstance(header, dict):
         raise UpdateRejected(RejectReason.BAD_HEADER, "header must be a JSON object")
-    needed = {"format": int, "round": int, "stages": list, "tensors": list, "body_bytes": int}
+    needed = {"format": int, "round": int, "stages": list, "tensors": list, "sections": list}
     for key, kind in needed.items():
         value = header.get(key)
         if not isinstance(value, kind) or isinstance(value, bool):
@@ -173,6 +236,66 @@ def _parse_header(raw: bytes) -> dict[str, Any]:
             RejectReason.UNSUPPORTED_VERSION, f"header format {header['format']} is not supported"
         )
     return header
+
+
+def _stage_chain(raw: list[Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The stages as (name, params), checked to be select → [topk] → quantize|float32."""
+    chain: list[tuple[str, dict[str, Any]]] = []
+    for item in raw:
+        if (
+            not isinstance(item, dict)
+            or not isinstance(item.get("name"), str)
+            or not isinstance(item.get("params", {}), dict)
+        ):
+            raise UpdateRejected(
+                RejectReason.BAD_HEADER, "a stage needs a string 'name' and an object 'params'"
+            )
+        chain.append((item["name"], item.get("params", {})))
+    names = [name for name, _ in chain]
+    known = {"select", "topk", *VALUE_STAGES}
+    if unknown := [n for n in names if n not in known]:
+        raise UpdateRejected(
+            RejectReason.UNKNOWN_STAGE,
+            f"codec stage(s) {unknown} are not known (known: {sorted(known)})",
+        )
+    if names not in (["select", v] for v in VALUE_STAGES) and names not in (
+        ["select", "topk", v] for v in VALUE_STAGES
+    ):
+        raise UpdateRejected(
+            RejectReason.STAGE_ORDER, f"stages {names} are not select → [topk] → quantize|float32"
+        )
+    return chain
+
+
+def _split_body(
+    header: dict[str, Any], body: memoryview, layout: list[tuple[str, int]]
+) -> dict[str, memoryview]:
+    declared = header["sections"]
+    if declared != [[name, size] for name, size in layout]:
+        raise UpdateRejected(
+            RejectReason.LENGTH_MISMATCH,
+            f"body sections {declared} differ from what the stages need: {layout}",
+        )
+    if sum(n for _, n in layout) != len(body):
+        raise UpdateRejected(
+            RejectReason.LENGTH_MISMATCH,
+            f"body has {len(body)} bytes, the sections need {sum(n for _, n in layout)}",
+        )
+    out, offset = {}, 0
+    for name, size in layout:
+        out[name] = body[offset : offset + size]
+        offset += size
+    return out
+
+
+def _check_mask_shapes(specs: Sequence[TensorSpec], masks: MaskSet) -> None:
+    for spec in specs:
+        mask = masks.masks.get(spec.name)
+        if mask is not None and tuple(mask.shape) != tuple(spec.shape):
+            raise UpdateRejected(
+                RejectReason.MASK_MISMATCH,
+                f"mask for {spec.name!r} has shape {mask.shape}, tensor {spec.shape}",
+            )
 
 
 def _tensor_specs(header: dict[str, Any]) -> list[TensorSpec]:

@@ -22,6 +22,15 @@ from pollen.cli import app
         (["--fraction", "1.2"], "--fraction"),
         (["--task", "synthetic", "--partition", "iid"], "--partition"),
         (["--lr", "-1"], "--lr"),
+        (["--quant-bits", "3"], "--quant-bits"),
+        (["--quant-chunk", "0"], "--quant-chunk"),
+        (["--quant-rounding", "up"], "--quant-rounding"),
+        (["--topk", "1.5"], "--topk"),
+        (["--prune", "1.0"], "--prune"),
+        (["--prune", "0.5", "--prune-initial", "0.7"], "--prune-initial"),
+        (["--prune", "0.5", "--prune-schedule", "exp"], "--prune-schedule"),
+        (["--prune", "0.5", "--prune-scope", "row"], "--prune-scope"),
+        (["--download-bits", "4"], "--download-bits"),
     ],
 )
 def test_bad_flags_exit_nonzero_with_one_line_naming_the_flag(args, flag):

@@ -15,6 +15,22 @@ def test_app_run_config_in_pyproject_is_valid_and_complete():
     assert set(config) == {f.replace("_", "-") for f in RunSettings.__dataclass_fields__}
 
 
+def test_compression_settings_follow_the_run_config():
+    settings = RunSettings.from_run_config(
+        {
+            "prune": 0.9,
+            "num-server-rounds": 20,
+            "quant-bits": 4,
+            "error-feedback": True,
+            "freeze": "0.,1.",
+        }
+    )
+    comp = settings.compression()
+    assert comp.pruning.final_sparsity == 0.9 and comp.pruning.end_round == 10  # half the rounds
+    assert comp.codec.quant_bits == 4 and comp.error_feedback and comp.frozen == ("0.", "1.")
+    assert RunSettings().compression().pruning is None
+
+
 def test_ints_are_accepted_for_floats():
     assert RunSettings.from_run_config({"fraction-train": 1}).fraction_train == 1.0
 
@@ -31,6 +47,10 @@ def test_ints_are_accepted_for_floats():
         ({"seed": "zero"}, "seed"),
         ({"num-rounds": 3}, "num-rounds"),
         ({"fraction-evaluate": True}, "fraction-evaluate"),
+        ({"quant-bits": 5}, "quant-bits"),
+        ({"topk": -0.1}, "topk"),
+        ({"prune": 0.95, "prune-initial": 0.99}, "prune-initial"),
+        ({"error-feedback": 1}, "error-feedback"),
     ],
 )
 def test_bad_run_config_names_the_key(config, key):

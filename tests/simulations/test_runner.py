@@ -44,7 +44,9 @@ def digits_run(tmp_path_factory):
 
 def test_simulation_writes_summary_metrics_plot_and_model(digits_run):
     out, summary, rounds_seen = digits_run
-    assert SUMMARY_KEYS <= set(summary)
+    assert SUMMARY_KEYS <= set(summary) and {"export", "upload_bytes_per_client_round"} <= set(
+        summary
+    )
     assert json.loads((out / "summary.json").read_text()) == summary
     assert (out / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
     assert rounds_seen == [0, 1, 2]
@@ -66,6 +68,27 @@ def test_same_seed_gives_a_bitwise_identical_model(digits_run, tmp_path):
     assert first.files == second.files
     assert all(np.array_equal(first[k], second[k]) for k in first.files)
     assert again["final_accuracy"] == summary["final_accuracy"]
+
+
+def test_compressed_simulation_uploads_far_fewer_bytes(digits_run, tmp_path):
+    _, dense, _ = digits_run
+    summary, _ = _run(
+        tmp_path,
+        fraction_train=0.5,
+        partition="dirichlet:0.5",
+        prune=0.8,
+        prune_schedule="constant",
+        quant_bits=2,
+        error_feedback=True,
+        qat=True,
+    )
+    assert summary["rejected_updates"] == 0 and summary["final_sparsity"] > 0.79
+    assert summary["upload_bytes_per_client_round"] * 20 < dense["upload_bytes_per_client_round"]
+    final = np.load(tmp_path / MODEL_FILE)
+    assert np.count_nonzero(final["0.weight"]) <= 0.2 * final["0.weight"].size + 1
+    export = summary["export"]
+    assert export["int8_model_bytes"] * 3 < export["float32_model_bytes"]
+    assert abs(export["int8_accuracy"] - export["float32_accuracy"]) < 0.02
 
 
 def test_synthetic_task_with_fedprox(tmp_path):

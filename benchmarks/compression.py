@@ -1,0 +1,117 @@
+"""Compression benchmark: upload bytes vs accuracy, float32 FedAvg as the baseline of the same run.
+
+On digits (50 clients, Dirichlet 0.5) and FedProx Synthetic(1,1) (30 clients, natural split),
+with the same seeds for every row: float32 FedAvg | 8-bit | 4-bit+EF | 90% pruned |
+90% pruned + 4-bit + EF | top-1% + EF. Prints one table (upload bytes per client per round,
+ratio vs float32, final accuracy, delta accuracy in points) and writes accuracy_vs_bytes.png.
+
+    .venv/bin/python benchmarks/compression.py [--rounds 30] [--out benchmarks/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from server import RunSettings
+from simulations.runner import SimulationSettings, simulate
+
+PRUNE = {"prune": 0.9, "prune_initial": 0.5, "prune_end_round": 10}
+ROWS: list[tuple[str, dict[str, Any]]] = [
+    ("float32 FedAvg", {}),
+    ("8-bit", {"quant_bits": 8}),
+    ("4-bit + EF", {"quant_bits": 4, "error_feedback": True}),
+    ("90% pruned", PRUNE),
+    ("90% pruned + 4-bit + EF", {**PRUNE, "quant_bits": 4, "error_feedback": True}),
+    ("top-1% + EF", {"topk": 0.01, "error_feedback": True}),
+]
+TASKS = {
+    "digits": {"task": "digits", "partition": "dirichlet:0.5", "clients": 50},
+    "synthetic(1,1)": {"task": "synthetic:1,1", "partition": "natural", "clients": 30},
+}
+
+
+def run_row(
+    task: dict[str, Any], options: dict[str, Any], rounds: int, seed: int, out: Path
+) -> dict:
+    run = RunSettings(
+        task=task["task"],
+        partition=task["partition"],
+        num_server_rounds=rounds,
+        min_available_nodes=task["clients"],
+        seed=seed,
+        **options,
+    )
+    return simulate(SimulationSettings(run=run, clients=task["clients"], out_dir=out))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = parser.parse_args()
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    results: dict[str, list[dict[str, Any]]] = {}
+    for task_name, task in TASKS.items():
+        rows = results.setdefault(task_name, [])
+        for row_name, options in ROWS:
+            slug = (
+                f"{task['task'].replace(':', '-')}-{row_name.replace(' ', '').replace('%', 'pct')}"
+            )
+            summary = run_row(task, options, args.rounds, args.seed, args.out / "runs" / slug)
+            rows.append({"row": row_name, **summary})
+            print(f"done: {task_name} / {row_name}: {summary['final_accuracy']:.4f}", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "compression.json").write_text(json.dumps(results, indent=2))
+    print_table(results)
+    plot(results, args.out / "accuracy_vs_bytes.png")
+
+
+def print_table(results: dict[str, list[dict[str, Any]]]) -> None:
+    header = (
+        f"{'task':<15} {'row':<25} {'up B/client/round':>17} {'ratio':>7} "
+        f"{'accuracy':>9} {'Δ acc (pt)':>10}"
+    )
+    print(header)
+    print("-" * len(header))
+    for task_name, rows in results.items():
+        base = rows[0]
+        for row in rows:
+            up = row["upload_bytes_per_client_round"]
+            ratio = base["upload_bytes_per_client_round"] / up
+            delta = 100 * (row["final_accuracy"] - base["final_accuracy"])
+            print(
+                f"{task_name:<15} {row['row']:<25} {up:>17.0f} {ratio:>6.1f}x "
+                f"{row['final_accuracy']:>9.4f} {delta:>+10.2f}"
+            )
+
+
+def plot(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    for task_name, rows in results.items():
+        xs = [r["upload_bytes_per_client_round"] for r in rows]
+        ys = [r["final_accuracy"] for r in rows]
+        ax.plot(xs, ys, "o", label=task_name)
+        for r, x, y in zip(rows, xs, ys, strict=True):
+            ax.annotate(r["row"], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("upload bytes per client per round (log)")
+    ax.set_ylabel("final central test accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""What the server asks of every client's update, and the pruning it owns.
+
+The settings travel to clients in the round's config (``codec_config``); the stages that ran
+come back in each payload's header, so decoding never trusts the config alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from strategies.pruning import PruningSchedule
+from wire import CodecSpec
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompressionSettings:
+    codec: CodecSpec = field(default_factory=CodecSpec)
+    pruning: PruningSchedule | None = None
+    error_feedback: bool = False  # clients keep the compression residual between rounds
+    qat: bool = False  # fake-quantized int8 weights during local training
+    download_bits: int = 0  # 0: float32 global model; 8: 8-bit (nearest) download
+    frozen: tuple[str, ...] = ()  # parameter-name prefixes never trained nor uploaded
+
+    def __post_init__(self) -> None:
+        if self.download_bits not in (0, 8):
+            raise ValueError(f"download-bits must be 0 (float32) or 8, got {self.download_bits}")
+
+    def codec_config(self) -> dict[str, Any]:
+        """The round-config entries clients read to compress their update."""
+        return {
+            "quant-bits": self.codec.quant_bits,
+            "quant-chunk": self.codec.quant_chunk,
+            "quant-rounding": "stochastic" if self.codec.stochastic else "nearest",
+            "topk": self.codec.topk,
+            "error-feedback": self.error_feedback,
+            "qat": self.qat,
+            "freeze": ",".join(self.frozen),
+        }

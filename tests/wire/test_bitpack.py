@@ -1,0 +1,45 @@
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from wire.bitpack import pack_uint, packed_size, unpack_uint
+
+
+@pytest.mark.parametrize(
+    ("values", "width", "hex_bytes"),
+    [
+        ([1, 0, 1, 1, 0, 0, 0, 1, 1], 1, "8d01"),  # LSB first: 0b10001101, then 0b1
+        ([1, 2, 3, 0, 3], 2, "3903"),  # 1 | 2<<2 | 3<<4 | 0<<6 = 0x39
+        ([0xA, 0x5, 0xF], 4, "5a0f"),
+        ([200, 7], 8, "c807"),
+        ([5, 3], 3, "1d"),  # 5 | 3<<3 = 29, 6 bits -> one byte
+    ],
+)
+def test_golden_packing(values, width, hex_bytes):
+    packed = pack_uint(np.array(values), width)
+    assert len(packed) == packed_size(len(values), width)
+    assert packed.hex() == hex_bytes
+    assert unpack_uint(packed, width, len(values)).tolist() == values
+
+
+def test_twelve_bit_stream_layout():
+    # three 12-bit ones: bits 0, 12, 24 set -> bytes 01 10 00 01 00 (36 bits -> 5 bytes)
+    assert pack_uint(np.array([1, 1, 1]), 12).hex() == "0110000100"
+
+
+@given(st.integers(1, 32), st.lists(st.integers(0, 2**32 - 1), max_size=300))
+def test_round_trip_any_width(width, raw):
+    values = np.array([v % (1 << width) for v in raw], dtype=np.uint64).astype(np.uint32)
+    packed = pack_uint(values, width)
+    assert len(packed) == packed_size(values.size, width)
+    assert np.array_equal(unpack_uint(packed, width, values.size), values)
+
+
+def test_refuses_values_too_wide_and_bad_lengths():
+    with pytest.raises(ValueError, match="fit"):
+        pack_uint(np.array([4]), 2)
+    with pytest.raises(ValueError, match="exactly"):
+        unpack_uint(b"\x00\x00", 4, 1)
+    with pytest.raises(ValueError, match="width"):
+        pack_uint(np.array([1]), 0)
