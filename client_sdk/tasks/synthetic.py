@@ -56,7 +56,9 @@ class SyntheticData:
         v = rng.normal(big_b, 1, DIM)
         std = np.arange(1, DIM + 1, dtype=np.float64) ** (-1.2 / 2)
         x = rng.normal(v, std, (n, DIM))
-        y = np.argmax(x @ w.T + b, axis=1)
+        # einsum without BLAS: a BLAS call in the ServerApp thread after a Ray run has been
+        # seen to hang in OpenBLAS on this 2-core machine; the sizes here are tiny anyway.
+        y = np.argmax(np.einsum("nd,cd->nc", x, w, optimize=False) + b, axis=1)
         return x.astype(np.float32), y.astype(np.int64)
 
     def _split(self, client: int, seed: int) -> ClientData:
