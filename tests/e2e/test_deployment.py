@@ -32,7 +32,8 @@ def test_two_rounds_on_a_real_superlink_with_three_supernodes(deployment, tmp_pa
     started = time.monotonic()
     run_id = deployment.submit(
         ROOT,
-        f'num-server-rounds=2 min-available-nodes=3 fraction-evaluate=1.0 seed=3 out-dir="{out}"',
+        f"num-server-rounds=2 min-available-nodes=3 fraction-evaluate=1.0 seed=3 "
+        f'prune=0.5 prune-schedule="constant" quant-bits=4 error-feedback=true out-dir="{out}"',
     )
     status = deployment.wait_finished(run_id, timeout_s=420)
     elapsed = time.monotonic() - started
@@ -42,13 +43,19 @@ def test_two_rounds_on_a_real_superlink_with_three_supernodes(deployment, tmp_pa
 
     rows = read_metrics(out / "metrics.jsonl")
     assert [r["round"] for r in rows] == [0, 1, 2]
+    model_bytes = sum(a.nbytes for a in model_arrays(get_task("digits").build_model(0)).values())
     for row in rows[1:]:
         assert row["accepted_updates"] == 3 and row["rejected_updates"] == 0
-        assert row["upload_bytes_total"] > 0 and row["download_bytes_total"] > 0
+        assert row["sparsity"] > 0.49 and row["download_bytes_total"] > 0
+        # half the weights pruned, 4 bits each: well under a tenth of float32
+        assert 0 < row["upload_bytes_per_client"] < model_bytes / 10
         assert 0 <= row["federated_eval-accuracy"] <= 1  # client-side metrics came back
+    # error feedback: the second round's clients carried the first round's residual
+    assert rows[1]["train_residual-carried"] == 0 and rows[2]["train_residual-carried"] > 0
     assert rows[-1]["accuracy"] > rows[0]["accuracy"]
 
     final = np.load(out / MODEL_FILE)
     initial = model_arrays(get_task("digits").build_model(seed=3))
     assert set(final.files) == set(initial)
     assert any(not np.array_equal(final[k], initial[k]) for k in initial)  # the model changed
+    assert np.mean(final["0.weight"] == 0) >= 0.5  # the shared mask is in the final model
