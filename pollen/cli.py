@@ -77,7 +77,10 @@ def simulate(
     partition: str = typer.Option(
         None, help="iid | dirichlet:ALPHA | shards:K | natural (default: dirichlet:0.5, or natural)"
     ),
-    strategy: str = typer.Option("fedavg", help="fedavg | fedprox | fedadam | fedyogi"),
+    strategy: str = typer.Option(
+        "fedavg",
+        help="fedavg | fedprox | fedadam | fedyogi | fedmedian | fedtrimmedavg | krum | multikrum",
+    ),
     seed: int = typer.Option(0, help="Seed for init, partition, sampling and local shuffling."),
     out: Path = typer.Option(None, help="Output directory (default: runs/<task>-<time>)."),
     fraction_evaluate: float = typer.Option(0.0, help="Fraction of clients for federated eval."),
@@ -86,6 +89,10 @@ def simulate(
     batch_size: int = typer.Option(0, help="Local batch size (0: the Task's)."),
     proximal_mu: float = typer.Option(0.01, help="FedProx proximal term mu."),
     server_lr: float = typer.Option(0.1, help="FedAdam/FedYogi server learning rate."),
+    trim_beta: float = typer.Option(0.2, help="FedTrimmedAvg: fraction cut at each end."),
+    num_malicious: int = typer.Option(0, help="Krum/MultiKrum: assumed malicious clients."),
+    multikrum_select: int = typer.Option(0, help="MultiKrum: updates averaged (0: one)."),
+    clip_norm: float = typer.Option(0.0, help="Clip each client update to this L2 norm."),
     prune: float = typer.Option(0.0, help="Final sparsity of the shared pruning mask (0: off)."),
     prune_schedule: str = typer.Option("cubic", help="cubic (Zhu & Gupta) | linear | constant"),
     prune_scope: str = typer.Option("layer", help="layer | global magnitude pruning"),
@@ -100,6 +107,7 @@ def simulate(
     qat: bool = typer.Option(False, help="Train with fake-quantized int8 weights."),
     download_bits: int = typer.Option(0, help="Global model download: 0 float32, 8 bits."),
     freeze: str = typer.Option("", help="Comma-separated parameter prefixes to keep frozen."),
+    resume: bool = typer.Option(False, help="Continue the run in --out from its checkpoint."),
     verbose: bool = typer.Option(False, help="Show Flower's and Ray's own logs."),
 ) -> None:
     """Run a Task with N virtual clients in Flower's simulation engine."""
@@ -122,6 +130,10 @@ def simulate(
             batch_size=batch_size,
             proximal_mu=proximal_mu,
             server_lr=server_lr,
+            trim_beta=trim_beta,
+            num_malicious=num_malicious,
+            multikrum_select=multikrum_select,
+            clip_norm=clip_norm,
             prune=prune,
             prune_schedule=prune_schedule,
             prune_scope=prune_scope,
@@ -136,7 +148,10 @@ def simulate(
             qat=qat,
             download_bits=download_bits,
             freeze=freeze,
+            resume=resume,
         )
+        if resume and out is None:
+            raise FlagError("--resume", "name the run directory to continue with --out")
     except FlagError as err:
         typer.echo(f"pollen simulate: error: {err}", err=True)
         raise typer.Exit(2) from None
@@ -149,6 +164,8 @@ def simulate(
         f"[bold]pollen simulate[/]: {task}, {clients} clients, {spec}, {strategy}, "
         f"{rounds} rounds, seed {seed} -> {out_dir}"
     )
+    from server.checkpoint import ResumeError
+
     with round_progress(console) as progress:
         bar = progress.add_task("rounds", total=rounds, accuracy="-", upload="-")
 
@@ -160,7 +177,12 @@ def simulate(
             else:
                 progress.update(bar, **fields)
 
-        summary = run_simulation(settings, on_round=on_round)
+        try:
+            summary = run_simulation(settings, on_round=on_round)
+        except ResumeError as err:
+            progress.stop()
+            typer.echo(f"pollen simulate: error: --resume: {err}", err=True)
+            raise typer.Exit(2) from None
     console.print(summary_table(summary))
     console.print(f"final accuracy: {summary['final_accuracy']:.4f}")
     export = summary.get("export", {})
@@ -173,6 +195,20 @@ def simulate(
         f"wrote {out_dir}/summary.json, metrics.jsonl, accuracy.png, final_model.npz, "
         "final_model_int8.npz"
     )
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="A run directory with metrics.jsonl.")) -> None:
+    """Write PNG plots (accuracy vs round, accuracy vs cumulative upload) for a run."""
+    from simulations.plots import write_report
+
+    try:
+        written = write_report(run_dir)
+    except (FileNotFoundError, ValueError) as err:
+        typer.echo(f"pollen report: error: {err}", err=True)
+        raise typer.Exit(2) from None
+    for path in written:
+        typer.echo(f"wrote {path}")
 
 
 def _quiet_logs(verbose: bool) -> None:

@@ -37,11 +37,16 @@ class RunSettings:
     num_partitions: int = 0  # 0: the number of nodes connected when the run starts
     seed: int = 0
     out_dir: str = ""  # "" : $POLLEN_HOME/runs/<run id> (POLLEN_HOME defaults to ~/.pollen)
+    resume: bool = False  # continue from out-dir's checkpoint.npz if there is one
     lr: float = 0.0  # 0: the Task's own learning rate
     local_epochs: int = 0  # 0: the Task's own
     batch_size: int = 0  # 0: the Task's own
     proximal_mu: float = 0.01  # FedProx only
     server_lr: float = 0.1  # FedAdam/FedYogi only
+    trim_beta: float = 0.2  # FedTrimmedAvg only: fraction trimmed at each end
+    num_malicious: int = 0  # Krum/MultiKrum only
+    multikrum_select: int = 0  # MultiKrum only (0: one)
+    clip_norm: float = 0.0  # clip each update to this L2 norm; 0: off
     # ---- compression (see strategies.compression / wire stages)
     prune: float = 0.0  # final sparsity of the shared pruning mask; 0: no pruning
     prune_schedule: str = "cubic"  # cubic (Zhu & Gupta 2017) | linear | constant
@@ -70,7 +75,12 @@ class RunSettings:
             raise bad("fraction-evaluate", f"must be in [0, 1], got {self.fraction_evaluate}")
         if self.min_available_nodes < 1:
             raise bad("min-available-nodes", f"must be >= 1, got {self.min_available_nodes}")
+        if not 0 <= self.trim_beta < 0.5:
+            raise bad("trim-beta", f"must be in [0, 0.5), got {self.trim_beta}")
         for key in (
+            "num_malicious",
+            "multikrum_select",
+            "clip_norm",
             "lr",
             "local_epochs",
             "batch_size",

@@ -22,6 +22,14 @@ from flwr.serverapp import Grid
 from client_sdk import evaluate_model, load_arrays, model_arrays
 from client_sdk.export import load_int8_model, quantize_int8, save_npz
 from client_sdk.tasks import get_task
+from server.checkpoint import (
+    Checkpoint,
+    check_resumable,
+    load_checkpoint,
+    optimizer_state,
+    restore_optimizer_state,
+    save_checkpoint,
+)
 from server.config import RunSettings
 from server.metrics import MetricsLog
 from strategies import StrategySettings, build_strategy
@@ -68,12 +76,22 @@ def run_federation(
     out_dir: Path,
     on_round: RoundCallback | None = None,
 ) -> FederationResult:
-    """Train ``settings.task`` for ``settings.num_server_rounds`` rounds over ``grid``."""
+    """Train ``settings.task`` for ``settings.num_server_rounds`` rounds over ``grid``.
+
+    With ``settings.resume`` and a checkpoint in ``out_dir``, continue after its round.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = load_checkpoint(out_dir) if settings.resume else None
+    if checkpoint is not None:
+        check_resumable(checkpoint, asdict(settings))
+        log.info("resuming %s after round %d", out_dir, checkpoint.server_round)
+    elif settings.resume:
+        log.info("no checkpoint in %s: starting from round 1", out_dir)
     (out_dir / "run_config.json").write_text(json.dumps(asdict(settings), indent=2))
     task = get_task(settings.task)
     model = task.build_model(seed=settings.seed)
-    initial = model_arrays(model)
+    initial = model_arrays(model) if checkpoint is None else checkpoint.arrays
+    done = 0 if checkpoint is None else checkpoint.server_round
     strategy = build_strategy(
         StrategySettings(
             name=settings.strategy,
@@ -85,20 +103,31 @@ def run_federation(
             server_lr=settings.server_lr,
             client_lr=settings.lr or task.optimizer.lr,
             compression=settings.compression(),
+            trim_beta=settings.trim_beta,
+            num_malicious=settings.num_malicious,
+            multikrum_select=settings.multikrum_select,
+            clip_norm=settings.clip_norm,
         )
     )
+    if checkpoint is not None:
+        restore_optimizer_state(strategy.inner, checkpoint.optimizer)
+        strategy.round_offset = done
     num_partitions = settings.num_partitions or len(strategy.sampler.wait_for_nodes(grid))
     x_test, y_test = task.data.central_test(num_partitions=num_partitions, seed=settings.seed)
-    metrics_log = MetricsLog(out_dir / "metrics.jsonl")
+    metrics_log = MetricsLog(out_dir / "metrics.jsonl", keep_until=done if checkpoint else None)
     clock = {"start": time.perf_counter(), "last": time.perf_counter()}
 
     def _accuracy(arrays: dict[str, np.ndarray]) -> float:
         load_arrays(model, arrays)
         return evaluate_model(model, task, x_test, y_test)[1]
 
-    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        load_arrays(model, {name: a.numpy() for name, a in arrays.items()})
+    def evaluate_fn(loop_round: int, arrays: ArrayRecord) -> MetricRecord:
+        server_round = loop_round + done
+        named = {name: a.numpy() for name, a in arrays.items()}
+        load_arrays(model, named)
         loss, accuracy = evaluate_model(model, task, x_test, y_test)
+        if loop_round == 0 and done:  # the resumed model: its row is already in the log
+            return MetricRecord({"accuracy": accuracy, "loss": loss})
         now = time.perf_counter()
         row: dict[str, Any] = {
             "round": server_round,
@@ -111,6 +140,11 @@ def run_federation(
         if server_round in strategy.rounds:
             row.update(strategy.rounds[server_round].as_metrics())
         metrics_log.write(row)
+        if server_round > 0:
+            state = Checkpoint(
+                server_round, named, optimizer_state(strategy.inner), asdict(settings)
+            )
+            save_checkpoint(out_dir, state)
         if on_round is not None:
             on_round(row)
         return MetricRecord({"accuracy": accuracy, "loss": loss})
@@ -119,7 +153,7 @@ def run_federation(
     result = strategy.start(
         grid=grid,
         initial_arrays=ArrayRecord({k: Array(v) for k, v in initial.items()}),
-        num_rounds=settings.num_server_rounds,
+        num_rounds=max(settings.num_server_rounds - done, 0),
         train_config=config,
         evaluate_config=ConfigRecord(dict(config)),
         evaluate_fn=evaluate_fn,

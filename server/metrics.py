@@ -9,13 +9,20 @@ from typing import Any
 
 
 class MetricsLog:
-    """Append-only JSONL writer; ``rows`` keeps what was written for summaries."""
+    """Append-only JSONL writer; ``rows`` keeps what was written for summaries.
 
-    def __init__(self, path: Path) -> None:
+    ``keep_until=R`` (resuming) keeps the existing rows up to round R and drops later ones,
+    which a crashed run may have logged after its last checkpoint.
+    """
+
+    def __init__(self, path: Path, keep_until: int | None = None) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("")
-        self.rows: list[dict[str, Any]] = []
+        kept: list[dict[str, Any]] = []
+        if keep_until is not None and path.exists():
+            kept = [row for row in read_metrics(path) if row.get("round", 0) <= keep_until]
+        path.write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in kept))
+        self.rows: list[dict[str, Any]] = kept
 
     def write(self, row: Mapping[str, Any]) -> None:
         record = dict(row)

@@ -11,13 +11,14 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from client_sdk.tasks import get_task, natural_partition
 from server import EXPORT_FILE, MODEL_FILE, RunSettings, read_metrics
 from server.app import build_server_app
+from server.checkpoint import check_resumable, load_checkpoint
 from server.federation import RoundCallback
 from simulations.app import clientapp
 from simulations.partitioners import PartitionError, parse_partition
@@ -68,6 +69,8 @@ def simulate(settings: SimulationSettings, on_round: RoundCallback | None = None
     run = RunSettings(
         **{**settings.run.__dict__, "num_partitions": settings.clients, "out_dir": str(out)}
     )
+    if run.resume and (checkpoint := load_checkpoint(out)) is not None:
+        check_resumable(checkpoint, asdict(run))  # fail here, before Ray starts
     server_app = build_server_app(run, out_dir=out, on_round=on_round)
     # Ray >= 2.5x warns on every start unless told how to treat CUDA_VISIBLE_DEVICES.
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")

@@ -4,13 +4,34 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, FedYogi, Strategy
+from flwr.serverapp.strategy import (
+    FedAdam,
+    FedAvg,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    FedYogi,
+    Krum,
+    MultiKrum,
+    Strategy,
+)
 
 from strategies.compression import CompressionSettings
 from strategies.sampling import SeededSampler
 from strategies.wire_adapter import WireStrategy
 
-STRATEGY_NAMES = ("fedavg", "fedprox", "fedadam", "fedyogi")
+STRATEGY_NAMES = (
+    "fedavg",
+    "fedprox",
+    "fedadam",
+    "fedyogi",
+    "fedmedian",
+    "fedtrimmedavg",
+    "krum",
+    "multikrum",
+)
+# Robust aggregators look at individual updates (so they cannot run under secure aggregation).
+ROBUST_STRATEGIES = ("fedmedian", "fedtrimmedavg", "krum", "multikrum")
 
 
 class UnknownStrategy(ValueError):
@@ -32,6 +53,10 @@ class StrategySettings:
     server_lr: float = 0.1  # FedAdam/FedYogi eta (Reddi et al., ICLR 2021)
     client_lr: float = 0.1  # FedAdam/FedYogi eta_l, reported to clients by Flower
     tau: float = 1e-3  # FedAdam/FedYogi adaptivity
+    trim_beta: float = 0.2  # FedTrimmedAvg: fraction cut at each end (Yin et al., ICML 2018)
+    num_malicious: int = 0  # Krum/MultiKrum: assumed Byzantine clients (Blanchard et al. 2017)
+    multikrum_select: int = 0  # MultiKrum: lowest-score updates averaged (0: one, i.e. Krum)
+    clip_norm: float = 0.0  # clip each client's update to this L2 norm (0: off)
     compression: CompressionSettings = field(default_factory=CompressionSettings)
 
 
@@ -53,6 +78,18 @@ def _inner(settings: StrategySettings) -> Strategy:
     if name in ("fedadam", "fedyogi"):
         cls = FedAdam if name == "fedadam" else FedYogi
         return cls(**common, eta=settings.server_lr, eta_l=settings.client_lr, tau=settings.tau)
+    if name == "fedmedian":
+        return FedMedian(**common)
+    if name == "fedtrimmedavg":
+        return FedTrimmedAvg(**common, beta=settings.trim_beta)
+    if name == "krum":
+        return Krum(**common, num_malicious_nodes=settings.num_malicious)
+    if name == "multikrum":
+        return MultiKrum(
+            **common,
+            num_malicious_nodes=settings.num_malicious,
+            num_nodes_to_select=settings.multikrum_select or 1,
+        )
     raise UnknownStrategy(
         f"unknown strategy {settings.name!r}; choose one of: {', '.join(STRATEGY_NAMES)}"
     )
@@ -68,4 +105,5 @@ def build_strategy(settings: StrategySettings) -> WireStrategy:
         min_train_nodes=settings.min_train_nodes,
         min_evaluate_nodes=settings.min_evaluate_nodes,
         compression=settings.compression,
+        clip_norm=settings.clip_norm,
     )

@@ -44,6 +44,15 @@ _ADAPTER_METRICS = ("partition-id", "upload-bytes")
 _PAYLOAD_SLACK_BYTES = 1 << 16
 
 
+def clip_update(deltas: dict[str, np.ndarray], max_norm: float) -> dict[str, np.ndarray]:
+    """Scale an update down to L2 norm ``max_norm`` if it is longer (all tensors together)."""
+    norm = float(np.sqrt(sum(float(np.square(d, dtype=np.float64).sum()) for d in deltas.values())))
+    if norm <= max_norm:
+        return deltas
+    factor = np.float32(max_norm / norm)
+    return {name: (d * factor).astype(np.float32) for name, d in deltas.items()}
+
+
 class WireStrategy(Strategy):
     """Adapter: ``inner`` (FedAvg, FedProx, FedAdam, ...) aggregates decoded wire updates."""
 
@@ -57,9 +66,15 @@ class WireStrategy(Strategy):
         min_train_nodes: int = 1,
         min_evaluate_nodes: int = 1,
         compression: CompressionSettings | None = None,
+        clip_norm: float = 0.0,
     ) -> None:
         self.inner = inner
         self.compression = compression or CompressionSettings()
+        self.clip_norm = clip_norm
+        # Rounds already done before a resume: Flower's loop counts from 1 again, and every
+        # round-dependent choice (sampling, masks, client seeds, FedAdam's bias correction)
+        # must see the true round.
+        self.round_offset = 0
         self.sampler = sampler
         self.fraction_train = fraction_train
         self.fraction_evaluate = fraction_evaluate
@@ -83,6 +98,7 @@ class WireStrategy(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        server_round += self.round_offset
         comp = self.compression
         master = {name: array.numpy() for name, array in arrays.items()}
         self.masks, mask_bytes = None, b""
@@ -130,6 +146,7 @@ class WireStrategy(Strategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        server_round += self.round_offset
         stats = self.rounds.setdefault(server_round, RoundStats(server_round=server_round))
         decoded: list[tuple[tuple[int, int], Message]] = []
         for msg in replies:
@@ -172,6 +189,7 @@ class WireStrategy(Strategy):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        server_round += self.round_offset
         if self.fraction_evaluate <= 0:
             return []
         nodes = self.sampler.sample(
@@ -184,6 +202,7 @@ class WireStrategy(Strategy):
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
+        server_round += self.round_offset
         metrics = self.inner.aggregate_evaluate(server_round, replies)
         if metrics is not None:
             stats = self.rounds.setdefault(server_round, RoundStats(server_round=server_round))
@@ -226,6 +245,8 @@ class WireStrategy(Strategy):
             max_bytes=model_bytes + _PAYLOAD_SLACK_BYTES,
         )
         deltas = update.as_dict()
+        if self.clip_norm > 0:
+            deltas = clip_update(deltas, self.clip_norm)
         local = {
             name: Array(ref + deltas[name] if name in deltas else ref)
             for name, ref in self._reference.items()

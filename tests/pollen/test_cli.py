@@ -66,3 +66,21 @@ def test_simulate_end_to_end_through_the_console_script(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rounds"] == 2 and summary["clients"] == 4 and summary["partition"] == "iid"
     assert (out / "accuracy.png").exists()
+
+
+def test_report_writes_both_plots(tmp_path):
+    rows = [
+        {"round": 0, "accuracy": 0.1},
+        {"round": 1, "accuracy": 0.6, "upload_bytes_total": 5000},
+        {"round": 2, "accuracy": 0.8, "upload_bytes_total": 4000},
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    for name in ("accuracy.png", "accuracy_vs_upload.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_on_a_directory_without_metrics_is_a_clear_error(tmp_path):
+    result = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code == 2 and "metrics.jsonl not found" in result.output

@@ -132,3 +132,32 @@ def test_evaluation_is_skipped_when_fraction_is_zero_and_sampled_otherwise():
     on = build_strategy(StrategySettings(fraction_evaluate=0.5))
     msgs = list(on.configure_evaluate(1, _arrays(GLOBAL), ConfigRecord(), grid))
     assert len(msgs) == 1 and msgs[0].metadata.message_type == MessageType.EVALUATE
+
+
+def _robust_round(name, deltas, **kw):
+    strategy, _ = _configured(name=name, nodes=len(deltas), **kw)
+    replies = [_reply(i + 1, {"w": np.full(3, d, np.float32)}, n=1) for i, d in enumerate(deltas)]
+    return strategy.aggregate_train(1, replies)[0]["w"].numpy() - GLOBAL["w"]
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "expected"),
+    [
+        ("fedmedian", {}, 1.0),  # median of 0, 1, 2, 100, -50 is 1
+        ("fedtrimmedavg", {"trim_beta": 0.2}, 1.0),  # drop -50 and 100: mean of 0, 1, 2
+        ("krum", {"num_malicious": 2}, None),  # one honest update (0, 1 and 2 tie)
+        ("multikrum", {"num_malicious": 2, "multikrum_select": 3}, 1.0),  # mean of 0, 1, 2
+    ],
+)
+def test_robust_strategies_ignore_outlying_updates(name, kwargs, expected):
+    delta = _robust_round(name, [0.0, 1.0, 2.0, 100.0, -50.0], **kwargs)
+    if expected is None:
+        assert any(np.allclose(delta, honest, atol=1e-5) for honest in (0.0, 1.0, 2.0))
+    else:
+        np.testing.assert_allclose(delta, expected, atol=1e-5)
+    assert np.allclose(_robust_round("fedavg", [0.0, 1.0, 2.0, 100.0, -50.0]), 10.6, atol=1e-4)
+
+
+def test_updates_longer_than_clip_norm_are_scaled_down():
+    delta = _robust_round("fedavg", [0.0, 100.0], clip_norm=np.sqrt(3.0))
+    np.testing.assert_allclose(delta, 0.5, atol=1e-5)  # (0 + clipped 1.0) / 2 per coordinate
