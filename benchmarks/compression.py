@@ -2,7 +2,7 @@
 
 On digits (50 clients, Dirichlet 0.5) and FedProx Synthetic(1,1) (30 clients, natural split),
 with the same seeds for every row: float32 FedAvg | 8-bit | 4-bit+EF | 90% pruned |
-90% pruned + 4-bit + EF | top-1% + EF. Prints one table (upload bytes per client per round,
+90% pruned + 4-bit + EF | top-1% + EF | top-5% + 4-bit + EF. Prints one table (upload bytes per client per round,
 ratio vs float32, final accuracy as the mean over ``--seeds`` seeds, delta accuracy in points
 with the spread of the per-seed deltas) and writes accuracy_vs_bytes.png. Pruning ramps from
 50% to 90% sparsity over rounds 1-10 (cubic, one global magnitude threshold).
@@ -31,6 +31,7 @@ ROWS: list[tuple[str, dict[str, Any]]] = [
     ("90% pruned", PRUNE),
     ("90% pruned + 4-bit + EF", {**PRUNE, "quant_bits": 4, "error_feedback": True}),
     ("top-1% + EF", {"topk": 0.01, "error_feedback": True}),
+    ("top-5% + 4-bit + EF", {"topk": 0.05, "quant_bits": 4, "error_feedback": True}),
 ]
 TASKS = {
     "digits": {"task": "digits", "partition": "dirichlet:0.5", "clients": 50},
@@ -57,14 +58,26 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1, same for every row")
     parser.add_argument("--tasks", nargs="*", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument(
+        "--rows",
+        nargs="*",
+        default=[name for name, _ in ROWS],
+        choices=[name for name, _ in ROWS],
+        help="rerun only these rows and merge them into an existing compression.json",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
     logging.getLogger("flwr").setLevel(logging.WARNING)
-    results: dict[str, list[dict[str, Any]]] = {}
+    previous = args.out / "compression.json"
+    results: dict[str, list[dict[str, Any]]] = (
+        json.loads(previous.read_text()) if previous.exists() else {}
+    )
     for task_name in args.tasks:
         task = TASKS[task_name]
-        rows = results.setdefault(task_name, [])
+        done = {row["row"]: row for row in results.get(task_name, [])}
         for row_name, options in ROWS:
+            if row_name not in args.rows:
+                continue
             slug = (
                 f"{task['task'].replace(':', '-')}-{row_name.replace(' ', '').replace('%', 'pct')}"
             )
@@ -72,24 +85,23 @@ def main() -> None:
                 run_row(task, options, args.rounds, seed, args.out / "runs" / f"{slug}-s{seed}")
                 for seed in range(args.seeds)
             ]
-            rows.append(
-                {
-                    "row": row_name,
-                    "accuracies": [r["final_accuracy"] for r in runs],
-                    "final_accuracy": float(np.mean([r["final_accuracy"] for r in runs])),
-                    "upload_bytes_per_client_round": float(
-                        np.mean([r["upload_bytes_per_client_round"] for r in runs])
-                    ),
-                    "download_bytes_per_client_round": float(
-                        np.mean(
-                            [r["download_bytes_total"] / (r["rounds"] * r["clients"]) for r in runs]
-                        )
-                    ),
-                }
-            )
-            print(f"done: {task_name} / {row_name}: {rows[-1]['accuracies']}", flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "compression.json").write_text(json.dumps(results, indent=2))
+            done[row_name] = {
+                "row": row_name,
+                "accuracies": [r["final_accuracy"] for r in runs],
+                "final_accuracy": float(np.mean([r["final_accuracy"] for r in runs])),
+                "upload_bytes_per_client_round": float(
+                    np.mean([r["upload_bytes_per_client_round"] for r in runs])
+                ),
+                "download_bytes_per_client_round": float(
+                    np.mean(
+                        [r["download_bytes_total"] / (r["rounds"] * r["clients"]) for r in runs]
+                    )
+                ),
+            }
+            print(f"done: {task_name} / {row_name}: {done[row_name]['accuracies']}", flush=True)
+            results[task_name] = [done[name] for name, _ in ROWS if name in done]
+            args.out.mkdir(parents=True, exist_ok=True)
+            previous.write_text(json.dumps(results, indent=2))  # after every row
     print(f"rounds={args.rounds} seeds={args.seeds} (mean final accuracy over seeds)")
     print_table(results)
     plot(results, args.out / "accuracy_vs_bytes.png")
