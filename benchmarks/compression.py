@@ -2,12 +2,12 @@
 
 On digits (50 clients, Dirichlet 0.5) and FedProx Synthetic(1,1) (30 clients, natural split),
 with the same seeds for every row: float32 FedAvg | 8-bit | 4-bit+EF | 90% pruned |
-90% pruned + 4-bit + EF | top-1% + EF | top-5% + 4-bit + EF. Prints one table (upload bytes per client per round,
-ratio vs float32, final accuracy as the mean over ``--seeds`` seeds, delta accuracy in points
-with the spread of the per-seed deltas) and writes accuracy_vs_bytes.png. Pruning ramps from
-50% to 90% sparsity over rounds 1-10 (cubic, one global magnitude threshold).
+90% pruned + 4-bit + EF | top-1% + EF | top-5% + 4-bit + EF. Prints one table (upload bytes
+per client per round, ratio vs float32, final accuracy as the mean over ``--seeds`` seeds,
+delta accuracy in points with the per-seed deltas) and writes accuracy_vs_bytes.png.
+Pruning ramps from 50% to 90% sparsity over rounds 1-10 (cubic, one global magnitude threshold).
 
-    .venv/bin/python benchmarks/compression.py [--rounds 30] [--seeds 3] [--out benchmarks/results]
+    .venv/bin/python benchmarks/compression.py [--rounds 30] [--seeds 3] [--out DIR]
 """
 
 from __future__ import annotations

@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 DataProvider = Callable[[Context, ConfigRecord], ClientData]
 # a fixed Task, or a resolver from the task name the server sends in its config
 TaskSource = Task | Callable[[str], Task]
+# (local-minus-global delta, node context, round config) -> the delta to upload
+UpdateHook = Callable[[dict[str, np.ndarray], Context, ConfigRecord], dict[str, np.ndarray]]
 
 
 def partition_id_of(context: Context) -> int:
@@ -111,8 +113,14 @@ def _schedule(task: Task, config: ConfigRecord) -> LocalSchedule:
     )
 
 
-def build_client_app(task: TaskSource, data: DataProvider) -> ClientApp:
-    """A Flower ClientApp that trains ``task`` on the data ``data`` returns for this node."""
+def build_client_app(
+    task: TaskSource, data: DataProvider, *, update_hook: UpdateHook | None = None
+) -> ClientApp:
+    """A Flower ClientApp that trains ``task`` on the data ``data`` returns for this node.
+
+    ``update_hook`` may change the delta before it is compressed and sent (simulated attacks,
+    local differential-privacy noise).
+    """
     app = ClientApp()
 
     @app.train()
@@ -146,6 +154,8 @@ def build_client_app(task: TaskSource, data: DataProvider) -> ClientApp:
             for name, g in global_arrays.items()
             if not name.startswith(frozen)
         }
+        if update_hook is not None:
+            delta = update_hook(delta, context, config)
         feedback = bool(config.get("error-feedback", False))
         carried = residual_norm(context.state) if feedback else 0.0
         payload = encode_with_feedback(

@@ -108,6 +108,9 @@ def simulate(
     download_bits: int = typer.Option(0, help="Global model download: 0 float32, 8 bits."),
     freeze: str = typer.Option("", help="Comma-separated parameter prefixes to keep frozen."),
     resume: bool = typer.Option(False, help="Continue the run in --out from its checkpoint."),
+    attack: str = typer.Option("", help="Simulated attack: scale | sign-flip (default: none)."),
+    malicious_fraction: float = typer.Option(0.0, help="Fraction of clients that attack."),
+    attack_scale: float = typer.Option(10.0, help="How much attackers scale their update."),
     verbose: bool = typer.Option(False, help="Show Flower's and Ray's own logs."),
 ) -> None:
     """Run a Task with N virtual clients in Flower's simulation engine."""
@@ -149,6 +152,9 @@ def simulate(
             download_bits=download_bits,
             freeze=freeze,
             resume=resume,
+            attack=attack,
+            malicious_fraction=malicious_fraction,
+            attack_scale=attack_scale,
         )
         if resume and out is None:
             raise FlagError("--resume", "name the run directory to continue with --out")

@@ -38,6 +38,10 @@ class RunSettings:
     seed: int = 0
     out_dir: str = ""  # "" : $POLLEN_HOME/runs/<run id> (POLLEN_HOME defaults to ~/.pollen)
     resume: bool = False  # continue from out-dir's checkpoint.npz if there is one
+    # ---- simulated attacks (simulation ClientApp only; see simulations.attacks)
+    attack: str = ""  # "" | scale | sign-flip
+    malicious_fraction: float = 0.0
+    attack_scale: float = 10.0
     lr: float = 0.0  # 0: the Task's own learning rate
     local_epochs: int = 0  # 0: the Task's own
     batch_size: int = 0  # 0: the Task's own
@@ -75,6 +79,10 @@ class RunSettings:
             raise bad("fraction-evaluate", f"must be in [0, 1], got {self.fraction_evaluate}")
         if self.min_available_nodes < 1:
             raise bad("min-available-nodes", f"must be >= 1, got {self.min_available_nodes}")
+        if self.attack not in ("", "scale", "sign-flip"):
+            raise bad("attack", f"must be scale or sign-flip (or empty), got {self.attack!r}")
+        if not 0 <= self.malicious_fraction < 1:
+            raise bad("malicious-fraction", f"must be in [0, 1), got {self.malicious_fraction}")
         if not 0 <= self.trim_beta < 0.5:
             raise bad("trim-beta", f"must be in [0, 0.5), got {self.trim_beta}")
         for key in (

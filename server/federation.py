@@ -65,6 +65,9 @@ def client_config(settings: RunSettings, num_partitions: int) -> ConfigRecord:
             "lr": settings.lr,
             "local-epochs": settings.local_epochs,
             "batch-size": settings.batch_size,
+            "attack": settings.attack,
+            "malicious-fraction": settings.malicious_fraction,
+            "attack-scale": settings.attack_scale,
         }
     )
 

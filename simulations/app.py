@@ -2,7 +2,8 @@
 
 In simulation Flower sets ``partition-id``/``num-partitions`` in each node's config; in a test
 deployment pass them with ``flower-supernode --node-config "partition-id=0 num-partitions=3"``.
-How a pooled dataset is split (``partition``) and the seed come from the server's round config.
+How a pooled dataset is split (``partition``), the seed, and any simulated attack
+(:mod:`simulations.attacks`) come from the server's round config.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from flwr.app import ConfigRecord, Context
 
 from client_sdk import ClientData, TaskConfigError, build_client_app, partition_id_of
 from client_sdk.tasks import get_task
+from simulations.attacks import simulated_attack
 from simulations.partitioners import parse_partition
 
 MIN_SAMPLES_PER_CLIENT = 2
@@ -32,4 +34,4 @@ def simulated_client_data(context: Context, config: ConfigRecord) -> ClientData:
     return task.data.client_data(pid, num, partitioner=partitioner, seed=int(config.get("seed", 0)))
 
 
-clientapp = build_client_app(get_task, simulated_client_data)
+clientapp = build_client_app(get_task, simulated_client_data, update_hook=simulated_attack)

@@ -1,4 +1,4 @@
-"""Plots of a run's metrics (matplotlib, headless)."""
+"""Plots of a run's metrics (matplotlib, headless): accuracy per round and per uploaded byte."""
 
 from __future__ import annotations
 
@@ -7,18 +7,17 @@ from pathlib import Path
 from typing import Any
 
 
-def plot_accuracy(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
-    """Central test accuracy per round, written as a PNG."""
+def _accuracy_plot(
+    xs: Sequence[float], ys: Sequence[float], xlabel: str, path: Path, title: str
+) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rounds = [r["round"] for r in rows]
-    accuracy = [r["accuracy"] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    ax.plot(rounds, accuracy, marker="o", markersize=3)
-    ax.set_xlabel("round")
+    ax.plot(xs, ys, marker="o", markersize=3)
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("central test accuracy")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
@@ -28,32 +27,23 @@ def plot_accuracy(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot_accuracy(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
+    """Central test accuracy per round, written as a PNG."""
+    return _accuracy_plot(
+        [r["round"] for r in rows], [r["accuracy"] for r in rows], "round", path, title
+    )
 
 
 def plot_accuracy_vs_upload(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
     """Central test accuracy against the cumulative bytes clients uploaded, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    total, xs, ys = 0, [], []
+    total, xs = 0, []
     for row in rows:
         total += row.get("upload_bytes_total", 0)
         xs.append(total / 1e6)
-        ys.append(row["accuracy"])
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    ax.plot(xs, ys, marker="o", markersize=3)
-    ax.set_xlabel("cumulative upload (MB, all clients)")
-    ax.set_ylabel("central test accuracy")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    ys = [r["accuracy"] for r in rows]
+    return _accuracy_plot(xs, ys, "cumulative upload (MB, all clients)", path, title)
 
 
 def write_report(run_dir: Path) -> list[Path]:
