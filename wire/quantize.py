@@ -5,7 +5,8 @@ between its min and max. Stochastic rounding rounds up with probability equal to
 position, so the dequantized value is an unbiased estimate of the input (QSGD, Alistarh et al.,
 NeurIPS 2017; the per-chunk range follows its bucketing). Nearest rounding is deterministic and
 has half the worst-case error. Error per value is at most one step ``(max - min)/(2**bits - 1)``
-(stochastic) or half a step (nearest).
+(stochastic) or half a step (nearest); a chunk whose range is so small (below ~1e-36) that the
+step would underflow is sent as its minimum.
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ def quantize(
     lo, hi = blocks.min(axis=1), blocks.max(axis=1)
     levels = (1 << bits) - 1
     span = hi - lo
-    scale = np.divide(np.float32(levels), span, out=np.zeros_like(span), where=span > 0)
+    with np.errstate(over="ignore"):  # a subnormal span would overflow: cap the scale
+        scale = np.divide(np.float32(levels), span, out=np.zeros_like(span), where=span > 0)
+    np.minimum(scale, np.finfo(np.float32).max, out=scale)
     position = (blocks - lo[:, None]) * scale[:, None]
     if rng is None:
         codes = np.rint(position, out=position)
