@@ -38,6 +38,7 @@ class RunSettings:
     seed: int = 0
     out_dir: str = ""  # "" : $POLLEN_HOME/runs/<run id> (POLLEN_HOME defaults to ~/.pollen)
     resume: bool = False  # continue from out-dir's checkpoint.npz if there is one
+    round_timeout: float = 600.0  # seconds a round waits for replies; late or dead nodes are cut
     # ---- simulated attacks (simulation ClientApp only; see simulations.attacks)
     attack: str = ""  # "" | scale | sign-flip
     malicious_fraction: float = 0.0
@@ -83,6 +84,8 @@ class RunSettings:
             raise bad("attack", f"must be scale or sign-flip (or empty), got {self.attack!r}")
         if not 0 <= self.malicious_fraction < 1:
             raise bad("malicious-fraction", f"must be in [0, 1), got {self.malicious_fraction}")
+        if not self.round_timeout > 0:
+            raise bad("round-timeout", f"must be > 0 seconds, got {self.round_timeout}")
         if not 0 <= self.trim_beta < 0.5:
             raise bad("trim-beta", f"must be in [0, 0.5), got {self.trim_beta}")
         for key in (

@@ -157,6 +157,7 @@ def run_federation(
         grid=grid,
         initial_arrays=ArrayRecord({k: Array(v) for k, v in initial.items()}),
         num_rounds=max(settings.num_server_rounds - done, 0),
+        timeout=settings.round_timeout,
         train_config=config,
         evaluate_config=ConfigRecord(dict(config)),
         evaluate_fn=evaluate_fn,

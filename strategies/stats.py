@@ -26,6 +26,7 @@ class RoundStats:
     failures: list[Rejection] = field(default_factory=list)
     federated_evaluation: dict[str, float] = field(default_factory=dict)
     sparsity: float = 0.0
+    dropped: int = 0  # sampled clients with no reply (dead, disconnected, or past the deadline)
     train_metrics: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -43,6 +44,7 @@ class RoundStats:
             "accepted_updates": self.accepted,
             "rejected_updates": len(self.rejected),
             "failed_clients": len(self.failures),
+            "dropped_clients": self.dropped,
             "upload_bytes_total": self.upload_bytes_total,
             "upload_bytes_per_client": self.upload_bytes_total / received if received else 0.0,
             "download_bytes_total": self.download_bytes_total,

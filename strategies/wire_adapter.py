@@ -149,7 +149,9 @@ class WireStrategy(Strategy):
         server_round += self.round_offset
         stats = self.rounds.setdefault(server_round, RoundStats(server_round=server_round))
         decoded: list[tuple[tuple[int, int], Message]] = []
+        received = 0
         for msg in replies:
+            received += 1
             node = msg.metadata.src_node_id
             if msg.has_error():
                 stats.failures.append(Rejection(node, "client-error", str(msg.error.reason)))
@@ -169,6 +171,11 @@ class WireStrategy(Strategy):
                 continue
             decoded.append((order_key, msg))
         stats.accepted = len(decoded)
+        stats.dropped = max(stats.sampled - received, 0)  # no reply before the round deadline
+        if stats.dropped:
+            log.warning(
+                "round %d: %d sampled clients did not reply in time", server_round, stats.dropped
+            )
         if not decoded:
             log.warning("round %d: no valid update; the global model stays as it was", server_round)
             return None, None

@@ -66,7 +66,7 @@ class LocalDeployment:
 
     # ------------------------------------------------------------------ processes
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
-        log = (self.workdir / f"{name}.log").open("wb")
+        log = (self.workdir / f"{name}.log").open("ab")
         proc = subprocess.Popen(
             args, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
@@ -85,22 +85,35 @@ class LocalDeployment:
             ],
         )
         self.wait_healthy(timeout_s)
+        self.nodes: dict[int, subprocess.Popen] = {}
         for i in range(self.num_nodes):
-            self._spawn(
-                f"supernode-{i}",
-                [
-                    flower_binary("flower-supernode"),
-                    "--insecure",
-                    "--superlink",
-                    self.address,
-                    "--port",
-                    str(free_port()),
-                    "--max-retries",
-                    "3",
-                    "--node-config",
-                    f"partition-id={i} num-partitions={self.num_nodes}",
-                ],
-            )
+            self.start_node(i)
+
+    def start_node(self, partition_id: int) -> subprocess.Popen:
+        """Start (or restart) the SuperNode holding ``partition_id``."""
+        proc = self._spawn(
+            f"supernode-{partition_id}",
+            [
+                flower_binary("flower-supernode"),
+                "--insecure",
+                "--superlink",
+                self.address,
+                "--port",
+                str(free_port()),
+                "--max-retries",
+                "3",
+                "--node-config",
+                f"partition-id={partition_id} num-partitions={self.num_nodes}",
+            ],
+        )
+        self.nodes[partition_id] = proc
+        return proc
+
+    def kill_node(self, partition_id: int) -> None:
+        """SIGKILL a SuperNode and everything it started, as a crash or power loss would."""
+        proc = self.nodes[partition_id]
+        _signal_group(proc, signal.SIGKILL)
+        proc.wait(timeout=10)
 
     def wait_healthy(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
