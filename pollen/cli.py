@@ -204,6 +204,34 @@ def simulate(
 
 
 @app.command()
+def certs(
+    out: Path = typer.Option(Path("certs"), help="Directory for ca.crt, server.pem, keys."),
+    host: list[str] = typer.Option(
+        None,
+        help="Host name or IP the SuperLink is reached at (repeat; default: localhost, "
+        "127.0.0.1, ::1).",
+    ),
+    days: int = typer.Option(365, help="Validity in days."),
+    nodes: int = typer.Option(0, help="Also make this many SuperNode auth key pairs."),
+    force: bool = typer.Option(False, help="Replace existing certificates in --out."),
+) -> None:
+    """Create a CA and a SuperLink certificate (TLS), and SuperNode auth keys."""
+    from server.certs import DEFAULT_HOSTS, CertificateError, create_certificates
+
+    try:
+        paths = create_certificates(
+            out, hosts=host or DEFAULT_HOSTS, days=days, nodes=nodes, overwrite=force
+        )
+    except CertificateError as err:
+        typer.echo(f"pollen certs: error: {err}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"CA certificate:      {paths.ca_cert}  (give to every SuperNode and flwr CLI)")
+    typer.echo(f"SuperLink cert/key:  {paths.server_cert}, {paths.server_key}")
+    for private_path, public_path in paths.node_keys:
+        typer.echo(f"SuperNode auth key:  {private_path} (register {public_path})")
+
+
+@app.command()
 def report(run_dir: Path = typer.Argument(..., help="A run directory with metrics.jsonl.")) -> None:
     """Write PNG plots (accuracy vs round, accuracy vs cumulative upload) for a run."""
     from simulations.plots import write_report

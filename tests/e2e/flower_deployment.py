@@ -21,6 +21,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from server.certs import CertificatePaths
+
 BIN = Path(sys.executable).parent
 CONNECTION = "e2e"
 
@@ -41,10 +43,11 @@ def flower_binary(name: str) -> str:
 
 @dataclass
 class LocalDeployment:
-    """One SuperLink and ``num_nodes`` SuperNodes, insecure, on loopback."""
+    """One SuperLink and ``num_nodes`` SuperNodes on loopback; TLS when ``tls`` is given."""
 
     workdir: Path
     num_nodes: int = 3
+    tls: CertificatePaths | None = None
     processes: list[subprocess.Popen] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -52,9 +55,14 @@ class LocalDeployment:
         self.address = f"127.0.0.1:{self.port}"
         self.flwr_home = self.workdir / "flwr-home"
         self.flwr_home.mkdir(parents=True, exist_ok=True)
+        security = (
+            "insecure = true\n"
+            if self.tls is None
+            else f'root-certificates = "{self.tls.ca_cert.resolve()}"\n'
+        )
         (self.flwr_home / "config.toml").write_text(
             f'[superlink]\ndefault = "{CONNECTION}"\n\n'
-            f'[superlink.{CONNECTION}]\naddress = "{self.address}"\ninsecure = true\n'
+            f'[superlink.{CONNECTION}]\naddress = "{self.address}"\n{security}'
         )
         self.env = {
             **os.environ,
@@ -78,7 +86,7 @@ class LocalDeployment:
             "superlink",
             [
                 flower_binary("flower-superlink"),
-                "--insecure",
+                *self._link_security(),
                 "--disable-runtime-dependency-installation",
                 "--port",
                 str(self.port),
@@ -89,13 +97,30 @@ class LocalDeployment:
         for i in range(self.num_nodes):
             self.start_node(i)
 
-    def start_node(self, partition_id: int) -> subprocess.Popen:
+    def _link_security(self) -> list[str]:
+        if self.tls is None:
+            return ["--insecure"]
+        return [
+            "--ssl-ca-certfile",
+            str(self.tls.ca_cert),
+            "--ssl-certfile",
+            str(self.tls.server_cert),
+            "--ssl-keyfile",
+            str(self.tls.server_key),
+        ]
+
+    def node_security(self) -> list[str]:
+        return (
+            ["--insecure"] if self.tls is None else ["--root-certificates", str(self.tls.ca_cert)]
+        )
+
+    def start_node(self, partition_id: int, security: list[str] | None = None) -> subprocess.Popen:
         """Start (or restart) the SuperNode holding ``partition_id``."""
         proc = self._spawn(
             f"supernode-{partition_id}",
             [
                 flower_binary("flower-supernode"),
-                "--insecure",
+                *(self.node_security() if security is None else security),
                 "--superlink",
                 self.address,
                 "--port",
@@ -117,12 +142,18 @@ class LocalDeployment:
 
     def wait_healthy(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
-        url = f"http://{self.address}/health"
+        scheme = "http" if self.tls is None else "https"
+        url = f"{scheme}://{self.address}/health"
+        context = None
+        if self.tls is not None:
+            import ssl
+
+            context = ssl.create_default_context(cafile=str(self.tls.ca_cert))
         while time.monotonic() < deadline:
             if self.processes[0].poll() is not None:
                 raise RuntimeError(f"SuperLink exited early:\n{self.log('superlink')}")
             try:
-                with urllib.request.urlopen(url, timeout=2) as response:
+                with urllib.request.urlopen(url, timeout=2, context=context) as response:
                     if response.status == 200:
                         return
             except OSError:
