@@ -45,7 +45,15 @@ _FLAG_FOR_KEY = {
 
 
 def simulation_settings(
-    *, clients: int, partition: str | None, out: Path, verbose: bool, **run: Any
+    *,
+    clients: int,
+    partition: str | None,
+    out: Path,
+    verbose: bool,
+    engine: str = "auto",
+    device: str = "auto",
+    clients_per_batch: int = 0,
+    **run: Any,
 ) -> SimulationSettings:
     """Validate the flags into settings, or raise a :class:`FlagError` naming the bad flag."""
     from client_sdk.tasks import natural_partition
@@ -55,6 +63,12 @@ def simulation_settings(
 
     if clients < 1:
         raise FlagError("--clients", f"must be >= 1, got {clients}")
+    if engine not in ("auto", "flower", "batched"):
+        raise FlagError("--engine", f"must be auto, flower or batched, got {engine!r}")
+    if clients_per_batch < 0:
+        raise FlagError("--clients-per-batch", f"must be >= 0, got {clients_per_batch}")
+    if engine == "flower" and (device != "auto" or clients_per_batch):
+        raise FlagError("--engine", "--device and --clients-per-batch apply to --engine batched")
     spec = partition or ("natural" if natural_partition(run["task"]) else "dirichlet:0.5")
     try:
         settings = RunSettings(partition=spec, min_available_nodes=clients, **run)
@@ -62,7 +76,13 @@ def simulation_settings(
         raise FlagError(_FLAG_FOR_KEY.get(err.key, f"--{err.key}"), err.why) from None
     try:
         return SimulationSettings(
-            run=settings, clients=clients, out_dir=out.resolve(), ray_logs=verbose
+            run=settings,
+            clients=clients,
+            out_dir=out.resolve(),
+            ray_logs=verbose,
+            engine=engine,
+            device=device,
+            clients_per_batch=clients_per_batch,
         )
     except PartitionError as err:
         raise FlagError("--partition", str(err)) from None
@@ -70,8 +90,18 @@ def simulation_settings(
 
 @app.command()
 def simulate(
-    task: str = typer.Option("digits", help="Task: digits | synthetic | synthetic:ALPHA,BETA"),
+    task: str = typer.Option(
+        "digits",
+        help="digits | synthetic[:ALPHA,BETA] | tutorial-cnn[:SAMPLES]",
+    ),
     clients: int = typer.Option(50, help="Number of virtual clients (SuperNodes)."),
+    engine: str = typer.Option(
+        "auto", help="flower (Ray) | batched (K clients per vmapped kernel) | auto (batched on GPU)"
+    ),
+    device: str = typer.Option("auto", help="Batched engine device: auto | cpu | cuda[:N]."),
+    clients_per_batch: int = typer.Option(
+        0, help="Batched engine: clients per kernel (0: planned from free memory)."
+    ),
     rounds: int = typer.Option(30, help="Federated rounds."),
     fraction: float = typer.Option(1.0, help="Fraction of clients trained each round, in (0, 1]."),
     partition: str = typer.Option(
@@ -113,7 +143,7 @@ def simulate(
     attack_scale: float = typer.Option(10.0, help="How much attackers scale their update."),
     verbose: bool = typer.Option(False, help="Show Flower's and Ray's own logs."),
 ) -> None:
-    """Run a Task with N virtual clients in Flower's simulation engine."""
+    """Run a Task with N virtual clients (Flower's engine or Pollen's batched engine)."""
     console = Console()
     out_dir = out or Path("runs") / f"{task.replace(':', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
@@ -122,6 +152,9 @@ def simulate(
             partition=partition,
             out=out_dir,
             verbose=verbose,
+            engine=engine,
+            device=device,
+            clients_per_batch=clients_per_batch,
             task=task,
             num_server_rounds=rounds,
             strategy=strategy.lower(),
@@ -162,13 +195,14 @@ def simulate(
         typer.echo(f"pollen simulate: error: {err}", err=True)
         raise typer.Exit(2) from None
 
+    from simulations.runner import resolve_engine
     from simulations.runner import simulate as run_simulation
 
     _quiet_logs(verbose)
     spec = settings.run.partition
     console.print(
         f"[bold]pollen simulate[/]: {task}, {clients} clients, {spec}, {strategy}, "
-        f"{rounds} rounds, seed {seed} -> {out_dir}"
+        f"{rounds} rounds, seed {seed}, {resolve_engine(settings.engine)} engine -> {out_dir}"
     )
     from server.checkpoint import ResumeError
 

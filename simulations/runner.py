@@ -1,8 +1,10 @@
-"""Run a Task with N virtual clients through Flower's simulation engine (Ray).
+"""Run a Task with N virtual clients on one of two engines, with the same ServerApp.
 
-``run_simulation`` hosts the ServerApp in this process, so a callback sees every round as it
-ends; the result is ``metrics.jsonl``, ``final_model.npz``, ``summary.json`` and ``accuracy.png``
-in the output directory.
+``flower``: Flower's simulation engine (``run_simulation``, one Ray actor call per client).
+``batched``: Pollen's :class:`~simulations.batched.BatchedGrid`, K clients per vmapped kernel
+(the default when a CUDA GPU is present). Either way the ServerApp runs in this process, so a
+callback sees every round as it ends; the result is ``metrics.jsonl``, ``final_model.npz``,
+``summary.json`` and ``accuracy.png`` in the output directory.
 """
 
 from __future__ import annotations
@@ -20,11 +22,36 @@ from server import EXPORT_FILE, MODEL_FILE, RunSettings, read_metrics
 from server.app import build_server_app
 from server.checkpoint import check_resumable, load_checkpoint
 from server.federation import RoundCallback
-from simulations.app import clientapp
+from simulations.app import clientapp, simulated_client_data
+from simulations.attacks import simulated_attack
 from simulations.partitioners import PartitionError, parse_partition
 from simulations.plots import plot_accuracy
 
 log = logging.getLogger(__name__)
+
+ENGINES = ("auto", "flower", "batched")
+
+
+def resolve_engine(engine: str) -> str:
+    import torch
+
+    if engine == "auto":
+        return "batched" if torch.cuda.is_available() else "flower"
+    return engine
+
+
+def resolve_device(device: str):
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as err:
+        raise PartitionError(f"device {device!r}: {err}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise PartitionError(f"device {device!r}: no CUDA GPU is visible to torch here")
+    return resolved
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,10 +61,17 @@ class SimulationSettings:
     out_dir: Path
     cpus_per_client: float = 1.0
     ray_logs: bool = False  # forward Ray workers' output (Flower's client logs) to this console
+    engine: str = "auto"  # auto (batched with a CUDA GPU, else flower) | flower | batched
+    device: str = "auto"  # batched engine: auto | cpu | cuda | cuda:N
+    clients_per_batch: int = 0  # batched engine: K; 0 = plan from free memory
 
     def __post_init__(self) -> None:
         if self.clients < 1:
             raise PartitionError(f"clients must be >= 1, got {self.clients}")
+        if self.engine not in ENGINES:
+            raise PartitionError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.clients_per_batch < 0:
+            raise PartitionError(f"clients-per-batch must be >= 0, got {self.clients_per_batch}")
         natural = natural_partition(self.run.task)
         spec = parse_partition(self.run.partition)
         if natural and spec is not None:
@@ -61,8 +95,6 @@ def check_partition(settings: SimulationSettings) -> None:
 
 def simulate(settings: SimulationSettings, on_round: RoundCallback | None = None) -> dict[str, Any]:
     """Run the simulation; return (and write) the summary."""
-    from flwr.simulation import run_simulation
-
     check_partition(settings)
     out = settings.out_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -72,9 +104,63 @@ def simulate(settings: SimulationSettings, on_round: RoundCallback | None = None
     if run.resume and (checkpoint := load_checkpoint(out)) is not None:
         check_resumable(checkpoint, asdict(run))  # fail here, before Ray starts
     server_app = build_server_app(run, out_dir=out, on_round=on_round)
+    engine = resolve_engine(settings.engine)
+    started = time.perf_counter()
+    if engine == "batched":
+        engine_summary = _run_batched(server_app, settings)
+    else:
+        _run_flower(server_app, settings)
+        engine_summary = {"engine": "flower"}
+    wall = time.perf_counter() - started
+    metrics_path = out / "metrics.jsonl"
+    if not (out / MODEL_FILE).exists() or not metrics_path.exists():
+        raise RuntimeError(f"the simulation ended without a model in {out}; see the log above")
+    summary = summarize(read_metrics(metrics_path), run, settings.clients, wall)
+    summary.update(engine_summary)
+    summary["export"] = json.loads((out / EXPORT_FILE).read_text())
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    plot_accuracy(
+        read_metrics(metrics_path),
+        out / "accuracy.png",
+        title=f"{run.task}, {settings.clients} clients, {run.partition}, {run.strategy}",
+    )
+    return summary
+
+
+def _run_batched(server_app, settings: SimulationSettings) -> dict[str, Any]:
+    from simulations.batched import BatchedGrid, run_server_app
+
+    grid = BatchedGrid(
+        task=get_task,
+        data=simulated_client_data,
+        num_nodes=settings.clients,
+        update_hook=simulated_attack,
+        device=resolve_device(settings.device),
+        clients_per_batch=settings.clients_per_batch,
+        seed=settings.run.seed,
+    )
+    run_server_app(server_app, grid)
+    stats = grid.stats
+    return {
+        "engine": "batched",
+        "device": str(grid.device),
+        "peak_memory_bytes": grid.memory.peak_bytes,
+        "peak_memory_kind": "cuda max_memory_allocated"
+        if grid.device.type == "cuda"
+        else "process peak RSS",
+        "clients_per_batch": max(stats.chunk_sizes, default=0),
+        "vectorized_client_updates": stats.vectorized_clients,
+        "looped_client_updates": stats.looped_clients,
+        "fallback_reason": stats.fallback_reason,
+        "train_s": round(stats.train_seconds, 3),
+    }
+
+
+def _run_flower(server_app, settings: SimulationSettings) -> None:
+    from flwr.simulation import run_simulation
+
     # Ray >= 2.5x warns on every start unless told how to treat CUDA_VISIBLE_DEVICES.
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    started = time.perf_counter()
     run_simulation(
         server_app=server_app,
         client_app=clientapp,
@@ -88,19 +174,6 @@ def simulate(settings: SimulationSettings, on_round: RoundCallback | None = None
             },
         },
     )
-    wall = time.perf_counter() - started
-    metrics_path = out / "metrics.jsonl"
-    if not (out / MODEL_FILE).exists() or not metrics_path.exists():
-        raise RuntimeError(f"the simulation ended without a model in {out}; see the log above")
-    summary = summarize(read_metrics(metrics_path), run, settings.clients, wall)
-    summary["export"] = json.loads((out / EXPORT_FILE).read_text())
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    plot_accuracy(
-        read_metrics(metrics_path),
-        out / "accuracy.png",
-        title=f"{run.task}, {settings.clients} clients, {run.partition}, {run.strategy}",
-    )
-    return summary
 
 
 def summarize(

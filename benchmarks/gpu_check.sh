@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The GPU part of the batched-engine checks, in one go (about 5 minutes on one H100):
+#   1. speed: plain Flower (Ray, CUDA) vs Pollen on Flower's engine vs Pollen batched (CUDA)
+#      at 1000 clients per round, and Pollen batched alone at 10,000 (benchmarks/simulation.py);
+#   2. fidelity: the batched engine on CUDA against Flower's engine on CPU (benchmarks/fidelity.py).
+# Run from the repository root on a machine with a CUDA GPU and torch. Packages the machine lacks
+# (flwr, ray, ...) may sit as wheels in .whl/ (see benchmarks/README.md); they are installed
+# into /tmp/site first. Results go to $OUT (default benchmarks/results/gpu).
+set -uo pipefail
+OUT=${OUT:-benchmarks/results/gpu}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if compgen -G ".whl/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH="/tmp/site:$PYTHONPATH"
+fi
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  python3 -c "import torch, grpc, google.protobuf as pb, flwr, ray, numpy; print('torch', torch.__version__, '| cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0), '| grpc', grpc.__version__, '| protobuf', pb.__version__, '| flwr', flwr.__version__, '| ray', ray.__version__, '| numpy', numpy.__version__)"
+} 2>&1 | tee "$OUT/environment.txt"
+echo "== speed ==" | tee "$OUT/log.txt"
+timeout 280 python3 benchmarks/simulation.py --device cuda --clients 1000 10000 --rounds 3 \
+  --json "$OUT/simulation.json" 2>&1 | tee -a "$OUT/log.txt"
+echo "== fidelity ==" | tee -a "$OUT/log.txt"
+timeout 100 python3 benchmarks/fidelity.py --device cuda 2>&1 | grep -E "max \||Error|error" \
+  | tee -a "$OUT/log.txt"

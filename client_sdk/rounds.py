@@ -1,0 +1,189 @@
+"""One training round on a client, split in the parts every runtime shares.
+
+:func:`plan_round` reads what the server sent (model, pruning mask, codec, schedule) and
+:func:`upload_reply` turns a locally trained model into the compact reply. The SDK's ClientApp
+trains one model between the two; Pollen's batched simulation engine trains K clients at once
+between them, so both runtimes send byte-for-byte the same kind of reply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+
+from client_sdk.feedback import encode_with_feedback, residual_norm
+from client_sdk.task import Task, TaskConfigError
+from client_sdk.training import LocalSchedule, TrainStats
+from client_sdk.weights import model_arrays, tensor_specs
+from wire import (
+    DOWNLOAD_RECORD_KEY,
+    MASK_FIELD,
+    PAYLOAD_FIELD,
+    UPDATE_RECORD_KEY,
+    CodecConfigError,
+    CodecSpec,
+    MaskSet,
+    decode_update,
+)
+
+# a fixed Task, or a resolver from the task name the server sends in its config
+TaskSource = Task | Callable[[str], Task]
+# (local-minus-global delta, node context, round config) -> the delta to upload
+UpdateHook = Callable[[dict[str, np.ndarray], Context, ConfigRecord], dict[str, np.ndarray]]
+
+
+def partition_id_of(context: Context) -> int:
+    """The node's ``partition-id`` (simulation sets it; deployments pass ``--node-config``)."""
+    value = context.node_config.get("partition-id", -1)
+    return int(value) if isinstance(value, (int, float)) else -1
+
+
+def client_seed(seed: int, server_round: int, partition_id: int) -> int:
+    """A per-client, per-round seed derived from the run seed (numpy SeedSequence)."""
+    state = np.random.SeedSequence([seed, server_round, partition_id + 1]).generate_state(1)
+    return int(state[0])
+
+
+def named_arrays(msg: Message) -> dict[str, np.ndarray]:
+    return {name: array.numpy() for name, array in msg.content["arrays"].items()}
+
+
+def round_config(msg: Message) -> ConfigRecord:
+    return msg.content.config_records.get("config", ConfigRecord())
+
+
+def codec_from_config(config: ConfigRecord) -> CodecSpec:
+    """The update compression the server asked for in this round's config."""
+    try:
+        return CodecSpec(
+            quant_bits=int(config.get("quant-bits", 0)),
+            quant_chunk=int(config.get("quant-chunk", 1024)),
+            stochastic=config.get("quant-rounding", "stochastic") != "nearest",
+            topk=float(config.get("topk", 0.0)),
+        )
+    except CodecConfigError as err:
+        raise TaskConfigError(f"server config: {err}") from None
+
+
+def resolve_task(task: TaskSource, config: ConfigRecord) -> Task:
+    if isinstance(task, Task):
+        return task
+    name = config.get("task")
+    if not isinstance(name, str):
+        raise TaskConfigError("the server's config has no 'task' name for this client to run")
+    return task(name)
+
+
+def local_schedule(task: Task, config: ConfigRecord) -> LocalSchedule:
+    """The Task's schedule, with any positive override the server sent in its config."""
+
+    def pick(key: str, default: float) -> float:
+        value = config.get(key, 0)
+        return value if isinstance(value, (int, float)) and value > 0 else default
+
+    return LocalSchedule(
+        lr=float(pick("lr", task.optimizer.lr)),
+        epochs=int(pick("local-epochs", task.local_epochs)),
+        batch_size=int(pick("batch-size", task.batch_size)),
+        proximal_mu=float(config.get("proximal-mu", 0.0) or 0.0),
+    )
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """What the server asked of every client that received this round's message."""
+
+    task: Task
+    config: ConfigRecord
+    server_round: int
+    run_seed: int
+    global_arrays: dict[str, np.ndarray]  # the model as the client received it (float32)
+    masks: MaskSet | None
+    frozen: tuple[str, ...]
+    qat: bool
+    schedule: LocalSchedule
+    codec: CodecSpec
+    error_feedback: bool
+
+    def seed_for(self, partition_id: int) -> int:
+        return client_seed(self.run_seed, self.server_round, partition_id)
+
+
+def plan_round(task: TaskSource, msg: Message) -> RoundPlan:
+    """Parse the server's train message (decoding a compressed download if there is one)."""
+    config = round_config(msg)
+    the_task = resolve_task(task, config)
+    template = model_arrays(the_task.build_model(seed=0))
+    shapes = {name: arr.shape for name, arr in template.items()}
+    masks = MaskSet.decode(config[MASK_FIELD], expected=shapes) if MASK_FIELD in config else None
+    records = msg.content.config_records
+    if DOWNLOAD_RECORD_KEY in records:
+        payload = records[DOWNLOAD_RECORD_KEY][PAYLOAD_FIELD]
+        global_arrays = decode_update(
+            payload, expected=tensor_specs(template), masks=masks
+        ).as_dict()
+    else:
+        global_arrays = named_arrays(msg)
+    extra = tuple(p for p in str(config.get("freeze", "")).split(",") if p)
+    return RoundPlan(
+        task=the_task,
+        config=config,
+        server_round=int(config.get("server-round", 0)),
+        run_seed=int(config.get("seed", 0)),
+        global_arrays=global_arrays,
+        masks=masks,
+        frozen=tuple(the_task.frozen) + extra,
+        qat=bool(config.get("qat", False)),
+        schedule=local_schedule(the_task, config),
+        codec=codec_from_config(config),
+        error_feedback=bool(config.get("error-feedback", False)),
+    )
+
+
+def upload_reply(
+    msg: Message,
+    plan: RoundPlan,
+    context: Context,
+    local: dict[str, np.ndarray],
+    stats: TrainStats,
+    update_hook: UpdateHook | None = None,
+) -> Message:
+    """Encode ``local - global`` (trained parameters only) and wrap it in the reply Message."""
+    delta = {
+        name: local[name] - g
+        for name, g in plan.global_arrays.items()
+        if not name.startswith(plan.frozen)
+    }
+    if update_hook is not None:
+        delta = update_hook(delta, context, plan.config)
+    pid = partition_id_of(context)
+    carried = residual_norm(context.state) if plan.error_feedback else 0.0
+    payload = encode_with_feedback(
+        delta,
+        server_round=plan.server_round,
+        codec=plan.codec,
+        masks=plan.masks,
+        rng=np.random.default_rng(plan.seed_for(pid)),
+        state=context.state if plan.error_feedback else None,
+    )
+    metrics = MetricRecord(
+        {
+            "num-examples": stats.num_examples,
+            "train-loss": stats.mean_loss,
+            "train-steps": stats.steps,
+            "partition-id": pid,
+            "upload-bytes": len(payload),
+            **(
+                {"residual-carried": carried, "residual-norm": residual_norm(context.state)}
+                if plan.error_feedback
+                else {}
+            ),
+        }
+    )
+    content = RecordDict(
+        {UPDATE_RECORD_KEY: ConfigRecord({PAYLOAD_FIELD: payload}), "metrics": metrics}
+    )
+    return Message(content=content, reply_to=msg)

@@ -1,0 +1,99 @@
+"""Built-in task: Flower's tutorial CNN on CIFAR-shaped generated data (a speed benchmark).
+
+The model is the CNN of Flower's PyTorch tutorial (LeCun-style: two 5x5 convolutions, three
+linear layers, 62,006 parameters). Each client holds ``samples`` random 3x32x32 images with
+random labels drawn from ``torch.Generator().manual_seed(partition_id)`` when the run seed is 0,
+exactly the data of ``shared/bench/flower_baseline.py``, so simulation engines can be compared
+with plain Flower on the same work. Labels are random: accuracy stays near 10 %; the task
+measures throughput, not learning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from client_sdk.task import (
+    ClientData,
+    OptimizerSpec,
+    Partitioner,
+    Task,
+    TaskConfigError,
+    check_partition_id,
+)
+
+CLASSES, TEST_SAMPLES, CENTRAL_TEST_SAMPLES = 10, 10, 500
+
+
+class TutorialCNN(nn.Module):
+    """The CNN of Flower's "Get started with Flower and PyTorch" tutorial."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 5)
+        self.pool = nn.MaxPool2d(2, 2)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.fc1 = nn.Linear(16 * 5 * 5, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(F.relu(self.conv1(x)))
+        x = self.pool(F.relu(self.conv2(x)))
+        x = torch.flatten(x, 1)
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        return self.fc3(x)
+
+
+def _images(seed: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(count, 3, 32, 32, generator=generator)
+    y = torch.randint(0, CLASSES, (count,), generator=generator)
+    return x.numpy(), y.numpy()
+
+
+@dataclass(frozen=True, kw_only=True)
+class GeneratedImages:
+    """A natural partition: each client generates its own ``samples`` images from its id."""
+
+    samples: int = 50
+
+    def __post_init__(self) -> None:
+        if self.samples < 1:
+            raise TaskConfigError(f"tutorial-cnn needs >= 1 sample per client, got {self.samples}")
+
+    def client_data(
+        self,
+        partition_id: int,
+        num_partitions: int,
+        *,
+        partitioner: Partitioner | None,
+        seed: int,
+    ) -> ClientData:
+        if partitioner is not None:
+            raise TaskConfigError(
+                "tutorial-cnn generates one dataset per client; use partition 'natural'"
+            )
+        check_partition_id(partition_id, num_partitions)
+        x, y = _images(partition_id + (seed << 32), self.samples)
+        x_test, y_test = _images(-(partition_id + 1) - (seed << 32), TEST_SAMPLES)
+        return ClientData(x_train=x, y_train=y, x_test=x_test, y_test=y_test)
+
+    def central_test(self, *, num_partitions: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        return _images((1 << 62) + seed, CENTRAL_TEST_SAMPLES)
+
+
+def tutorial_cnn_task(samples: int = 50) -> Task:
+    return Task(
+        name=f"tutorial-cnn-{samples}",
+        model_fn=TutorialCNN,
+        data=GeneratedImages(samples=samples),
+        optimizer=OptimizerSpec(name="sgd", lr=0.01, momentum=0.9),
+        local_epochs=1,
+        batch_size=10,
+    )

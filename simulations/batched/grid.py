@@ -1,0 +1,293 @@
+"""Pollen's batched simulation engine: a Flower ``Grid`` whose virtual nodes train K at a time.
+
+The ServerApp and its strategies run unchanged: they create Messages, push them and pull
+replies as on any Grid. Train messages that share one content (a strategy sends the same model
+and config to every sampled node) are trained together by :mod:`.training`; every other
+message (query, evaluate) and every train message of a Task vmap cannot run (BatchNorm
+buffers, dropout, a loss that is not a per-sample mean) goes through the SDK's own ClientApp,
+one client at a time, with the reason logged once. Replies are built by the same SDK code as
+on a device (:func:`client_sdk.rounds.upload_reply`), so the server cannot tell the engines apart.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from flwr.app import Context, Error, Message, MessageType, RecordDict
+from flwr.common.constant import ErrorCode
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+
+from client_sdk import ClientData, DataProvider, build_client_app
+from client_sdk.rounds import RoundPlan, TaskSource, UpdateHook, plan_round, upload_reply
+from simulations.batched.memory import MemoryPlanner
+from simulations.batched.training import (
+    ClientBatch,
+    NotVectorizable,
+    check_sample_mean_loss,
+    stack_clients,
+    train_clients,
+    vectorization_blocker,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EngineStats:
+    """What the engine did, for ``summary.json``."""
+
+    vectorized_clients: int = 0
+    looped_clients: int = 0
+    fallback_reason: str = ""
+    train_seconds: float = 0.0
+    chunk_sizes: list[int] = field(default_factory=list)
+
+
+def _error_reply(msg: Message, err: BaseException) -> Message:
+    reason = f"{type(err).__name__}: {err}"
+    return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
+
+
+class BatchedGrid(Grid):
+    """``num_nodes`` virtual SuperNodes in this process; node i holds partition i."""
+
+    def __init__(
+        self,
+        *,
+        task: TaskSource,
+        data: DataProvider,
+        num_nodes: int,
+        update_hook: UpdateHook | None = None,
+        device: torch.device | None = None,
+        clients_per_batch: int = 0,
+        seed: int = 0,
+        cache_bytes: int | None = None,
+    ) -> None:
+        self._task, self._data, self._hook = task, data, update_hook
+        self._client_app = build_client_app(task, data, update_hook=update_hook)
+        self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.memory = MemoryPlanner(self.device, fixed_k=clients_per_batch)
+        self.stats = EngineStats()
+        self._run: Run | None = None
+        # Random 63-bit node ids, as a SuperLink hands out, but reproducible from the seed.
+        ids = np.random.default_rng([seed, 0x6E6F6465]).choice(2**62, size=num_nodes, replace=False)
+        self._contexts = {
+            int(nid): Context(
+                run_id=0,
+                node_id=int(nid),
+                node_config={"partition-id": pid, "num-partitions": num_nodes},
+                state=RecordDict(),
+                run_config={},
+            )
+            for pid, nid in enumerate(ids.tolist())
+        }
+        self._pending: dict[str, Message] = {}
+        self._replies: dict[str, Message] = {}
+        self._blockers: dict[str, str | None] = {}
+        self._data_cache: dict[tuple, ClientData] = {}
+        self._batch_cache: dict[tuple, ClientBatch] = {}
+        self._cache_budget = cache_bytes
+        self._cached_bytes = 0
+
+    # ------------------------------------------------------------------ Grid interface
+    def set_run(self, run: Run) -> None:
+        self._run = run
+
+    @property
+    def run(self) -> Run:
+        if self._run is None:
+            raise RuntimeError("BatchedGrid.set_run() was not called")
+        return self._run
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self._contexts)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        ids = []
+        for msg in messages:
+            # Flower's own in-memory Grid stamps message ids the same way.
+            msg.metadata.__dict__["_message_id"] = str(uuid.uuid4())
+            self._pending[msg.metadata.message_id] = msg
+            ids.append(msg.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        wanted = list(message_ids)
+        todo = [self._pending.pop(mid) for mid in wanted if mid in self._pending]
+        if todo:
+            self._deliver(todo)
+        return [self._replies.pop(mid) for mid in wanted if mid in self._replies]
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        """Every virtual node answers at once; ``timeout`` cannot expire in simulated time."""
+        return self.pull_messages(self.push_messages(messages))
+
+    # ------------------------------------------------------------------ delivery
+    def _deliver(self, messages: list[Message]) -> None:
+        groups: dict[int, list[Message]] = {}
+        for msg in messages:
+            if msg.metadata.dst_node_id not in self._contexts:
+                err = LookupError(f"node {msg.metadata.dst_node_id} is not connected")
+                self._replies[msg.metadata.message_id] = _error_reply(msg, err)
+            elif msg.metadata.message_type == MessageType.TRAIN:
+                groups.setdefault(id(msg.content), []).append(msg)
+            else:
+                self._loop([msg])
+        for group in groups.values():
+            self._train(group)
+
+    def _loop(self, messages: list[Message]) -> None:
+        """The reference path: the SDK's ClientApp, one client after the other."""
+        for msg in messages:
+            context = self._contexts[msg.metadata.dst_node_id]
+            try:
+                reply = self._client_app(msg, context)
+            except Exception as err:  # a failing client answers with an error, as a node does
+                log.warning("node %d: %s", msg.metadata.dst_node_id, err)
+                reply = _error_reply(msg, err)
+            self._replies[msg.metadata.message_id] = reply
+            if msg.metadata.message_type == MessageType.TRAIN:
+                self.stats.looped_clients += 1
+
+    def _fall_back(self, messages: list[Message], reason: str) -> None:
+        if reason != self.stats.fallback_reason:
+            log.warning("batched engine: training clients one by one: %s", reason)
+            self.stats.fallback_reason = reason
+        self._loop(messages)
+
+    def _train(self, messages: list[Message]) -> None:
+        started = time.perf_counter()
+        try:
+            plan = plan_round(self._task, messages[0])
+        except Exception:  # each client reports the bad config itself
+            self._loop(messages)
+            return
+        if (blocker := self._blocker(plan)) is not None:
+            self._fall_back(messages, blocker)
+            return
+        ready: list[tuple[Message, ClientData]] = []
+        for msg in messages:
+            try:
+                ready.append((msg, self._client_data(msg, plan)))
+            except Exception as err:
+                self._replies[msg.metadata.message_id] = _error_reply(msg, err)
+        try:
+            self._train_chunks(plan, ready)
+        except NotVectorizable as err:
+            self._fall_back(
+                [m for m, _ in ready if m.metadata.message_id not in self._replies], str(err)
+            )
+        self.stats.train_seconds += time.perf_counter() - started
+
+    def _blocker(self, plan: RoundPlan) -> str | None:
+        name = plan.task.name
+        if name not in self._blockers:
+            self._blockers[name] = vectorization_blocker(plan.task)
+        return self._blockers[name]
+
+    def _client_data(self, msg: Message, plan: RoundPlan) -> ClientData:
+        context = self._contexts[msg.metadata.dst_node_id]
+        key = self._data_key(plan) + (msg.metadata.dst_node_id,)
+        if key not in self._data_cache:
+            self._data_cache[key] = self._data(context, plan.config)
+        return self._data_cache[key]
+
+    @staticmethod
+    def _data_key(plan: RoundPlan) -> tuple:
+        c = plan.config
+        return (c.get("task"), c.get("partition"), c.get("seed"), c.get("num-partitions"))
+
+    def _train_chunks(self, plan: RoundPlan, ready: list[tuple[Message, ClientData]]) -> None:
+        if not ready:
+            return
+        first = ready[0][1]
+        check_sample_mean_loss(plan.task, first.x_train, first.y_train)
+        n_max = max(len(d.y_train) for _, d in ready)
+        self.memory.estimate(
+            plan.task.build_model(seed=0), first.x_train, plan.schedule.batch_size, n_max
+        )
+        done = 0
+        while done < len(ready):
+            k = self.memory.clients_per_chunk(len(ready) - done)
+            chunk = ready[done : done + k]
+            try:
+                self._train_chunk(plan, chunk)
+            except torch.cuda.OutOfMemoryError:
+                smaller = self.memory.shrink_after_oom(k)
+                log.warning(
+                    "batched engine: out of GPU memory at K=%d; retrying with %d", k, smaller
+                )
+                self._batch_cache.clear()
+                self._cached_bytes = 0
+                torch.cuda.empty_cache()
+                if k == 1:
+                    raise
+                continue
+            done += len(chunk)
+
+    def _train_chunk(self, plan: RoundPlan, chunk: list[tuple[Message, ClientData]]) -> None:
+        contexts = [self._contexts[m.metadata.dst_node_id] for m, _ in chunk]
+        pids = [int(c.node_config["partition-id"]) for c in contexts]
+        before = self.memory.start_chunk()
+        batch = self._device_batch(plan, pids, [d for _, d in chunk])
+        try:
+            results = train_clients(plan, batch, [plan.seed_for(p) for p in pids], self.device)
+        except (RuntimeError, TypeError, ValueError) as err:
+            if isinstance(err, torch.cuda.OutOfMemoryError):
+                raise
+            raise NotVectorizable(
+                f"vmap could not run the Task: {type(err).__name__}: {err}"
+            ) from err
+        self.memory.end_chunk(len(chunk), before)
+        self.stats.chunk_sizes.append(len(chunk))
+        for (msg, _), context, result in zip(chunk, contexts, results, strict=True):
+            try:
+                reply = self._reply(msg, plan, context, result)
+            except Exception as err:
+                reply = _error_reply(msg, err)
+            self._replies[msg.metadata.message_id] = reply
+        self.stats.vectorized_clients += len(chunk)
+
+    def _reply(self, msg: Message, plan: RoundPlan, context: Context, result) -> Message:
+        return upload_reply(msg, plan, context, result.local, result.stats, self._hook)
+
+    def _device_batch(
+        self, plan: RoundPlan, pids: list[int], data: list[ClientData]
+    ) -> ClientBatch:
+        key = self._data_key(plan) + tuple(pids)
+        if key in self._batch_cache:
+            return self._batch_cache[key]
+        batch = stack_clients(data, self.device)
+        budget = self._cache_budget
+        if budget is None:
+            budget = int(
+                0.3
+                * (
+                    torch.cuda.mem_get_info(self.device)[0]
+                    if self.device.type == "cuda"
+                    else 2 << 30
+                )
+            )
+        if self._cached_bytes + batch.nbytes <= budget:
+            self._batch_cache[key] = batch
+            self._cached_bytes += batch.nbytes
+        return batch

@@ -1,0 +1,212 @@
+"""Vectorized local training: K clients per kernel with torch.func (functional_call, vmap, grad).
+
+Each client follows the SDK's reference loop (:func:`client_sdk.training.train_local`) exactly:
+the same shuffle from its own ``torch.Generator``, the same minibatches (the last one short),
+the same loss and FedProx term, the same pruning mask and int8 fake quantization in the forward
+pass (the SDK's own ``KeepMask``/``FakeQuantInt8``). Clients with fewer samples are padded and
+the padding carries zero weight in the loss, so nothing is truncated or repeated. Client k's
+steps are laid out first to last, so at global step s the clients still training are exactly
+those with more than s steps: all of them have taken s steps, and one ``torch.optim`` optimizer
+over the stacked ``[K, ...]`` parameters keeps exact per-client SGD-momentum or AdamW state
+(both are elementwise; AdamW's shared step count equals every active client's). A client's
+parameters are saved when its last step is done.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, grad_and_value, vmap
+
+from client_sdk.local_model import FakeQuantInt8
+from client_sdk.rounds import RoundPlan
+from client_sdk.task import ClientData, Task
+from client_sdk.training import TrainStats
+
+
+class NotVectorizable(Exception):
+    """The Task cannot run under vmap; the engine falls back to the per-client loop."""
+
+
+@dataclass(frozen=True)
+class ClientBatch:
+    """K clients' training data on one device, padded to the largest client."""
+
+    x: torch.Tensor  # [K, n_max, ...features]
+    y: torch.Tensor  # [K, n_max]
+    sizes: np.ndarray  # [K] true sample counts
+
+    @property
+    def nbytes(self) -> int:
+        return self.x.nbytes + self.y.nbytes
+
+
+@dataclass(frozen=True)
+class ClientResult:
+    local: dict[str, np.ndarray]  # the model after local training, as the SDK's finish() leaves it
+    stats: TrainStats
+
+
+def stack_clients(data: list[ClientData], device: torch.device) -> ClientBatch:
+    """Pad every client's train split to the largest one and move the stack to ``device``."""
+    sizes = np.array([len(d.y_train) for d in data], dtype=np.int64)
+    if sizes.min() < 1:
+        raise NotVectorizable("a client has no training examples")
+    first = np.asarray(data[0].x_train, dtype=np.float32)
+    x = np.zeros((len(data), int(sizes.max()), *first.shape[1:]), dtype=np.float32)
+    y = np.zeros((len(data), int(sizes.max())), dtype=np.int64)
+    for k, d in enumerate(data):
+        x[k, : sizes[k]] = d.x_train
+        y[k, : sizes[k]] = d.y_train
+    return ClientBatch(torch.from_numpy(x).to(device), torch.from_numpy(y).to(device), sizes)
+
+
+def vectorization_blocker(task: Task) -> str | None:
+    """Why ``task``'s model cannot be trained under vmap, or None when it can."""
+    model = task.build_model(seed=0)
+    if next(model.buffers(), None) is not None:
+        return (
+            "the model has buffers (e.g. BatchNorm running statistics), which vmap cannot "
+            "update per client"
+        )
+    if any(isinstance(m, nn.modules.dropout._DropoutNd) for m in model.modules()):
+        return "the model uses dropout, whose per-client random draws vmap would not reproduce"
+    return None
+
+
+def check_sample_mean_loss(task: Task, x: np.ndarray, y: np.ndarray) -> None:
+    """Padding is weighted out per sample, so the loss must be a mean of per-sample losses."""
+    model = task.build_model(seed=0)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(np.asarray(x[:4], dtype=np.float32)))
+        target = torch.from_numpy(np.asarray(y[:4], dtype=np.int64))
+        whole = float(task.loss_fn(logits, target))
+        each = [
+            float(task.loss_fn(logits[i : i + 1], target[i : i + 1])) for i in range(len(y[:4]))
+        ]
+    if not math.isclose(whole, float(np.mean(each)), rel_tol=1e-5, abs_tol=1e-6):
+        raise NotVectorizable(
+            f"the Task's loss is not the mean of per-sample losses ({whole} vs {np.mean(each)})"
+        )
+
+
+def _batch_schedule(
+    sizes: np.ndarray, seeds: list[int], epochs: int, batch: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per global step: sample indices [S, K, B], weights [S, K, B]; and steps per client [K]."""
+    per_epoch = -(-sizes // batch)
+    steps = per_epoch * epochs
+    index = np.zeros((int(steps.max()), len(sizes), batch), dtype=np.int64)
+    weight = np.zeros(index.shape, dtype=np.float32)
+    for k, (n, seed) in enumerate(zip(sizes.tolist(), seeds, strict=True)):
+        generator = torch.Generator().manual_seed(seed)  # as train_local draws its shuffles
+        padded = -(-n // batch) * batch
+        for epoch in range(epochs):
+            order = np.zeros(padded, dtype=np.int64)
+            order[:n] = torch.randperm(n, generator=generator).numpy()
+            rows = slice(epoch * per_epoch[k], (epoch + 1) * per_epoch[k])
+            index[rows, k] = order.reshape(-1, batch)
+            weight[rows, k] = (np.arange(padded) < n).reshape(-1, batch)
+    return index, weight, steps
+
+
+def channels_last_layout(device: torch.device) -> bool:
+    """Lay image minibatches out channels-last for vmap's grouped convolution (CPU default).
+
+    vmap runs K clients' convolutions as one grouped convolution over [B, K*C, H, W]; oneDNN
+    is about 3x faster on this when the memory is channels-last (measured in
+    benchmarks/simulation.py's notes). ``POLLEN_CHANNELS_LAST=0/1`` overrides the default.
+    """
+    override = os.environ.get("POLLEN_CHANNELS_LAST", "")
+    if override in ("0", "1"):
+        return override == "1"
+    return device.type == "cpu"
+
+
+def _images_channels_last(xb: torch.Tensor) -> torch.Tensor:
+    """[K, B, C, H, W] with memory order (B, H, W, K, C): channels-last once vmap folds K into C."""
+    return xb.permute(1, 3, 4, 0, 2).contiguous().permute(3, 0, 4, 1, 2)
+
+
+def train_clients(
+    plan: RoundPlan, batch: ClientBatch, seeds: list[int], device: torch.device
+) -> list[ClientResult]:
+    """Train K clients from ``plan.global_arrays`` at once; one result per client, in order."""
+    task, schedule = plan.task, plan.schedule
+    model = task.build_model(seed=0).to(device).train()
+    names = [name for name, _ in model.named_parameters()]
+    trained = [n for n in names if not (plan.frozen and n.startswith(plan.frozen))]
+    start = {n: torch.from_numpy(plan.global_arrays[n]).to(device) for n in names}
+    fixed = {n: start[n] for n in names if n not in trained}
+    masks = {
+        n: torch.from_numpy(np.asarray(m, dtype=np.float32)).to(device)
+        for n, m in (plan.masks.masks.items() if plan.masks else ())
+        if n in trained
+    }
+    quantized = {n for n in trained if plan.qat and start[n].dim() >= 2}
+    fake_quant = FakeQuantInt8()
+    mu = schedule.proximal_mu
+
+    def trained_weights(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """What the forward pass sees: fake_quant(weight * mask), as the SDK parametrizes it."""
+        out = {}
+        for n in trained:
+            w = params[n] * masks[n] if n in masks else params[n]
+            out[n] = fake_quant(w) if n in quantized else w
+        return out
+
+    def per_sample(logit: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return task.loss_fn(logit.unsqueeze(0), target.unsqueeze(0))
+
+    def client_loss(params, xb, yb, wb):  # one client, one minibatch (under vmap)
+        logits = functional_call(model, {**fixed, **trained_weights(params)}, (xb,))
+        loss = (vmap(per_sample)(logits, yb) * wb).sum() / wb.sum().clamp(min=1.0)
+        if mu:
+            prox = sum(((params[n] - start[n]) ** 2).sum() for n in trained)
+            loss = loss + 0.5 * mu * prox
+        return loss
+
+    step = vmap(grad_and_value(client_loss))
+    k = len(seeds)
+    params = {n: start[n].expand(k, *start[n].shape).clone() for n in trained}
+    optimizer = task.optimizer.build(iter(params.values()), lr=schedule.lr)
+    index, weight, steps = _batch_schedule(batch.sizes, seeds, schedule.epochs, schedule.batch_size)
+    index_t, weight_t = torch.from_numpy(index).to(device), torch.from_numpy(weight).to(device)
+    active = torch.from_numpy(steps).to(device)
+    rows = torch.arange(k, device=device).unsqueeze(1)
+    finals = {n: torch.empty_like(p) for n, p in params.items()}
+    relayout = batch.x.dim() == 5 and channels_last_layout(device)
+    loss_sum = torch.zeros(k, dtype=torch.float64, device=device)
+    for s in range(index.shape[0]):
+        xb, yb = batch.x[rows, index_t[s]], batch.y[rows, index_t[s]]
+        if relayout:
+            xb = _images_channels_last(xb)
+        grads, losses = step(params, xb, yb, weight_t[s])
+        for n, p in params.items():
+            p.grad = grads[n]
+        optimizer.step()
+        loss_sum += torch.where(active > s, losses.double(), 0.0)
+        done = np.flatnonzero(steps == s + 1)
+        if len(done) == k:
+            finals = {n: p.detach() for n, p in params.items()}
+        elif len(done):
+            where = torch.from_numpy(done).to(device)
+            for n, p in params.items():
+                finals[n][where] = p.detach()[where]
+    with torch.no_grad():
+        local = vmap(trained_weights)(finals)
+        on_host = {n: local[n].cpu().numpy() for n in trained}
+    mean_loss = (loss_sum.cpu().numpy() / steps).tolist()
+    results = []
+    for i in range(k):
+        arrays = {n: on_host[n][i] if n in on_host else plan.global_arrays[n] for n in names}
+        stats = TrainStats(
+            mean_loss=mean_loss[i], num_examples=int(batch.sizes[i]), steps=int(steps[i])
+        )
+        results.append(ClientResult(local=arrays, stats=stats))
+    return results
