@@ -67,12 +67,15 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--case", type=int, nargs="*", help="case numbers to run (default: all)")
     args = parser.parse_args()
     logging.getLogger("flwr").setLevel(logging.WARNING)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     with tempfile.TemporaryDirectory() as tmp:
         for i, (name, run) in enumerate(CASES.items()):
+            if args.case and i not in args.case:
+                continue
             ref = final_model(
                 "flower", "cpu", Path(tmp) / f"f{i}", args.clients, args.rounds, **run
             )

@@ -3,6 +3,7 @@
 #   1. speed: plain Flower (Ray, CUDA) vs Pollen on Flower's engine vs Pollen batched (CUDA)
 #      at 1000 clients per round, and Pollen batched alone at 10,000 (benchmarks/simulation.py);
 #   2. fidelity: the batched engine on CUDA against Flower's engine on CPU (benchmarks/fidelity.py).
+# SIMULATION_ARGS / FIDELITY_ARGS add flags (e.g. --skip-pollen-flower, --case 2).
 # Run from the repository root on a machine with a CUDA GPU and torch. Packages the machine lacks
 # (flwr, ray, ...) may sit as wheels in .whl/ (see benchmarks/README.md); they are installed
 # into /tmp/site first. Results go to $OUT (default benchmarks/results/gpu).
@@ -20,8 +21,8 @@ fi
   python3 -c "import torch, grpc, google.protobuf as pb, flwr, ray, numpy; print('torch', torch.__version__, '| cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0), '| grpc', grpc.__version__, '| protobuf', pb.__version__, '| flwr', flwr.__version__, '| ray', ray.__version__, '| numpy', numpy.__version__)"
 } 2>&1 | tee "$OUT/environment.txt"
 echo "== speed ==" | tee "$OUT/log.txt"
-timeout 280 python3 benchmarks/simulation.py --device cuda --clients 1000 10000 --rounds 3 \
-  --json "$OUT/simulation.json" 2>&1 | tee -a "$OUT/log.txt"
+timeout 240 python3 benchmarks/simulation.py --device cuda --clients 1000 10000 --rounds 3 \
+  ${SIMULATION_ARGS:-} --json "$OUT/simulation.json" 2>&1 | tee -a "$OUT/log.txt"
 echo "== fidelity ==" | tee -a "$OUT/log.txt"
-timeout 100 python3 benchmarks/fidelity.py --device cuda 2>&1 | grep -E "max \||Error|error" \
+timeout 100 python3 benchmarks/fidelity.py --device cuda ${FIDELITY_ARGS:-} 2>&1 | grep -E "max \||Error|error" \
   | tee -a "$OUT/log.txt"

@@ -159,22 +159,33 @@ def upload_reply(
     }
     if update_hook is not None:
         delta = update_hook(delta, context, plan.config)
-    pid = partition_id_of(context)
     carried = residual_norm(context.state) if plan.error_feedback else 0.0
     payload = encode_with_feedback(
         delta,
         server_round=plan.server_round,
         codec=plan.codec,
         masks=plan.masks,
-        rng=np.random.default_rng(plan.seed_for(pid)),
+        rng=np.random.default_rng(plan.seed_for(partition_id_of(context))),
         state=context.state if plan.error_feedback else None,
     )
+    return reply_message(msg, plan, context, payload, stats, carried)
+
+
+def reply_message(
+    msg: Message,
+    plan: RoundPlan,
+    context: Context,
+    payload: bytes,
+    stats: TrainStats,
+    carried: float = 0.0,
+) -> Message:
+    """The train reply: the encoded update and the metrics the server weighs and logs."""
     metrics = MetricRecord(
         {
             "num-examples": stats.num_examples,
             "train-loss": stats.mean_loss,
             "train-steps": stats.steps,
-            "partition-id": pid,
+            "partition-id": partition_id_of(context),
             "upload-bytes": len(payload),
             **(
                 {"residual-carried": carried, "residual-norm": residual_norm(context.state)}

@@ -134,7 +134,9 @@ def _run_batched(server_app, settings: SimulationSettings) -> dict[str, Any]:
         task=get_task,
         data=simulated_client_data,
         num_nodes=settings.clients,
-        update_hook=simulated_attack,
+        # the hook only matters when the run simulates attackers; without it uncompressed
+        # updates take the vectorized encoder
+        update_hook=simulated_attack if settings.run.attack else None,
         device=resolve_device(settings.device),
         clients_per_batch=settings.clients_per_batch,
         seed=settings.run.seed,
@@ -153,6 +155,9 @@ def _run_batched(server_app, settings: SimulationSettings) -> dict[str, Any]:
         "looped_client_updates": stats.looped_clients,
         "fallback_reason": stats.fallback_reason,
         "train_s": round(stats.train_seconds, 3),
+        "reply_s": round(stats.reply_seconds, 3),
+        "data_s": round(stats.data_seconds, 3),
+        "channels_last": stats.channels_last,
     }
 
 

@@ -185,7 +185,6 @@ class WireStrategy(Strategy):
                 continue
             if mean is not None:  # O(model) memory however many clients reply
                 mean.add(deltas, weight)
-                msg.content = RecordDict({"metrics": metrics})
             else:
                 local = {
                     name: Array(ref + deltas[name] if name in deltas else ref)
@@ -205,7 +204,9 @@ class WireStrategy(Strategy):
         if mean is not None:
             # Flower's strategy averages one reply that carries the mean and the total weight:
             # its weighted mean of one record is that record; FedAdam/FedYogi step from it.
-            averaged = aggregate_metricrecords([m.content for m in accepted], WEIGHT_KEY)
+            averaged = aggregate_metricrecords(
+                [RecordDict({"metrics": _metrics_of(m.content)}) for m in accepted], WEIGHT_KEY
+            )
             carrier = accepted[0]
             carrier.content = RecordDict(
                 {
@@ -258,8 +259,8 @@ class WireStrategy(Strategy):
     ) -> tuple[dict[str, np.ndarray], float, MetricRecord]:
         """The reply's decoded (and clipped) update, its weight and the metrics to average."""
         content = msg.content
-        record = content.config_records.get(UPDATE_RECORD_KEY)
-        payload = None if record is None else record.get(PAYLOAD_FIELD)
+        record = content.get(UPDATE_RECORD_KEY)
+        payload = record.get(PAYLOAD_FIELD) if isinstance(record, ConfigRecord) else None
         if not isinstance(payload, bytes):
             raise UpdateRejected(
                 RejectReason.MISSING_PAYLOAD,
@@ -267,18 +268,14 @@ class WireStrategy(Strategy):
                 "is the client built with Pollen's SDK?",
             )
         stats.upload_bytes.append(len(payload))
-        metrics = next(iter(content.metric_records.values()), None)
+        metrics = _metrics_of(content)
         weight = None if metrics is None else metrics.get(WEIGHT_KEY)
         if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not weight > 0:
             raise UpdateRejected(
                 RejectReason.BAD_HEADER,
                 f"reply needs a positive {WEIGHT_KEY!r} metric to be weighted, got {weight!r}",
             )
-        trained = {
-            k: v for k, v in self._reference.items() if not k.startswith(self.compression.frozen)
-        }
-        specs = [TensorSpec(name=k, shape=tuple(v.shape)) for k, v in trained.items()]
-        model_bytes = sum(a.nbytes for a in trained.values())
+        specs, model_bytes = self._expected_layout()
         update = decode_update(
             payload,
             expected=specs,
@@ -289,38 +286,77 @@ class WireStrategy(Strategy):
         deltas = update.as_dict()
         if self.clip_norm > 0:
             deltas = clip_update(deltas, self.clip_norm)
-        kept = MetricRecord({k: v for k, v in metrics.items() if k not in _ADAPTER_METRICS})
-        return deltas, float(weight), kept
+        for key in _ADAPTER_METRICS:  # not averaged: the adapter accounts for them itself
+            if key in metrics:
+                del metrics[key]
+        return deltas, float(weight), metrics
+
+    def _expected_layout(self) -> tuple[list[TensorSpec], int]:
+        """The trained tensors' specs and float32 size for this round (built once per round)."""
+        key = (id(self._reference), self.compression.frozen)
+        if getattr(self, "_layout_key", None) != key:
+            trained = {
+                k: v
+                for k, v in self._reference.items()
+                if not k.startswith(self.compression.frozen)
+            }
+            specs = [TensorSpec(name=k, shape=tuple(v.shape)) for k, v in trained.items()]
+            self._layout = (specs, sum(a.nbytes for a in trained.values()))
+            self._layout_key = key
+        return self._layout
+
+
+def _metrics_of(content: RecordDict) -> MetricRecord | None:
+    """The reply's first MetricRecord (``RecordDict.metric_records`` copies them all each call)."""
+    return next((v for v in content.values() if isinstance(v, MetricRecord)), None)
 
 
 def _order_key(msg: Message) -> tuple[int, int]:
     """Replies are summed in partition-id order (node ids are random per simulation run)."""
-    metrics = next(iter(msg.content.metric_records.values()), None)
+    metrics = _metrics_of(msg.content)
     pid = -1 if metrics is None else metrics.get("partition-id", -1)
     pid = int(pid) if isinstance(pid, (int, float)) and pid >= 0 else UNKNOWN_PARTITION
     return pid, msg.metadata.src_node_id
 
 
 class _StreamingMean:
-    """Weighted mean of reference + delta over replies, accumulated in float64 as they decode.
+    """Weighted mean of reference + delta over replies, accumulated as they decode.
 
     Written by hand because Flower's ``aggregate_arrayrecords`` needs every reply's full model
-    in memory at once (10,000 simulated clients of a 62k-parameter CNN would be 2.5 GB).
+    in memory at once (10,000 simulated clients of a 62k-parameter CNN would be 2.5 GB). Sums
+    of up to ``BLOCK`` updates are taken in float32 and added into float64 totals, so the
+    rounding error stays that of a 64-term float32 sum however many clients reply.
     """
+
+    BLOCK = 64
 
     def __init__(self, reference: dict[str, np.ndarray]) -> None:
         self.reference = reference
         self.sums: dict[str, np.ndarray] = {}
+        self.partial: dict[str, np.ndarray] = {}
+        self.pending = 0
         self.total = 0.0
 
     def add(self, deltas: dict[str, np.ndarray], weight: float) -> None:
         self.total += weight
+        w = np.float32(weight)
         for name, delta in deltas.items():
-            if name not in self.sums:
+            if name not in self.partial:
+                self.partial[name] = np.zeros(delta.shape, dtype=np.float32)
                 self.sums[name] = np.zeros(delta.shape, dtype=np.float64)
-            self.sums[name] += weight * delta.astype(np.float64)
+            self.partial[name] += delta * w
+        self.pending += 1
+        if self.pending == self.BLOCK:
+            self._flush()
+
+    def _flush(self) -> None:
+        for name, part in self.partial.items():
+            self.sums[name] += part
+            part.fill(0.0)
+        self.pending = 0
 
     def result(self) -> dict[str, np.ndarray]:
+        self._flush()
         return {
             name: (ref + self.sums[name] / self.total).astype(np.float32)
             if name in self.sums

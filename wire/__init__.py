@@ -6,7 +6,14 @@ bytes under :data:`UPDATE_RECORD_KEY` / :data:`PAYLOAD_FIELD`.
 
 from wire.codec import CodecConfigError, CodecSpec
 from wire.errors import RejectReason, UpdateRejected
-from wire.format import FORMAT_VERSION, MAGIC, DecodedUpdate, decode_update, encode_update
+from wire.format import (
+    FORMAT_VERSION,
+    MAGIC,
+    DecodedUpdate,
+    decode_update,
+    encode_float32_rows,
+    encode_update,
+)
 from wire.mask import MaskSet
 from wire.stages import TensorSpec
 
@@ -32,5 +39,6 @@ __all__ = [
     "TensorSpec",
     "UpdateRejected",
     "decode_update",
+    "encode_float32_rows",
     "encode_update",
 ]

@@ -15,6 +15,7 @@ so no payload can make the server allocate more than ``MAX_HEADER_BYTES`` for it
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
 import zlib
@@ -105,17 +106,55 @@ def encode_update(
     )
     stages.append({"name": "quantize" if codec.quant_bits else "float32", "params": params})
     sections += value_sections
+    frame = _frame(server_round, specs, stages, [(name, _nbytes(buf)) for name, buf in sections])
+    return b"".join([frame, *(buf for _, buf in sections)])  # one copy
+
+
+def encode_float32_rows(
+    rows: np.ndarray,
+    specs: Sequence[TensorSpec],
+    *,
+    server_round: int,
+    masks: MaskSet | None = None,
+) -> list[bytes]:
+    """Payloads for many clients' uncompressed updates at once, one per row of ``rows``.
+
+    Row k holds client k's kept values (``select``'s order: tensors in ``specs`` order, pruned
+    coordinates left out). Every payload is byte-for-byte what :func:`encode_update` writes for
+    that client's tensors with the float32 codec; the header is built once for all of them.
+    """
+    count = sum(segment_lengths(specs, masks))
+    if rows.ndim != 2 or rows.shape[1] != count:
+        raise ValueError(f"rows must be [clients, {count}] kept values, got {rows.shape}")
+    stages = [
+        {
+            "name": "select",
+            "params": {"mask": "" if masks is None else masks.digest, "count": count},
+        },
+        {"name": "float32", "params": {}},
+    ]
+    frame = _frame(server_round, specs, stages, [("values", 4 * count)])
+    rows = np.ascontiguousarray(rows, dtype="<f4")
+    return [b"".join([frame, memoryview(row).cast("B")]) for row in rows]
+
+
+def _frame(
+    server_round: int,
+    specs: Sequence[TensorSpec],
+    stages: list[dict[str, Any]],
+    sections: list[tuple[str, int]],
+) -> bytes:
+    """Prefix and compressed header of a payload whose body has ``sections``."""
     header = {
         "format": FORMAT_VERSION,
         "round": int(server_round),
         "tensors": [{"name": s.name, "shape": list(s.shape), "dtype": s.dtype} for s in specs],
         "stages": stages,
-        "sections": [[name, _nbytes(buf)] for name, buf in sections],
+        "sections": [[name, size] for name, size in sections],
     }
     header_json = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
     header_bytes = zlib.compress(header_json, 9)
-    prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_bytes))
-    return b"".join([prefix, header_bytes, *(buf for _, buf in sections)])  # one copy
+    return _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_bytes)) + header_bytes
 
 
 def _nbytes(buf: bytes | memoryview) -> int:
@@ -166,8 +205,7 @@ def decode_update(
             RejectReason.TOO_SHORT,
             f"header claims {header_len} bytes but only {len(view) - _PREFIX.size} follow",
         )
-    header = _parse_header(bytes(view[_PREFIX.size : _PREFIX.size + header_len]))
-    specs = _tensor_specs(header)
+    header, specs = _parsed_header(bytes(view[_PREFIX.size : _PREFIX.size + header_len]))
     if expected_round is not None and header["round"] != expected_round:
         raise UpdateRejected(
             RejectReason.ROUND_MISMATCH,
@@ -209,6 +247,16 @@ def read_header(payload: bytes) -> dict[str, Any]:
     """The inflated JSON header of a payload (for inspection and tests); not validated."""
     (header_len,) = struct.unpack_from("<I", payload, 6)
     return json.loads(zlib.decompress(payload[_PREFIX.size : _PREFIX.size + header_len]))
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed_header(raw: bytes) -> tuple[dict[str, Any], tuple[TensorSpec, ...]]:
+    """Header and tensor specs; cached, since every client of a round sends the same header.
+
+    Only successful parses are cached (a rejection raises), and callers never mutate the result.
+    """
+    header = _parse_header(raw)
+    return header, tuple(_tensor_specs(header))
 
 
 def _parse_header(raw: bytes) -> dict[str, Any]:

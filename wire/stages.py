@@ -10,6 +10,7 @@ postprocessors).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ class TensorSpec:
     shape: tuple[int, ...]
     dtype: str = "float32"
 
-    @property
+    @functools.cached_property
     def size(self) -> int:
         return math.prod(int(d) for d in self.shape)
 

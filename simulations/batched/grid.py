@@ -12,6 +12,7 @@ on a device (:func:`client_sdk.rounds.upload_reply`), so the server cannot tell 
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from collections.abc import Iterable
@@ -25,16 +26,29 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
 from client_sdk import ClientData, DataProvider, build_client_app
-from client_sdk.rounds import RoundPlan, TaskSource, UpdateHook, plan_round, upload_reply
+from client_sdk.rounds import (
+    RoundPlan,
+    TaskSource,
+    UpdateHook,
+    partition_id_of,
+    plan_round,
+    reply_message,
+    upload_reply,
+)
 from simulations.batched.memory import MemoryPlanner
 from simulations.batched.training import (
     ClientBatch,
     NotVectorizable,
+    TrainedChunk,
+    channels_last_layout,
     check_sample_mean_loss,
+    flat_deltas,
+    pick_layout,
     stack_clients,
     train_clients,
     vectorization_blocker,
 )
+from wire import encode_float32_rows
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +60,15 @@ class EngineStats:
     vectorized_clients: int = 0
     looped_clients: int = 0
     fallback_reason: str = ""
-    train_seconds: float = 0.0
+    train_seconds: float = 0.0  # vmapped local training, device synchronised
+    reply_seconds: float = 0.0  # deltas to host, encoding, reply Messages
+    data_seconds: float = 0.0  # client data: generation (first use), padding, upload to device
+    channels_last: bool | None = None
     chunk_sizes: list[int] = field(default_factory=list)
+
+
+def _layout_forced() -> bool:
+    return os.environ.get("POLLEN_CHANNELS_LAST", "") in ("0", "1")
 
 
 def _error_reply(msg: Message, err: BaseException) -> Message:
@@ -175,7 +196,6 @@ class BatchedGrid(Grid):
         self._loop(messages)
 
     def _train(self, messages: list[Message]) -> None:
-        started = time.perf_counter()
         try:
             plan = plan_round(self._task, messages[0])
         except Exception:  # each client reports the bad config itself
@@ -185,18 +205,19 @@ class BatchedGrid(Grid):
             self._fall_back(messages, blocker)
             return
         ready: list[tuple[Message, ClientData]] = []
+        data_started, key = time.perf_counter(), self._data_key(plan)
         for msg in messages:
             try:
-                ready.append((msg, self._client_data(msg, plan)))
+                ready.append((msg, self._client_data(msg, plan, key)))
             except Exception as err:
                 self._replies[msg.metadata.message_id] = _error_reply(msg, err)
+        self.stats.data_seconds += time.perf_counter() - data_started
         try:
             self._train_chunks(plan, ready)
         except NotVectorizable as err:
             self._fall_back(
                 [m for m, _ in ready if m.metadata.message_id not in self._replies], str(err)
             )
-        self.stats.train_seconds += time.perf_counter() - started
 
     def _blocker(self, plan: RoundPlan) -> str | None:
         name = plan.task.name
@@ -204,12 +225,11 @@ class BatchedGrid(Grid):
             self._blockers[name] = vectorization_blocker(plan.task)
         return self._blockers[name]
 
-    def _client_data(self, msg: Message, plan: RoundPlan) -> ClientData:
-        context = self._contexts[msg.metadata.dst_node_id]
-        key = self._data_key(plan) + (msg.metadata.dst_node_id,)
-        if key not in self._data_cache:
-            self._data_cache[key] = self._data(context, plan.config)
-        return self._data_cache[key]
+    def _client_data(self, msg: Message, plan: RoundPlan, key: tuple) -> ClientData:
+        node = msg.metadata.dst_node_id
+        if (key, node) not in self._data_cache:
+            self._data_cache[key, node] = self._data(self._contexts[node], plan.config)
+        return self._data_cache[key, node]
 
     @staticmethod
     def _data_key(plan: RoundPlan) -> tuple:
@@ -246,11 +266,27 @@ class BatchedGrid(Grid):
 
     def _train_chunk(self, plan: RoundPlan, chunk: list[tuple[Message, ClientData]]) -> None:
         contexts = [self._contexts[m.metadata.dst_node_id] for m, _ in chunk]
-        pids = [int(c.node_config["partition-id"]) for c in contexts]
+        seeds = [plan.seed_for(partition_id_of(c)) for c in contexts]
         before = self.memory.start_chunk()
-        batch = self._device_batch(plan, pids, [d for _, d in chunk])
+        data_started = time.perf_counter()
+        batch = self._device_batch(
+            plan, [partition_id_of(c) for c in contexts], [d for _, d in chunk]
+        )
+        self.stats.data_seconds += time.perf_counter() - data_started
         try:
-            results = train_clients(plan, batch, [plan.seed_for(p) for p in pids], self.device)
+            if self.stats.channels_last is None:
+                self.stats.channels_last = (
+                    pick_layout(plan, batch, seeds, self.device)
+                    if self.device.type == "cuda" and batch.x.dim() == 5 and not _layout_forced()
+                    else channels_last_layout(self.device)
+                )
+            started = time.perf_counter()
+            trained = train_clients(
+                plan, batch, seeds, self.device, channels_last=self.stats.channels_last
+            )
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.stats.train_seconds += time.perf_counter() - started
         except (RuntimeError, TypeError, ValueError) as err:
             if isinstance(err, torch.cuda.OutOfMemoryError):
                 raise
@@ -259,16 +295,56 @@ class BatchedGrid(Grid):
             ) from err
         self.memory.end_chunk(len(chunk), before)
         self.stats.chunk_sizes.append(len(chunk))
-        for (msg, _), context, result in zip(chunk, contexts, results, strict=True):
+        started = time.perf_counter()
+        messages = [m for m, _ in chunk]
+        if (
+            plan.codec.quant_bits == 0
+            and not plan.codec.topk
+            and not plan.error_feedback
+            and self._hook is None
+        ):
+            self._reply_vectorized(plan, messages, contexts, trained)
+        else:
+            self._reply_each(plan, messages, contexts, trained)
+        self.stats.reply_seconds += time.perf_counter() - started
+        self.stats.vectorized_clients += len(chunk)
+
+    def _reply_vectorized(
+        self,
+        plan: RoundPlan,
+        messages: list[Message],
+        contexts: list[Context],
+        trained: TrainedChunk,
+    ) -> None:
+        """Uncompressed updates: every payload from one [K, kept] matrix and one shared header."""
+        rows, specs = flat_deltas(trained, plan, self.device)
+        payloads = encode_float32_rows(
+            rows, specs, server_round=plan.server_round, masks=plan.masks
+        )
+        for msg, context, payload, stats in zip(
+            messages, contexts, payloads, trained.stats, strict=True
+        ):
+            self._replies[msg.metadata.message_id] = reply_message(
+                msg, plan, context, payload, stats
+            )
+
+    def _reply_each(
+        self,
+        plan: RoundPlan,
+        messages: list[Message],
+        contexts: list[Context],
+        trained: TrainedChunk,
+    ) -> None:
+        """Compressed or hooked updates: the SDK's own encoder, client by client."""
+        models = trained.host_models(plan.global_arrays)
+        for msg, context, local, stats in zip(
+            messages, contexts, models, trained.stats, strict=True
+        ):
             try:
-                reply = self._reply(msg, plan, context, result)
+                reply = upload_reply(msg, plan, context, local, stats, self._hook)
             except Exception as err:
                 reply = _error_reply(msg, err)
             self._replies[msg.metadata.message_id] = reply
-        self.stats.vectorized_clients += len(chunk)
-
-    def _reply(self, msg: Message, plan: RoundPlan, context: Context, result) -> Message:
-        return upload_reply(msg, plan, context, result.local, result.stats, self._hook)
 
     def _device_batch(
         self, plan: RoundPlan, pids: list[int], data: list[ClientData]

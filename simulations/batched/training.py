@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +28,7 @@ from client_sdk.local_model import FakeQuantInt8
 from client_sdk.rounds import RoundPlan
 from client_sdk.task import ClientData, Task
 from client_sdk.training import TrainStats
+from wire import TensorSpec
 
 
 class NotVectorizable(Exception):
@@ -47,9 +49,19 @@ class ClientBatch:
 
 
 @dataclass(frozen=True)
-class ClientResult:
-    local: dict[str, np.ndarray]  # the model after local training, as the SDK's finish() leaves it
-    stats: TrainStats
+class TrainedChunk:
+    """K clients after local training: weights as the SDK's ``finish`` leaves them, on device."""
+
+    local: dict[str, torch.Tensor]  # trained parameters only, each [K, ...]
+    stats: list[TrainStats]
+
+    def host_models(self, global_arrays: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """Each client's full model as numpy arrays (frozen parameters from ``global_arrays``)."""
+        on_host = {n: t.cpu().numpy() for n, t in self.local.items()}
+        return [
+            {n: on_host[n][k] if n in on_host else g for n, g in global_arrays.items()}
+            for k in range(len(self.stats))
+        ]
 
 
 def stack_clients(data: list[ClientData], device: torch.device) -> ClientBatch:
@@ -134,14 +146,21 @@ def _images_channels_last(xb: torch.Tensor) -> torch.Tensor:
 
 
 def train_clients(
-    plan: RoundPlan, batch: ClientBatch, seeds: list[int], device: torch.device
-) -> list[ClientResult]:
+    plan: RoundPlan,
+    batch: ClientBatch,
+    seeds: list[int],
+    device: torch.device,
+    *,
+    channels_last: bool | None = None,
+) -> TrainedChunk:
     """Train K clients from ``plan.global_arrays`` at once; one result per client, in order."""
     task, schedule = plan.task, plan.schedule
     model = task.build_model(seed=0).to(device).train()
     names = [name for name, _ in model.named_parameters()]
     trained = [n for n in names if not (plan.frozen and n.startswith(plan.frozen))]
-    start = {n: torch.from_numpy(plan.global_arrays[n]).to(device) for n in names}
+    # load_arrays casts to the parameters' dtype (a FedAdam server may send float64)
+    dtypes = {n: p.dtype for n, p in model.named_parameters()}
+    start = {n: torch.from_numpy(plan.global_arrays[n]).to(device, dtypes[n]) for n in names}
     fixed = {n: start[n] for n in names if n not in trained}
     masks = {
         n: torch.from_numpy(np.asarray(m, dtype=np.float32)).to(device)
@@ -180,7 +199,9 @@ def train_clients(
     active = torch.from_numpy(steps).to(device)
     rows = torch.arange(k, device=device).unsqueeze(1)
     finals = {n: torch.empty_like(p) for n, p in params.items()}
-    relayout = batch.x.dim() == 5 and channels_last_layout(device)
+    if channels_last is None:
+        channels_last = channels_last_layout(device)
+    relayout = batch.x.dim() == 5 and channels_last
     loss_sum = torch.zeros(k, dtype=torch.float64, device=device)
     for s in range(index.shape[0]):
         xb, yb = batch.x[rows, index_t[s]], batch.y[rows, index_t[s]]
@@ -200,13 +221,55 @@ def train_clients(
                 finals[n][where] = p.detach()[where]
     with torch.no_grad():
         local = vmap(trained_weights)(finals)
-        on_host = {n: local[n].cpu().numpy() for n in trained}
     mean_loss = (loss_sum.cpu().numpy() / steps).tolist()
-    results = []
-    for i in range(k):
-        arrays = {n: on_host[n][i] if n in on_host else plan.global_arrays[n] for n in names}
-        stats = TrainStats(
-            mean_loss=mean_loss[i], num_examples=int(batch.sizes[i]), steps=int(steps[i])
-        )
-        results.append(ClientResult(local=arrays, stats=stats))
-    return results
+    stats = [
+        TrainStats(mean_loss=mean_loss[i], num_examples=int(batch.sizes[i]), steps=int(steps[i]))
+        for i in range(k)
+    ]
+    return TrainedChunk(local=local, stats=stats)
+
+
+def flat_deltas(
+    chunk: TrainedChunk, plan: RoundPlan, device: torch.device
+) -> tuple[np.ndarray, list[TensorSpec]]:
+    """[K, kept] float32 rows of local - global in the wire's ``select`` order, on the host.
+
+    Computed on ``device`` in float32, so each value is bitwise the SDK's numpy subtraction.
+    """
+    specs, columns = [], []
+    for name, start in plan.global_arrays.items():
+        if plan.frozen and name.startswith(plan.frozen):
+            continue
+        specs.append(TensorSpec(name=name, shape=tuple(int(d) for d in start.shape)))
+        # numpy's local - global promotes to the global model's dtype; do the same
+        reference = torch.from_numpy(start).to(device)
+        delta = (chunk.local[name].to(reference.dtype) - reference).to(torch.float32)
+        flat = delta.reshape(delta.shape[0], -1)
+        if plan.masks is not None and name in plan.masks.masks:
+            keep = torch.from_numpy(np.asarray(plan.masks.masks[name]).ravel()).to(device)
+            flat = flat[:, keep]
+        columns.append(flat)
+    return torch.cat(columns, dim=1).cpu().numpy(), specs
+
+
+def pick_layout(
+    plan: RoundPlan, batch: ClientBatch, seeds: list[int], device: torch.device
+) -> bool:
+    """Time a few hundred clients in both image layouts on ``device``; True if channels-last wins.
+
+    cuDNN's speed for vmap's grouped convolutions depends on the memory layout and the GPU,
+    so the engine measures instead of guessing (once per run; both layouts give the same
+    convolution up to float rounding).
+    """
+    k = min(len(seeds), 256)
+    part = ClientBatch(batch.x[:k], batch.y[:k], batch.sizes[:k])
+    times = {}
+    for layout in (False, True, False, True):  # the first pass of each warms up
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        started = time.perf_counter()
+        train_clients(plan, part, seeds[:k], device, channels_last=layout)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times[layout] = time.perf_counter() - started
+    return times[True] < times[False]

@@ -1,0 +1,121 @@
+"""BatchedGrid as a Flower Grid: message handling, fallbacks and errors, with real training."""
+
+import dataclasses
+import logging
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from torch import nn
+
+from client_sdk import model_arrays
+from client_sdk.tasks import get_task
+from simulations.app import simulated_client_data
+from simulations.batched import BatchedGrid
+from simulations.batched.memory import MemoryPlanner
+from wire import PAYLOAD_FIELD, UPDATE_RECORD_KEY, decode_update
+
+CONFIG = {"task": "digits", "partition": "iid", "seed": 0, "num-partitions": 4, "server-round": 1}
+
+
+def _grid(task=get_task, nodes=4, **kw):
+    return BatchedGrid(task=task, data=simulated_client_data, num_nodes=nodes, **kw)
+
+
+def _train_messages(grid, task, config=None):
+    arrays = ArrayRecord({k: Array(v) for k, v in model_arrays(task.build_model(0)).items()})
+    content = RecordDict({"arrays": arrays, "config": ConfigRecord({**CONFIG, **(config or {})})})
+    return [Message(content, nid, MessageType.TRAIN) for nid in grid.get_node_ids()]
+
+
+def test_push_then_pull_answers_every_message_once():
+    grid = _grid()
+    queries = [
+        Message(RecordDict({"config": ConfigRecord({})}), nid, MessageType.QUERY)
+        for nid in grid.get_node_ids()
+    ]
+    ids = list(grid.push_messages(queries))
+    replies = list(grid.pull_messages(ids))
+    assert sorted(int(r.content["node-info"]["partition-id"]) for r in replies) == [0, 1, 2, 3]
+    assert {r.metadata.reply_to_message_id for r in replies} == set(ids)
+    assert list(grid.pull_messages(ids)) == []
+
+
+def test_train_replies_decode_and_every_client_is_vectorized():
+    grid = _grid()
+    replies = list(grid.send_and_receive(_train_messages(grid, get_task("digits"))))
+    assert len(replies) == 4 and not any(r.has_error() for r in replies)
+    for reply in replies:
+        update = decode_update(reply.content[UPDATE_RECORD_KEY][PAYLOAD_FIELD], expected_round=1)
+        assert any(np.abs(t).max() > 0 for t in update.tensors)
+    assert grid.stats.vectorized_clients == 4 and grid.stats.looped_clients == 0
+    assert grid.memory.peak_bytes > 0 and grid.stats.chunk_sizes == [4]
+
+
+def test_error_feedback_keeps_each_nodes_residual_in_its_own_context():
+    grid = _grid()
+    messages = _train_messages(grid, get_task("digits"), {"quant-bits": 2, "error-feedback": True})
+    replies = list(grid.send_and_receive(messages))
+    norms = [r.content["metrics"]["residual-norm"] for r in replies]
+    assert all(n > 0 for n in norms) and len(set(norms)) == 4
+
+
+def test_a_batchnorm_model_falls_back_to_the_per_client_loop_with_the_reason(caplog):
+    base = get_task("digits")
+    task = dataclasses.replace(
+        base,
+        model_fn=lambda: nn.Sequential(nn.Linear(64, 16), nn.BatchNorm1d(16), nn.Linear(16, 10)),
+    )
+    grid = _grid(task=task)
+    with caplog.at_level(logging.WARNING):
+        replies = list(grid.send_and_receive(_train_messages(grid, task)))
+    assert len(replies) == 4 and not any(r.has_error() for r in replies)
+    assert grid.stats.looped_clients == 4 and grid.stats.vectorized_clients == 0
+    assert "BatchNorm" in grid.stats.fallback_reason and "BatchNorm" in caplog.text
+
+
+def test_a_client_whose_data_fails_answers_with_an_error_and_the_rest_train():
+    def data(context, config):
+        if context.node_config["partition-id"] == 2:
+            raise ValueError("disk full on this device")
+        return simulated_client_data(context, config)
+
+    grid = BatchedGrid(task=get_task, data=data, num_nodes=4)
+    replies = list(grid.send_and_receive(_train_messages(grid, get_task("digits"))))
+    failed = [r for r in replies if r.has_error()]
+    assert len(replies) == 4 and len(failed) == 1
+    assert "disk full" in failed[0].error.reason
+
+
+def test_a_message_to_an_unknown_node_gets_an_error_reply():
+    grid = _grid()
+    msg = Message(RecordDict({"config": ConfigRecord({})}), 12345, MessageType.QUERY)
+    (reply,) = grid.send_and_receive([msg])
+    assert reply.has_error() and "not connected" in reply.error.reason
+
+
+def test_chunks_follow_clients_per_batch():
+    grid = _grid(nodes=5, clients_per_batch=2)
+    messages = _train_messages(grid, get_task("digits"), {"num-partitions": 5})
+    assert len(list(grid.send_and_receive(messages))) == 5
+    assert grid.stats.chunk_sizes == [2, 2, 1]
+
+
+def test_memory_planner_caps_cpu_chunks_and_halves_after_oom():
+    planner = MemoryPlanner(torch.device("cpu"))
+    planner.estimate(get_task("tutorial-cnn").build_model(0), np.zeros((1, 3, 32, 32)), 10, 50)
+    assert 1 <= planner.clients_per_chunk(10_000) <= 50
+    assert planner.clients_per_chunk(3) == 3
+    before = planner.per_client_bytes
+    assert planner.shrink_after_oom(40) == 20 and planner.per_client_bytes == 2 * before
+    fixed = MemoryPlanner(torch.device("cpu"), fixed_k=8)
+    assert fixed.clients_per_chunk(100) == 8 and fixed.shrink_after_oom(8) == 4
+    assert fixed.clients_per_chunk(100) == 4
+
+
+@pytest.mark.parametrize("nodes", [1, 3])
+def test_node_ids_are_reproducible_from_the_seed(nodes):
+    assert list(_grid(nodes=nodes, seed=5).get_node_ids()) == list(
+        _grid(nodes=nodes, seed=5).get_node_ids()
+    )

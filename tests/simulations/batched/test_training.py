@@ -1,0 +1,153 @@
+"""The vmapped trainer against the SDK's reference loop, client by client (CPU, float32)."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, MessageType, RecordDict
+from torch import nn
+
+from client_sdk import OptimizerSpec, model_arrays
+from client_sdk.local_model import finish_local_model, prepare_local_model
+from client_sdk.rounds import plan_round
+from client_sdk.tasks import get_task
+from client_sdk.training import train_local
+from client_sdk.weights import load_arrays
+from simulations.batched.training import (
+    NotVectorizable,
+    check_sample_mean_loss,
+    flat_deltas,
+    stack_clients,
+    train_clients,
+    vectorization_blocker,
+)
+from simulations.partitioners import parse_partition
+from tests.messages import message
+from wire import MASK_FIELD, MaskSet, encode_float32_rows, encode_update
+
+CPU = torch.device("cpu")
+
+
+def _plan(task, config, prune=False):
+    arrays = model_arrays(task.build_model(seed=1))
+    if prune:
+        masks = MaskSet(
+            {n: np.abs(a) > np.median(np.abs(a)) for n, a in arrays.items() if a.ndim >= 2}
+        )
+        arrays = masks.apply(arrays)
+        config = {**config, MASK_FIELD: masks.encode()}
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord({k: Array(v) for k, v in arrays.items()}),
+            "config": ConfigRecord({"server-round": 2, "seed": 3, **config}),
+        }
+    )
+    return plan_round(task, message(content, src=0, dst=5, message_type=MessageType.TRAIN))
+
+
+def _clients(task, k=5):
+    pooled = task.name == "digits"
+    partitioner = parse_partition("dirichlet:0.5", min_samples=2) if pooled else None
+    return [task.data.client_data(i, 12, partitioner=partitioner, seed=0) for i in range(k)]
+
+
+def _reference(plan, data, seed):
+    model = plan.task.build_model(seed=0)
+    load_arrays(model, plan.global_arrays)
+    prepare_local_model(
+        model,
+        masks=None if plan.masks is None else plan.masks.masks,
+        qat=plan.qat,
+        frozen=plan.frozen,
+    )
+    stats = train_local(model, plan.task, data, plan.schedule, torch.Generator().manual_seed(seed))
+    finish_local_model(model)
+    return model_arrays(model), stats
+
+
+CASES = {
+    "sgd-momentum": ("digits", {}, {}, False),
+    "unequal-sizes-fedprox-3-epochs": (
+        "synthetic",
+        {},
+        {"proximal-mu": 0.1, "local-epochs": 3},
+        False,
+    ),
+    "adamw-weight-decay": (
+        "digits",
+        {"optimizer": OptimizerSpec(name="adamw", lr=0.01, weight_decay=0.01)},
+        {},
+        False,
+    ),
+    "pruned-qat": ("digits", {}, {"qat": True}, True),
+    "frozen-first-layer": ("digits", {"frozen": ("0.",)}, {}, False),
+    "cnn": ("tutorial-cnn:12", {}, {}, False),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_each_client_ends_where_the_sdk_loop_ends(case):
+    name, task_changes, config, prune = CASES[case]
+    task = dataclasses.replace(get_task(name), **task_changes)
+    plan = _plan(task, config, prune)
+    data = _clients(task)
+    seeds = [plan.seed_for(pid) for pid in range(len(data))]
+    chunk = train_clients(plan, stack_clients(data, CPU), seeds, CPU)
+    models = chunk.host_models(plan.global_arrays)
+    for k, (d, seed) in enumerate(zip(data, seeds, strict=True)):
+        expected, stats = _reference(plan, d, seed)
+        worst = max(float(np.abs(expected[n] - models[k][n]).max()) for n in expected)
+        assert worst < 1e-5, (case, k, worst)
+        assert chunk.stats[k].steps == stats.steps and chunk.stats[k].num_examples == len(d.y_train)
+        assert chunk.stats[k].mean_loss == pytest.approx(stats.mean_loss, rel=1e-5)
+    if task.frozen:
+        assert all(np.array_equal(m["0.weight"], plan.global_arrays["0.weight"]) for m in models)
+    if prune:
+        for n, mask in plan.masks.masks.items():
+            assert all(np.all(m[n][~mask] == 0) for m in models)
+
+
+def test_unequal_sizes_train_different_step_counts():
+    task = get_task("synthetic")
+    plan = _plan(task, {})
+    data = _clients(task)
+    sizes = {len(d.y_train) for d in data}
+    chunk = train_clients(plan, stack_clients(data, CPU), [1, 2, 3, 4, 5], CPU)
+    assert len(sizes) > 1
+    assert {s.steps for s in chunk.stats} == {-(-n // task.batch_size) for n in sizes}
+
+
+def test_vectorized_payloads_are_the_sdk_encoders_bytes():
+    task = get_task("digits")
+    plan = _plan(task, {}, prune=True)
+    data = _clients(task, k=3)
+    chunk = train_clients(plan, stack_clients(data, CPU), [7, 8, 9], CPU)
+    rows, specs = flat_deltas(chunk, plan, CPU)
+    payloads = encode_float32_rows(rows, specs, server_round=2, masks=plan.masks)
+    for payload, local in zip(payloads, chunk.host_models(plan.global_arrays), strict=True):
+        delta = {n: local[n] - g for n, g in plan.global_arrays.items()}
+        assert payload == encode_update(delta, server_round=2, masks=plan.masks)
+
+
+def _task_with(model_fn, **changes):
+    return dataclasses.replace(get_task("digits"), model_fn=model_fn, **changes)
+
+
+def test_models_vmap_cannot_train_are_named_with_the_reason():
+    batchnorm = _task_with(lambda: nn.Sequential(nn.Linear(64, 8), nn.BatchNorm1d(8)))
+    dropout = _task_with(lambda: nn.Sequential(nn.Linear(64, 8), nn.Dropout(0.5)))
+    assert "BatchNorm" in vectorization_blocker(batchnorm)
+    assert "dropout" in vectorization_blocker(dropout)
+    assert vectorization_blocker(get_task("tutorial-cnn")) is None
+
+
+def test_a_loss_that_is_not_a_per_sample_mean_is_refused():
+    summed = _task_with(
+        get_task("digits").model_fn,
+        loss_fn=lambda logits, y: nn.functional.cross_entropy(logits, y, reduction="sum"),
+    )
+    data = _clients(get_task("digits"), k=1)[0]
+    with pytest.raises(NotVectorizable, match="mean of per-sample"):
+        check_sample_mean_loss(summed, data.x_train, data.y_train)
+    check_sample_mean_loss(get_task("digits"), data.x_train, data.y_train)
