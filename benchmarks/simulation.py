@@ -79,6 +79,8 @@ def pollen(
         "peak_memory_kind": summary.get("peak_memory_kind"),
         "clients_per_batch": summary.get("clients_per_batch"),
         "device": summary.get("device", "cpu"),
+        # batched engine, totals over all rounds: training, replies, data
+        **{k: summary.get(k) for k in ("train_s", "reply_s", "data_s", "channels_last")},
     }
 
 
@@ -126,7 +128,13 @@ def main() -> None:
             print(
                 f"{n:>6} clients | {name:<24} | {row['round_s']:8.3f} s/round | "
                 f"{row['clients_per_s']:9.1f} clients/s | {ratio:>7} vs plain Flower"
-                + (f" | peak {peak / 2**30:.2f} GiB ({row['peak_memory_kind']})" if peak else ""),
+                + (f" | peak {peak / 2**30:.2f} GiB ({row['peak_memory_kind']})" if peak else "")
+                + (
+                    f" | totals: train {row['train_s']}s, replies {row['reply_s']}s, "
+                    f"data {row['data_s']}s, channels-last {row['channels_last']}"
+                    if row.get("train_s") is not None
+                    else ""
+                ),
                 flush=True,
             )
     if args.json:
