@@ -32,6 +32,18 @@ def check_partition_id(partition_id: int, num_partitions: int) -> None:
         )
 
 
+def check_natural_partition(
+    dataset: str, partitioner: Partitioner | None, partition_id: int, num_partitions: int
+) -> None:
+    """Refuse a partitioner for a dataset that is generated per client, and a bad partition id."""
+    if partitioner is not None:
+        raise TaskConfigError(
+            f"{dataset} has a natural partition (one generated dataset per client); use "
+            "partition 'natural' instead of iid/dirichlet/shards"
+        )
+    check_partition_id(partition_id, num_partitions)
+
+
 @dataclass(frozen=True)
 class ClientData:
     """One client's local data: train split and local test split (numpy, float32/int64)."""

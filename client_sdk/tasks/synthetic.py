@@ -24,7 +24,7 @@ from client_sdk.task import (
     Partitioner,
     Task,
     TaskConfigError,
-    check_partition_id,
+    check_natural_partition,
 )
 
 DIM, CLASSES = 60, 10
@@ -76,12 +76,7 @@ class SyntheticData:
         partitioner: Partitioner | None,
         seed: int,
     ) -> ClientData:
-        if partitioner is not None:
-            raise TaskConfigError(
-                "Synthetic(alpha, beta) has a natural partition (one generated dataset per "
-                "client); use partition 'natural' instead of iid/dirichlet/shards"
-            )
-        check_partition_id(partition_id, num_partitions)
+        check_natural_partition("Synthetic(alpha, beta)", partitioner, partition_id, num_partitions)
         return self._split(partition_id, seed)
 
     def central_test(self, *, num_partitions: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -23,7 +23,7 @@ from client_sdk.task import (
     Partitioner,
     Task,
     TaskConfigError,
-    check_partition_id,
+    check_natural_partition,
 )
 
 CLASSES, TEST_SAMPLES, CENTRAL_TEST_SAMPLES = 10, 10, 500
@@ -75,11 +75,7 @@ class GeneratedImages:
         partitioner: Partitioner | None,
         seed: int,
     ) -> ClientData:
-        if partitioner is not None:
-            raise TaskConfigError(
-                "tutorial-cnn generates one dataset per client; use partition 'natural'"
-            )
-        check_partition_id(partition_id, num_partitions)
+        check_natural_partition("tutorial-cnn", partitioner, partition_id, num_partitions)
         x, y = _images(partition_id + (seed << 32), self.samples)
         x_test, y_test = _images(-(partition_id + 1) - (seed << 32), TEST_SAMPLES)
         return ClientData(x_train=x, y_train=y, x_test=x_test, y_test=y_test)
