@@ -53,11 +53,15 @@ def simulation_settings(
     engine: str = "auto",
     device: str = "auto",
     clients_per_batch: int = 0,
+    device_tiers: str = "",
+    availability: float = 1.0,
+    deadline: float = 0.0,
     **run: Any,
 ) -> SimulationSettings:
     """Validate the flags into settings, or raise a :class:`FlagError` naming the bad flag."""
     from client_sdk.tasks import natural_partition
     from server import RunConfigError, RunSettings
+    from simulations.heterogeneity import HeterogeneityError
     from simulations.partitioners import PartitionError
     from simulations.runner import SimulationSettings
 
@@ -83,7 +87,15 @@ def simulation_settings(
             engine=engine,
             device=device,
             clients_per_batch=clients_per_batch,
+            device_tiers=device_tiers,
+            availability=availability,
+            deadline_s=deadline,
         )
+    except HeterogeneityError as err:
+        flag = "--availability" if "availability" in str(err) else "--deadline"
+        if "tier" in str(err):
+            flag = "--device-tiers"
+        raise FlagError(flag, str(err)) from None
     except PartitionError as err:
         raise FlagError("--partition", str(err)) from None
 
@@ -101,6 +113,13 @@ def simulate(
     device: str = typer.Option("auto", help="Batched engine device: auto | cpu | cuda[:N]."),
     clients_per_batch: int = typer.Option(
         0, help="Batched engine: clients per kernel (0: planned from free memory)."
+    ),
+    device_tiers: str = typer.Option(
+        "", help="Device tiers (compute, bandwidth): default | PATH.json (default: none)."
+    ),
+    availability: float = typer.Option(1.0, help="Probability a client is online in a round."),
+    deadline: float = typer.Option(
+        0.0, help="Simulated seconds per round; later clients are dropped (0: none)."
     ),
     rounds: int = typer.Option(30, help="Federated rounds."),
     fraction: float = typer.Option(1.0, help="Fraction of clients trained each round, in (0, 1]."),
@@ -155,6 +174,9 @@ def simulate(
             engine=engine,
             device=device,
             clients_per_batch=clients_per_batch,
+            device_tiers=device_tiers,
+            availability=availability,
+            deadline=deadline,
             task=task,
             num_server_rounds=rounds,
             strategy=strategy.lower(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from flwr.app import Context
@@ -16,8 +17,13 @@ def build_server_app(
     *,
     out_dir: Path | None = None,
     on_round: RoundCallback | None = None,
+    wrap_grid: Callable[[Grid], Grid] | None = None,
 ) -> ServerApp:
-    """A ServerApp with fixed settings (simulations), or one reading the run config (``None``)."""
+    """A ServerApp with fixed settings (simulations), or one reading the run config (``None``).
+
+    ``wrap_grid`` lets a simulation put a view in front of the Grid the runtime hands over
+    (e.g. a virtual clock for device heterogeneity).
+    """
     server_app = ServerApp()
 
     @server_app.main()
@@ -26,6 +32,8 @@ def build_server_app(
         target = out_dir or (
             Path(run_settings.out_dir) if run_settings.out_dir else default_out_dir(context.run_id)
         )
+        if wrap_grid is not None:
+            grid = wrap_grid(grid)
         run_federation(grid, run_settings, out_dir=target, on_round=on_round)
 
     return server_app

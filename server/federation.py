@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
@@ -40,6 +40,13 @@ RoundCallback = Callable[[dict[str, Any]], None]
 MODEL_FILE = "final_model.npz"
 INT8_MODEL_FILE = "final_model_int8.npz"
 EXPORT_FILE = "export.json"
+
+
+@runtime_checkable
+class RoundReporter(Protocol):
+    """A Grid that has figures of its own for the round just trained (e.g. a simulated clock)."""
+
+    def round_metrics(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -142,6 +149,8 @@ def run_federation(
         clock["last"] = now
         if server_round in strategy.rounds:
             row.update(strategy.rounds[server_round].as_metrics())
+        if isinstance(grid, RoundReporter):
+            row.update(grid.round_metrics())
         metrics_log.write(row)
         if server_round > 0:
             state = Checkpoint(

@@ -24,6 +24,7 @@ from server.checkpoint import check_resumable, load_checkpoint
 from server.federation import RoundCallback
 from simulations.app import clientapp, simulated_client_data
 from simulations.attacks import simulated_attack
+from simulations.heterogeneity import Heterogeneity, HeterogeneousGrid, load_tiers
 from simulations.partitioners import PartitionError, parse_partition
 from simulations.plots import plot_accuracy
 
@@ -64,6 +65,20 @@ class SimulationSettings:
     engine: str = "auto"  # auto (batched with a CUDA GPU, else flower) | flower | batched
     device: str = "auto"  # batched engine: auto | cpu | cuda | cuda:N
     clients_per_batch: int = 0  # batched engine: K; 0 = plan from free memory
+    device_tiers: str = ""  # "" (all clients alike) | default | PATH.json (both engines)
+    availability: float = 1.0  # probability a client is online in a round
+    deadline_s: float = 0.0  # simulated seconds per round before stragglers are dropped; 0 = none
+
+    def heterogeneity(self) -> Heterogeneity | None:
+        """The device model, or None when every client is an always-online, equal device."""
+        if not self.device_tiers and self.availability == 1.0 and not self.deadline_s:
+            return None
+        return Heterogeneity(
+            tiers=load_tiers(self.device_tiers or "default"),
+            availability=self.availability,
+            deadline_s=self.deadline_s,
+            seed=self.run.seed,
+        )
 
     def __post_init__(self) -> None:
         if self.clients < 1:
@@ -72,6 +87,7 @@ class SimulationSettings:
             raise PartitionError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.clients_per_batch < 0:
             raise PartitionError(f"clients-per-batch must be >= 0, got {self.clients_per_batch}")
+        self.heterogeneity()  # refuse a bad tier file, availability or deadline now
         natural = natural_partition(self.run.task)
         spec = parse_partition(self.run.partition)
         if natural and spec is not None:
@@ -103,7 +119,13 @@ def simulate(settings: SimulationSettings, on_round: RoundCallback | None = None
     )
     if run.resume and (checkpoint := load_checkpoint(out)) is not None:
         check_resumable(checkpoint, asdict(run))  # fail here, before Ray starts
-    server_app = build_server_app(run, out_dir=out, on_round=on_round)
+    devices = settings.heterogeneity()
+    server_app = build_server_app(
+        run,
+        out_dir=out,
+        on_round=on_round,
+        wrap_grid=None if devices is None else (lambda grid: HeterogeneousGrid(grid, devices)),
+    )
     engine = resolve_engine(settings.engine)
     started = time.perf_counter()
     if engine == "batched":
@@ -208,4 +230,14 @@ def summarize(
         ),
         "final_sparsity": trained[-1].get("sparsity", 0.0) if trained else 0.0,
         "failed_clients": sum(r.get("failed_clients", 0) for r in trained),
+        "dropped_clients": sum(r.get("dropped_clients", 0) for r in trained),
+        **(
+            {
+                "simulated_time_s": trained[-1].get("simulated_time_s", 0.0),
+                "offline_clients": sum(r.get("offline_clients", 0) for r in trained),
+                "straggler_clients": sum(r.get("straggler_clients", 0) for r in trained),
+            }
+            if trained and "simulated_time_s" in trained[-1]
+            else {}
+        ),
     }
