@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.console import Console
 
+from pollen.deploy_commands import client_app, server_app
 from pollen.progress import human_bytes, round_progress, summary_table
 
 if TYPE_CHECKING:
@@ -29,6 +30,10 @@ class FlagError(ValueError):
     def __init__(self, flag: str, why: str) -> None:
         super().__init__(f"{flag}: {why}")
         self.flag = flag
+
+
+app.add_typer(server_app, name="server")
+app.add_typer(client_app, name="client")
 
 
 @app.callback()

@@ -1,0 +1,299 @@
+"""Start, watch and stop a central Flower SuperLink running Pollen's ServerApp.
+
+`pollen server start` checks everything it can first (certificates, node keys, the port, a
+server already running from the same state folder), starts ``flower-superlink`` in its own
+process group with TLS, SuperNode authentication and ``--database``, waits for ``/health``,
+registers the SuperNodes' public keys, submits the ServerApp with ``flwr run`` and records all
+of it in ``STATE_DIR/server.json``. ``status`` reads the SuperLink's health, the run's status
+(``flwr ls``; ``flwr run`` itself exits 0 even when a run fails) and the last metrics row;
+``stop`` sends TERM to the process group and KILL to what is left (see shared/FLOWER_NOTES.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from server.config import RunSettings
+from server.deploy_config import DeploymentError, ServerConfig
+from server.metrics import read_metrics
+
+CONNECTION = "pollen"
+STATE_FILE = "server.json"
+
+
+def flower_binary(name: str) -> str:
+    """A Flower executable next to this Python (a venv's bin/) or on PATH."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if not found:
+        raise DeploymentError(f"{name} not found; install Pollen with `pip install pollen-fl`")
+    return found
+
+
+def check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as err:
+            raise DeploymentError(
+                f"port {port} on {host} is in use ({err.strerror}); another SuperLink may be "
+                "running there: stop it or choose another --port"
+            ) from None
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Refuse early when nothing listens at ``address`` (HOST:PORT)."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise DeploymentError(f"SuperLink address must be HOST:PORT, got {address!r}")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as err:
+        raise DeploymentError(
+            f"cannot reach the SuperLink at {address} ({err.strerror or err}); is `pollen server "
+            "start` running there, and is the address and firewall right?"
+        ) from None
+
+
+def _flwr_home(state_dir: Path, config: ServerConfig) -> Path:
+    home = state_dir / "flwr-home"
+    home.mkdir(parents=True, exist_ok=True)
+    security = (
+        "insecure = true\n"
+        if config.insecure
+        else f'root-certificates = "{(config.certs / "ca.crt").resolve()}"\n'
+    )
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{CONNECTION}"\n\n'
+        f'[superlink.{CONNECTION}]\naddress = "{config.address}"\n{security}'
+    )
+    return home
+
+
+def flower_env(**extra: str) -> dict[str, str]:
+    """This environment with Flower's executables on PATH (the SuperLink and SuperNode start
+    ``flower-superexec`` and ``flwr-clientapp`` by name)."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return {**os.environ, "PATH": path, **extra}
+
+
+def _env(state_dir: Path) -> dict[str, str]:
+    return flower_env(
+        FLWR_HOME=str(state_dir / "flwr-home"), FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1"
+    )
+
+
+def _flwr(state_dir: Path, *args: str, timeout_s: float = 120.0) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [flower_binary("flwr"), *args],
+        env=_env(state_dir),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+
+
+def _superlink_args(config: ServerConfig) -> list[str]:
+    args = [flower_binary("flower-superlink"), "--disable-runtime-dependency-installation"]
+    if config.insecure:
+        args.append("--insecure")
+    else:
+        certs = config.certs
+        args += [
+            "--ssl-ca-certfile", str(certs / "ca.crt"),
+            "--ssl-certfile", str(certs / "server.pem"),
+            "--ssl-keyfile", str(certs / "server.key"),
+        ]  # fmt: skip
+    if config.node_auth:
+        args.append("--enable-supernode-auth")
+    if config.database is not None:
+        args += ["--database", str(config.database)]
+    return [*args, "--port", str(config.port)]
+
+
+def health(config_address: str, ca_cert: Path | None, timeout_s: float = 2.0) -> bool:
+    scheme = "http" if ca_cert is None else "https"
+    context = None if ca_cert is None else ssl.create_default_context(cafile=str(ca_cert))
+    try:
+        url = f"{scheme}://{config_address}/health"
+        with urllib.request.urlopen(url, timeout=timeout_s, context=context) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def run_config_text(run_config: dict[str, Any]) -> str:
+    """``flwr run --run-config`` text: space-separated key=TOML value pairs."""
+    return " ".join(f"{key}={json.dumps(value)}" for key, value in run_config.items())
+
+
+def read_state(state_dir: Path) -> dict[str, Any] | None:
+    path = state_dir / STATE_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def start_server(
+    config: ServerConfig, *, state_dir: Path, app_dir: Path, wait_s: float = 60.0
+) -> dict[str, Any]:
+    """Start the SuperLink, register node keys, submit the ServerApp; return the saved state."""
+    config.check()
+    state = read_state(state_dir)
+    if state is not None and _alive(state["pid"]):
+        raise DeploymentError(
+            f"a Pollen server from {state_dir} is already running (pid {state['pid']}, "
+            f"{state['address']}); `pollen server stop --state-dir {state_dir}` first"
+        )
+    if not (app_dir / "pyproject.toml").is_file():
+        raise DeploymentError(f"{app_dir} has no pyproject.toml: give --app the Pollen checkout")
+    check_port_free(config.host, config.port)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    _flwr_home(state_dir, config)
+    log_path = state_dir / "superlink.log"
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            _superlink_args(config),
+            env=_env(state_dir),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    ca = None if config.insecure else config.certs / "ca.crt"
+    deadline = time.monotonic() + wait_s
+    while not health(config.address, ca):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            _stop_group(proc.pid)
+            tail = log_path.read_text(errors="replace")[-2000:]
+            raise DeploymentError(f"the SuperLink did not come up; its log ends:\n{tail}")
+        time.sleep(0.3)
+    ca_text = str(ca.resolve()) if ca is not None else ""
+    state = {"pid": proc.pid, "address": config.address, "ca_cert": ca_text, "nodes": {}}
+    try:
+        for key in config.node_keys:
+            done = _flwr(
+                state_dir, "supernode", "register", str(key), CONNECTION, "--format", "json"
+            )
+            if done.returncode != 0:
+                raise DeploymentError(f"registering {key} failed: {done.stdout}{done.stderr}")
+            state["nodes"][str(key)] = json.loads(done.stdout).get("node-id")
+        settings = RunSettings.from_run_config(config.run_config)
+        done = _flwr(
+            state_dir, "run", str(app_dir), CONNECTION, "--format", "json",
+            *(["--run-config", run_config_text(config.run_config)] if config.run_config else []),
+        )  # fmt: skip
+        try:
+            state["run_id"] = int(json.loads(done.stdout)["run-id"])
+        except (ValueError, KeyError):
+            raise DeploymentError(
+                f"flwr run gave no run id:\n{done.stdout}\n{done.stderr}"
+            ) from None
+    except BaseException:
+        _stop_group(proc.pid)
+        raise
+    state["out_dir"] = settings.out_dir
+    (state_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
+    return state
+
+
+def server_status(state_dir: Path) -> dict[str, Any]:
+    """Whether the SuperLink runs and answers, the run's status and its last metrics row."""
+    state = read_state(state_dir)
+    if state is None:
+        return {"running": False, "why": f"no {STATE_FILE} in {state_dir}"}
+    ca = Path(state["ca_cert"]) if state["ca_cert"] else None
+    status: dict[str, Any] = {
+        "running": _alive(state["pid"]),
+        "address": state["address"],
+        "healthy": health(state["address"], ca),
+        "run_id": state.get("run_id"),
+        "registered_nodes": len(state.get("nodes", {})),
+    }
+    if status["healthy"] and state.get("run_id") is not None:
+        done = _flwr(
+            state_dir, "ls", CONNECTION, "--run-id", str(state["run_id"]), "--format", "json"
+        )
+        runs = json.loads(done.stdout or "{}").get("runs", [])
+        if runs:
+            details = runs[0].get("status-details", "")
+            status["run_status"] = runs[0]["status"]  # e.g. running, finished:completed
+            if details and details != "N/A":
+                status["run_details"] = details
+    metrics = Path(state["out_dir"]) / "metrics.jsonl" if state.get("out_dir") else None
+    if metrics is not None and metrics.exists() and (rows := read_metrics(metrics)):
+        status["last_round"] = rows[-1]
+    return status
+
+
+def stop_server(state_dir: Path, timeout_s: float = 15.0) -> bool:
+    """Stop the SuperLink's process group; False when none was running."""
+    state = read_state(state_dir)
+    if state is None:
+        return False
+    was_running = _alive(state["pid"])
+    _stop_group(state["pid"], timeout_s)
+    (state_dir / STATE_FILE).unlink(missing_ok=True)
+    return was_running
+
+
+def _stop_group(pid: int, timeout_s: float = 15.0) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                    return
+            except ChildProcessError:  # not our child (stopped from another `pollen` call)
+                if not _alive(pid):
+                    return
+            time.sleep(0.2)
+
+
+def supernode_args(
+    *,
+    superlink: str,
+    root_certificates: Path | None,
+    auth_key: Path | None,
+    partition_id: int | None,
+    num_partitions: int | None,
+    port: int,
+    max_retries: int,
+) -> list[str]:
+    """The ``flower-supernode`` command for an edge device running Pollen's SDK ClientApp."""
+    args = [flower_binary("flower-supernode"), "--superlink", superlink, "--port", str(port)]
+    args += (
+        ["--insecure"]
+        if root_certificates is None
+        else ["--root-certificates", str(root_certificates)]
+    )
+    if auth_key is not None:
+        args += ["--auth-supernode-private-key", str(auth_key)]
+    if max_retries >= 0:
+        args += ["--max-retries", str(max_retries)]
+    if partition_id is not None and num_partitions is not None:
+        args += ["--node-config", f"partition-id={partition_id} num-partitions={num_partitions}"]
+    return args

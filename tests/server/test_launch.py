@@ -1,0 +1,102 @@
+"""Clear errors before anything starts: config, certificates, keys, ports, reachability."""
+
+import socket
+
+import pytest
+from typer.testing import CliRunner
+
+from pollen.cli import app
+from server.certs import create_certificates
+from server.deploy_config import DeploymentError, ServerConfig, load_server_config
+from server.launch import check_port_free, check_reachable, run_config_text, supernode_args
+
+
+def test_config_file_paths_are_read_against_its_folder_and_flags_override(tmp_path):
+    (tmp_path / "s.toml").write_text(
+        '[superlink]\nport = 9100\ncerts = "c"\nnode-keys = ["c/node-0.pub"]\n'
+        "[run]\nnum-server-rounds = 4\n"
+    )
+    config = load_server_config(tmp_path / "s.toml", port=9200)
+    assert config.port == 9200 and config.certs == tmp_path / "c"
+    assert config.node_keys == (tmp_path / "c" / "node-0.pub",)
+    assert config.run_config == {"num-server-rounds": 4}
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("[superlink]\nprot = 1\n", "unknown key"),
+        ("[servers]\n", "unknown table"),
+        ("[superlink\n", "not valid TOML"),
+        ('[superlink]\nport = "80"\n', "port must be a int"),
+    ],
+)
+def test_bad_config_files_say_what_is_wrong(tmp_path, text, match):
+    (tmp_path / "s.toml").write_text(text)
+    with pytest.raises(DeploymentError, match=match):
+        load_server_config(tmp_path / "s.toml")
+
+
+def test_missing_certificates_and_keys_point_to_pollen_certs(tmp_path):
+    with pytest.raises(DeploymentError, match="pollen certs --out"):
+        ServerConfig(certs=tmp_path / "none", node_keys=(tmp_path / "k.pub",)).check()
+    paths = create_certificates(tmp_path / "certs", nodes=1)
+    with pytest.raises(DeploymentError, match="no node-keys"):
+        ServerConfig(certs=tmp_path / "certs").check()
+    with pytest.raises(DeploymentError, match="missing SuperNode public key"):
+        ServerConfig(certs=tmp_path / "certs", node_keys=(tmp_path / "other.pub",)).check()
+    with pytest.raises(DeploymentError, match="needs TLS"):
+        ServerConfig(insecure=True).check()
+    with pytest.raises(DeploymentError, match=r"\[run\] num-server-round"):
+        ServerConfig(
+            certs=tmp_path / "certs", node_keys=(paths.node_keys[0][1],),
+            run_config={"num-server-round": 3},
+        ).check()  # fmt: skip
+    ServerConfig(certs=tmp_path / "certs", node_keys=(paths.node_keys[0][1],)).check()
+
+
+def test_busy_ports_and_unreachable_superlinks_are_named():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(DeploymentError, match=f"port {port} on 127.0.0.1 is in use"):
+            check_port_free("127.0.0.1", port)
+        check_reachable(f"127.0.0.1:{port}")
+    with pytest.raises(DeploymentError, match="cannot reach the SuperLink"):
+        check_reachable(f"127.0.0.1:{port}")
+    with pytest.raises(DeploymentError, match="HOST:PORT"):
+        check_reachable("localhost")
+
+
+def test_client_start_refuses_before_exec(tmp_path):
+    runner = CliRunner()
+    out = runner.invoke(app, ["client", "start", "--superlink", "127.0.0.1:1"])
+    assert out.exit_code == 2 and "--root-certificates" in out.output
+    out = runner.invoke(app, ["client", "start", "--superlink", "127.0.0.1:1", "--insecure"])
+    assert out.exit_code == 2 and "cannot reach" in out.output
+    out = runner.invoke(
+        app, ["client", "start", "--superlink", "127.0.0.1:1", "--root-certificates", "nope.crt"]
+    )
+    assert out.exit_code == 2 and "nope.crt does not exist" in out.output
+
+
+def test_server_start_with_a_missing_cert_exits_2(tmp_path):
+    out = CliRunner().invoke(
+        app, ["server", "start", "--certs", str(tmp_path), "--state-dir", str(tmp_path)]
+    )
+    assert out.exit_code == 2 and "missing certificate" in out.output
+
+
+def test_supernode_command_and_run_config_text():
+    args = supernode_args(
+        superlink="h:1", root_certificates=None, auth_key=None, partition_id=2,
+        num_partitions=4, port=5, max_retries=3,
+    )  # fmt: skip
+    assert args[1:] == [
+        "--superlink", "h:1", "--port", "5", "--insecure", "--max-retries", "3",
+        "--node-config", "partition-id=2 num-partitions=4",
+    ]  # fmt: skip
+    assert run_config_text({"task": "digits", "resume": True, "lr": 0.1}) == (
+        'task="digits" resume=true lr=0.1'
+    )
