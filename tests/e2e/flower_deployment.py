@@ -140,6 +140,13 @@ class LocalDeployment:
         _signal_group(proc, signal.SIGKILL)
         proc.wait(timeout=10)
 
+    def freeze_node(self, partition_id: int) -> None:
+        """SIGSTOP a SuperNode and its ClientApp: a hung device that neither replies nor exits."""
+        _signal_group(self.nodes[partition_id], signal.SIGSTOP)
+
+    def thaw_node(self, partition_id: int) -> None:
+        _signal_group(self.nodes[partition_id], signal.SIGCONT)
+
     def wait_healthy(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         scheme = "http" if self.tls is None else "https"
@@ -164,6 +171,7 @@ class LocalDeployment:
     def stop(self) -> None:
         """TERM every process group, then KILL what is left; never raises."""
         for proc in self.processes:
+            _signal_group(proc, signal.SIGCONT)  # a frozen process cannot act on TERM
             _signal_group(proc, signal.SIGTERM)
         deadline = time.monotonic() + 10
         for proc in self.processes:

@@ -51,3 +51,36 @@ def test_a_killed_supernode_does_not_stop_the_federation(tmp_path):
     assert rows[2]["dropped_clients"] + rows[2]["failed_clients"] >= 1
     assert rows[3]["accepted_updates"] >= 3 and rows[3]["accuracy"] > rows[0]["accuracy"]
     assert (out / MODEL_FILE).exists()
+
+
+def test_a_frozen_supernode_is_cut_at_the_round_deadline(tmp_path):
+    """SIGSTOP one node's process group (a hung device): round 2 waits for the deadline, not
+    longer, and aggregates the others; after SIGCONT the node's late reply is ignored and the
+    run finishes."""
+    deployment = LocalDeployment(tmp_path, num_nodes=4)
+    out = tmp_path / "run-out"
+    timeout_s = 30.0
+    try:
+        deployment.start()
+        run_id = deployment.submit(
+            ROOT,
+            f"num-server-rounds=3 min-available-nodes=4 round-timeout={timeout_s} seed=2 "
+            f'out-dir="{out}"',
+        )
+        _wait_for_round(out, 1, timeout_s=300)
+        deployment.freeze_node(3)
+        _wait_for_round(out, 2, timeout_s=120)
+        deployment.thaw_node(3)
+        status = deployment.wait_finished(run_id, timeout_s=400)
+        assert status == "finished:completed", deployment.run_log(run_id)[-3000:]
+    finally:
+        deployment.stop()
+
+    rows = {r["round"]: r for r in _rows(out)}
+    assert sorted(rows) == [0, 1, 2, 3]
+    assert rows[1]["accepted_updates"] == 4
+    assert rows[2]["accepted_updates"] == 3
+    assert rows[2]["dropped_clients"] + rows[2]["failed_clients"] >= 1
+    # cut at the deadline: the round did not wait for the frozen node beyond it
+    assert rows[2]["round_wall_s"] < timeout_s + 20, rows[2]["round_wall_s"]
+    assert rows[3]["accepted_updates"] >= 3
