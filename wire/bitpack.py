@@ -4,6 +4,10 @@ Format: value ``i`` occupies bits ``[i*width, (i+1)*width)`` of a little-endian 
 (least significant bit first), so for widths that divide 8 the first value sits in the lowest
 bits of the first byte. A payload of ``count`` values is exactly ``ceil(count*width/8)`` bytes.
 numpy's ``packbits``/``unpackbits`` only handle width 1, hence this module (widths 1..32).
+Other widths work on groups of 8 values, which fill exactly ``width`` bytes: value ``j`` of
+every group starts at the same bit ``j*width`` of its group and spans at most 5 bytes (width +
+7 <= 39 bits), so unpacking reads one strided 64-bit word per lane and packing ORs each lane's
+bytes into fixed columns: 8 vector operations per lane instead of one per bit.
 """
 
 from __future__ import annotations
@@ -32,9 +36,17 @@ def pack_uint(values: np.ndarray, width: int) -> bytes:
         for lane in range(per_byte):
             out |= lanes[:, lane] << np.uint8(lane * width)
         return out.tobytes()
-    shifts = np.arange(width, dtype=np.uint32)
-    bits = ((codes[:, None] >> shifts) & 1).astype(np.uint8)
-    return np.packbits(bits.ravel(), bitorder="little").tobytes()
+    groups = -(-codes.size // 8)
+    lanes = np.zeros(groups * 8, dtype=np.uint64)
+    lanes[: codes.size] = codes
+    lanes = lanes.reshape(groups, 8)
+    rows = np.zeros((groups, width), dtype=np.uint8)
+    for j in range(8):
+        first, shift = (j * width) >> 3, (j * width) & 7
+        word = lanes[:, j] << np.uint64(shift)
+        for k in range(min((shift + width + 7) >> 3, width - first)):
+            rows[:, first + k] |= ((word >> np.uint64(8 * k)) & np.uint64(0xFF)).astype(np.uint8)
+    return rows.tobytes()[: packed_size(codes.size, width)]
 
 
 def unpack_uint(buffer: bytes | memoryview, width: int, count: int) -> np.ndarray:
@@ -49,6 +61,15 @@ def unpack_uint(buffer: bytes | memoryview, width: int, count: int) -> np.ndarra
         mask = np.uint8((1 << width) - 1)
         lanes = [(raw >> np.uint8(lane * width)) & mask for lane in range(per_byte)]
         return np.stack(lanes, axis=1).ravel()[:count].astype(np.uint32)
-    bits = np.unpackbits(raw, bitorder="little")[: count * width].reshape(count, width)
-    weights = np.uint32(1) << np.arange(width, dtype=np.uint32)
-    return (bits.astype(np.uint32) * weights).sum(axis=1, dtype=np.uint32)
+    if count == 0:
+        return np.zeros(0, dtype=np.uint32)
+    groups = -(-count // 8)
+    padded = np.zeros(groups * width + 8, dtype=np.uint8)  # 8 spare bytes for the last reads
+    padded[: raw.size] = raw
+    out = np.empty((groups, 8), dtype=np.uint32)
+    mask = np.uint64((1 << width) - 1)
+    for j in range(8):
+        bit = j * width
+        words = np.ndarray((groups,), dtype="<u8", buffer=padded, offset=bit >> 3, strides=(width,))
+        out[:, j] = (words >> np.uint64(bit & 7)) & mask
+    return out.ravel()[:count]

@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wire.bitpack import pack_uint, packed_size, unpack_uint
@@ -28,6 +28,7 @@ def test_twelve_bit_stream_layout():
     assert pack_uint(np.array([1, 1, 1]), 12).hex() == "0110000100"
 
 
+@settings(deadline=None)
 @given(st.integers(1, 32), st.lists(st.integers(0, 2**32 - 1), max_size=300))
 def test_round_trip_any_width(width, raw):
     values = np.array([v % (1 << width) for v in raw], dtype=np.uint64).astype(np.uint32)
@@ -43,3 +44,11 @@ def test_refuses_values_too_wide_and_bad_lengths():
         unpack_uint(b"\x00\x00", 4, 1)
     with pytest.raises(ValueError, match="width"):
         pack_uint(np.array([1]), 0)
+
+
+def test_wide_values_straddling_five_bytes_round_trip():
+    # width 31: value 1 starts at bit 31, so its bits reach byte 7 through a 5-byte window
+    values = np.array([2**31 - 1, 2**31 - 2, 1, 2**30], dtype=np.uint32)
+    packed = pack_uint(values, 31)
+    assert unpack_uint(packed, 31, 4).tolist() == values.tolist()
+    assert int.from_bytes(packed, "little") == sum(int(v) << (31 * i) for i, v in enumerate(values))
