@@ -3,7 +3,9 @@
 The train handler loads the global model, trains locally, and replies with the
 local-minus-global delta encoded by :mod:`wire` (never raw pickled tensors). The evaluate
 handler reports loss/accuracy on the client's local test split; the query handler tells the
-server which partition this node holds, so the server can sample clients reproducibly.
+server which partition this node holds, so the server can sample clients reproducibly. The
+``query.secagg_*`` handlers are the client's stages of secure aggregation
+(:mod:`client_sdk.secagg`); the masked upload itself is the train reply.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client_sdk import secagg
 from client_sdk.local_model import finish_local_model, prepare_local_model
 from client_sdk.rounds import (
     TaskSource,
@@ -83,5 +86,10 @@ def build_client_app(
     def query(msg: Message, context: Context) -> Message:
         info = MetricRecord({"partition-id": partition_id_of(context)})
         return Message(content=RecordDict({"node-info": info}), reply_to=msg)
+
+    # secure aggregation (SecAgg+): the stages around the masked train reply
+    app.query("secagg_keys")(secagg.advertise_keys)
+    app.query("secagg_shares")(secagg.share_keys)
+    app.query("secagg_unmask")(secagg.unmask)
 
     return app

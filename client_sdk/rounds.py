@@ -15,6 +15,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from client_sdk.feedback import encode_with_feedback, residual_norm
+from client_sdk.secagg import mask_vector
 from client_sdk.task import Task, TaskConfigError
 from client_sdk.training import LocalSchedule, TrainStats
 from client_sdk.weights import model_arrays, tensor_specs
@@ -28,6 +29,8 @@ from wire import (
     MaskSet,
     decode_update,
 )
+from wire.secagg_protocol import SECAGG_RECORD_KEY, STAGE_MASKED
+from wire.secagg_vector import SecAggVectorSpec, flatten_kept
 
 # a fixed Task, or a resolver from the task name the server sends in its config
 TaskSource = Task | Callable[[str], Task]
@@ -159,6 +162,8 @@ def upload_reply(
     }
     if update_hook is not None:
         delta = update_hook(delta, context, plan.config)
+    if SECAGG_RECORD_KEY in msg.content:
+        return secure_reply(msg, plan, context, delta, stats)
     carried = residual_norm(context.state) if plan.error_feedback else 0.0
     payload = encode_with_feedback(
         delta,
@@ -196,5 +201,55 @@ def reply_message(
     )
     content = RecordDict(
         {UPDATE_RECORD_KEY: ConfigRecord({PAYLOAD_FIELD: payload}), "metrics": metrics}
+    )
+    return Message(content=content, reply_to=msg)
+
+
+def secure_reply(
+    msg: Message,
+    plan: RoundPlan,
+    context: Context,
+    delta: dict[str, np.ndarray],
+    stats: TrainStats,
+) -> Message:
+    """Secure aggregation's masked upload: m bits per kept coordinate (+ the weight), no header.
+
+    The server only learns the sum, so the reply carries no ``num-examples``: the weight is
+    inside the masked vector (:mod:`wire.secagg_vector`).
+    """
+    if plan.error_feedback or plan.codec.topk:
+        raise TaskConfigError(
+            "secure aggregation sums one shared grid of integers: it cannot be combined with "
+            "top-k sparsification or error feedback"
+        )
+    record = msg.content[SECAGG_RECORD_KEY]
+    spec = SecAggVectorSpec.from_config(record)
+    flat = flatten_kept(delta, list(delta), plan.masks)
+    rng = np.random.default_rng(plan.seed_for(partition_id_of(context)))
+    vector, clipped = spec.quantize(flat, spec.weight_of(stats.num_examples), rng)
+    payload = spec.pack(mask_vector(vector, record, context))
+    metrics = MetricRecord(
+        {
+            "train-loss": stats.mean_loss,
+            "partition-id": partition_id_of(context),
+            "upload-bytes": len(payload),
+            "clipped-fraction": clipped / max(flat.size, 1),
+        }
+    )
+    info = ConfigRecord(
+        {
+            "stage": STAGE_MASKED,
+            "round": record["round"],
+            "nonce": record["nonce"],
+            "node-id": str(context.node_id),
+            "count": int(vector.size),
+        }
+    )
+    content = RecordDict(
+        {
+            UPDATE_RECORD_KEY: ConfigRecord({PAYLOAD_FIELD: payload}),
+            SECAGG_RECORD_KEY: info,
+            "metrics": metrics,
+        }
     )
     return Message(content=content, reply_to=msg)

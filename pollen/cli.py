@@ -165,6 +165,16 @@ def simulate(
     attack: str = typer.Option("", help="Simulated attack: scale | sign-flip (default: none)."),
     malicious_fraction: float = typer.Option(0.0, help="Fraction of clients that attack."),
     attack_scale: float = typer.Option(10.0, help="How much attackers scale their update."),
+    secure_agg: bool = typer.Option(
+        False, help="SecAgg+: the server learns only the sum of the (quantized) updates."
+    ),
+    secagg_degree: int = typer.Option(0, help="Neighbours per client (0: ~2 log2 N)."),
+    secagg_threshold: int = typer.Option(0, help="Shares to rebuild a secret (0: degree/2+1)."),
+    secagg_bits: int = typer.Option(8, help="Secure-aggregation quantization bits (1-16)."),
+    secagg_clip: float = typer.Option(1.0, help="Clip update coordinates to [-clip, clip]."),
+    dropout_rate: float = typer.Option(
+        0.0, help="Fraction of clients that vanish each round after sharing keys."
+    ),
     verbose: bool = typer.Option(False, help="Show Flower's and Ray's own logs."),
 ) -> None:
     """Run a Task with N virtual clients (Flower's engine or Pollen's batched engine)."""
@@ -215,6 +225,12 @@ def simulate(
             attack=attack,
             malicious_fraction=malicious_fraction,
             attack_scale=attack_scale,
+            secure_agg=secure_agg,
+            secagg_degree=secagg_degree,
+            secagg_threshold=secagg_threshold,
+            secagg_bits=secagg_bits,
+            secagg_clip=secagg_clip,
+            dropout_rate=dropout_rate,
         )
         if resume and out is None:
             raise FlagError("--resume", "name the run directory to continue with --out")

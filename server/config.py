@@ -7,8 +7,23 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from client_sdk.tasks import get_task
-from strategies import STRATEGY_NAMES, CompressionSettings, PruningConfigError, PruningSchedule
+from strategies import (
+    STRATEGY_NAMES,
+    SUM_STRATEGIES,
+    CompressionSettings,
+    PruningConfigError,
+    PruningSchedule,
+    SecAggSettings,
+)
 from wire import CodecConfigError, CodecSpec
+from wire.secagg_vector import SecAggVectorSpec
+
+
+def _secagg_key(message: str) -> str:
+    for key in ("threshold", "bits", "clip", "max-weight"):
+        if key.replace("-", "_") in message or key in message:
+            return key
+    return "degree"
 
 
 class RunConfigError(ValueError):
@@ -67,6 +82,14 @@ class RunSettings:
     qat: bool = False
     download_bits: int = 0  # 0: float32 global model; 8: 8-bit download
     freeze: str = ""  # comma-separated parameter-name prefixes not trained nor sent
+    # ---- secure aggregation (SecAgg+; see strategies.secagg, client_sdk.secagg)
+    secure_agg: bool = False
+    secagg_degree: int = 0  # neighbours per client; 0: ~2 log2(N)
+    secagg_threshold: int = 0  # shares needed to rebuild a secret; 0: half the degree + 1
+    secagg_bits: int = 8  # quantization levels 2^bits - 1 on one shared grid
+    secagg_clip: float = 1.0  # each update coordinate is clipped to [-clip, clip]
+    secagg_max_weight: int = 256  # a client's weight is min(num-examples, this)
+    dropout_rate: float = 0.0  # simulation: fraction of clients vanishing after key sharing
 
     def __post_init__(self) -> None:
         bad = RunConfigError
@@ -109,6 +132,7 @@ class RunSettings:
             raise bad(
                 "quant-rounding", f"must be stochastic or nearest, got {self.quant_rounding!r}"
             )
+        self._check_secure_agg()
         if self.download_bits not in (0, 8):
             raise bad("download-bits", f"must be 0 (float32) or 8, got {self.download_bits}")
         try:
@@ -121,6 +145,46 @@ class RunSettings:
                 (k for k in ("quant-bits", "quant-chunk", "topk") if k in str(err)), "quant-bits"
             )
             raise bad(key, str(err)) from None
+
+    def _check_secure_agg(self) -> None:
+        bad = RunConfigError
+        if not 0 <= self.dropout_rate < 1:
+            raise bad("dropout-rate", f"must be in [0, 1), got {self.dropout_rate}")
+        if not self.secure_agg:
+            return
+        if self.strategy.lower() not in SUM_STRATEGIES:
+            raise bad(
+                "strategy",
+                f"{self.strategy} needs each client's update, but secure aggregation reveals only "
+                f"their sum: use one of {', '.join(SUM_STRATEGIES)} with secure-agg",
+            )
+        for key, value in (("topk", self.topk), ("clip-norm", self.clip_norm)):
+            if value:
+                raise bad(key, "cannot be combined with secure-agg (individual updates needed)")
+        if self.error_feedback:
+            raise bad("error-feedback", "cannot be combined with secure-agg")
+        if self.quant_bits:
+            raise bad("quant-bits", "secure-agg quantizes by itself: set secagg-bits instead")
+        try:
+            if self.secagg_degree:
+                self.secure_aggregation().graph(self.secagg_degree + 1)
+            SecAggVectorSpec(
+                bits=self.secagg_bits, clip=self.secagg_clip, max_weight=self.secagg_max_weight
+            )
+        except ValueError as err:
+            raise bad("secagg-" + _secagg_key(str(err)), str(err)) from None
+
+    def secure_aggregation(self) -> SecAggSettings | None:
+        if not self.secure_agg:
+            return None
+        return SecAggSettings(
+            degree=self.secagg_degree,
+            threshold=self.secagg_threshold,
+            bits=self.secagg_bits,
+            clip=self.secagg_clip,
+            max_weight=self.secagg_max_weight,
+            timeout=self.round_timeout,
+        )
 
     def compression(self) -> CompressionSettings:
         """The compression every client is asked for, and the server's pruning schedule."""

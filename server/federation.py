@@ -75,6 +75,7 @@ def client_config(settings: RunSettings, num_partitions: int) -> ConfigRecord:
             "attack": settings.attack,
             "malicious-fraction": settings.malicious_fraction,
             "attack-scale": settings.attack_scale,
+            "dropout-rate": settings.dropout_rate,
         }
     )
 
@@ -117,6 +118,7 @@ def run_federation(
             num_malicious=settings.num_malicious,
             multikrum_select=settings.multikrum_select,
             clip_norm=settings.clip_norm,
+            secure=settings.secure_aggregation(),
         )
     )
     if checkpoint is not None:

@@ -158,7 +158,7 @@ def _run_batched(server_app, settings: SimulationSettings) -> dict[str, Any]:
         num_nodes=settings.clients,
         # the hook only matters when the run simulates attackers; without it uncompressed
         # updates take the vectorized encoder
-        update_hook=simulated_attack if settings.run.attack else None,
+        update_hook=simulated_attack if settings.run.attack or settings.run.dropout_rate else None,
         device=resolve_device(settings.device),
         clients_per_batch=settings.clients_per_batch,
         seed=settings.run.seed,

@@ -2,8 +2,15 @@
 
 from strategies.compression import CompressionSettings
 from strategies.pruning import PruningConfigError, PruningSchedule, magnitude_masks, prunable_names
-from strategies.registry import STRATEGY_NAMES, StrategySettings, UnknownStrategy, build_strategy
+from strategies.registry import (
+    STRATEGY_NAMES,
+    SUM_STRATEGIES,
+    StrategySettings,
+    UnknownStrategy,
+    build_strategy,
+)
 from strategies.sampling import FixedNodesGrid, SeededSampler
+from strategies.secagg import SecAggFailed, SecAggSession, SecAggSettings
 from strategies.stats import Rejection, RoundStats
 from strategies.wire_adapter import WireStrategy
 
@@ -14,6 +21,10 @@ __all__ = [
     "magnitude_masks",
     "prunable_names",
     "STRATEGY_NAMES",
+    "SUM_STRATEGIES",
+    "SecAggFailed",
+    "SecAggSession",
+    "SecAggSettings",
     "FixedNodesGrid",
     "Rejection",
     "RoundStats",

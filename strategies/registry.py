@@ -18,6 +18,7 @@ from flwr.serverapp.strategy import (
 
 from strategies.compression import CompressionSettings
 from strategies.sampling import SeededSampler
+from strategies.secagg import SecAggSettings
 from strategies.wire_adapter import WireStrategy
 
 STRATEGY_NAMES = (
@@ -32,6 +33,8 @@ STRATEGY_NAMES = (
 )
 # Robust aggregators look at individual updates (so they cannot run under secure aggregation).
 ROBUST_STRATEGIES = ("fedmedian", "fedtrimmedavg", "krum", "multikrum")
+# What secure aggregation can feed: strategies that need only the (weighted) sum of updates.
+SUM_STRATEGIES = tuple(name for name in STRATEGY_NAMES if name not in ROBUST_STRATEGIES)
 
 
 class UnknownStrategy(ValueError):
@@ -58,6 +61,7 @@ class StrategySettings:
     multikrum_select: int = 0  # MultiKrum: lowest-score updates averaged (0: one, i.e. Krum)
     clip_norm: float = 0.0  # clip each client's update to this L2 norm (0: off)
     compression: CompressionSettings = field(default_factory=CompressionSettings)
+    secure: SecAggSettings | None = None  # SecAgg+: the server sees only the sum of updates
 
 
 def _inner(settings: StrategySettings) -> Strategy:
@@ -106,4 +110,5 @@ def build_strategy(settings: StrategySettings) -> WireStrategy:
         min_evaluate_nodes=settings.min_evaluate_nodes,
         compression=settings.compression,
         clip_norm=settings.clip_norm,
+        secure=settings.secure,
     )

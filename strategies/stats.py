@@ -28,6 +28,7 @@ class RoundStats:
     sparsity: float = 0.0
     dropped: int = 0  # sampled clients with no reply (dead, disconnected, or past the deadline)
     train_metrics: dict[str, float] = field(default_factory=dict)
+    secagg_failure: str = ""  # why secure aggregation could not finish this round ("" = fine)
 
     @property
     def download_bytes_total(self) -> int:
@@ -51,6 +52,7 @@ class RoundStats:
             "download_bytes_per_client": self.download_bytes_per_client,
             "sparsity": self.sparsity,
             "rejections": [asdict(r) for r in self.rejected],
+            **({"secagg_failure": self.secagg_failure} if self.secagg_failure else {}),
             "failures": [asdict(r) for r in self.failures],
             **{f"federated_{k}": v for k, v in self.federated_evaluation.items()},
             **{f"train_{k}": v for k, v in self.train_metrics.items()},

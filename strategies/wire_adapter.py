@@ -20,9 +20,11 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedProx, FedYogi, Strategy
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
+from strategies.aggregation import StreamingMean, clip_update
 from strategies.compression import CompressionSettings
 from strategies.pruning import magnitude_masks, prunable_names
 from strategies.sampling import UNKNOWN_PARTITION, FixedNodesGrid, SeededSampler
+from strategies.secagg import SecAggFailed, SecAggSession, SecAggSettings
 from strategies.stats import Rejection, RoundStats
 from wire import (
     DOWNLOAD_RECORD_KEY,
@@ -37,6 +39,8 @@ from wire import (
     decode_update,
     encode_update,
 )
+from wire.secagg_protocol import SECAGG_RECORD_KEY
+from wire.secagg_vector import kept_count, unflatten_kept
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +52,6 @@ _ADAPTER_METRICS = ("partition-id", "upload-bytes")
 _MEAN_STRATEGIES = (FedAvg, FedProx, FedAdam, FedYogi, FedAdagrad)
 # Header and codec slack allowed above the float32 size of the model before refusing a payload.
 _PAYLOAD_SLACK_BYTES = 1 << 16
-
-
-def clip_update(deltas: dict[str, np.ndarray], max_norm: float) -> dict[str, np.ndarray]:
-    """Scale an update down to L2 norm ``max_norm`` if it is longer (all tensors together)."""
-    norm = float(np.sqrt(sum(float(np.square(d, dtype=np.float64).sum()) for d in deltas.values())))
-    if norm <= max_norm:
-        return deltas
-    factor = np.float32(max_norm / norm)
-    return {name: (d * factor).astype(np.float32) for name, d in deltas.items()}
 
 
 class WireStrategy(Strategy):
@@ -73,8 +68,22 @@ class WireStrategy(Strategy):
         min_evaluate_nodes: int = 1,
         compression: CompressionSettings | None = None,
         clip_norm: float = 0.0,
+        secure: SecAggSettings | None = None,
     ) -> None:
+        if secure is not None and type(inner) not in _MEAN_STRATEGIES:
+            raise ValueError(
+                f"secure aggregation reveals only the sum of updates, but {type(inner).__name__} "
+                "needs each update (robust aggregation): use fedavg, fedprox, fedadam, fedyogi "
+                "or fedadagrad with secure aggregation"
+            )
+        if secure is not None and clip_norm > 0:
+            raise ValueError(
+                "update-norm clipping needs each decoded update; with secure aggregation the "
+                "clients clip each coordinate (secagg clip) instead"
+            )
         self.inner = inner
+        self.secure = secure
+        self._session: SecAggSession | None = None
         self.compression = compression or CompressionSettings()
         self.clip_norm = clip_norm
         # Rounds already done before a resume: Flower's loop counts from 1 again, and every
@@ -147,13 +156,38 @@ class WireStrategy(Strategy):
         stats.sampled = len(messages)
         stats.download_bytes_per_client = download + len(mask_bytes)
         stats.sparsity = self.masks.sparsity() if self.masks else 0.0
+        if self.secure is not None:
+            messages = self._secure_setup(server_round, messages, grid, stats)
         return messages
+
+    def _secure_setup(
+        self, server_round: int, messages: list[Message], grid: Grid, stats: RoundStats
+    ) -> list[Message]:
+        """Stages 1-2 of secure aggregation; train only the clients that shared their keys."""
+        assert self.secure is not None
+        self._session = SecAggSession(self.secure, server_round, grid, stats)
+        try:
+            record = self._session.setup(
+                (m.metadata.dst_node_id for m in messages), np.random.default_rng()
+            )
+        except SecAggFailed as err:
+            log.warning("round %d: secure aggregation failed: %s; no update", server_round, err)
+            stats.secagg_failure = str(err)
+            self._session = None
+            return []
+        alive = set(self._session.alive)
+        kept = [m for m in messages if m.metadata.dst_node_id in alive]
+        for content in {id(m.content): m.content for m in kept}.values():
+            content[SECAGG_RECORD_KEY] = record
+        return kept
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         server_round += self.round_offset
         stats = self.rounds.setdefault(server_round, RoundStats(server_round=server_round))
+        if self.secure is not None:
+            return self._aggregate_secure(server_round, list(replies), stats)
         candidates: list[tuple[tuple[int, int], Message]] = []
         received = 0
         for msg in replies:
@@ -166,7 +200,7 @@ class WireStrategy(Strategy):
             candidates.append((_order_key(msg), msg))
         # A fixed order makes the floating-point sum, hence the model, reproducible.
         candidates.sort(key=lambda item: item[0])
-        mean = _StreamingMean(self._reference) if type(self.inner) in _MEAN_STRATEGIES else None
+        mean = StreamingMean(self._reference) if type(self.inner) in _MEAN_STRATEGIES else None
         accepted: list[Message] = []
         for _, msg in candidates:
             try:
@@ -221,6 +255,50 @@ class WireStrategy(Strategy):
             for name, ref in self._reference.items():
                 if name.startswith(self.compression.frozen):
                     arrays[name] = Array(ref)
+        if metrics is not None:
+            stats.train_metrics = {
+                k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))
+            }
+        return arrays, metrics
+
+    def _aggregate_secure(
+        self, server_round: int, replies: list[Message], stats: RoundStats
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Unmask the sum of the masked uploads and hand the inner strategy its weighted mean."""
+        session, self._session = self._session, None
+        if session is None:  # setup failed: nothing was sent
+            return None, None
+        specs, _ = self._expected_layout()
+        shapes = {s.name: s.shape for s in specs}
+        try:
+            total = session.aggregate(replies, kept_count(shapes, self.masks) + 1)
+            mean, weight = session.spec.weighted_mean(total)
+        except SecAggFailed as err:
+            log.warning("round %d: secure aggregation failed: %s; no update", server_round, err)
+            stats.secagg_failure = str(err)
+            stats.accepted = 0
+            stats.dropped = max(stats.sampled - len(replies), 0)
+            return None, None
+        stats.dropped = max(stats.sampled - len(replies), 0)
+        deltas = unflatten_kept(mean, shapes, self.masks)
+        model = {
+            name: (ref + deltas[name]).astype(np.float32) if name in deltas else ref
+            for name, ref in self._reference.items()
+        }
+        survivors = [m for m in replies if not m.has_error() and SECAGG_RECORD_KEY in m.content]
+        losses = [
+            float(m.content["metrics"]["train-loss"])
+            for m in survivors
+            if "metrics" in m.content and "train-loss" in m.content["metrics"]
+        ]
+        metrics = MetricRecord({WEIGHT_KEY: weight})
+        if losses:
+            metrics["train-loss"] = float(np.mean(losses))
+        carrier = survivors[0]
+        carrier.content = RecordDict(
+            {"arrays": ArrayRecord({k: Array(v) for k, v in model.items()}), "metrics": metrics}
+        )
+        arrays, metrics = self.inner.aggregate_train(server_round, [carrier])
         if metrics is not None:
             stats.train_metrics = {
                 k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))
@@ -317,49 +395,3 @@ def _order_key(msg: Message) -> tuple[int, int]:
     pid = -1 if metrics is None else metrics.get("partition-id", -1)
     pid = int(pid) if isinstance(pid, (int, float)) and pid >= 0 else UNKNOWN_PARTITION
     return pid, msg.metadata.src_node_id
-
-
-class _StreamingMean:
-    """Weighted mean of reference + delta over replies, accumulated as they decode.
-
-    Written by hand because Flower's ``aggregate_arrayrecords`` needs every reply's full model
-    in memory at once (10,000 simulated clients of a 62k-parameter CNN would be 2.5 GB). Sums
-    of up to ``BLOCK`` updates are taken in float32 and added into float64 totals, so the
-    rounding error stays that of a 64-term float32 sum however many clients reply.
-    """
-
-    BLOCK = 64
-
-    def __init__(self, reference: dict[str, np.ndarray]) -> None:
-        self.reference = reference
-        self.sums: dict[str, np.ndarray] = {}
-        self.partial: dict[str, np.ndarray] = {}
-        self.pending = 0
-        self.total = 0.0
-
-    def add(self, deltas: dict[str, np.ndarray], weight: float) -> None:
-        self.total += weight
-        w = np.float32(weight)
-        for name, delta in deltas.items():
-            if name not in self.partial:
-                self.partial[name] = np.zeros(delta.shape, dtype=np.float32)
-                self.sums[name] = np.zeros(delta.shape, dtype=np.float64)
-            self.partial[name] += delta * w
-        self.pending += 1
-        if self.pending == self.BLOCK:
-            self._flush()
-
-    def _flush(self) -> None:
-        for name, part in self.partial.items():
-            self.sums[name] += part
-            part.fill(0.0)
-        self.pending = 0
-
-    def result(self) -> dict[str, np.ndarray]:
-        self._flush()
-        return {
-            name: (ref + self.sums[name] / self.total).astype(np.float32)
-            if name in self.sums
-            else ref
-            for name, ref in self.reference.items()
-        }

@@ -25,6 +25,11 @@ class RejectReason(StrEnum):
     BAD_SCALE = "bad-scale"
     BAD_INDICES = "bad-indices"
     STAGE_ORDER = "stage-order"
+    # secure aggregation
+    BAD_SECAGG = "bad-secagg"
+    SHARE_TAMPERED = "share-tampered"
+    REPLAYED = "replayed"
+    IDENTITY_MISMATCH = "identity-mismatch"
 
 
 class UpdateRejected(ValueError):

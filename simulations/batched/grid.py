@@ -49,6 +49,7 @@ from simulations.batched.training import (
     vectorization_blocker,
 )
 from wire import encode_float32_rows
+from wire.secagg_protocol import SECAGG_RECORD_KEY
 
 log = logging.getLogger(__name__)
 
@@ -302,6 +303,7 @@ class BatchedGrid(Grid):
             and not plan.codec.topk
             and not plan.error_feedback
             and self._hook is None
+            and SECAGG_RECORD_KEY not in messages[0].content
         ):
             self._reply_vectorized(plan, messages, contexts, trained)
         else:

@@ -2,26 +2,15 @@
 TLS, SuperNode authentication with registered keys, a SQLite database, a real run."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.flower_deployment import free_port
+from tests.e2e.operator_cli import kill_groups, pollen, start_client, wait_for_run
 
 ROOT = Path(__file__).resolve().parents[2]
-POLLEN = [sys.executable, "-m", "pollen"]
 pytestmark = pytest.mark.e2e
-
-
-def pollen(*args, cwd, timeout=120):
-    return subprocess.run(
-        [*POLLEN, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
-    )
 
 
 def test_operator_commands_run_an_authenticated_tls_federation(tmp_path):
@@ -58,51 +47,17 @@ out-dir = "{tmp_path / "run"}"
         again = pollen(*start, cwd=tmp_path)
         assert again.returncode == 2 and "already running" in again.stderr
         for i, key in ((0, 0), (1, 1), (0, 2)):  # node-2's key was never registered
-            nodes.append(
-                subprocess.Popen(
-                    [
-                        *POLLEN,
-                        "client",
-                        "start",
-                        "--superlink",
-                        f"127.0.0.1:{port}",
-                        "--root-certificates",
-                        "certs/ca.crt",
-                        "--auth-key",
-                        f"certs/node-{key}.key",
-                        "--partition-id",
-                        str(i),
-                        "--num-partitions",
-                        "2",
-                        "--port",
-                        str(free_port()),
-                    ],  # fmt: skip
-                    cwd=tmp_path,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            )
+            nodes.append(start_client(tmp_path, port, key, partition=i, partitions=2))
         intruder = nodes[2]
         assert intruder.wait(timeout=120) != 0
         assert b"2004" in intruder.stdout.read()  # "Failed to activate SuperNode"
-        deadline, status = time.monotonic() + 240, {}
-        while time.monotonic() < deadline:
-            done = pollen("server", "status", "--state-dir", "state", "--json", cwd=tmp_path)
-            status = json.loads(done.stdout)
-            if str(status.get("run_status", "")).startswith("finished"):
-                break
-            time.sleep(3)
+        status = wait_for_run(tmp_path, timeout_s=240)
         assert status["run_status"] == "finished:completed", status
         assert status["healthy"] and status["registered_nodes"] == 2
         assert status["last_round"]["round"] == 1 and status["last_round"]["accepted_updates"] == 2
     finally:
         stopped = pollen("server", "stop", "--state-dir", "state", cwd=tmp_path)
-        for node in nodes:
-            try:
-                os.killpg(node.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_groups(nodes)
     assert stopped.stdout.strip() == "stopped"
     assert (
         json.loads(

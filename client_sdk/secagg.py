@@ -1,0 +1,235 @@
+"""The client's side of secure aggregation (SecAgg+: Bonawitz et al. CCS 2017, Bell et al. CCS
+2020) over Flower's Message API.
+
+Four stages, each checked against the round's nonce and the stage this node reached before:
+
+1. ``query.secagg_keys``: make two X25519 key pairs (share encryption, pairwise masks) and a
+   256-bit self-mask seed; reply with the public keys.
+2. ``query.secagg_shares``: Shamir-share the seed and the mask private key among the
+   neighbours the server assigned (threshold t), seal each neighbour's shares with AES-GCM
+   under a key agreed with that neighbour; the server only relays ciphertexts.
+3. the train message: quantize the update to integers (:mod:`wire.secagg_vector`), add the
+   self mask and +/- one pairwise mask per neighbour still in the protocol, upload m bits per
+   kept coordinate.
+4. ``query.secagg_unmask``: open the relayed shares; release the seed share of a neighbour
+   that uploaded and the mask-key share of one that dropped, never both for one neighbour.
+
+Secrets stay in ``context.state`` (this node's, never sent) and are deleted after stage 4.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+
+from wire import RejectReason, UpdateRejected
+from wire.secagg import (
+    KEY_BYTES,
+    SHARE_BYTES,
+    agree,
+    decrypt,
+    encrypt,
+    mask_stream,
+    new_private_key,
+    new_seed,
+    public_key,
+    split_secret,
+)
+from wire.secagg_protocol import (
+    MASK_PURPOSE,
+    SEALED_SHARE_BYTES,
+    SECAGG_RECORD_KEY,
+    SHARE_PURPOSE,
+    chunks,
+    ids_bytes,
+    node_ids,
+    share_context,
+)
+
+log = logging.getLogger(__name__)
+
+STATE_KEY = "pollen.secagg-state"
+
+
+def _check(record: ConfigRecord, state: ConfigRecord | None, stage: str, before: str) -> None:
+    """The server's message belongs to this node's current session and comes in order."""
+    if state is None or state.get("stage") != before:
+        raise UpdateRejected(
+            RejectReason.STAGE_ORDER,
+            f"secure aggregation stage {stage!r} arrived before stage {before!r} completed",
+        )
+    if record.get("nonce") != state["nonce"] or record.get("round") != state["round"]:
+        raise UpdateRejected(
+            RejectReason.REPLAYED,
+            f"stage {stage!r} names another session (round {record.get('round')}) than this "
+            f"node's (round {state['round']})",
+        )
+
+
+def _reply(msg: Message, context: Context, fields: dict) -> Message:
+    record = ConfigRecord(
+        {
+            "stage": msg.metadata.message_type,
+            "round": msg.content[SECAGG_RECORD_KEY]["round"],
+            "nonce": msg.content[SECAGG_RECORD_KEY]["nonce"],
+            "node-id": str(context.node_id),
+            **fields,
+        }
+    )
+    return Message(content=RecordDict({SECAGG_RECORD_KEY: record}), reply_to=msg)
+
+
+def advertise_keys(msg: Message, context: Context) -> Message:
+    """Stage 1: fresh keys for this round; only the public halves leave the node."""
+    record = msg.content[SECAGG_RECORD_KEY]
+    c_sk, s_sk = new_private_key(), new_private_key()
+    context.state[STATE_KEY] = ConfigRecord(
+        {
+            "stage": "keys",
+            "round": int(record["round"]),
+            "nonce": bytes(record["nonce"]),
+            "c-sk": c_sk,
+            "s-sk": s_sk,
+            "seed": new_seed(),
+        }
+    )
+    return _reply(msg, context, {"pk-c": public_key(c_sk), "pk-s": public_key(s_sk)})
+
+
+def share_keys(msg: Message, context: Context) -> Message:
+    """Stage 2: seal Shamir shares of the seed and mask key for each assigned neighbour."""
+    record = msg.content[SECAGG_RECORD_KEY]
+    state = context.state.get(STATE_KEY)
+    _check(record, state, "shares", before="keys")
+    me = context.node_id
+    neighbours = node_ids(bytes(record["neighbours"]))
+    threshold = int(record["threshold"])
+    if me in neighbours or len(set(neighbours)) != len(neighbours):
+        raise UpdateRejected(RejectReason.BAD_SECAGG, "neighbour list repeats ids or holds self")
+    if neighbours != sorted(neighbours):
+        raise UpdateRejected(RejectReason.BAD_SECAGG, "neighbour list must be sorted node ids")
+    if not len(neighbours) // 2 < threshold <= len(neighbours):
+        raise UpdateRejected(
+            RejectReason.BAD_SECAGG,
+            f"threshold {threshold} must exceed half of the {len(neighbours)} neighbours "
+            "(else the server could gather both shares of a secret)",
+        )
+    pk_c = chunks(bytes(record["pk-c"]), KEY_BYTES, len(neighbours), "pk-c")
+    pk_s = chunks(bytes(record["pk-s"]), KEY_BYTES, len(neighbours), "pk-s")
+    seed_shares = split_secret(state["seed"], threshold, len(neighbours))
+    key_shares = split_secret(state["s-sk"], threshold, len(neighbours))
+    nonce, server_round = state["nonce"], state["round"]
+    sealed = b"".join(
+        encrypt(
+            agree(state["c-sk"], pk_c[i], SHARE_PURPOSE),
+            seed_shares[i] + key_shares[i],
+            share_context(nonce, server_round, me, j),
+        )
+        for i, j in enumerate(neighbours)
+    )
+    state.update(
+        {
+            "stage": "shares",
+            "threshold": threshold,
+            "neighbours": ids_bytes(neighbours),
+            "pk-c": b"".join(pk_c),
+            "pk-s": b"".join(pk_s),
+        }
+    )
+    return _reply(msg, context, {"to": ids_bytes(neighbours), "sealed": sealed})
+
+
+def pairwise_seed(my_private: bytes, peer_public: bytes) -> bytes:
+    return agree(my_private, peer_public, MASK_PURPOSE)
+
+
+def mask_vector(vector: np.ndarray, record: ConfigRecord, context: Context) -> np.ndarray:
+    """Stage 3: ``vector`` plus the self mask and one signed pairwise mask per live neighbour.
+
+    ``record`` is the train message's secure-aggregation record: it names the nodes that
+    finished stage 2 (``alive``); pairwise masks with neighbours outside it are not added.
+    """
+    state = context.state.get(STATE_KEY)
+    _check(record, state, "masked input", before="shares")
+    me = context.node_id
+    alive = set(node_ids(bytes(record["alive"])))
+    if me not in alive:
+        raise UpdateRejected(RejectReason.BAD_SECAGG, "this node is not in the round's alive set")
+    neighbours = node_ids(bytes(state["neighbours"]))
+    pk_s = chunks(bytes(state["pk-s"]), KEY_BYTES, len(neighbours), "pk-s")
+    masked = vector + mask_stream(bytes(state["seed"]), vector.size)
+    for j, pk in zip(neighbours, pk_s, strict=True):
+        if j not in alive:
+            continue
+        stream = mask_stream(pairwise_seed(state["s-sk"], pk), vector.size)
+        masked = masked + stream if me < j else masked - stream
+    state.update({"stage": "masked", "alive": ids_bytes(sorted(alive))})
+    return masked
+
+
+def unmask(msg: Message, context: Context) -> Message:
+    """Stage 4: open relayed shares, release one share per neighbour, then forget the secrets."""
+    record = msg.content[SECAGG_RECORD_KEY]
+    state = context.state.get(STATE_KEY)
+    _check(record, state, "unmask", before="masked")
+    me = context.node_id
+    survivors = set(node_ids(bytes(record["survivors"])))
+    dropped = set(node_ids(bytes(record["dropped"])))
+    alive = set(node_ids(bytes(state["alive"])))
+    threshold = int(state["threshold"])
+    if survivors & dropped or not (survivors | dropped) <= alive or me not in survivors:
+        raise UpdateRejected(
+            RejectReason.BAD_SECAGG,
+            "survivor and dropped sets overlap, name nodes outside the round, or omit this node",
+        )
+    if len(survivors) < threshold:
+        raise UpdateRejected(
+            RejectReason.BAD_SECAGG,
+            f"only {len(survivors)} survivors, below the threshold {threshold}: refusing to unmask",
+        )
+    neighbours = node_ids(bytes(state["neighbours"]))
+    pk_c = dict(
+        zip(
+            neighbours,
+            chunks(bytes(state["pk-c"]), KEY_BYTES, len(neighbours), "pk-c"),
+            strict=True,
+        )
+    )
+    senders = node_ids(bytes(record["from"]))
+    sealed = chunks(bytes(record["sealed"]), SEALED_SHARE_BYTES, len(senders), "sealed shares")
+    seed_of, key_of, refused = [], [], []
+    seed_shares, key_shares = [], []
+    for j, box in zip(senders, sealed, strict=True):
+        if j not in pk_c or not (j in survivors or j in dropped):
+            refused.append(j)
+            continue
+        try:
+            opened = decrypt(
+                agree(state["c-sk"], pk_c[j], SHARE_PURPOSE),
+                box,
+                share_context(state["nonce"], state["round"], j, me),
+            )
+        except UpdateRejected as err:
+            log.warning("secure aggregation: share from node %d refused: %s", j, err)
+            refused.append(j)
+            continue
+        if j in survivors:
+            seed_of.append(j)
+            seed_shares.append(opened[:SHARE_BYTES])
+        else:
+            key_of.append(j)
+            key_shares.append(opened[SHARE_BYTES:])
+    del context.state[STATE_KEY]
+    return _reply(
+        msg,
+        context,
+        {
+            "seed-of": ids_bytes(seed_of),
+            "seed-shares": b"".join(seed_shares),
+            "key-of": ids_bytes(key_of),
+            "key-shares": b"".join(key_shares),
+            "refused": ids_bytes(refused),
+        },
+    )

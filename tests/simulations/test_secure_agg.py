@@ -1,0 +1,79 @@
+"""`pollen simulate --secure-agg` in both engines: dropouts recovered, failures clean."""
+
+import numpy as np
+import pytest
+
+from server import MODEL_FILE, RunSettings, read_metrics
+from simulations.attacks import drops_out
+from simulations.runner import SimulationSettings, simulate
+
+CLIENTS = 8
+
+
+def _run(engine, out, **run):
+    settings = SimulationSettings(
+        run=RunSettings(
+            num_server_rounds=2,
+            min_available_nodes=CLIENTS,
+            partition="iid",
+            secure_agg=True,
+            **run,
+        ),
+        clients=CLIENTS,
+        out_dir=out,
+        engine=engine,
+    )
+    simulate(settings)
+    with np.load(out / MODEL_FILE) as saved:
+        model = {k: saved[k] for k in saved.files}
+    return model, read_metrics(out / "metrics.jsonl")
+
+
+def _dropped(server_round: int, rate: float, seed: int = 0) -> int:
+    return sum(drops_out(seed, server_round, pid, rate) for pid in range(CLIENTS))
+
+
+@pytest.mark.parametrize("engine", ["batched", "flower"])
+def test_secure_rounds_recover_from_dropouts_in_both_engines(engine, tmp_path):
+    model, rows = _run(engine, tmp_path / engine, dropout_rate=0.3, secagg_degree=7)
+    for row in rows[1:]:
+        gone = _dropped(row["round"], 0.3)
+        assert 0 < gone <= 3  # the seeded draw drops someone, fewer than the threshold allows
+        assert row["accepted_updates"] == CLIENTS - gone
+        assert row["failed_clients"] == gone
+        assert "secagg_failure" not in row
+        # m = bits of 8 * 256 * 255 = 19 bits per kept coordinate, + 1 weight value
+        assert row["upload_bytes_per_client"] == -(-(9610 + 1) * 19 // 8)
+    assert rows[-1]["accuracy"] > rows[0]["accuracy"] + 0.3
+    plain, _ = _run("batched", tmp_path / "again", dropout_rate=0.3, secagg_degree=7)
+    assert all(np.array_equal(plain[k], model[k]) for k in model)  # exact: integer sums
+
+
+def test_too_few_survivors_fail_the_round_cleanly_and_the_run_goes_on(tmp_path):
+    _, rows = _run("batched", tmp_path / "few", dropout_rate=0.6, secagg_threshold=7)
+    assert len(rows) == 3
+    for row in rows[1:]:
+        assert "below the threshold" in row["secagg_failure"]
+        assert row["accepted_updates"] == 0
+        assert row["accuracy"] == rows[0]["accuracy"]  # no model update
+
+
+def test_robust_strategies_are_refused_with_secure_aggregation():
+    from server import RunConfigError
+
+    with pytest.raises(RunConfigError, match="strategy: krum needs each client.s update"):
+        RunSettings(strategy="krum", secure_agg=True)
+
+
+def test_pruned_secure_updates_send_only_kept_coordinates(tmp_path):
+    model, rows = _run(
+        "batched", tmp_path / "pruned", prune=0.5, prune_schedule="constant", prune_scope="layer"
+    )
+    weights = [k for k in model if k.endswith("weight")]
+    kept = sum(int(np.count_nonzero(model[k])) for k in weights) + sum(
+        model[k].size for k in model if k not in weights
+    )
+    for row in rows[1:]:
+        assert row["sparsity"] == pytest.approx(0.5, abs=0.01)
+        assert row["upload_bytes_per_client"] == -(-(kept + 1) * 19 // 8)
+    assert rows[-1]["accuracy"] > rows[0]["accuracy"] + 0.3

@@ -1,0 +1,87 @@
+"""An in-memory Grid whose nodes run the SDK's real secure-aggregation steps.
+
+Each node has its own Flower ``Context`` (state kept between stages, as a SuperNode keeps it).
+Query stages go to :mod:`client_sdk.secagg`; a train message masks the vector the test chose for
+that node with :func:`client_sdk.secagg.mask_vector`. Hooks let a test drop nodes after key
+sharing or rewrite messages and replies in flight (tampering, replays, impersonation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+
+from client_sdk import secagg
+from wire import PAYLOAD_FIELD, UPDATE_RECORD_KEY, UpdateRejected
+from wire.secagg_protocol import SECAGG_RECORD_KEY, STAGE_KEYS, STAGE_SHARES, STAGE_UNMASK
+from wire.secagg_vector import SecAggVectorSpec
+
+HANDLERS = {
+    STAGE_KEYS: secagg.advertise_keys,
+    STAGE_SHARES: secagg.share_keys,
+    STAGE_UNMASK: secagg.unmask,
+}
+
+
+class SecAggGrid:
+    def __init__(self, vectors: dict[int, np.ndarray]) -> None:
+        self.vectors = vectors  # node id -> the plain integer vector it will mask
+        self.contexts = {
+            node: Context(run_id=1, node_id=node, node_config={}, state=RecordDict(), run_config={})
+            for node in vectors
+        }
+        self.drop_at_train: set[int] = set()  # nodes that vanish after sharing keys
+        self.on_request: Callable[[Message], Message] = lambda m: m
+        self.on_reply: Callable[[Message], Message] = lambda m: m
+        self.replies: list[Message] = []  # every reply delivered, for replay tests
+        self.client_errors: list[str] = []
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.vectors)
+
+    def send_and_receive(self, messages, *, timeout=None) -> list[Message]:
+        out = []
+        for msg in messages:
+            msg = self.on_request(msg)
+            node = msg.metadata.dst_node_id
+            kind = msg.metadata.message_type
+            if kind == "train" and node in self.drop_at_train:
+                continue  # vanished: no reply before the deadline
+            context = self.contexts[node]
+            try:
+                reply = (
+                    HANDLERS[kind](msg, context) if kind in HANDLERS else self._train(msg, context)
+                )
+            except UpdateRejected as err:
+                self.client_errors.append(f"{node}: {err}")
+                continue
+            reply = self.on_reply(reply)
+            self.replies.append(reply)
+            out.append(reply)
+        return out
+
+    def train_messages(self, record: ConfigRecord) -> list[Message]:
+        content = RecordDict({SECAGG_RECORD_KEY: record})
+        return [Message(content=content, dst_node_id=n, message_type="train") for n in self.vectors]
+
+    def _train(self, msg: Message, context: Context) -> Message:
+        record = msg.content[SECAGG_RECORD_KEY]
+        spec = SecAggVectorSpec.from_config(record)
+        masked = secagg.mask_vector(self.vectors[context.node_id], record, context)
+        info = ConfigRecord(
+            {
+                "stage": "train",
+                "round": record["round"],
+                "nonce": record["nonce"],
+                "node-id": str(context.node_id),
+            }
+        )
+        content = RecordDict(
+            {
+                UPDATE_RECORD_KEY: ConfigRecord({PAYLOAD_FIELD: spec.pack(masked)}),
+                SECAGG_RECORD_KEY: info,
+            }
+        )
+        return Message(content=content, reply_to=msg)

@@ -1,0 +1,134 @@
+"""Secure-aggregation primitives: Shamir sharing, key agreement, sealed shares, masks, vectors."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from wire import UpdateRejected
+from wire.mask import MaskSet
+from wire.secagg import (
+    SHAMIR_PRIME,
+    agree,
+    combine_shares,
+    decrypt,
+    encrypt,
+    mask_stream,
+    modulus_bits,
+    new_private_key,
+    public_key,
+    split_secret,
+)
+from wire.secagg_vector import SecAggVectorSpec, flatten_kept, kept_count, unflatten_kept
+
+
+def _is_probable_prime(n: int) -> bool:
+    d, r = n - 1, 0
+    while d % 2 == 0:
+        d, r = d // 2, r + 1
+    for a in (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37):
+        x = pow(a, d, n)
+        if x in (1, n - 1):
+            continue
+        for _ in range(r - 1):
+            x = x * x % n
+            if x == n - 1:
+                break
+        else:
+            return False
+    return True
+
+
+def test_the_field_is_prime_and_holds_every_32_byte_secret():
+    assert SHAMIR_PRIME > 2**256 and _is_probable_prime(SHAMIR_PRIME)
+
+
+@settings(deadline=None, max_examples=40)
+@given(st.binary(min_size=32, max_size=32), st.integers(1, 12), st.integers(0, 12), st.data())
+def test_any_threshold_subset_rebuilds_the_secret(secret, threshold, extra, data):
+    holders = threshold + extra
+    shares = split_secret(secret, threshold, holders)
+    picked = data.draw(st.permutations(range(holders)))[:threshold]
+    assert combine_shares({i: shares[i] for i in picked}, threshold) == secret
+
+
+def test_fewer_shares_than_the_threshold_do_not_reveal_the_secret():
+    secret = bytes(range(32))
+    shares = split_secret(secret, 3, 5)
+    with pytest.raises(ValueError, match="3 needed"):
+        combine_shares({0: shares[0], 1: shares[1]}, 3)
+    # interpolating two shares as if t were 2 gives an unrelated value (or no 32-byte secret)
+    try:
+        assert combine_shares({0: shares[0], 1: shares[1]}, 2) != secret
+    except UpdateRejected:
+        pass
+
+
+def test_a_corrupt_share_is_refused_not_crashed_on():
+    shares = split_secret(bytes(32), 2, 3)
+    with pytest.raises(UpdateRejected, match="33-byte"):
+        combine_shares({0: shares[0], 1: shares[1][:-1]}, 2)
+    with pytest.raises(UpdateRejected, match="below the field prime"):
+        combine_shares({0: shares[0], 1: b"\xff" * 33}, 2)
+
+
+def test_agreement_is_symmetric_and_purpose_separated():
+    a, b = new_private_key(), new_private_key()
+    assert agree(a, public_key(b), b"x") == agree(b, public_key(a), b"x")
+    assert agree(a, public_key(b), b"x") != agree(a, public_key(b), b"y")
+    with pytest.raises(UpdateRejected, match="32 bytes"):
+        agree(a, b"short", b"x")
+
+
+def test_sealed_shares_reject_tampering_and_other_contexts():
+    key = agree(new_private_key(), public_key(new_private_key()), b"share")
+    sealed = encrypt(key, b"share bytes", b"round 1")
+    assert decrypt(key, sealed, b"round 1") == b"share bytes"
+    flipped = bytearray(sealed)
+    flipped[-1] ^= 1
+    for box, context in ((bytes(flipped), b"round 1"), (sealed, b"round 2"), (sealed[:10], b"")):
+        with pytest.raises(UpdateRejected):
+            decrypt(key, box, context)
+
+
+def test_masks_are_deterministic_per_seed_and_differ_across_seeds():
+    a, b = mask_stream(bytes(32), 1000), mask_stream(bytes(32), 1000)
+    assert a.dtype == np.uint32 and np.array_equal(a, b)
+    assert np.mean(a == mask_stream(b"\x01" + bytes(31), 1000)) < 0.01
+
+
+def test_modulus_fits_the_sum_and_refuses_what_cannot_fit():
+    assert modulus_bits(10, 255) == 12  # 2550 < 4096
+    assert modulus_bits(8, 256 * 255) == 19
+    with pytest.raises(ValueError, match="at most 32"):
+        modulus_bits(10_000, 256 * 65535)
+
+
+def test_quantized_weighted_sum_recovers_the_weighted_mean():
+    spec = SecAggVectorSpec(bits=12, clip=1.0, max_weight=100, clients=50)
+    rng = np.random.default_rng(0)
+    updates = rng.uniform(-0.5, 0.5, size=(50, 400))
+    weights = rng.integers(1, 101, size=50)
+    total = np.zeros(401, dtype=np.uint64)
+    for update, weight in zip(updates, weights, strict=True):
+        vector, clipped = spec.quantize(update.astype(np.float32), int(weight), rng)
+        assert clipped == 0
+        total += vector
+    assert total.max() <= spec.modulus_mask
+    mean, weight = spec.weighted_mean(total.astype(np.uint32))
+    want = (updates * weights[:, None]).sum(0) / weights.sum()
+    assert weight == weights.sum()
+    assert np.abs(mean - want).max() < 4 * (2 / spec.levels)  # unbiased, within a few steps
+    with pytest.raises(UpdateRejected, match="length-mismatch|bytes"):
+        spec.unpack(spec.pack(total.astype(np.uint32))[:-1], 401)
+
+
+def test_kept_coordinates_round_trip_with_pruned_zeros():
+    arrays = {"w": np.arange(12, dtype=np.float32).reshape(3, 4), "b": np.ones(3, np.float32)}
+    masks = MaskSet({"w": np.arange(12).reshape(3, 4) % 3 == 0})
+    flat = flatten_kept(arrays, ["w", "b"], masks)
+    assert flat.tolist() == [0, 3, 6, 9, 1, 1, 1]
+    shapes = {"w": (3, 4), "b": (3,)}
+    assert kept_count(shapes, masks) == 7
+    back = unflatten_kept(flat, shapes, masks)
+    assert np.array_equal(back["w"], masks.apply(arrays)["w"]) and back["b"].tolist() == [1, 1, 1]

@@ -1,0 +1,157 @@
+"""The integer vector a client masks in secure aggregation, and what the server makes of its sum.
+
+An update is clipped to ``[-clip, clip]`` per coordinate and stochastically rounded to ``bits``
+levels on one grid shared by every client (unbiased; Alistarh et al. QSGD 2017), only on the
+coordinates the shared pruning mask keeps. The client's weight ``w`` (its example count, capped
+at ``max_weight``) is folded in before masking: the vector is ``w * q`` followed by ``w``
+itself, so the server learns the weighted sum and the total weight, never a single client's.
+
+Bound: a coordinate of the vector is at most ``max_weight * (2^bits - 1)``, so the sum of
+``N`` vectors is below ``N * max_weight * (2^bits - 1) + 1``, and the modulus ``2^m`` is the
+smallest power of two above it (:func:`wire.secagg.modulus_bits`): the masked sum never wraps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from wire.bitpack import pack_uint, packed_size, unpack_uint
+from wire.errors import RejectReason, UpdateRejected
+from wire.mask import MaskSet
+from wire.secagg import modulus_bits
+
+
+@dataclass(frozen=True)
+class SecAggVectorSpec:
+    """How updates become integers this round (sent by the server with the train message)."""
+
+    bits: int = 8
+    clip: float = 1.0
+    max_weight: int = 256
+    clients: int = 2
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.bits <= 16:
+            raise ValueError(f"secure-aggregation bits must be 1..16, got {self.bits}")
+        if not (np.isfinite(self.clip) and self.clip > 0):
+            raise ValueError(f"secure-aggregation clip must be a positive number, got {self.clip}")
+        if self.max_weight < 1 or self.clients < 1:
+            raise ValueError("max_weight and clients must be >= 1")
+        modulus_bits(self.clients, self.max_weight * self.levels)  # raises if it cannot fit
+
+    @property
+    def levels(self) -> int:
+        return (1 << self.bits) - 1
+
+    @property
+    def modulus_bits(self) -> int:
+        return modulus_bits(self.clients, self.max_weight * self.levels)
+
+    @property
+    def modulus_mask(self) -> int:
+        return (1 << self.modulus_bits) - 1
+
+    def weight_of(self, num_examples: float) -> int:
+        return int(min(max(int(num_examples), 1), self.max_weight))
+
+    def quantize(
+        self, flat: np.ndarray, weight: int, rng: np.random.Generator
+    ) -> tuple[np.ndarray, int]:
+        """``[w * q, w]`` as uint32 and how many coordinates were clipped."""
+        clipped = int(np.count_nonzero(np.abs(flat) > self.clip))
+        scaled = (np.clip(flat.astype(np.float64), -self.clip, self.clip) + self.clip) * (
+            self.levels / (2 * self.clip)
+        )
+        low = np.floor(scaled)
+        q = low + (rng.random(scaled.shape) < (scaled - low))
+        vector = np.empty(flat.size + 1, dtype=np.uint32)
+        vector[:-1] = q.astype(np.uint32) * np.uint32(weight)
+        vector[-1] = weight
+        return vector, clipped
+
+    def weighted_mean(self, total: np.ndarray) -> tuple[np.ndarray, int]:
+        """The weighted mean update (float64) and total weight from the unmasked sum."""
+        weight = int(total[-1])
+        if weight <= 0:
+            raise ValueError("the unmasked total weight is zero: the sum is inconsistent")
+        sums = total[:-1].astype(np.float64)
+        mean = sums * (2 * self.clip / self.levels) / weight - self.clip
+        return mean, weight
+
+    def pack(self, vector: np.ndarray) -> bytes:
+        return pack_uint(vector & np.uint32(self.modulus_mask), self.modulus_bits)
+
+    def unpack(self, payload: bytes, count: int) -> np.ndarray:
+        """The m-bit values of a masked upload of ``count`` coordinates (checked length)."""
+        expected = packed_size(count, self.modulus_bits)
+        if len(payload) != expected:
+            raise UpdateRejected(
+                RejectReason.LENGTH_MISMATCH,
+                f"masked upload is {len(payload)} bytes; {count} values of "
+                f"{self.modulus_bits} bits are {expected}",
+            )
+        return unpack_uint(payload, self.modulus_bits, count).astype(np.uint32)
+
+    def as_config(self) -> dict[str, int | float]:
+        return {
+            "bits": self.bits,
+            "clip": self.clip,
+            "max-weight": self.max_weight,
+            "clients": self.clients,
+        }
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, object]) -> SecAggVectorSpec:
+        return cls(
+            bits=int(config["bits"]),  # type: ignore[arg-type]
+            clip=float(config["clip"]),  # type: ignore[arg-type]
+            max_weight=int(config["max-weight"]),  # type: ignore[arg-type]
+            clients=int(config["clients"]),  # type: ignore[arg-type]
+        )
+
+
+def flatten_kept(
+    arrays: Mapping[str, np.ndarray], names: Sequence[str], masks: MaskSet | None
+) -> np.ndarray:
+    """The kept coordinates of ``names`` (all of a tensor the mask does not cover), in order."""
+    parts = []
+    for name in names:
+        values = np.asarray(arrays[name]).ravel()
+        if masks is not None and name in masks.masks:
+            values = values[masks.masks[name].ravel()]
+        parts.append(values)
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+
+
+def kept_count(shapes: Mapping[str, tuple[int, ...]], masks: MaskSet | None) -> int:
+    total = 0
+    for name, shape in shapes.items():
+        if masks is not None and name in masks.masks:
+            total += int(masks.masks[name].sum())
+        else:
+            total += int(np.prod(shape, dtype=np.int64))
+    return total
+
+
+def unflatten_kept(
+    flat: np.ndarray, shapes: Mapping[str, tuple[int, ...]], masks: MaskSet | None
+) -> dict[str, np.ndarray]:
+    """Inverse of :func:`flatten_kept`: pruned coordinates come back as exact zeros."""
+    out: dict[str, np.ndarray] = {}
+    offset = 0
+    for name, shape in shapes.items():
+        size = int(np.prod(shape, dtype=np.int64))
+        if masks is not None and name in masks.masks:
+            keep = masks.masks[name].ravel()
+            dense = np.zeros(size, dtype=np.float32)
+            count = int(keep.sum())
+            dense[keep] = flat[offset : offset + count]
+        else:
+            count = size
+            dense = flat[offset : offset + count].astype(np.float32)
+        out[name] = dense.reshape(shape)
+        offset += count
+    return out
