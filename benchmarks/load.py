@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -87,6 +88,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per run")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
+    # a TERM (timeout, kill) unwinds through ``finally`` so the SuperNodes are stopped too
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     with tempfile.TemporaryDirectory(prefix="pollen-load-") as tmp:
         work = Path(tmp)

@@ -168,7 +168,7 @@ def simulate(
     secure_agg: bool = typer.Option(
         False, help="SecAgg+: the server learns only the sum of the (quantized) updates."
     ),
-    secagg_degree: int = typer.Option(0, help="Neighbours per client (0: ~2 log2 N)."),
+    secagg_degree: int = typer.Option(0, help="Neighbours (0: up to 24, 3 log2 N above)."),
     secagg_threshold: int = typer.Option(0, help="Shares to rebuild a secret (0: degree/2+1)."),
     secagg_bits: int = typer.Option(8, help="Secure-aggregation quantization bits (1-16)."),
     secagg_clip: float = typer.Option(1.0, help="Clip update coordinates to [-clip, clip]."),

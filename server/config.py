@@ -84,7 +84,7 @@ class RunSettings:
     freeze: str = ""  # comma-separated parameter-name prefixes not trained nor sent
     # ---- secure aggregation (SecAgg+; see strategies.secagg, client_sdk.secagg)
     secure_agg: bool = False
-    secagg_degree: int = 0  # neighbours per client; 0: ~2 log2(N)
+    secagg_degree: int = 0  # neighbours per client; 0: min(N-1, max(24, 3 log2 N))
     secagg_threshold: int = 0  # shares needed to rebuild a secret; 0: half the degree + 1
     secagg_bits: int = 8  # quantization levels 2^bits - 1 on one shared grid
     secagg_clip: float = 1.0  # each update coordinate is clipped to [-clip, clip]

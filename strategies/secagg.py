@@ -49,7 +49,9 @@ class SecAggFailed(RuntimeError):
 
 @dataclass(frozen=True)
 class SecAggSettings:
-    """``degree`` 0 picks ~2 log2(N) neighbours (Bell et al.); ``threshold`` 0 a majority + 1."""
+    """``degree`` 0: every other client up to 24, else 3 log2(N) neighbours (O(log N) as in
+    Bell et al.; small federations get a complete graph, which survives 30% dropouts);
+    ``threshold`` 0: half the degree + 1."""
 
     degree: int = 0
     threshold: int = 0
@@ -67,7 +69,7 @@ class SecAggSettings:
         most = clients - 1
         degree = self.degree
         if not degree:
-            degree = max(4, 2 * math.ceil(math.log2(max(clients, 2))))
+            degree = max(24, 3 * math.ceil(math.log2(max(clients, 2))))
             if self.threshold:
                 degree = min(max(degree, self.threshold), 2 * self.threshold - 1)
         degree = min(degree, most)

@@ -25,6 +25,17 @@ def _wait_for_round(out: Path, server_round: int, timeout_s: float) -> None:
         time.sleep(0.2)
 
 
+def _print_rounds(what: str, rows: dict[int, dict]) -> None:
+    print(f"\n{what}:")
+    for n, r in sorted(rows.items()):
+        if n:
+            print(
+                f"  round {n}: accepted {r['accepted_updates']}, dropped {r['dropped_clients']}, "
+                f"failed {r['failed_clients']}, wall {r['round_wall_s']:.1f} s, "
+                f"accuracy {r['accuracy']:.4f}"
+            )
+
+
 def test_a_killed_supernode_does_not_stop_the_federation(tmp_path):
     deployment = LocalDeployment(tmp_path, num_nodes=4)
     out = tmp_path / "run-out"
@@ -44,6 +55,7 @@ def test_a_killed_supernode_does_not_stop_the_federation(tmp_path):
         deployment.stop()
 
     rows = {r["round"]: r for r in _rows(out)}
+    _print_rounds("killed node 3 after round 1", rows)
     assert sorted(rows) == [0, 1, 2, 3]
     assert rows[1]["accepted_updates"] == 4
     # the dead node: sampled in round 2, no update from it, the others aggregated
@@ -77,6 +89,7 @@ def test_a_frozen_supernode_is_cut_at_the_round_deadline(tmp_path):
         deployment.stop()
 
     rows = {r["round"]: r for r in _rows(out)}
+    _print_rounds(f"froze node 3 in round 2 (round-timeout {timeout_s} s)", rows)
     assert sorted(rows) == [0, 1, 2, 3]
     assert rows[1]["accepted_updates"] == 4
     assert rows[2]["accepted_updates"] == 3

@@ -57,7 +57,7 @@ def test_unmasked_sum_equals_the_plain_sum_bit_for_bit(degree):
     assert stats.accepted == 10 and not stats.rejected and not grid.client_errors
 
 
-@pytest.mark.parametrize("degree", [0, 8, 9])  # 0: 8 neighbours, threshold 5 for N = 10
+@pytest.mark.parametrize("degree", [0, 8, 9])  # 0: the complete graph for N = 10
 def test_bit_for_bit_when_30_percent_drop_after_sharing_keys(degree):
     vectors = _vectors(10, SPEC, seed=1)
     grid = SecAggGrid(vectors)
@@ -185,3 +185,11 @@ def test_harary_graph_is_regular_and_symmetric():
         graph = harary_neighbours(nodes, degree, np.random.default_rng(0))
         assert all(len(v) == degree for v in graph.values())
         assert all(a in graph[b] for a in graph for b in graph[a])
+
+
+def test_default_graph_sizes():
+    assert SecAggSettings().graph(10) == (9, 5)  # small: complete graph
+    assert SecAggSettings().graph(1000) == (30, 16)  # 3 log2 N neighbours
+    assert SecAggSettings(threshold=2).graph(4) == (3, 2)  # degree kept in [t, 2t - 1]
+    with pytest.raises(ValueError, match="above half the degree"):
+        SecAggSettings(degree=8, threshold=3).graph(20)
