@@ -109,22 +109,9 @@ def pollen_app(update: np.ndarray, weights: dict[int, int]):
                 {UPDATE_RECORD_KEY: ConfigRecord({PAYLOAD_FIELD: payload}), "metrics": metrics}
             )
             return Message(content=content, reply_to=msg)
-        record = msg.content[SECAGG_RECORD_KEY]
-        spec = SecAggVectorSpec.from_config(record)
+        spec = SecAggVectorSpec.from_config(msg.content[SECAGG_RECORD_KEY])
         vector, _ = spec.quantize(update, weights[context.node_id], rng)
-        payload = spec.pack(secagg.mask_vector(vector, record, context))
-        info = ConfigRecord(
-            {
-                "stage": "train",
-                "round": record["round"],
-                "nonce": record["nonce"],
-                "node-id": str(context.node_id),
-            }
-        )
-        content = RecordDict(
-            {UPDATE_RECORD_KEY: ConfigRecord({PAYLOAD_FIELD: payload}), SECAGG_RECORD_KEY: info}
-        )
-        return Message(content=content, reply_to=msg)
+        return secagg.masked_reply(msg, context, vector)
 
     return app
 

@@ -15,7 +15,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from client_sdk.feedback import encode_with_feedback, residual_norm
-from client_sdk.secagg import mask_vector
+from client_sdk.secagg import masked_reply
 from client_sdk.task import Task, TaskConfigError
 from client_sdk.training import LocalSchedule, TrainStats
 from client_sdk.weights import model_arrays, tensor_specs
@@ -29,7 +29,7 @@ from wire import (
     MaskSet,
     decode_update,
 )
-from wire.secagg_protocol import SECAGG_RECORD_KEY, STAGE_MASKED
+from wire.secagg_protocol import SECAGG_RECORD_KEY
 from wire.secagg_vector import SecAggVectorSpec, flatten_kept
 
 # a fixed Task, or a resolver from the task name the server sends in its config
@@ -222,34 +222,15 @@ def secure_reply(
             "secure aggregation sums one shared grid of integers: it cannot be combined with "
             "top-k sparsification or error feedback"
         )
-    record = msg.content[SECAGG_RECORD_KEY]
-    spec = SecAggVectorSpec.from_config(record)
+    spec = SecAggVectorSpec.from_config(msg.content[SECAGG_RECORD_KEY])
     flat = flatten_kept(delta, list(delta), plan.masks)
     rng = np.random.default_rng(plan.seed_for(partition_id_of(context)))
     vector, clipped = spec.quantize(flat, spec.weight_of(stats.num_examples), rng)
-    payload = spec.pack(mask_vector(vector, record, context))
     metrics = MetricRecord(
         {
             "train-loss": stats.mean_loss,
             "partition-id": partition_id_of(context),
-            "upload-bytes": len(payload),
             "clipped-fraction": clipped / max(flat.size, 1),
         }
     )
-    info = ConfigRecord(
-        {
-            "stage": STAGE_MASKED,
-            "round": record["round"],
-            "nonce": record["nonce"],
-            "node-id": str(context.node_id),
-            "count": int(vector.size),
-        }
-    )
-    content = RecordDict(
-        {
-            UPDATE_RECORD_KEY: ConfigRecord({PAYLOAD_FIELD: payload}),
-            SECAGG_RECORD_KEY: info,
-            "metrics": metrics,
-        }
-    )
-    return Message(content=content, reply_to=msg)
+    return masked_reply(msg, context, vector, metrics)

@@ -22,9 +22,9 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from wire import RejectReason, UpdateRejected
+from wire import PAYLOAD_FIELD, UPDATE_RECORD_KEY, RejectReason, UpdateRejected
 from wire.secagg import (
     KEY_BYTES,
     SHARE_BYTES,
@@ -42,11 +42,13 @@ from wire.secagg_protocol import (
     SEALED_SHARE_BYTES,
     SECAGG_RECORD_KEY,
     SHARE_PURPOSE,
+    STAGE_MASKED,
     chunks,
     ids_bytes,
     node_ids,
     share_context,
 )
+from wire.secagg_vector import SecAggVectorSpec
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +169,31 @@ def mask_vector(vector: np.ndarray, record: ConfigRecord, context: Context) -> n
         masked = masked + stream if me < j else masked - stream
     state.update({"stage": "masked", "alive": ids_bytes(sorted(alive))})
     return masked
+
+
+def masked_reply(
+    msg: Message, context: Context, vector: np.ndarray, metrics: MetricRecord | None = None
+) -> Message:
+    """Stage 3's reply to the train message: ``vector`` masked and packed to m bits."""
+    record = msg.content[SECAGG_RECORD_KEY]
+    spec = SecAggVectorSpec.from_config(record)
+    payload = spec.pack(mask_vector(vector, record, context))
+    info = ConfigRecord(
+        {
+            "stage": STAGE_MASKED,
+            "round": record["round"],
+            "nonce": record["nonce"],
+            "node-id": str(context.node_id),
+            "count": int(vector.size),
+        }
+    )
+    content = RecordDict(
+        {UPDATE_RECORD_KEY: ConfigRecord({PAYLOAD_FIELD: payload}), SECAGG_RECORD_KEY: info}
+    )
+    if metrics is not None:
+        metrics["upload-bytes"] = len(payload)
+        content["metrics"] = metrics
+    return Message(content=content, reply_to=msg)
 
 
 def unmask(msg: Message, context: Context) -> Message:

@@ -14,9 +14,8 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from client_sdk import secagg
-from wire import PAYLOAD_FIELD, UPDATE_RECORD_KEY, UpdateRejected
+from wire import UpdateRejected
 from wire.secagg_protocol import SECAGG_RECORD_KEY, STAGE_KEYS, STAGE_SHARES, STAGE_UNMASK
-from wire.secagg_vector import SecAggVectorSpec
 
 HANDLERS = {
     STAGE_KEYS: secagg.advertise_keys,
@@ -67,21 +66,4 @@ class SecAggGrid:
         return [Message(content=content, dst_node_id=n, message_type="train") for n in self.vectors]
 
     def _train(self, msg: Message, context: Context) -> Message:
-        record = msg.content[SECAGG_RECORD_KEY]
-        spec = SecAggVectorSpec.from_config(record)
-        masked = secagg.mask_vector(self.vectors[context.node_id], record, context)
-        info = ConfigRecord(
-            {
-                "stage": "train",
-                "round": record["round"],
-                "nonce": record["nonce"],
-                "node-id": str(context.node_id),
-            }
-        )
-        content = RecordDict(
-            {
-                UPDATE_RECORD_KEY: ConfigRecord({PAYLOAD_FIELD: spec.pack(masked)}),
-                SECAGG_RECORD_KEY: info,
-            }
-        )
-        return Message(content=content, reply_to=msg)
+        return secagg.masked_reply(msg, context, self.vectors[context.node_id])
