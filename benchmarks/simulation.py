@@ -80,7 +80,7 @@ def pollen(
         "clients_per_batch": summary.get("clients_per_batch"),
         "device": summary.get("device", "cpu"),
         # batched engine, totals over all rounds: training, replies, data
-        **{k: summary.get(k) for k in ("train_s", "reply_s", "data_s", "channels_last")},
+        **{k: summary.get(k) for k in ("train_s", "reply_s", "data_s", "layout")},
     }
 
 
@@ -131,7 +131,7 @@ def main() -> None:
                 + (f" | peak {peak / 2**30:.2f} GiB ({row['peak_memory_kind']})" if peak else "")
                 + (
                     f" | totals: train {row['train_s']}s, replies {row['reply_s']}s, "
-                    f"data {row['data_s']}s, channels-last {row['channels_last']}"
+                    f"data {row['data_s']}s, layout {row['layout']}"
                     if row.get("train_s") is not None
                     else ""
                 ),

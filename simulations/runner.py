@@ -179,7 +179,7 @@ def _run_batched(server_app, settings: SimulationSettings) -> dict[str, Any]:
         "train_s": round(stats.train_seconds, 3),
         "reply_s": round(stats.reply_seconds, 3),
         "data_s": round(stats.data_seconds, 3),
-        "channels_last": stats.channels_last,
+        "layout": stats.layout,
     }
 
 

@@ -12,7 +12,6 @@ on a device (:func:`client_sdk.rounds.upload_reply`), so the server cannot tell 
 from __future__ import annotations
 
 import logging
-import os
 import time
 import uuid
 from collections.abc import Iterable
@@ -40,8 +39,8 @@ from simulations.batched.training import (
     ClientBatch,
     NotVectorizable,
     TrainedChunk,
-    channels_last_layout,
     check_sample_mean_loss,
+    default_layout,
     flat_deltas,
     pick_layout,
     stack_clients,
@@ -64,12 +63,8 @@ class EngineStats:
     train_seconds: float = 0.0  # vmapped local training, device synchronised
     reply_seconds: float = 0.0  # deltas to host, encoding, reply Messages
     data_seconds: float = 0.0  # client data: generation (first use), padding, upload to device
-    channels_last: bool | None = None
+    layout: str = ""  # grouped | channels-last | packed (training.LAYOUTS)
     chunk_sizes: list[int] = field(default_factory=list)
-
-
-def _layout_forced() -> bool:
-    return os.environ.get("POLLEN_CHANNELS_LAST", "") in ("0", "1")
 
 
 def _error_reply(msg: Message, err: BaseException) -> Message:
@@ -246,6 +241,10 @@ class BatchedGrid(Grid):
         self.memory.estimate(
             plan.task.build_model(seed=0), first.x_train, plan.schedule.batch_size, n_max
         )
+        # partition order, so that a chunk of the same clients finds its data cached on device
+        ready = sorted(
+            ready, key=lambda item: partition_id_of(self._contexts[item[0].metadata.dst_node_id])
+        )
         done = 0
         while done < len(ready):
             k = self.memory.clients_per_chunk(len(ready) - done)
@@ -270,27 +269,35 @@ class BatchedGrid(Grid):
         seeds = [plan.seed_for(partition_id_of(c)) for c in contexts]
         before = self.memory.start_chunk()
         data_started = time.perf_counter()
+        self.stats.layout = self.stats.layout or default_layout(self.device)
         batch = self._device_batch(
             plan, [partition_id_of(c) for c in contexts], [d for _, d in chunk]
         )
         self.stats.data_seconds += time.perf_counter() - data_started
         try:
-            if self.stats.channels_last is None:
-                self.stats.channels_last = (
-                    pick_layout(plan, batch, seeds, self.device)
-                    if self.device.type == "cuda" and batch.x.dim() == 5 and not _layout_forced()
-                    else channels_last_layout(self.device)
+            if not self.stats.layout:  # CUDA: measured once per run
+                images = batch.x.dim() == 5
+                self.stats.layout = (
+                    pick_layout(plan, batch, seeds, self.device) if images else "grouped"
                 )
             started = time.perf_counter()
-            trained = train_clients(
-                plan, batch, seeds, self.device, channels_last=self.stats.channels_last
-            )
+            trained = train_clients(plan, batch, seeds, self.device, layout=self.stats.layout)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             self.stats.train_seconds += time.perf_counter() - started
         except (RuntimeError, TypeError, ValueError) as err:
             if isinstance(err, torch.cuda.OutOfMemoryError):
                 raise
+            if self.stats.layout == "packed":  # e.g. a model that .view()s its activations
+                log.warning(
+                    "batched engine: the packed kernels could not run the Task (%s: %s); "
+                    "using vmap's own batching rules",
+                    type(err).__name__,
+                    err,
+                )
+                self.stats.layout = "grouped"
+                self._train_chunk(plan, chunk)
+                return
             raise NotVectorizable(
                 f"vmap could not run the Task: {type(err).__name__}: {err}"
             ) from err
@@ -351,10 +358,11 @@ class BatchedGrid(Grid):
     def _device_batch(
         self, plan: RoundPlan, pids: list[int], data: list[ClientData]
     ) -> ClientBatch:
-        key = self._data_key(plan) + tuple(pids)
+        channels_last = self.stats.layout == "packed"
+        key = (*self._data_key(plan), channels_last, *pids)
         if key in self._batch_cache:
             return self._batch_cache[key]
-        batch = stack_clients(data, self.device)
+        batch = stack_clients(data, self.device, channels_last=channels_last)
         budget = self._cache_budget
         if budget is None:
             budget = int(

@@ -9,11 +9,13 @@ steps are laid out first to last, so at global step s the clients still training
 those with more than s steps: all of them have taken s steps, and one ``torch.optim`` optimizer
 over the stacked ``[K, ...]`` parameters keeps exact per-client SGD-momentum or AdamW state
 (both are elementwise; AdamW's shared step count equals every active client's). A client's
-parameters are saved when its last step is done.
+parameters are saved when its last step is done. Image models run in one of three activation
+layouts (:data:`LAYOUTS`); the packed one swaps in Pollen's conv/pool kernels (:mod:`.packed`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -28,6 +30,7 @@ from client_sdk.local_model import FakeQuantInt8
 from client_sdk.rounds import RoundPlan
 from client_sdk.task import ClientData, Task
 from client_sdk.training import TrainStats
+from simulations.batched.packed import PackedKernels
 from wire import TensorSpec
 
 
@@ -64,18 +67,29 @@ class TrainedChunk:
         ]
 
 
-def stack_clients(data: list[ClientData], device: torch.device) -> ClientBatch:
-    """Pad every client's train split to the largest one and move the stack to ``device``."""
+def stack_clients(
+    data: list[ClientData], device: torch.device, *, channels_last: bool = False
+) -> ClientBatch:
+    """Pad every client's train split to the largest one and move the stack to ``device``.
+
+    ``channels_last`` stores [K, n, C, H, W] images as [K, n, H, W, C] in memory (the logical
+    shape is unchanged), which the packed kernels gather into their layout 6x faster.
+    """
     sizes = np.array([len(d.y_train) for d in data], dtype=np.int64)
     if sizes.min() < 1:
         raise NotVectorizable("a client has no training examples")
     first = np.asarray(data[0].x_train, dtype=np.float32)
-    x = np.zeros((len(data), int(sizes.max()), *first.shape[1:]), dtype=np.float32)
+    image = channels_last and first.ndim == 4
+    shape = (*first.shape[:1], *first.shape[2:], first.shape[1]) if image else first.shape
+    x = np.zeros((len(data), int(sizes.max()), *shape[1:]), dtype=np.float32)
     y = np.zeros((len(data), int(sizes.max())), dtype=np.int64)
     for k, d in enumerate(data):
-        x[k, : sizes[k]] = d.x_train
+        x[k, : sizes[k]] = np.moveaxis(d.x_train, 1, -1) if image else d.x_train
         y[k, : sizes[k]] = d.y_train
-    return ClientBatch(torch.from_numpy(x).to(device), torch.from_numpy(y).to(device), sizes)
+    x_t = torch.from_numpy(x).to(device)
+    return ClientBatch(
+        x_t.permute(0, 1, 4, 2, 3) if image else x_t, torch.from_numpy(y).to(device), sizes
+    )
 
 
 def vectorization_blocker(task: Task) -> str | None:
@@ -127,17 +141,25 @@ def _batch_schedule(
     return index, weight, steps
 
 
-def channels_last_layout(device: torch.device) -> bool:
-    """Lay image minibatches out channels-last for vmap's grouped convolution (CPU default).
+# How K clients' image activations are laid out for the vmapped model (see :func:`pick_layout`):
+# "grouped": vmap's own batching rules (one grouped convolution per layer, NCHW);
+# "channels-last": the same rules on channels-last minibatches (what cuDNN often prefers);
+# "packed": Pollen's packed kernels (:mod:`.packed`), channels-last from layer to layer.
+LAYOUTS = ("grouped", "channels-last", "packed")
 
-    vmap runs K clients' convolutions as one grouped convolution over [B, K*C, H, W]; oneDNN
-    is about 3x faster on this when the memory is channels-last (measured in
-    benchmarks/simulation.py's notes). ``POLLEN_CHANNELS_LAST=0/1`` overrides the default.
+
+def default_layout(device: torch.device) -> str:
+    """``POLLEN_LAYOUT`` if set, else "packed" on CPU and "" on CUDA (measured by pick_layout).
+
+    On the 2-core CPU, one round of 50 tutorial-CNN clients (5 steps of 10 images) trained in
+    0.29 s packed, 0.43 s grouped and 0.51 s channels-last (benchmarks/README.md).
     """
-    override = os.environ.get("POLLEN_CHANNELS_LAST", "")
-    if override in ("0", "1"):
-        return override == "1"
-    return device.type == "cpu"
+    override = os.environ.get("POLLEN_LAYOUT", "")
+    if override:
+        if override not in LAYOUTS:
+            raise ValueError(f"POLLEN_LAYOUT={override!r}: use one of {', '.join(LAYOUTS)}")
+        return override
+    return "packed" if device.type == "cpu" else ""
 
 
 def _images_channels_last(xb: torch.Tensor) -> torch.Tensor:
@@ -151,7 +173,7 @@ def train_clients(
     seeds: list[int],
     device: torch.device,
     *,
-    channels_last: bool | None = None,
+    layout: str = "",
 ) -> TrainedChunk:
     """Train K clients from ``plan.global_arrays`` at once; one result per client, in order."""
     task, schedule = plan.task, plan.schedule
@@ -199,15 +221,19 @@ def train_clients(
     active = torch.from_numpy(steps).to(device)
     rows = torch.arange(k, device=device).unsqueeze(1)
     finals = {n: torch.empty_like(p) for n, p in params.items()}
-    if channels_last is None:
-        channels_last = channels_last_layout(device)
-    relayout = batch.x.dim() == 5 and channels_last
+    layout = layout or default_layout(device) or "grouped"
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    relayout = batch.x.dim() == 5 and layout == "channels-last"
+    packed = batch.x.dim() == 5 and layout == "packed"
+    kernels = PackedKernels() if packed else contextlib.nullcontext()
     loss_sum = torch.zeros(k, dtype=torch.float64, device=device)
     for s in range(index.shape[0]):
         xb, yb = batch.x[rows, index_t[s]], batch.y[rows, index_t[s]]
         if relayout:
             xb = _images_channels_last(xb)
-        grads, losses = step(params, xb, yb, weight_t[s])
+        with kernels:
+            grads, losses = step(params, xb, yb, weight_t[s])
         for n, p in params.items():
             p.grad = grads[n]
         optimizer.step()
@@ -252,24 +278,33 @@ def flat_deltas(
     return torch.cat(columns, dim=1).cpu().numpy(), specs
 
 
-def pick_layout(
-    plan: RoundPlan, batch: ClientBatch, seeds: list[int], device: torch.device
-) -> bool:
-    """Time a few hundred clients in both image layouts on ``device``; True if channels-last wins.
+def pick_layout(plan: RoundPlan, batch: ClientBatch, seeds: list[int], device: torch.device) -> str:
+    """Time a few hundred clients in every layout on ``device``; return the fastest.
 
-    cuDNN's speed for vmap's grouped convolutions depends on the memory layout and the GPU,
-    so the engine measures instead of guessing (once per run; both layouts give the same
-    convolution up to float rounding).
+    cuDNN's (or oneDNN's) speed for vmap's grouped convolutions depends on the memory layout
+    and the device, so the engine measures instead of guessing (once per run; every layout
+    gives the same training up to float rounding).
     """
     k = min(len(seeds), 256)
     part = ClientBatch(batch.x[:k], batch.y[:k], batch.sizes[:k])
-    times = {}
-    for layout in (False, True, False, True):  # the first pass of each warms up
+    times: dict[str, float] = {}
+    failed: dict[str, Exception] = {}
+    for layout in LAYOUTS + LAYOUTS:  # the first pass of each warms up
+        if layout in failed:
+            continue
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         started = time.perf_counter()
-        train_clients(plan, part, seeds[:k], device, channels_last=layout)
+        try:
+            train_clients(plan, part, seeds[:k], device, layout=layout)
+        except (RuntimeError, TypeError, ValueError) as err:  # e.g. a model that .view()s
+            if isinstance(err, torch.cuda.OutOfMemoryError):
+                raise
+            failed[layout] = err
+            continue
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         times[layout] = time.perf_counter() - started
-    return times[True] < times[False]
+    if not times:
+        raise failed["grouped"]
+    return min(times, key=times.__getitem__)

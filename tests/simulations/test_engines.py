@@ -7,6 +7,8 @@ from server import MODEL_FILE, RunSettings, read_metrics
 from simulations.runner import SimulationSettings, simulate
 
 CASES = {
+    # image task: the batched engine's packed conv/pool kernels (the CPU default)
+    "tutorial-cnn-packed-kernels": {"task": "tutorial-cnn:12", "partition": "natural"},
     # uncompressed updates take the vectorized encoder; unequal Dirichlet partitions
     "fedavg-half-sampled": {"partition": "dirichlet:0.5", "fraction_train": 0.5},
     # compressed updates with error feedback take the SDK encoder per client
@@ -43,6 +45,8 @@ def test_batched_engine_matches_flowers_engine_after_three_rounds(case, tmp_path
     worst = max(float(np.abs(reference[k] - batched[k]).max()) for k in reference)
     assert worst <= 1e-4, worst
     assert summary["engine"] == "batched" and summary["looped_client_updates"] == 0
+    if run.get("task", "").startswith("tutorial-cnn"):
+        assert summary["layout"] == "packed"
     sampled = sum(r["sampled_clients"] for r in rows[1:])
     assert (
         summary["vectorized_client_updates"]

@@ -119,3 +119,39 @@ def test_node_ids_are_reproducible_from_the_seed(nodes):
     assert list(_grid(nodes=nodes, seed=5).get_node_ids()) == list(
         _grid(nodes=nodes, seed=5).get_node_ids()
     )
+
+
+class _ViewingCNN(nn.Module):
+    """A CNN that ``.view()``s its activations, which the packed layout cannot give it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 5)
+        self.fc = nn.Linear(4 * 14 * 14, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = nn.functional.max_pool2d(torch.relu(self.conv(x)), 2)
+        return self.fc(h.view(h.shape[0], -1))
+
+
+def test_image_tasks_train_packed_and_a_model_the_kernels_cannot_run_uses_vmaps_rules(caplog):
+    cnn = get_task("tutorial-cnn:6")
+    config = {"task": "tutorial-cnn:6", "partition": "natural"}
+    grid = _grid(task=cnn)
+    replies = list(grid.send_and_receive(_train_messages(grid, cnn, config)))
+    assert not any(r.has_error() for r in replies) and grid.stats.layout == "packed"
+
+    viewing = dataclasses.replace(cnn, model_fn=_ViewingCNN)
+    grid = _grid(task=viewing)
+    with caplog.at_level(logging.WARNING):
+        replies = list(grid.send_and_receive(_train_messages(grid, viewing, config)))
+    assert len(replies) == 4 and not any(r.has_error() for r in replies)
+    assert grid.stats.layout == "grouped" and "view size" in caplog.text
+    assert grid.stats.vectorized_clients == 4 and grid.stats.looped_clients == 0
+
+
+def test_a_layout_override_that_names_no_layout_is_refused(monkeypatch):
+    monkeypatch.setenv("POLLEN_LAYOUT", "diagonal")
+    grid = _grid()
+    with pytest.raises(ValueError, match="POLLEN_LAYOUT='diagonal': use one of grouped"):
+        list(grid.send_and_receive(_train_messages(grid, get_task("digits"))))

@@ -1,0 +1,283 @@
+"""Per-client conv2d and max_pool2d under vmap, K clients packed channels-last (CPU kernels).
+
+vmap's own batching rules run K clients' ``conv2d`` as one grouped convolution but hand
+``max_pool2d`` a ``[K*B, C, H, W]`` tensor: every pooling layer then copies the activations
+out of the grouped layout and back, and pools 6 or 16 channels at a time, which oneDNN and
+ATen's CPU kernels do slowly. Here the activations of a vmapped model stay packed as one
+``[B, K*C, H, W]`` channels-last tensor from convolution to pooling to convolution (ReLU and
+other elementwise ops keep the strides), so both run vectorized over K*C channels. The weight
+gradient of a convolution with few input channels per group (an RGB stem) runs client by
+client, where oneDNN's grouped kernel is about 2x slower than K small ones (benchmarks/README.md,
+"Simulation engines"). Each kernel is an ``autograd.Function`` with a ``vmap`` rule
+(torch.func's extension point); :class:`PackedKernels`, a ``TorchFunctionMode``, routes a
+model's ``conv2d``/``max_pool2d`` calls to them while the engine trains. Values equal vmap's
+grouped convolution up to float rounding. Written by hand: torch ships no such batching rules.
+A model that ``.view()``s a packed activation fails here; the engine then retries the round
+with vmap's own rules (simulations/batched/grid.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+aten = torch.ops.aten
+
+# Weight gradients of convolutions with at most this many input channels per group run one
+# client at a time (measured on the 2-core CPU: 3->6 channels, 32x32: 10 ms loop vs 21 ms
+# grouped for 50 clients x 10 images; 6->16 channels: grouped wins).
+LOOP_WEIGHT_GRAD_MAX_CHANNELS = 4
+
+
+def _pair(value: int | Sequence[int]) -> list[int]:
+    return [int(value), int(value)] if isinstance(value, int) else [int(v) for v in value]
+
+
+def _batched(t: torch.Tensor, dim: int | None, k: int) -> torch.Tensor:
+    """``t`` with its client dimension first (expanded when it has none)."""
+    return t.movedim(dim, 0) if dim is not None else t.expand(k, *t.shape)
+
+
+def _pack(t: torch.Tensor, dim: int | None, k: int) -> torch.Tensor:
+    """[B, K*C, H, W] channels-last from a per-client [B, C, H, W] batched along ``dim``.
+
+    A view when ``t`` already lies packed (the output of another packed kernel), else a copy.
+    """
+    if dim is None:
+        t = t.unsqueeze(1).expand(t.shape[0], k, *t.shape[1:])
+    else:
+        t = t.movedim(dim, 1)
+    b, _, c, h, w = t.shape
+    return t.permute(0, 3, 4, 1, 2).reshape(b, h, w, k * c).permute(0, 3, 1, 2)
+
+
+def _unpack(t: torch.Tensor, k: int) -> torch.Tensor:
+    """[B, K, C, H, W] view of a packed channels-last [B, K*C, H, W] (client dimension 1)."""
+    b, kc, h, w = t.shape
+    return t.permute(0, 2, 3, 1).reshape(b, h, w, k, kc // k).permute(0, 3, 4, 1, 2)
+
+
+def _weights(w: torch.Tensor, dim: int | None, k: int) -> torch.Tensor:
+    """[K*O, C/g, kh, kw] grouped weight from per-client [O, C/g, kh, kw] weights."""
+    w = _batched(w, dim, k)
+    return w.reshape(k * w.shape[1], *w.shape[2:])
+
+
+class _ConvConfig:
+    __slots__ = ("stride", "padding", "dilation", "groups")
+
+    def __init__(self, stride, padding, dilation, groups) -> None:
+        self.stride, self.padding = _pair(stride), _pair(padding)
+        self.dilation, self.groups = _pair(dilation), int(groups)
+
+    def backward(self, gout, x, w, mask, groups=None):
+        return aten.convolution_backward(
+            gout, x, w, None, self.stride, self.padding, self.dilation, False, [0, 0],
+            self.groups if groups is None else groups, mask,
+        )  # fmt: skip
+
+
+class _ConvInputGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(gout, x, w, conf):
+        return conf.backward(gout, x, w, (True, False, False))[0]
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("packed convolution kernels support first-order gradients only")
+
+    @staticmethod
+    def vmap(info, in_dims, gout, x, w, conf):
+        k = info.batch_size
+        gx = conf.backward(
+            _pack(gout, in_dims[0], k),
+            _pack(x, in_dims[1], k),
+            _weights(w, in_dims[2], k),
+            (True, False, False),
+            groups=conf.groups * k,
+        )[0]
+        return _unpack(gx, k), 1
+
+
+class _ConvWeightGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(gout, x, w, conf):
+        return conf.backward(gout, x, w, (False, True, False))[1]
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("packed convolution kernels support first-order gradients only")
+
+    @staticmethod
+    def vmap(info, in_dims, gout, x, w, conf):
+        k = info.batch_size
+        if w.device.type == "cpu" and w.shape[-3] <= LOOP_WEIGHT_GRAD_MAX_CHANNELS:
+            tensors = zip((gout, x, w), in_dims[:3], strict=True)
+            gouts, xs, ws = (_batched(t, d, k) for t, d in tensors)
+            mask = (False, True, False)
+            grads = [conf.backward(gouts[i], xs[i], ws[i], mask)[1] for i in range(k)]
+            return torch.stack(grads), 0
+        gw = conf.backward(
+            _pack(gout, in_dims[0], k),
+            _pack(x, in_dims[1], k),
+            _weights(w, in_dims[2], k),
+            (False, True, False),
+            groups=conf.groups * k,
+        )[1]
+        return gw.view(k, -1, *gw.shape[1:]), 0
+
+
+class PackedConv2d(torch.autograd.Function):
+    """``F.conv2d`` of one client's [B, C, H, W] batch; batched over clients, packed."""
+
+    @staticmethod
+    def forward(x, w, b, conf):
+        return F.conv2d(x, w, b, conf.stride, conf.padding, conf.dilation, conf.groups)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, w, b, conf = inputs
+        ctx.save_for_backward(x, w)
+        ctx.conf, ctx.has_bias = conf, b is not None
+
+    @staticmethod
+    def backward(ctx, gout):
+        x, w = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        gx = _ConvInputGrad.apply(gout, x, w, ctx.conf) if needs[0] else None
+        gw = _ConvWeightGrad.apply(gout, x, w, ctx.conf) if needs[1] else None
+        gb = gout.sum(dim=(0, 2, 3)) if ctx.has_bias and needs[2] else None
+        return gx, gw, gb, None
+
+    @staticmethod
+    def vmap(info, in_dims, x, w, b, conf):
+        k = info.batch_size
+        bias = None if b is None else _batched(b, in_dims[2], k).reshape(-1)
+        out = F.conv2d(
+            _pack(x, in_dims[0], k),
+            _weights(w, in_dims[1], k),
+            bias,
+            conf.stride,
+            conf.padding,
+            conf.dilation,
+            conf.groups * k,
+        )
+        return _unpack(out, k), 1
+
+
+class _PoolConfig:
+    __slots__ = ("kernel", "stride", "padding", "dilation", "ceil_mode")
+
+    def __init__(self, kernel, stride, padding, dilation, ceil_mode) -> None:
+        self.kernel = _pair(kernel)
+        self.stride = _pair(stride) if stride not in (None, [], ()) else self.kernel
+        self.padding, self.dilation = _pair(padding), _pair(dilation)
+        self.ceil_mode = bool(ceil_mode)
+
+    def forward(self, x):
+        return aten.max_pool2d_with_indices(
+            x, self.kernel, self.stride, self.padding, self.dilation, self.ceil_mode
+        )
+
+    def backward(self, gout, x, indices):
+        return aten.max_pool2d_with_indices_backward(
+            gout, x, self.kernel, self.stride, self.padding, self.dilation, self.ceil_mode, indices
+        )
+
+
+class _PoolGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(gout, x, indices, conf):
+        return conf.backward(gout, x, indices)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("packed pooling kernels support first-order gradients only")
+
+    @staticmethod
+    def vmap(info, in_dims, gout, x, indices, conf):
+        k = info.batch_size
+        g = conf.backward(
+            _pack(gout, in_dims[0], k), _pack(x, in_dims[1], k), _pack(indices, in_dims[2], k)
+        )
+        return _unpack(g, k), 1
+
+
+class PackedMaxPool2d(torch.autograd.Function):
+    """``F.max_pool2d`` of one client's [B, C, H, W] batch; batched over clients, packed."""
+
+    @staticmethod
+    def forward(x, conf):
+        out, indices = conf.forward(x)
+        return out, indices
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, conf = inputs
+        ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(x, output[1])
+        ctx.conf = conf
+
+    @staticmethod
+    def backward(ctx, gout, _gindices):
+        x, indices = ctx.saved_tensors
+        return _PoolGrad.apply(gout, x, indices, ctx.conf), None
+
+    @staticmethod
+    def vmap(info, in_dims, x, conf):
+        k = info.batch_size
+        out, indices = conf.forward(_pack(x, in_dims[0], k))
+        return (_unpack(out, k), _unpack(indices, k)), (1, 1)
+
+
+def _conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    return PackedConv2d.apply(input, weight, bias, _ConvConfig(stride, padding, dilation, groups))
+
+
+def _max_pool2d(
+    input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False
+):
+    out, indices = PackedMaxPool2d.apply(
+        input, _PoolConfig(kernel_size, stride, padding, dilation, ceil_mode)
+    )
+    return (out, indices) if return_indices else out
+
+
+_CONV = {torch.conv2d, F.conv2d}
+_POOL = {F.max_pool2d, F._max_pool2d, F.max_pool2d_with_indices, torch.max_pool2d}
+
+
+class PackedKernels(TorchFunctionMode):
+    """While active, 4-D float ``conv2d``/``max_pool2d`` calls run the packed kernels above.
+
+    Anything else (string padding, 3-D inputs, other ops) passes through unchanged.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _CONV and args and args[0].dim() == 4:
+            padding = kwargs.get("padding", args[4] if len(args) > 4 else 0)
+            if not isinstance(padding, str):
+                return _conv2d(*args, **kwargs)
+        if func in _POOL and args and args[0].dim() == 4:
+            return_indices = func is F.max_pool2d_with_indices or kwargs.get(
+                "return_indices", args[6] if len(args) > 6 else False
+            )
+            kwargs = {k: v for k, v in kwargs.items() if k != "return_indices"}
+            return _max_pool2d(*args[:6], return_indices=return_indices, **kwargs)
+        return func(*args, **kwargs)
