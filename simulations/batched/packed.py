@@ -8,12 +8,18 @@ ATen's CPU kernels do slowly. Here the activations of a vmapped model stay packe
 other elementwise ops keep the strides), so both run vectorized over K*C channels. The weight
 gradient of a convolution with few input channels per group (an RGB stem) runs client by
 client, where oneDNN's grouped kernel is about 2x slower than K small ones (benchmarks/README.md,
-"Simulation engines"). Each kernel is an ``autograd.Function`` with a ``vmap`` rule
-(torch.func's extension point); :class:`PackedKernels`, a ``TorchFunctionMode``, routes a
-model's ``conv2d``/``max_pool2d`` calls to them while the engine trains. Values equal vmap's
-grouped convolution up to float rounding. Written by hand: torch ships no such batching rules.
-A model that ``.view()``s a packed activation fails here; the engine then retries the round
-with vmap's own rules (simulations/batched/grid.py).
+"Simulation engines").
+
+How it plugs in: :class:`PackedKernels`, a ``TorchFunctionMode``, routes a model's
+``conv2d``/``max_pool2d`` calls to ``autograd.Function``s whose ``vmap`` rules (torch.func's
+extension point) pack the clients and run plain ATen ops, or :class:`_GroupedConv2d`, on the
+packed tensors. The engine runs the model's forward pass under ``vmap`` and differentiates the
+sum of the K losses with ordinary autograd (each client's loss depends on its own parameters
+only, so that gives every client's gradient); the backward pass therefore runs on the packed
+tensors directly. ``torch.func.grad`` over these kernels is refused with that explanation.
+Values equal vmap's grouped convolution up to float rounding. Written by hand: torch ships no
+such batching rules. A model that ``.view()``s a packed activation fails here; the engine then
+retries with vmap's own rules (simulations/batched/grid.py).
 """
 
 from __future__ import annotations
@@ -73,69 +79,61 @@ class _ConvConfig:
         self.stride, self.padding = _pair(stride), _pair(padding)
         self.dilation, self.groups = _pair(dilation), int(groups)
 
-    def backward(self, gout, x, w, mask, groups=None):
+    def backward(self, gout, x, w, mask, groups):
         return aten.convolution_backward(
             gout, x, w, None, self.stride, self.padding, self.dilation, False, [0, 0],
-            self.groups if groups is None else groups, mask,
+            groups, mask,
         )  # fmt: skip
 
 
-class _ConvInputGrad(torch.autograd.Function):
-    @staticmethod
-    def forward(gout, x, w, conf):
-        return conf.backward(gout, x, w, (True, False, False))[0]
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        pass
-
-    @staticmethod
-    def backward(ctx, grad):
-        raise RuntimeError("packed convolution kernels support first-order gradients only")
-
-    @staticmethod
-    def vmap(info, in_dims, gout, x, w, conf):
-        k = info.batch_size
-        gx = conf.backward(
-            _pack(gout, in_dims[0], k),
-            _pack(x, in_dims[1], k),
-            _weights(w, in_dims[2], k),
-            (True, False, False),
-            groups=conf.groups * k,
-        )[0]
-        return _unpack(gx, k), 1
+def _client_major(t: torch.Tensor, k: int) -> torch.Tensor:
+    """[K, B, C, H, W] from a packed [B, K*C, H, W], each client's block contiguous (one copy)."""
+    b, kc, h, w = t.shape
+    blocks = t.permute(0, 2, 3, 1).reshape(b, h, w, k, kc // k).permute(3, 0, 1, 2, 4)
+    return blocks.contiguous().permute(0, 1, 4, 2, 3)
 
 
-class _ConvWeightGrad(torch.autograd.Function):
-    @staticmethod
-    def forward(gout, x, w, conf):
-        return conf.backward(gout, x, w, (False, True, False))[1]
+class _GroupedConv2d(torch.autograd.Function):
+    """K clients' convolution on packed tensors; backward with per-client RGB weight grads.
+
+    ``x_clients`` is the same input as ``x`` with clients first ([K, B, C, H, W], a view): the
+    per-client weight gradients read it, which for a first layer is the minibatch as stored.
+    """
 
     @staticmethod
-    def setup_context(ctx, inputs, output):
-        pass
+    def forward(ctx, x, w, b, conf, k, x_clients):
+        ctx.save_for_backward(x, w, x_clients)
+        ctx.conf, ctx.k, ctx.has_bias = conf, k, b is not None
+        groups = conf.groups * k
+        return F.conv2d(x, w, b, conf.stride, conf.padding, conf.dilation, groups)
 
     @staticmethod
-    def backward(ctx, grad):
-        raise RuntimeError("packed convolution kernels support first-order gradients only")
-
-    @staticmethod
-    def vmap(info, in_dims, gout, x, w, conf):
-        k = info.batch_size
-        if w.device.type == "cpu" and w.shape[-3] <= LOOP_WEIGHT_GRAD_MAX_CHANNELS:
-            tensors = zip((gout, x, w), in_dims[:3], strict=True)
-            gouts, xs, ws = (_batched(t, d, k) for t, d in tensors)
+    def backward(ctx, gout):
+        x, w, x_clients = ctx.saved_tensors
+        conf, k = ctx.conf, ctx.k
+        needs_x, needs_w = ctx.needs_input_grad[:2]
+        loop = needs_w and w.device.type == "cpu" and w.shape[1] <= LOOP_WEIGHT_GRAD_MAX_CHANNELS
+        gx = gw = None
+        if needs_x or (needs_w and not loop):
+            mask = (needs_x, needs_w and not loop, False)
+            gx, gw, _ = conf.backward(gout, x, w, mask, conf.groups * k)
+        if loop:
+            gouts, ws = _client_major(gout, k), w.view(k, -1, *w.shape[1:])
             mask = (False, True, False)
-            grads = [conf.backward(gouts[i], xs[i], ws[i], mask)[1] for i in range(k)]
-            return torch.stack(grads), 0
-        gw = conf.backward(
-            _pack(gout, in_dims[0], k),
-            _pack(x, in_dims[1], k),
-            _weights(w, in_dims[2], k),
-            (False, True, False),
-            groups=conf.groups * k,
-        )[1]
-        return gw.view(k, -1, *gw.shape[1:]), 0
+            per_client = [
+                conf.backward(gouts[i], x_clients[i], ws[i], mask, conf.groups)[1] for i in range(k)
+            ]
+            gw = torch.cat(per_client)
+        gb = gout.sum(dim=(0, 2, 3)) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return gx, gw, gb, None, None, None
+
+
+def _refuse_functorch_grad(*_):
+    raise RuntimeError(
+        "the packed kernels differentiate with ordinary autograd: run the model under vmap and "
+        "call torch.autograd.grad on the summed losses (as simulations/batched/training.py "
+        "does), not torch.func.grad"
+    )
 
 
 class PackedConv2d(torch.autograd.Function):
@@ -147,31 +145,17 @@ class PackedConv2d(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, w, b, conf = inputs
-        ctx.save_for_backward(x, w)
-        ctx.conf, ctx.has_bias = conf, b is not None
+        pass
 
-    @staticmethod
-    def backward(ctx, gout):
-        x, w = ctx.saved_tensors
-        needs = ctx.needs_input_grad
-        gx = _ConvInputGrad.apply(gout, x, w, ctx.conf) if needs[0] else None
-        gw = _ConvWeightGrad.apply(gout, x, w, ctx.conf) if needs[1] else None
-        gb = gout.sum(dim=(0, 2, 3)) if ctx.has_bias and needs[2] else None
-        return gx, gw, gb, None
+    backward = staticmethod(_refuse_functorch_grad)
 
     @staticmethod
     def vmap(info, in_dims, x, w, b, conf):
         k = info.batch_size
         bias = None if b is None else _batched(b, in_dims[2], k).reshape(-1)
-        out = F.conv2d(
-            _pack(x, in_dims[0], k),
-            _weights(w, in_dims[1], k),
-            bias,
-            conf.stride,
-            conf.padding,
-            conf.dilation,
-            conf.groups * k,
+        packed = _pack(x, in_dims[0], k)
+        out = _GroupedConv2d.apply(
+            packed, _weights(w, in_dims[1], k), bias, conf, k, _batched(x, in_dims[0], k)
         )
         return _unpack(out, k), 1
 
@@ -185,37 +169,10 @@ class _PoolConfig:
         self.padding, self.dilation = _pair(padding), _pair(dilation)
         self.ceil_mode = bool(ceil_mode)
 
-    def forward(self, x):
-        return aten.max_pool2d_with_indices(
-            x, self.kernel, self.stride, self.padding, self.dilation, self.ceil_mode
+    def __call__(self, x):
+        return F.max_pool2d(
+            x, self.kernel, self.stride, self.padding, self.dilation, self.ceil_mode, True
         )
-
-    def backward(self, gout, x, indices):
-        return aten.max_pool2d_with_indices_backward(
-            gout, x, self.kernel, self.stride, self.padding, self.dilation, self.ceil_mode, indices
-        )
-
-
-class _PoolGrad(torch.autograd.Function):
-    @staticmethod
-    def forward(gout, x, indices, conf):
-        return conf.backward(gout, x, indices)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        pass
-
-    @staticmethod
-    def backward(ctx, grad):
-        raise RuntimeError("packed pooling kernels support first-order gradients only")
-
-    @staticmethod
-    def vmap(info, in_dims, gout, x, indices, conf):
-        k = info.batch_size
-        g = conf.backward(
-            _pack(gout, in_dims[0], k), _pack(x, in_dims[1], k), _pack(indices, in_dims[2], k)
-        )
-        return _unpack(g, k), 1
 
 
 class PackedMaxPool2d(torch.autograd.Function):
@@ -223,25 +180,18 @@ class PackedMaxPool2d(torch.autograd.Function):
 
     @staticmethod
     def forward(x, conf):
-        out, indices = conf.forward(x)
-        return out, indices
+        return conf(x)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, conf = inputs
         ctx.mark_non_differentiable(output[1])
-        ctx.save_for_backward(x, output[1])
-        ctx.conf = conf
 
-    @staticmethod
-    def backward(ctx, gout, _gindices):
-        x, indices = ctx.saved_tensors
-        return _PoolGrad.apply(gout, x, indices, ctx.conf), None
+    backward = staticmethod(_refuse_functorch_grad)
 
     @staticmethod
     def vmap(info, in_dims, x, conf):
         k = info.batch_size
-        out, indices = conf.forward(_pack(x, in_dims[0], k))
+        out, indices = conf(_pack(x, in_dims[0], k))
         return (_unpack(out, k), _unpack(indices, k)), (1, 1)
 
 
