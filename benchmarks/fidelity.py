@@ -42,6 +42,10 @@ CASES = {
         "quant_bits": 8,
         "quant_rounding": "nearest",
     },
+    "tutorial CNN, 12 images per client (image layouts: packed on CPU)": {
+        "task": "tutorial-cnn:12",
+        "partition": "natural",
+    },
 }
 
 
