@@ -2,7 +2,8 @@
 # The GPU part of the batched-engine checks, in one go (about 5 minutes on one H100):
 #   1. speed: plain Flower (Ray, CUDA) vs Pollen on Flower's engine vs Pollen batched (CUDA)
 #      at 1000 clients per round, and Pollen batched alone at 10,000 (benchmarks/simulation.py);
-#   2. fidelity: the batched engine on CUDA against Flower's engine on CPU (benchmarks/fidelity.py).
+#   2. fidelity: the batched engine on CUDA against Flower's engine on CPU (benchmarks/fidelity.py;
+#      its fourth case, the tutorial CNN, shows how far the layout picked on CUDA moves the model).
 # SIMULATION_ARGS / FIDELITY_ARGS add flags (e.g. --skip-pollen-flower, --case 2).
 # Run from the repository root on a machine with a CUDA GPU and torch. Packages the machine lacks
 # (flwr, ray, ...) may sit as wheels in .whl/ (see benchmarks/README.md); they are installed
@@ -24,5 +25,5 @@ echo "== speed ==" | tee "$OUT/log.txt"
 timeout 240 python3 benchmarks/simulation.py --device cuda --clients 1000 10000 --rounds 3 \
   ${SIMULATION_ARGS:-} --json "$OUT/simulation.json" 2>&1 | tee -a "$OUT/log.txt"
 echo "== fidelity ==" | tee -a "$OUT/log.txt"
-timeout 100 python3 benchmarks/fidelity.py --device cuda ${FIDELITY_ARGS:-} 2>&1 | grep -E "max \||Error|error" \
+timeout 120 python3 benchmarks/fidelity.py --device cuda ${FIDELITY_ARGS:-} 2>&1 | grep -E "max \||Error|error" \
   | tee -a "$OUT/log.txt"
