@@ -288,7 +288,7 @@ class BatchedGrid(Grid):
         except (RuntimeError, TypeError, ValueError) as err:
             if isinstance(err, torch.cuda.OutOfMemoryError):
                 raise
-            if self.stats.layout == "packed":  # e.g. a model that .view()s its activations
+            if self.stats.layout == "packed" and batch.x.dim() == 5:  # e.g. a .view()ing CNN
                 log.warning(
                     "batched engine: the packed kernels could not run the Task (%s: %s); "
                     "using vmap's own batching rules",

@@ -88,9 +88,7 @@ class _ConvConfig:
 
 def _client_major(t: torch.Tensor, k: int) -> torch.Tensor:
     """[K, B, C, H, W] from a packed [B, K*C, H, W], each client's block contiguous (one copy)."""
-    b, kc, h, w = t.shape
-    blocks = t.permute(0, 2, 3, 1).reshape(b, h, w, k, kc // k).permute(3, 0, 1, 2, 4)
-    return blocks.contiguous().permute(0, 1, 4, 2, 3)
+    return _unpack(t, k).permute(1, 0, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
 
 
 class _GroupedConv2d(torch.autograd.Function):
@@ -213,7 +211,7 @@ _POOL = {F.max_pool2d, F._max_pool2d, F.max_pool2d_with_indices, torch.max_pool2
 
 
 class PackedKernels(TorchFunctionMode):
-    """While active, 4-D float ``conv2d``/``max_pool2d`` calls run the packed kernels above.
+    """While active, ``conv2d``/``max_pool2d`` calls on 4-D inputs run the packed kernels above.
 
     Anything else (string padding, 3-D inputs, other ops) passes through unchanged.
     """
