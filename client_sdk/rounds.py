@@ -176,6 +176,26 @@ def upload_reply(
     return reply_message(msg, plan, context, payload, stats, carried)
 
 
+def reply_metrics(
+    plan: RoundPlan, context: Context, stats: TrainStats, upload_bytes: int, carried: float = 0.0
+) -> MetricRecord:
+    """What the server weighs (``num-examples``) and logs for one client's train reply."""
+    return MetricRecord(
+        {
+            "num-examples": stats.num_examples,
+            "train-loss": stats.mean_loss,
+            "train-steps": stats.steps,
+            "partition-id": partition_id_of(context),
+            "upload-bytes": upload_bytes,
+            **(
+                {"residual-carried": carried, "residual-norm": residual_norm(context.state)}
+                if plan.error_feedback
+                else {}
+            ),
+        }
+    )
+
+
 def reply_message(
     msg: Message,
     plan: RoundPlan,
@@ -185,20 +205,7 @@ def reply_message(
     carried: float = 0.0,
 ) -> Message:
     """The train reply: the encoded update and the metrics the server weighs and logs."""
-    metrics = MetricRecord(
-        {
-            "num-examples": stats.num_examples,
-            "train-loss": stats.mean_loss,
-            "train-steps": stats.steps,
-            "partition-id": partition_id_of(context),
-            "upload-bytes": len(payload),
-            **(
-                {"residual-carried": carried, "residual-norm": residual_norm(context.state)}
-                if plan.error_feedback
-                else {}
-            ),
-        }
-    )
+    metrics = reply_metrics(plan, context, stats, len(payload), carried)
     content = RecordDict(
         {UPDATE_RECORD_KEY: ConfigRecord({PAYLOAD_FIELD: payload}), "metrics": metrics}
     )

@@ -58,6 +58,7 @@ def simulation_settings(
     engine: str = "auto",
     device: str = "auto",
     clients_per_batch: int = 0,
+    pool_uploads: bool = True,
     device_tiers: str = "",
     availability: float = 1.0,
     deadline: float = 0.0,
@@ -76,8 +77,11 @@ def simulation_settings(
         raise FlagError("--engine", f"must be auto, flower or batched, got {engine!r}")
     if clients_per_batch < 0:
         raise FlagError("--clients-per-batch", f"must be >= 0, got {clients_per_batch}")
-    if engine == "flower" and (device != "auto" or clients_per_batch):
-        raise FlagError("--engine", "--device and --clients-per-batch apply to --engine batched")
+    if engine == "flower" and (device != "auto" or clients_per_batch or not pool_uploads):
+        raise FlagError(
+            "--engine",
+            "--device, --clients-per-batch and --no-pool-uploads apply to --engine batched",
+        )
     spec = partition or ("natural" if natural_partition(run["task"]) else "dirichlet:0.5")
     try:
         settings = RunSettings(partition=spec, min_available_nodes=clients, **run)
@@ -92,6 +96,7 @@ def simulation_settings(
             engine=engine,
             device=device,
             clients_per_batch=clients_per_batch,
+            pool_uploads=pool_uploads,
             device_tiers=device_tiers,
             availability=availability,
             deadline_s=deadline,
@@ -118,6 +123,11 @@ def simulate(
     device: str = typer.Option("auto", help="Batched engine device: auto | cpu | cuda[:N]."),
     clients_per_batch: int = typer.Option(
         0, help="Batched engine: clients per kernel (0: planned from free memory)."
+    ),
+    pool_uploads: bool = typer.Option(
+        True,
+        help="Batched engine: send each kernel's float32 updates as one weighted mean when the "
+        "strategy needs only the mean (no-: one payload per client).",
     ),
     device_tiers: str = typer.Option(
         "", help="Device tiers (compute, bandwidth): default | PATH.json (default: none)."
@@ -189,6 +199,7 @@ def simulate(
             engine=engine,
             device=device,
             clients_per_batch=clients_per_batch,
+            pool_uploads=pool_uploads,
             device_tiers=device_tiers,
             availability=availability,
             deadline=deadline,

@@ -6,7 +6,8 @@ Learning at Scale", ICML 2022): every client belongs to a device tier with a com
 round's bytes and steps into simulated seconds; a client is online in a round with probability
 ``availability``; the server waits until the deadline and drops the stragglers. Tiers and
 availability are drawn from (seed, partition id[, round]), so both engines and a resumed run see
-the same devices.
+the same devices. Pooled uploads (:mod:`wire.pooling`) are switched off for the rounds it
+wraps: a dropped member's update would otherwise stay inside its pool's mean.
 
 :class:`HeterogeneousGrid` wraps any Grid (Flower's simulation grid or the batched engine), so
 the effect is the same in both engines: a train reply from an offline client or one that misses
@@ -26,6 +27,8 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
+
+from wire import POOLING_CONFIG_KEY
 
 
 class HeterogeneityError(ValueError):
@@ -149,8 +152,13 @@ class HeterogeneousGrid:
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
         messages = list(messages)
-        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
         train = [m for m in messages if m.metadata.message_type == MessageType.TRAIN]
+        for content in {id(m.content): m.content for m in train}.values():
+            # a pooled upload would hide which members missed the deadline: each replies alone
+            config = content.get("config")
+            if isinstance(config, ConfigRecord) and POOLING_CONFIG_KEY in config:
+                del config[POOLING_CONFIG_KEY]
+        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
         if not train:
             return replies
         sent = {m.metadata.message_id: m for m in train}

@@ -65,6 +65,7 @@ class SimulationSettings:
     engine: str = "auto"  # auto (batched with a CUDA GPU, else flower) | flower | batched
     device: str = "auto"  # batched engine: auto | cpu | cuda | cuda:N
     clients_per_batch: int = 0  # batched engine: K; 0 = plan from free memory
+    pool_uploads: bool = True  # batched engine: pool a chunk's updates when the server allows it
     device_tiers: str = ""  # "" (all clients alike) | default | PATH.json (both engines)
     availability: float = 1.0  # probability a client is online in a round
     deadline_s: float = 0.0  # simulated seconds per round before stragglers are dropped; 0 = none
@@ -162,6 +163,7 @@ def _run_batched(server_app, settings: SimulationSettings) -> dict[str, Any]:
         device=resolve_device(settings.device),
         clients_per_batch=settings.clients_per_batch,
         seed=settings.run.seed,
+        pool_uploads=settings.pool_uploads,
     )
     run_server_app(server_app, grid)
     stats = grid.stats
@@ -175,6 +177,7 @@ def _run_batched(server_app, settings: SimulationSettings) -> dict[str, Any]:
         "clients_per_batch": max(stats.chunk_sizes, default=0),
         "vectorized_client_updates": stats.vectorized_clients,
         "looped_client_updates": stats.looped_clients,
+        "pooled_client_updates": stats.pooled_clients,
         "fallback_reason": stats.fallback_reason,
         "train_s": round(stats.train_seconds, 3),
         "reply_s": round(stats.reply_seconds, 3),

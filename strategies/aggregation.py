@@ -1,8 +1,9 @@
-"""Aggregation helpers of the wire adapter: update-norm clipping and a streaming weighted mean."""
+"""Aggregation helpers of the wire adapter: clipping, a streaming weighted mean, metric means."""
 
 from __future__ import annotations
 
 import numpy as np
+from flwr.app import MetricRecord
 
 
 def clip_update(deltas: dict[str, np.ndarray], max_norm: float) -> dict[str, np.ndarray]:
@@ -58,3 +59,29 @@ class StreamingMean:
             else ref
             for name, ref in self.reference.items()
         }
+
+
+def weighted_metrics(records: list[MetricRecord], weight_key: str) -> MetricRecord:
+    """Flower's ``aggregate_metricrecords`` on bare MetricRecords, with the same arithmetic.
+
+    Flower's takes one RecordDict per reply, copies its records on every access and writes each
+    partial sum back through MetricRecord's type checks: about 100 us per reply on this
+    machine, a second per round at 10,000 simulated clients. This sums plain floats in the same
+    order (value * (w / total), reply by reply), so the result is bit-for-bit Flower's.
+    """
+    weights = [float(r[weight_key]) for r in records]
+    total = sum(weights)
+    sums: dict[str, float | list[float]] = {}
+    for record, factor in zip(records, [w / total for w in weights], strict=True):
+        for key, value in record.items():
+            if key == weight_key:
+                continue
+            if isinstance(value, list):
+                prior = sums.get(key)
+                scaled = [v * factor for v in value]
+                sums[key] = (
+                    scaled if prior is None else [c + s for c, s in zip(prior, scaled, strict=True)]  # type: ignore[arg-type]
+                )
+            else:
+                sums[key] = value * factor if key not in sums else sums[key] + value * factor  # type: ignore[operator]
+    return MetricRecord(sums)  # type: ignore[arg-type]

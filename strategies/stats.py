@@ -26,6 +26,7 @@ class RoundStats:
     failures: list[Rejection] = field(default_factory=list)
     federated_evaluation: dict[str, float] = field(default_factory=dict)
     sparsity: float = 0.0
+    pooled: int = 0  # accepted updates that arrived inside a pool (strategies.pooling)
     dropped: int = 0  # sampled clients with no reply (dead, disconnected, or past the deadline)
     train_metrics: dict[str, float] = field(default_factory=dict)
     secagg_failure: str = ""  # why secure aggregation could not finish this round ("" = fine)
@@ -43,6 +44,7 @@ class RoundStats:
         return {
             "sampled_clients": self.sampled,
             "accepted_updates": self.accepted,
+            "pooled_updates": self.pooled,
             "rejected_updates": len(self.rejected),
             "failed_clients": len(self.failures),
             "dropped_clients": self.dropped,

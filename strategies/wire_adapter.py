@@ -18,18 +18,20 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedProx, FedYogi, Strategy
-from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
-from strategies.aggregation import StreamingMean, clip_update
+from strategies.aggregation import StreamingMean, clip_update, weighted_metrics
 from strategies.compression import CompressionSettings
+from strategies.pooling import Pool, check_pool, group_pools
 from strategies.pruning import magnitude_masks, prunable_names
-from strategies.sampling import UNKNOWN_PARTITION, FixedNodesGrid, SeededSampler
+from strategies.replies import metrics_of, order_key, reject, strip_adapter_metrics
+from strategies.sampling import FixedNodesGrid, SeededSampler
 from strategies.secagg import SecAggFailed, SecAggSession, SecAggSettings
 from strategies.stats import Rejection, RoundStats
 from wire import (
     DOWNLOAD_RECORD_KEY,
     MASK_FIELD,
     PAYLOAD_FIELD,
+    POOLING_CONFIG_KEY,
     UPDATE_RECORD_KEY,
     CodecSpec,
     MaskSet,
@@ -45,8 +47,6 @@ from wire.secagg_vector import kept_count, unflatten_kept
 log = logging.getLogger(__name__)
 
 WEIGHT_KEY = "num-examples"
-# Metrics the adapter keeps for itself instead of passing to the weighted average.
-_ADAPTER_METRICS = ("partition-id", "upload-bytes")
 # Flower strategies whose aggregate_train is the weighted mean of the replies' arrays (then, for
 # FedOpt, a server-optimizer step): the adapter streams the mean instead of holding every model.
 _MEAN_STRATEGIES = (FedAvg, FedProx, FedAdam, FedYogi, FedAdagrad)
@@ -98,6 +98,8 @@ class WireStrategy(Strategy):
         self.rounds: dict[int, RoundStats] = {}
         self.masks: MaskSet | None = None  # this round's pruning mask (the server owns it)
         self._reference: dict[str, np.ndarray] = {}  # the model clients start from this round
+        # Only the weighted mean is needed: a host running many clients may pool their updates.
+        self.pooling = type(inner) in _MEAN_STRATEGIES and secure is None and not clip_norm > 0
 
     # ----------------------------------------------------------------- Strategy interface
     def summary(self) -> None:
@@ -125,6 +127,8 @@ class WireStrategy(Strategy):
             arrays = ArrayRecord({k: Array(v) for k, v in master.items()})
             mask_bytes = self.masks.encode()
         round_config = ConfigRecord({**dict(config), **comp.codec_config()})
+        if self.pooling:
+            round_config[POOLING_CONFIG_KEY] = True
         if mask_bytes:
             round_config[MASK_FIELD] = mask_bytes
         nodes = self.sampler.sample(grid, server_round, self.fraction_train, self.min_train_nodes)
@@ -197,25 +201,19 @@ class WireStrategy(Strategy):
                 stats.failures.append(Rejection(node, "client-error", str(msg.error.reason)))
                 log.warning("round %d: node %d failed: %s", server_round, node, msg.error.reason)
                 continue
-            candidates.append((_order_key(msg), msg))
+            candidates.append((order_key(msg), msg))
         # A fixed order makes the floating-point sum, hence the model, reproducible.
         candidates.sort(key=lambda item: item[0])
         mean = StreamingMean(self._reference) if type(self.inner) in _MEAN_STRATEGIES else None
         accepted: list[Message] = []
-        for _, msg in candidates:
+        for unit in group_pools([msg for _, msg in candidates]):
+            if isinstance(unit, Pool):
+                accepted += self._add_pool(unit, server_round, stats, mean)
+                continue
             try:
-                deltas, weight, metrics = self._decode(msg, server_round, stats)
+                deltas, weight, metrics = self._decode(unit, server_round, stats)
             except UpdateRejected as err:
-                stats.rejected.append(
-                    Rejection(msg.metadata.src_node_id, err.reason.value, err.detail)
-                )
-                log.warning(
-                    "round %d: rejected update from node %d (%s): %s",
-                    server_round,
-                    msg.metadata.src_node_id,
-                    err.reason.value,
-                    err.detail,
-                )
+                reject(server_round, stats, [unit], err)
                 continue
             if mean is not None:  # O(model) memory however many clients reply
                 mean.add(deltas, weight)
@@ -224,8 +222,8 @@ class WireStrategy(Strategy):
                     name: Array(ref + deltas[name] if name in deltas else ref)
                     for name, ref in self._reference.items()
                 }
-                msg.content = RecordDict({"arrays": ArrayRecord(local), "metrics": metrics})
-            accepted.append(msg)
+                unit.content = RecordDict({"arrays": ArrayRecord(local), "metrics": metrics})
+            accepted.append(unit)
         stats.accepted = len(accepted)
         stats.dropped = max(stats.sampled - received, 0)  # no reply before the round deadline
         if stats.dropped:
@@ -238,9 +236,7 @@ class WireStrategy(Strategy):
         if mean is not None:
             # Flower's strategy averages one reply that carries the mean and the total weight:
             # its weighted mean of one record is that record; FedAdam/FedYogi step from it.
-            averaged = aggregate_metricrecords(
-                [RecordDict({"metrics": _metrics_of(m.content)}) for m in accepted], WEIGHT_KEY
-            )
+            averaged = weighted_metrics([metrics_of(m.content) for m in accepted], WEIGHT_KEY)
             carrier = accepted[0]
             carrier.content = RecordDict(
                 {
@@ -333,9 +329,10 @@ class WireStrategy(Strategy):
     # ----------------------------------------------------------------- decoding
 
     def _decode(
-        self, msg: Message, server_round: int, stats: RoundStats
+        self, msg: Message, server_round: int, stats: RoundStats, pool_weight: float = 0.0
     ) -> tuple[dict[str, np.ndarray], float, MetricRecord]:
-        """The reply's decoded (and clipped) update, its weight and the metrics to average."""
+        """The reply's decoded (and clipped) update, its weight and the metrics to average
+        (a pool's carrier, ``pool_weight`` > 0, holds its pool's mean of that total weight)."""
         content = msg.content
         record = content.get(UPDATE_RECORD_KEY)
         payload = record.get(PAYLOAD_FIELD) if isinstance(record, ConfigRecord) else None
@@ -345,9 +342,10 @@ class WireStrategy(Strategy):
                 f"reply has no bytes under {UPDATE_RECORD_KEY!r}/{PAYLOAD_FIELD!r}; "
                 "is the client built with Pollen's SDK?",
             )
-        stats.upload_bytes.append(len(payload))
-        metrics = _metrics_of(content)
-        weight = None if metrics is None else metrics.get(WEIGHT_KEY)
+        if not pool_weight:  # a pool's bytes are counted for all its members at once
+            stats.upload_bytes.append(len(payload))
+        metrics = metrics_of(content)
+        weight = pool_weight or (None if metrics is None else metrics.get(WEIGHT_KEY))
         if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not weight > 0:
             raise UpdateRejected(
                 RejectReason.BAD_HEADER,
@@ -364,10 +362,27 @@ class WireStrategy(Strategy):
         deltas = update.as_dict()
         if self.clip_norm > 0:
             deltas = clip_update(deltas, self.clip_norm)
-        for key in _ADAPTER_METRICS:  # not averaged: the adapter accounts for them itself
-            if key in metrics:
-                del metrics[key]
+        strip_adapter_metrics(metrics)
         return deltas, float(weight), metrics
+
+    def _add_pool(
+        self, pool: Pool, server_round: int, stats: RoundStats, mean: StreamingMean | None
+    ) -> list[Message]:
+        """Add a pool's mean with its total weight; the accepted replies (all or none)."""
+        stats.upload_bytes += [pool.payload_bytes()] * len(pool.replies)
+        metrics = [metrics_of(m.content) for m in pool.replies]
+        try:
+            carrier, weight = check_pool(pool, metrics, WEIGHT_KEY, allowed=self.pooling)
+            deltas, _, _ = self._decode(carrier, server_round, stats, pool_weight=weight)
+        except UpdateRejected as err:
+            reject(server_round, stats, pool.replies, err)
+            return []
+        assert mean is not None  # pooling is allowed for the mean strategies only
+        mean.add(deltas, weight)
+        for record in metrics:  # check_pool saw a MetricRecord in each
+            strip_adapter_metrics(record)  # type: ignore[arg-type]
+        stats.pooled += len(pool.replies)
+        return pool.replies
 
     def _expected_layout(self) -> tuple[list[TensorSpec], int]:
         """The trained tensors' specs and float32 size for this round (built once per round)."""
@@ -382,16 +397,3 @@ class WireStrategy(Strategy):
             self._layout = (specs, sum(a.nbytes for a in trained.values()))
             self._layout_key = key
         return self._layout
-
-
-def _metrics_of(content: RecordDict) -> MetricRecord | None:
-    """The reply's first MetricRecord (``RecordDict.metric_records`` copies them all each call)."""
-    return next((v for v in content.values() if isinstance(v, MetricRecord)), None)
-
-
-def _order_key(msg: Message) -> tuple[int, int]:
-    """Replies are summed in partition-id order (node ids are random per simulation run)."""
-    metrics = _metrics_of(msg.content)
-    pid = -1 if metrics is None else metrics.get("partition-id", -1)
-    pid = int(pid) if isinstance(pid, (int, float)) and pid >= 0 else UNKNOWN_PARTITION
-    return pid, msg.metadata.src_node_id

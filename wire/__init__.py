@@ -15,6 +15,12 @@ from wire.format import (
     encode_update,
 )
 from wire.mask import MaskSet
+from wire.pooling import (
+    POOL_ID_FIELD,
+    POOL_SIZE_FIELD,
+    POOL_WEIGHT_FIELD,
+    POOLING_CONFIG_KEY,
+)
 from wire.stages import TensorSpec
 
 # Where a payload lives inside a Flower RecordDict: a ConfigRecord holding one bytes value.
@@ -30,6 +36,10 @@ __all__ = [
     "MAGIC",
     "MASK_FIELD",
     "PAYLOAD_FIELD",
+    "POOLING_CONFIG_KEY",
+    "POOL_ID_FIELD",
+    "POOL_SIZE_FIELD",
+    "POOL_WEIGHT_FIELD",
     "UPDATE_RECORD_KEY",
     "CodecConfigError",
     "CodecSpec",

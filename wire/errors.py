@@ -25,6 +25,7 @@ class RejectReason(StrEnum):
     BAD_SCALE = "bad-scale"
     BAD_INDICES = "bad-indices"
     STAGE_ORDER = "stage-order"
+    BAD_POOL = "bad-pool"  # a pooled upload that is incomplete, mis-weighted or not allowed
     # secure aggregation
     BAD_SECAGG = "bad-secagg"
     SHARE_TAMPERED = "share-tampered"

@@ -6,7 +6,9 @@ and config to every sampled node) are trained together by :mod:`.training`; ever
 message (query, evaluate) and every train message of a Task vmap cannot run (BatchNorm
 buffers, dropout, a loss that is not a per-sample mean) goes through the SDK's own ClientApp,
 one client at a time, with the reason logged once. Replies are built by the same SDK code as
-on a device (:func:`client_sdk.rounds.upload_reply`), so the server cannot tell the engines apart.
+on a device (:func:`client_sdk.rounds.upload_reply`), or byte-for-byte what it would build; when
+the server's strategy needs only the weighted mean, a chunk's uncompressed updates travel as
+one pool (:mod:`.replies`, :mod:`wire.pooling`), unless ``pool_uploads`` is off.
 """
 
 from __future__ import annotations
@@ -19,8 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from flwr.app import Context, Error, Message, MessageType, RecordDict
-from flwr.common.constant import ErrorCode
+from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
@@ -31,24 +32,26 @@ from client_sdk.rounds import (
     UpdateHook,
     partition_id_of,
     plan_round,
-    reply_message,
-    upload_reply,
 )
 from simulations.batched.memory import MemoryPlanner
+from simulations.batched.replies import (
+    each_reply,
+    error_reply,
+    pooled_replies,
+    pooling_allowed,
+    uncompressed,
+    vectorized_replies,
+)
 from simulations.batched.training import (
     ClientBatch,
     NotVectorizable,
-    TrainedChunk,
     check_sample_mean_loss,
     default_layout,
-    flat_deltas,
     pick_layout,
     stack_clients,
     train_clients,
     vectorization_blocker,
 )
-from wire import encode_float32_rows
-from wire.secagg_protocol import SECAGG_RECORD_KEY
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +65,10 @@ class EngineStats:
     fallback_reason: str = ""
     train_seconds: float = 0.0  # vmapped local training, device synchronised
     reply_seconds: float = 0.0  # deltas to host, encoding, reply Messages
+    pooled_clients: int = 0  # replies sent inside a pool (the server allowed pooling)
     data_seconds: float = 0.0  # client data: generation (first use), padding, upload to device
     layout: str = ""  # grouped | channels-last | packed (training.LAYOUTS)
     chunk_sizes: list[int] = field(default_factory=list)
-
-
-def _error_reply(msg: Message, err: BaseException) -> Message:
-    reason = f"{type(err).__name__}: {err}"
-    return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
 
 
 class BatchedGrid(Grid):
@@ -86,8 +85,11 @@ class BatchedGrid(Grid):
         clients_per_batch: int = 0,
         seed: int = 0,
         cache_bytes: int | None = None,
+        pool_uploads: bool = True,
     ) -> None:
         self._task, self._data, self._hook = task, data, update_hook
+        # send a chunk's uncompressed updates as one pool when the server allows it (.replies)
+        self.pool_uploads = pool_uploads
         self._client_app = build_client_app(task, data, update_hook=update_hook)
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.memory = MemoryPlanner(self.device, fixed_k=clients_per_batch)
@@ -164,7 +166,7 @@ class BatchedGrid(Grid):
         for msg in messages:
             if msg.metadata.dst_node_id not in self._contexts:
                 err = LookupError(f"node {msg.metadata.dst_node_id} is not connected")
-                self._replies[msg.metadata.message_id] = _error_reply(msg, err)
+                self._replies[msg.metadata.message_id] = error_reply(msg, err)
             elif msg.metadata.message_type == MessageType.TRAIN:
                 groups.setdefault(id(msg.content), []).append(msg)
             else:
@@ -180,7 +182,7 @@ class BatchedGrid(Grid):
                 reply = self._client_app(msg, context)
             except Exception as err:  # a failing client answers with an error, as a node does
                 log.warning("node %d: %s", msg.metadata.dst_node_id, err)
-                reply = _error_reply(msg, err)
+                reply = error_reply(msg, err)
             self._replies[msg.metadata.message_id] = reply
             if msg.metadata.message_type == MessageType.TRAIN:
                 self.stats.looped_clients += 1
@@ -206,7 +208,7 @@ class BatchedGrid(Grid):
             try:
                 ready.append((msg, self._client_data(msg, plan, key)))
             except Exception as err:
-                self._replies[msg.metadata.message_id] = _error_reply(msg, err)
+                self._replies[msg.metadata.message_id] = error_reply(msg, err)
         self.stats.data_seconds += time.perf_counter() - data_started
         try:
             self._train_chunks(plan, ready)
@@ -305,55 +307,19 @@ class BatchedGrid(Grid):
         self.stats.chunk_sizes.append(len(chunk))
         started = time.perf_counter()
         messages = [m for m, _ in chunk]
-        if (
-            plan.codec.quant_bits == 0
-            and not plan.codec.topk
-            and not plan.error_feedback
-            and self._hook is None
-            and SECAGG_RECORD_KEY not in messages[0].content
-        ):
-            self._reply_vectorized(plan, messages, contexts, trained)
+        replies = None
+        if uncompressed(plan, messages[0], self._hook):
+            if self.pool_uploads and pooling_allowed(plan):
+                replies = pooled_replies(plan, messages, contexts, trained, self.device)
+                self.stats.pooled_clients += 0 if replies is None else len(replies)
+            if replies is None:
+                replies = vectorized_replies(plan, messages, contexts, trained, self.device)
         else:
-            self._reply_each(plan, messages, contexts, trained)
+            replies = each_reply(plan, messages, contexts, trained, self._hook)
+        for msg, reply in zip(messages, replies, strict=True):
+            self._replies[msg.metadata.message_id] = reply
         self.stats.reply_seconds += time.perf_counter() - started
         self.stats.vectorized_clients += len(chunk)
-
-    def _reply_vectorized(
-        self,
-        plan: RoundPlan,
-        messages: list[Message],
-        contexts: list[Context],
-        trained: TrainedChunk,
-    ) -> None:
-        """Uncompressed updates: every payload from one [K, kept] matrix and one shared header."""
-        rows, specs = flat_deltas(trained, plan, self.device)
-        payloads = encode_float32_rows(
-            rows, specs, server_round=plan.server_round, masks=plan.masks
-        )
-        for msg, context, payload, stats in zip(
-            messages, contexts, payloads, trained.stats, strict=True
-        ):
-            self._replies[msg.metadata.message_id] = reply_message(
-                msg, plan, context, payload, stats
-            )
-
-    def _reply_each(
-        self,
-        plan: RoundPlan,
-        messages: list[Message],
-        contexts: list[Context],
-        trained: TrainedChunk,
-    ) -> None:
-        """Compressed or hooked updates: the SDK's own encoder, client by client."""
-        models = trained.host_models(plan.global_arrays)
-        for msg, context, local, stats in zip(
-            messages, contexts, models, trained.stats, strict=True
-        ):
-            try:
-                reply = upload_reply(msg, plan, context, local, stats, self._hook)
-            except Exception as err:
-                reply = _error_reply(msg, err)
-            self._replies[msg.metadata.message_id] = reply
 
     def _device_batch(
         self, plan: RoundPlan, pids: list[int], data: list[ClientData]

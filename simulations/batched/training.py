@@ -272,27 +272,61 @@ def train_clients(
     return TrainedChunk(local=local, stats=stats)
 
 
-def flat_deltas(
-    chunk: TrainedChunk, plan: RoundPlan, device: torch.device
-) -> tuple[np.ndarray, list[TensorSpec]]:
-    """[K, kept] float32 rows of local - global in the wire's ``select`` order, on the host.
-
-    Computed on ``device`` in float32, so each value is bitwise the SDK's numpy subtraction.
-    """
-    specs, columns = [], []
+def _trained_tensors(plan: RoundPlan, device: torch.device):
+    """(name, spec, global tensor on ``device``, kept flat indices or None), in wire order."""
     for name, start in plan.global_arrays.items():
         if plan.frozen and name.startswith(plan.frozen):
             continue
-        specs.append(TensorSpec(name=name, shape=tuple(int(d) for d in start.shape)))
-        # numpy's local - global promotes to the global model's dtype; do the same
-        reference = torch.from_numpy(start).to(device)
-        delta = (chunk.local[name].to(reference.dtype) - reference).to(torch.float32)
-        flat = delta.reshape(delta.shape[0], -1)
+        spec = TensorSpec(name=name, shape=tuple(int(d) for d in start.shape))
+        keep = None
         if plan.masks is not None and name in plan.masks.masks:
             keep = torch.from_numpy(np.asarray(plan.masks.masks[name]).ravel()).to(device)
-            flat = flat[:, keep]
-        columns.append(flat)
+        yield name, spec, torch.from_numpy(start).to(device), keep
+
+
+def _delta(local: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """[k, n] float32 local - global, bitwise the SDK's numpy subtraction (which promotes to
+    the global model's dtype)."""
+    k = local.shape[0]
+    return (local.to(reference.dtype) - reference).to(torch.float32).reshape(k, -1)
+
+
+def flat_deltas(
+    chunk: TrainedChunk, plan: RoundPlan, device: torch.device
+) -> tuple[np.ndarray, list[TensorSpec]]:
+    """[K, kept] float32 rows of local - global in the wire's ``select`` order, on the host."""
+    specs, columns = [], []
+    for name, spec, reference, keep in _trained_tensors(plan, device):
+        flat = _delta(chunk.local[name], reference)
+        specs.append(spec)
+        columns.append(flat if keep is None else flat[:, keep])
     return torch.cat(columns, dim=1).cpu().numpy(), specs
+
+
+# Rows per float32 partial sum of a pooled update (as strategies.aggregation.StreamingMean).
+POOL_BLOCK = 64
+
+
+def pooled_delta(
+    chunk: TrainedChunk, plan: RoundPlan, device: torch.device
+) -> tuple[np.ndarray, list[TensorSpec], float]:
+    """The K clients' updates averaged with their example counts: ([kept] float32 on the host,
+    specs, total weight). Blocks of ``POOL_BLOCK`` clients are summed in float32 (one
+    matrix-vector product each: no [K, n] weighted copy) and the blocks in float64."""
+    counts = [s.num_examples for s in chunk.stats]
+    weights = torch.tensor(counts, dtype=torch.float32, device=device)
+    total = float(sum(counts))
+    specs, means = [], []
+    for name, spec, reference, keep in _trained_tensors(plan, device):
+        local = chunk.local[name]
+        acc = torch.zeros(reference.numel(), dtype=torch.float64, device=device)
+        for start in range(0, len(counts), POOL_BLOCK):
+            rows = slice(start, start + POOL_BLOCK)
+            acc += torch.mv(_delta(local[rows], reference).T, weights[rows])
+        mean = (acc / total).to(torch.float32)
+        specs.append(spec)
+        means.append(mean if keep is None else mean[keep])
+    return torch.cat(means).cpu().numpy(), specs, total
 
 
 def pick_layout(plan: RoundPlan, batch: ClientBatch, seeds: list[int], device: torch.device) -> str:

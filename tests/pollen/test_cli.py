@@ -31,6 +31,7 @@ from pollen.cli import app
         (["--prune", "0.5", "--prune-schedule", "exp"], "--prune-schedule"),
         (["--prune", "0.5", "--prune-scope", "row"], "--prune-scope"),
         (["--download-bits", "4"], "--download-bits"),
+        (["--engine", "flower", "--no-pool-uploads"], "--engine"),
     ],
 )
 def test_bad_flags_exit_nonzero_with_one_line_naming_the_flag(args, flag):

@@ -22,6 +22,7 @@ from simulations.heterogeneity import (
     load_tiers,
 )
 from simulations.runner import SimulationSettings, simulate
+from wire import PAYLOAD_FIELD, POOLING_CONFIG_KEY, UPDATE_RECORD_KEY
 
 
 def test_virtual_clock_adds_download_compute_and_upload():
@@ -54,9 +55,10 @@ def test_tier_files_load_and_bad_ones_say_what_is_expected(tmp_path):
         Heterogeneity(availability=0)
 
 
-def _train(grid):
+def _train(grid, **extra):
     arrays = model_arrays(get_task("digits").build_model(0))
     config = {
+        **extra,
         "task": "digits",
         "partition": "iid",
         "seed": 0,
@@ -83,6 +85,16 @@ def test_a_deadline_nobody_meets_drops_every_update_and_the_server_waits_it_out(
         RecordDict({"config": ConfigRecord({})}), inner.get_node_ids()[0], MessageType.QUERY
     )
     assert len(list(grid.send_and_receive([query]))) == 1  # only train replies are clocked
+
+
+def test_the_wrapped_engine_sends_each_update_alone_so_that_any_member_can_be_dropped():
+    inner = BatchedGrid(task=get_task, data=simulated_client_data, num_nodes=4)
+    grid = HeterogeneousGrid(inner, Heterogeneity(deadline_s=1e6))
+    messages = _train(inner, **{POOLING_CONFIG_KEY: True})
+    replies = list(grid.send_and_receive(messages))
+    assert len(replies) == 4 and inner.stats.pooled_clients == 0
+    assert all(PAYLOAD_FIELD in r.content[UPDATE_RECORD_KEY] for r in replies)
+    assert POOLING_CONFIG_KEY not in messages[0].content["config"]
 
 
 def test_both_engines_drop_the_same_clients_and_agree_on_the_model(tmp_path):
@@ -114,6 +126,7 @@ def test_both_engines_drop_the_same_clients_and_agree_on_the_model(tmp_path):
         [r[k] for k in keys] for r in batched_rows
     ]
     assert flower["offline_clients"] > 0 and flower["straggler_clients"] > 0
+    assert batched["pooled_client_updates"] == 0  # a dropped member cannot hide in a pool
     assert flower["simulated_time_s"] == batched["simulated_time_s"] == pytest.approx(6.0)
     assert (
         max(float(np.abs(flower_model[k] - batched_model[k]).max()) for k in flower_model) <= 1e-4

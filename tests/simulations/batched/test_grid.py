@@ -14,7 +14,14 @@ from client_sdk.tasks import get_task
 from simulations.app import simulated_client_data
 from simulations.batched import BatchedGrid
 from simulations.batched.memory import MemoryPlanner
-from wire import PAYLOAD_FIELD, UPDATE_RECORD_KEY, decode_update
+from wire import (
+    PAYLOAD_FIELD,
+    POOL_ID_FIELD,
+    POOLING_CONFIG_KEY,
+    UPDATE_RECORD_KEY,
+    UpdateRejected,
+    decode_update,
+)
 
 CONFIG = {"task": "digits", "partition": "iid", "seed": 0, "num-partitions": 4, "server-round": 1}
 
@@ -155,3 +162,34 @@ def test_a_layout_override_that_names_no_layout_is_refused(monkeypatch):
     grid = _grid()
     with pytest.raises(ValueError, match="POLLEN_LAYOUT='diagonal': use one of grouped"):
         list(grid.send_and_receive(_train_messages(grid, get_task("digits"))))
+
+
+def _pools(replies):
+    return [r.content[UPDATE_RECORD_KEY].get(POOL_ID_FIELD) for r in replies]
+
+
+def test_a_chunk_is_pooled_only_when_the_server_allows_it_and_the_update_is_float32():
+    task = get_task("digits")
+    allowed = {POOLING_CONFIG_KEY: True}
+    grid = _grid(clients_per_batch=3)
+    replies = list(grid.send_and_receive(_train_messages(grid, task, allowed)))
+    ids = _pools(replies)
+    assert None not in ids and len(set(ids)) == 2  # chunks of 3 and 1 clients, one pool each
+    assert sum(PAYLOAD_FIELD in r.content[UPDATE_RECORD_KEY] for r in replies) == 2
+    assert grid.stats.pooled_clients == 4 and grid.stats.vectorized_clients == 4
+    for config in ({}, {**allowed, "quant-bits": 8}):  # not allowed; compressed updates
+        grid = _grid()
+        assert _pools(grid.send_and_receive(_train_messages(grid, task, config))) == [None] * 4
+        assert grid.stats.pooled_clients == 0
+    grid = _grid(pool_uploads=False)
+    assert _pools(grid.send_and_receive(_train_messages(grid, task, allowed))) == [None] * 4
+
+
+def test_a_chunk_whose_updates_are_not_finite_sends_each_payload_for_the_server_to_judge():
+    grid = _grid()
+    config = {POOLING_CONFIG_KEY: True, "lr": 1e38}  # diverges to inf/nan
+    replies = list(grid.send_and_receive(_train_messages(grid, get_task("digits"), config)))
+    assert _pools(replies) == [None] * 4 and grid.stats.pooled_clients == 0
+    payloads = [r.content[UPDATE_RECORD_KEY][PAYLOAD_FIELD] for r in replies]
+    with pytest.raises(UpdateRejected, match="non-finite"):
+        decode_update(payloads[0], expected_round=1)

@@ -1,0 +1,109 @@
+"""Server side of pooled uploads (:mod:`wire.pooling`): group the replies, check each pool.
+
+A pool is usable only when the server allowed pooling this round (its strategy needs just the
+weighted mean), exactly one reply carries the payload, every member the carrier counts has
+replied, and the carrier's weight is the sum of the members' ``num-examples``: then adding the
+carrier's mean with that weight is exactly adding each member's update with its own. Anything
+else rejects the whole pool, member by member, with the reason.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from flwr.app import ConfigRecord, Message, MetricRecord
+
+from wire import (
+    PAYLOAD_FIELD,
+    POOL_ID_FIELD,
+    POOL_SIZE_FIELD,
+    POOL_WEIGHT_FIELD,
+    UPDATE_RECORD_KEY,
+    RejectReason,
+    UpdateRejected,
+)
+
+
+@dataclass
+class Pool:
+    """The replies (carrier included) that share one pool id, in the order they came."""
+
+    pool_id: str
+    replies: list[Message] = field(default_factory=list)
+
+    @property
+    def carriers(self) -> list[Message]:
+        return [m for m in self.replies if isinstance(_record(m).get(PAYLOAD_FIELD), bytes)]
+
+    def payload_bytes(self) -> int:
+        """What the pool's members uploaded: each a float32 update the size of the carrier's."""
+        carriers = self.carriers
+        return len(_record(carriers[0])[PAYLOAD_FIELD]) if len(carriers) == 1 else 0
+
+
+def _record(msg: Message) -> ConfigRecord:
+    record = msg.content.get(UPDATE_RECORD_KEY)
+    return record if isinstance(record, ConfigRecord) else ConfigRecord()
+
+
+def pool_id_of(msg: Message) -> str | None:
+    value = _record(msg).get(POOL_ID_FIELD)
+    return value if isinstance(value, str) else None
+
+
+def group_pools(replies: list[Message]) -> list[Message | Pool]:
+    """``replies`` in their order, the members of each pool gathered at its first member's place."""
+    units: list[Message | Pool] = []
+    pools: dict[str, Pool] = {}
+    for msg in replies:
+        pool_id = pool_id_of(msg)
+        if pool_id is None:
+            units.append(msg)
+            continue
+        if pool_id not in pools:
+            pools[pool_id] = Pool(pool_id)
+            units.append(pools[pool_id])
+        pools[pool_id].replies.append(msg)
+    return units
+
+
+def check_pool(pool: Pool, metrics: list[MetricRecord | None], weight_key: str, *, allowed: bool):
+    """The pool's carrier and total weight; :class:`UpdateRejected` (``bad-pool``) if unusable.
+
+    ``metrics`` are the pool's replies' metric records, in ``pool.replies`` order.
+    """
+
+    def refuse(detail: str) -> UpdateRejected:
+        return UpdateRejected(RejectReason.BAD_POOL, f"pool {pool.pool_id!r}: {detail}")
+
+    if not allowed:
+        raise refuse(
+            "this round's strategy needs every client's own update (the server's train config "
+            "did not allow pooling); send one payload per client"
+        )
+    carriers = pool.carriers
+    if len(carriers) != 1:
+        raise refuse(f"needs exactly one reply carrying the payload, got {len(carriers)}")
+    record = _record(carriers[0])
+    size, total = record.get(POOL_SIZE_FIELD), record.get(POOL_WEIGHT_FIELD)
+    if not isinstance(size, int) or isinstance(size, bool) or size != len(pool.replies):
+        raise refuse(
+            f"the carrier counts {size!r} members but {len(pool.replies)} replied; a pool is "
+            "used only whole (a member that did not reply is still inside its mean)"
+        )
+    weights = []
+    for msg, record_metrics in zip(pool.replies, metrics, strict=True):
+        weight = None if record_metrics is None else record_metrics.get(weight_key)
+        if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not weight > 0:
+            raise refuse(
+                f"member node {msg.metadata.src_node_id} needs a positive {weight_key!r} "
+                f"metric, got {weight!r}"
+            )
+        weights.append(float(weight))
+    if not isinstance(total, (int, float)) or not math.isclose(total, math.fsum(weights)):
+        raise refuse(
+            f"{POOL_WEIGHT_FIELD} {total!r} is not the sum of the members' {weight_key!r} "
+            f"({math.fsum(weights)})"
+        )
+    return carriers[0], float(total)

@@ -1,0 +1,50 @@
+"""Reading train replies on the server: their metrics, their summing order, their rejection."""
+
+from __future__ import annotations
+
+import logging
+
+from flwr.app import Message, MetricRecord, RecordDict
+
+from strategies.sampling import UNKNOWN_PARTITION
+from strategies.stats import Rejection, RoundStats
+from wire import UpdateRejected
+
+log = logging.getLogger("strategies.wire_adapter")
+
+# Metrics the adapter keeps for itself instead of passing to the weighted average.
+ADAPTER_METRICS = ("partition-id", "upload-bytes")
+
+
+def metrics_of(content: RecordDict) -> MetricRecord | None:
+    """The reply's first MetricRecord (``RecordDict.metric_records`` copies them all each call)."""
+    return next((v for v in content.values() if isinstance(v, MetricRecord)), None)
+
+
+def strip_adapter_metrics(metrics: MetricRecord) -> None:
+    for key in ADAPTER_METRICS:  # not averaged: the adapter accounts for them itself
+        if key in metrics:
+            del metrics[key]
+
+
+def order_key(msg: Message) -> tuple[int, int]:
+    """Replies are summed in partition-id order (node ids are random per simulation run)."""
+    metrics = metrics_of(msg.content)
+    pid = -1 if metrics is None else metrics.get("partition-id", -1)
+    pid = int(pid) if isinstance(pid, (int, float)) and pid >= 0 else UNKNOWN_PARTITION
+    return pid, msg.metadata.src_node_id
+
+
+def reject(server_round: int, stats: RoundStats, replies: list[Message], err: UpdateRejected):
+    """Count every reply of ``replies`` (one update, or one pool) as rejected; log it once."""
+    for msg in replies:
+        stats.rejected.append(Rejection(msg.metadata.src_node_id, err.reason.value, err.detail))
+    log.warning(
+        "round %d: rejected %s (%s): %s",
+        server_round,
+        f"update from node {replies[0].metadata.src_node_id}"
+        if len(replies) == 1
+        else f"{len(replies)} pooled updates",
+        err.reason.value,
+        err.detail,
+    )
