@@ -50,7 +50,7 @@ def plain_flower(n: int, rounds: int, device: str, samples: int, batch: int) -> 
 
 
 def pollen(
-    n: int, rounds: int, engine: str, device: str, samples: int, batch: int
+    n: int, rounds: int, engine: str, device: str, samples: int, batch: int, *extra: str
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [
@@ -59,7 +59,7 @@ def pollen(
             "--batch-size", str(batch), "--engine", engine, "--out", tmp,
         ]  # fmt: skip
         if engine == "batched":
-            cmd += ["--device", device]
+            cmd += ["--device", device, *extra]
         started = time.perf_counter()
         proc = subprocess.run(
             cmd, env=_env(samples, batch), capture_output=True, text=True, check=False
@@ -79,8 +79,11 @@ def pollen(
         "peak_memory_kind": summary.get("peak_memory_kind"),
         "clients_per_batch": summary.get("clients_per_batch"),
         "device": summary.get("device", "cpu"),
-        # batched engine, totals over all rounds: training, replies, data
-        **{k: summary.get(k) for k in ("train_s", "reply_s", "data_s", "layout")},
+        # totals over all rounds: batched training, replies, data; the server's aggregation
+        **{
+            k: summary.get(k)
+            for k in ("train_s", "reply_s", "data_s", "aggregate_s", "layout", "pooled_updates")
+        },
     }
 
 
@@ -93,6 +96,11 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu | cuda (plain Flower and batched)")
     parser.add_argument("--max-ray-clients", type=int, default=1000)
     parser.add_argument("--skip-pollen-flower", action="store_true")
+    parser.add_argument(
+        "--per-client-uploads",
+        action="store_true",
+        help="add a batched row with --no-pool-uploads (one payload per client, as before pooling)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args()
     if args.rounds < 3:
@@ -117,6 +125,21 @@ def main() -> None:
                 pollen(n, args.rounds, "batched", args.device, args.samples, args.batch),
             )
         )
+        if args.per_client_uploads:
+            rows.append(
+                (
+                    "Pollen batched, unpooled",
+                    pollen(
+                        n,
+                        args.rounds,
+                        "batched",
+                        args.device,
+                        args.samples,
+                        args.batch,
+                        "--no-pool-uploads",
+                    ),  # fmt: skip
+                )
+            )
         for name, row in rows:
             row.update(name=name, clients=n, clients_per_s=n / row["round_s"])
             row["ratio_vs_plain_flower"] = (
@@ -131,7 +154,8 @@ def main() -> None:
                 + (f" | peak {peak / 2**30:.2f} GiB ({row['peak_memory_kind']})" if peak else "")
                 + (
                     f" | totals: train {row['train_s']}s, replies {row['reply_s']}s, "
-                    f"data {row['data_s']}s, layout {row['layout']}"
+                    f"data {row['data_s']}s, server aggregation {row['aggregate_s']}s, "
+                    f"layout {row['layout']}, pooled updates {row['pooled_updates']}"
                     if row.get("train_s") is not None
                     else ""
                 ),

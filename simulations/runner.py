@@ -225,6 +225,8 @@ def summarize(
         "upload_bytes_total": sum(r.get("upload_bytes_total", 0) for r in trained),
         "download_bytes_total": sum(r.get("download_bytes_total", 0) for r in trained),
         "rejected_updates": sum(r.get("rejected_updates", 0) for r in trained),
+        "pooled_updates": sum(r.get("pooled_updates", 0) for r in trained),
+        "aggregate_s": round(sum(r.get("aggregate_s", 0.0) for r in trained), 3),
         "upload_bytes_per_client_round": (
             sum(r.get("upload_bytes_total", 0) for r in trained)
             / max(

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from flwr.app import Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
 from strategies.sampling import UNKNOWN_PARTITION
 from strategies.stats import Rejection, RoundStats
-from wire import UpdateRejected
+from wire import PAYLOAD_FIELD, UPDATE_RECORD_KEY, RejectReason, UpdateRejected
 
 log = logging.getLogger("strategies.wire_adapter")
 
@@ -48,3 +48,31 @@ def reject(server_round: int, stats: RoundStats, replies: list[Message], err: Up
         err.reason.value,
         err.detail,
     )
+
+
+def reply_payload(msg: Message) -> bytes:
+    """The reply's update bytes; :class:`UpdateRejected` (``missing-payload``) without them."""
+    record = msg.content.get(UPDATE_RECORD_KEY)
+    payload = record.get(PAYLOAD_FIELD) if isinstance(record, ConfigRecord) else None
+    if not isinstance(payload, bytes):
+        raise UpdateRejected(
+            RejectReason.MISSING_PAYLOAD,
+            f"reply has no bytes under {UPDATE_RECORD_KEY!r}/{PAYLOAD_FIELD!r}; "
+            "is the client built with Pollen's SDK?",
+        )
+    return payload
+
+
+def reply_weight(
+    msg: Message, weight_key: str, pool_weight: float = 0.0
+) -> tuple[MetricRecord, float]:
+    """The reply's metrics and its weight: ``pool_weight`` for a pool's carrier, else the
+    ``weight_key`` metric; :class:`UpdateRejected` (``bad-header``) when it is not positive."""
+    metrics = metrics_of(msg.content)
+    weight = pool_weight or (None if metrics is None else metrics.get(weight_key))
+    if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not weight > 0:
+        raise UpdateRejected(
+            RejectReason.BAD_HEADER,
+            f"reply needs a positive {weight_key!r} metric to be weighted, got {weight!r}",
+        )
+    return metrics, float(weight)  # type: ignore[return-value]  # a weight implies metrics

@@ -29,6 +29,7 @@ class RoundStats:
     pooled: int = 0  # accepted updates that arrived inside a pool (strategies.pooling)
     dropped: int = 0  # sampled clients with no reply (dead, disconnected, or past the deadline)
     train_metrics: dict[str, float] = field(default_factory=dict)
+    aggregate_s: float = 0.0  # server seconds in aggregate_train (decoding, checks, the mean)
     secagg_failure: str = ""  # why secure aggregation could not finish this round ("" = fine)
 
     @property
@@ -53,6 +54,7 @@ class RoundStats:
             "download_bytes_total": self.download_bytes_total,
             "download_bytes_per_client": self.download_bytes_per_client,
             "sparsity": self.sparsity,
+            "aggregate_s": round(self.aggregate_s, 4),
             "rejections": [asdict(r) for r in self.rejected],
             **({"secagg_failure": self.secagg_failure} if self.secagg_failure else {}),
             "failures": [asdict(r) for r in self.failures],

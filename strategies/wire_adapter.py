@@ -12,6 +12,7 @@ server keeps one model in memory instead of one per client.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 
 import numpy as np
@@ -23,7 +24,14 @@ from strategies.aggregation import StreamingMean, clip_update, weighted_metrics
 from strategies.compression import CompressionSettings
 from strategies.pooling import Pool, check_pool, group_pools
 from strategies.pruning import magnitude_masks, prunable_names
-from strategies.replies import metrics_of, order_key, reject, strip_adapter_metrics
+from strategies.replies import (
+    metrics_of,
+    order_key,
+    reject,
+    reply_payload,
+    reply_weight,
+    strip_adapter_metrics,
+)
 from strategies.sampling import FixedNodesGrid, SeededSampler
 from strategies.secagg import SecAggFailed, SecAggSession, SecAggSettings
 from strategies.stats import Rejection, RoundStats
@@ -32,10 +40,8 @@ from wire import (
     MASK_FIELD,
     PAYLOAD_FIELD,
     POOLING_CONFIG_KEY,
-    UPDATE_RECORD_KEY,
     CodecSpec,
     MaskSet,
-    RejectReason,
     TensorSpec,
     UpdateRejected,
     decode_update,
@@ -190,6 +196,15 @@ class WireStrategy(Strategy):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         server_round += self.round_offset
         stats = self.rounds.setdefault(server_round, RoundStats(server_round=server_round))
+        started = time.perf_counter()
+        try:
+            return self._aggregate_train(server_round, replies, stats)
+        finally:
+            stats.aggregate_s += time.perf_counter() - started
+
+    def _aggregate_train(
+        self, server_round: int, replies: Iterable[Message], stats: RoundStats
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         if self.secure is not None:
             return self._aggregate_secure(server_round, list(replies), stats)
         candidates: list[tuple[tuple[int, int], Message]] = []
@@ -333,24 +348,10 @@ class WireStrategy(Strategy):
     ) -> tuple[dict[str, np.ndarray], float, MetricRecord]:
         """The reply's decoded (and clipped) update, its weight and the metrics to average
         (a pool's carrier, ``pool_weight`` > 0, holds its pool's mean of that total weight)."""
-        content = msg.content
-        record = content.get(UPDATE_RECORD_KEY)
-        payload = record.get(PAYLOAD_FIELD) if isinstance(record, ConfigRecord) else None
-        if not isinstance(payload, bytes):
-            raise UpdateRejected(
-                RejectReason.MISSING_PAYLOAD,
-                f"reply has no bytes under {UPDATE_RECORD_KEY!r}/{PAYLOAD_FIELD!r}; "
-                "is the client built with Pollen's SDK?",
-            )
+        payload = reply_payload(msg)
         if not pool_weight:  # a pool's bytes are counted for all its members at once
             stats.upload_bytes.append(len(payload))
-        metrics = metrics_of(content)
-        weight = pool_weight or (None if metrics is None else metrics.get(WEIGHT_KEY))
-        if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not weight > 0:
-            raise UpdateRejected(
-                RejectReason.BAD_HEADER,
-                f"reply needs a positive {WEIGHT_KEY!r} metric to be weighted, got {weight!r}",
-            )
+        metrics, weight = reply_weight(msg, WEIGHT_KEY, pool_weight)
         specs, model_bytes = self._expected_layout()
         update = decode_update(
             payload,
