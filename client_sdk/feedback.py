@@ -5,6 +5,11 @@ Feedback Fixes SignSGD", ICML 2019; Stich et al. 2018 for top-k): the client kee
 e <- (delta + e) - decode(encode(delta + e)) in its node state between rounds, so the bias of
 quantization or sparsification does not accumulate. Residuals at coordinates the current mask
 prunes are dropped.
+
+The residual is kept as one flat float32 Array plus its layout (names, shapes): Flower's
+``Array`` serializes each array with ``np.save`` and parses it back with ``np.load``, about
+50 us per array each way, so ten per-tensor Arrays made the round trip 1 ms per client and
+round, one flat Array 0.13 ms.
 """
 
 from __future__ import annotations
@@ -12,17 +17,50 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from wire import CodecSpec, MaskSet, decode_update, encode_update
 
-RESIDUAL_KEY = "pollen.error-feedback"
+RESIDUAL_KEY = "pollen.error-feedback"  # ArrayRecord {"values": flat float32}
+LAYOUT_KEY = "pollen.error-feedback.layout"  # ConfigRecord {"names": [...], "shapes": ["8x8"]}
+
+
+def _flat_residual(state: RecordDict) -> np.ndarray | None:
+    record = state.get(RESIDUAL_KEY)
+    if not isinstance(record, ArrayRecord) or "values" not in record:
+        return None
+    return record["values"].numpy()
 
 
 def residual_norm(state: RecordDict) -> float:
-    if RESIDUAL_KEY not in state.array_records:
-        return 0.0
-    return float(np.sqrt(sum(float((a.numpy() ** 2).sum()) for a in state[RESIDUAL_KEY].values())))
+    flat = _flat_residual(state)
+    return 0.0 if flat is None else float(np.sqrt(np.square(flat, dtype=np.float64).sum()))
+
+
+def stored_residual(state: RecordDict) -> dict[str, np.ndarray]:
+    """The residual kept in ``state``, per tensor (empty when there is none)."""
+    flat, layout = _flat_residual(state), state.get(LAYOUT_KEY)
+    if flat is None or not isinstance(layout, ConfigRecord):
+        return {}
+    names = list(layout["names"])  # type: ignore[arg-type]
+    shapes = [tuple(int(d) for d in s.split("x") if d) for s in layout["shapes"]]  # type: ignore[union-attr]
+    sizes = [int(np.prod(shape)) for shape in shapes]
+    if sum(sizes) != flat.size:
+        return {}
+    parts = np.split(flat, np.cumsum(sizes)[:-1])
+    return {n: p.reshape(shape) for n, p, shape in zip(names, parts, shapes, strict=True)}
+
+
+def store_residual(state: RecordDict, residual: Mapping[str, np.ndarray]) -> None:
+    values = [np.asarray(v, np.float32).ravel() for v in residual.values()]
+    flat = np.concatenate(values) if values else np.zeros(0, np.float32)
+    state[RESIDUAL_KEY] = ArrayRecord({"values": Array(flat)})
+    state[LAYOUT_KEY] = ConfigRecord(
+        {
+            "names": list(residual),
+            "shapes": ["x".join(str(d) for d in np.shape(v)) for v in residual.values()],
+        }
+    )
 
 
 def encode_with_feedback(
@@ -36,8 +74,8 @@ def encode_with_feedback(
 ) -> bytes:
     """Encode ``delta`` (+ the stored residual when ``state`` is given) and update the residual."""
     target = dict(delta)
-    if state is not None and RESIDUAL_KEY in state.array_records:
-        stored = {k: v.numpy() for k, v in state[RESIDUAL_KEY].items()}
+    if state is not None:
+        stored = stored_residual(state)
         for name, value in target.items():
             if name in stored and stored[name].shape == value.shape:
                 target[name] = value + stored[name]
@@ -46,7 +84,5 @@ def encode_with_feedback(
     payload = encode_update(target, server_round=server_round, codec=codec, masks=masks, rng=rng)
     if state is not None:
         sent = decode_update(payload, masks=masks).as_dict()
-        state[RESIDUAL_KEY] = ArrayRecord(
-            {name: Array((target[name] - sent[name]).astype(np.float32)) for name in target}
-        )
+        store_residual(state, {name: target[name] - sent[name] for name in target})
     return payload
