@@ -54,12 +54,16 @@ def stored_residual(state: RecordDict) -> dict[str, np.ndarray]:
 def store_residual(state: RecordDict, residual: Mapping[str, np.ndarray]) -> None:
     values = [np.asarray(v, np.float32).ravel() for v in residual.values()]
     flat = np.concatenate(values) if values else np.zeros(0, np.float32)
-    state[RESIDUAL_KEY] = ArrayRecord({"values": Array(flat)})
+    store_flat_residual(state, flat, list(residual), [np.shape(v) for v in residual.values()])
+
+
+def store_flat_residual(
+    state: RecordDict, flat: np.ndarray, names: list[str], shapes: list[tuple[int, ...]]
+) -> None:
+    """Keep ``flat`` (the tensors ``names`` of ``shapes``, raveled in that order) in ``state``."""
+    state[RESIDUAL_KEY] = ArrayRecord({"values": Array(np.asarray(flat, np.float32))})
     state[LAYOUT_KEY] = ConfigRecord(
-        {
-            "names": list(residual),
-            "shapes": ["x".join(str(d) for d in np.shape(v)) for v in residual.values()],
-        }
+        {"names": list(names), "shapes": ["x".join(str(d) for d in shape) for shape in shapes]}
     )
 
 

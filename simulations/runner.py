@@ -178,6 +178,7 @@ def _run_batched(server_app, settings: SimulationSettings) -> dict[str, Any]:
         "vectorized_client_updates": stats.vectorized_clients,
         "looped_client_updates": stats.looped_clients,
         "pooled_client_updates": stats.pooled_clients,
+        "sdk_encoded_client_updates": stats.sdk_encoded_clients,
         "fallback_reason": stats.fallback_reason,
         "train_s": round(stats.train_seconds, 3),
         "reply_s": round(stats.reply_seconds, 3),

@@ -11,7 +11,6 @@ from wire.format import (
     MAGIC,
     DecodedUpdate,
     decode_update,
-    encode_float32_rows,
     encode_update,
 )
 from wire.mask import MaskSet
@@ -21,6 +20,7 @@ from wire.pooling import (
     POOL_WEIGHT_FIELD,
     POOLING_CONFIG_KEY,
 )
+from wire.rows import encode_float32_rows, encode_quantized_rows
 from wire.stages import TensorSpec
 
 # Where a payload lives inside a Flower RecordDict: a ConfigRecord holding one bytes value.
@@ -50,5 +50,6 @@ __all__ = [
     "UpdateRejected",
     "decode_update",
     "encode_float32_rows",
+    "encode_quantized_rows",
     "encode_update",
 ]

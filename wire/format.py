@@ -106,39 +106,13 @@ def encode_update(
     )
     stages.append({"name": "quantize" if codec.quant_bits else "float32", "params": params})
     sections += value_sections
-    frame = _frame(server_round, specs, stages, [(name, _nbytes(buf)) for name, buf in sections])
+    frame = payload_frame(
+        server_round, specs, stages, [(name, _nbytes(buf)) for name, buf in sections]
+    )
     return b"".join([frame, *(buf for _, buf in sections)])  # one copy
 
 
-def encode_float32_rows(
-    rows: np.ndarray,
-    specs: Sequence[TensorSpec],
-    *,
-    server_round: int,
-    masks: MaskSet | None = None,
-) -> list[bytes]:
-    """Payloads for many clients' uncompressed updates at once, one per row of ``rows``.
-
-    Row k holds client k's kept values (``select``'s order: tensors in ``specs`` order, pruned
-    coordinates left out). Every payload is byte-for-byte what :func:`encode_update` writes for
-    that client's tensors with the float32 codec; the header is built once for all of them.
-    """
-    count = sum(segment_lengths(specs, masks))
-    if rows.ndim != 2 or rows.shape[1] != count:
-        raise ValueError(f"rows must be [clients, {count}] kept values, got {rows.shape}")
-    stages = [
-        {
-            "name": "select",
-            "params": {"mask": "" if masks is None else masks.digest, "count": count},
-        },
-        {"name": "float32", "params": {}},
-    ]
-    frame = _frame(server_round, specs, stages, [("values", 4 * count)])
-    rows = np.ascontiguousarray(rows, dtype="<f4")
-    return [b"".join([frame, memoryview(row).cast("B")]) for row in rows]
-
-
-def _frame(
+def payload_frame(
     server_round: int,
     specs: Sequence[TensorSpec],
     stages: list[dict[str, Any]],

@@ -39,7 +39,9 @@ from simulations.batched.replies import (
     error_reply,
     pooled_replies,
     pooling_allowed,
+    quantized_replies,
     uncompressed,
+    vectorizable,
     vectorized_replies,
 )
 from simulations.batched.training import (
@@ -66,6 +68,7 @@ class EngineStats:
     train_seconds: float = 0.0  # vmapped local training, device synchronised
     reply_seconds: float = 0.0  # deltas to host, encoding, reply Messages
     pooled_clients: int = 0  # replies sent inside a pool (the server allowed pooling)
+    sdk_encoded_clients: int = 0  # vectorized clients whose payload the SDK encoded one by one
     data_seconds: float = 0.0  # client data: generation (first use), padding, upload to device
     layout: str = ""  # grouped | channels-last | packed (training.LAYOUTS)
     chunk_sizes: list[int] = field(default_factory=list)
@@ -308,14 +311,19 @@ class BatchedGrid(Grid):
         started = time.perf_counter()
         messages = [m for m, _ in chunk]
         replies = None
-        if uncompressed(plan, messages[0], self._hook):
-            if self.pool_uploads and pooling_allowed(plan):
+        if vectorizable(plan, messages[0], self._hook):
+            if uncompressed(plan) and self.pool_uploads and pooling_allowed(plan):
                 replies = pooled_replies(plan, messages, contexts, trained, self.device)
                 self.stats.pooled_clients += 0 if replies is None else len(replies)
-            if replies is None:
+            elif uncompressed(plan):
                 replies = vectorized_replies(plan, messages, contexts, trained, self.device)
-        else:
+            else:
+                replies = quantized_replies(plan, messages, contexts, trained, self.device)
+            if replies is None and uncompressed(plan):  # a pool not finite: each payload
+                replies = vectorized_replies(plan, messages, contexts, trained, self.device)
+        if replies is None:
             replies = each_reply(plan, messages, contexts, trained, self._hook)
+            self.stats.sdk_encoded_clients += len(replies)
         for msg, reply in zip(messages, replies, strict=True):
             self._replies[msg.metadata.message_id] = reply
         self.stats.reply_seconds += time.perf_counter() - started

@@ -1,9 +1,12 @@
 """Train replies of the batched engine, built from one chunk of K trained clients.
 
-Three ways, from the most to the least per-client work:
+Four ways, from the most to the least per-client work:
 
-- :func:`each_reply`: compressed, hooked or secure updates go through the SDK's own encoder
-  client by client (:func:`client_sdk.rounds.upload_reply`), exactly as on a device;
+- :func:`each_reply`: top-k, hooked (simulated attacks) or secure updates go through the SDK's
+  own encoder client by client (:func:`client_sdk.rounds.upload_reply`), exactly as on a device;
+- :func:`quantized_replies`: quantized updates (with or without error feedback) are quantized
+  and bit-packed for the K clients at once on the device (:mod:`.codec`), byte-for-byte the
+  SDK's payloads;
 - :func:`vectorized_replies`: uncompressed updates, every payload cut from one [K, kept]
   matrix with one shared header (byte-for-byte what the SDK would send);
 - :func:`pooled_replies`: when the server's train config allows pooling (its strategy needs
@@ -22,6 +25,7 @@ from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.common.constant import ErrorCode
 
 from client_sdk.rounds import RoundPlan, UpdateHook, reply_message, reply_metrics, upload_reply
+from simulations.batched.codec import encode_chunk
 from simulations.batched.training import TrainedChunk, flat_deltas, pooled_delta
 from wire import (
     PAYLOAD_FIELD,
@@ -40,15 +44,14 @@ def error_reply(msg: Message, err: BaseException) -> Message:
     return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
 
 
-def uncompressed(plan: RoundPlan, msg: Message, hook: UpdateHook | None) -> bool:
-    """Float32 updates, no hook, no secure aggregation: the payload is the plain delta."""
-    return (
-        plan.codec.quant_bits == 0
-        and not plan.codec.topk
-        and not plan.error_feedback
-        and hook is None
-        and SECAGG_RECORD_KEY not in msg.content
-    )
+def vectorizable(plan: RoundPlan, msg: Message, hook: UpdateHook | None) -> bool:
+    """No hook, no secure aggregation, no top-k: the engine's own encoders apply."""
+    return hook is None and not plan.codec.topk and SECAGG_RECORD_KEY not in msg.content
+
+
+def uncompressed(plan: RoundPlan) -> bool:
+    """Float32 updates: the payload is the plain delta."""
+    return plan.codec.quant_bits == 0 and not plan.error_feedback
 
 
 def pooling_allowed(plan: RoundPlan) -> bool:
@@ -71,6 +74,26 @@ def each_reply(
         except Exception as err:
             replies.append(error_reply(msg, err))
     return replies
+
+
+def quantized_replies(
+    plan: RoundPlan,
+    messages: list[Message],
+    contexts: list[Context],
+    trained: TrainedChunk,
+    device: torch.device,
+) -> list[Message] | None:
+    """Quantized updates of the chunk from the device codec; None when one is not finite."""
+    encoded = encode_chunk(plan, contexts, trained, device)
+    if encoded is None:
+        return None
+    payloads, carried = encoded
+    return [
+        reply_message(msg, plan, context, payload, stats, residual)
+        for msg, context, payload, stats, residual in zip(
+            messages, contexts, payloads, trained.stats, carried, strict=True
+        )
+    ]
 
 
 def vectorized_replies(

@@ -272,7 +272,7 @@ def train_clients(
     return TrainedChunk(local=local, stats=stats)
 
 
-def _trained_tensors(plan: RoundPlan, device: torch.device):
+def trained_tensors(plan: RoundPlan, device: torch.device):
     """(name, spec, global tensor on ``device``, kept flat indices or None), in wire order."""
     for name, start in plan.global_arrays.items():
         if plan.frozen and name.startswith(plan.frozen):
@@ -296,7 +296,7 @@ def flat_deltas(
 ) -> tuple[np.ndarray, list[TensorSpec]]:
     """[K, kept] float32 rows of local - global in the wire's ``select`` order, on the host."""
     specs, columns = [], []
-    for name, spec, reference, keep in _trained_tensors(plan, device):
+    for name, spec, reference, keep in trained_tensors(plan, device):
         flat = _delta(chunk.local[name], reference)
         specs.append(spec)
         columns.append(flat if keep is None else flat[:, keep])
@@ -317,7 +317,7 @@ def pooled_delta(
     weights = torch.tensor(counts, dtype=torch.float32, device=device)
     total = float(sum(counts))
     specs, means = [], []
-    for name, spec, reference, keep in _trained_tensors(plan, device):
+    for name, spec, reference, keep in trained_tensors(plan, device):
         local = chunk.local[name]
         acc = torch.zeros(reference.numel(), dtype=torch.float64, device=device)
         for start in range(0, len(counts), POOL_BLOCK):

@@ -57,6 +57,7 @@ def test_batched_engine_matches_flowers_engine_after_three_rounds(case, tmp_path
     assert summary["peak_memory_bytes"] > 0
     # float32 updates under FedAvg travel pooled (one mean per chunk); compressed ones never do
     pooled = 0 if run.get("quant_bits") else sampled
+    assert summary["sdk_encoded_client_updates"] == 0  # quantized ones on the device codec
     assert summary["pooled_client_updates"] == pooled == sum(r["pooled_updates"] for r in rows[1:])
     assert [r["upload_bytes_total"] for r in rows[1:]] == [
         r["upload_bytes_total"] for r in ref_rows[1:]

@@ -180,7 +180,7 @@ def test_a_chunk_is_pooled_only_when_the_server_allows_it_and_the_update_is_floa
     for config in ({}, {**allowed, "quant-bits": 8}):  # not allowed; compressed updates
         grid = _grid()
         assert _pools(grid.send_and_receive(_train_messages(grid, task, config))) == [None] * 4
-        assert grid.stats.pooled_clients == 0
+        assert grid.stats.pooled_clients == 0 and grid.stats.sdk_encoded_clients == 0
     grid = _grid(pool_uploads=False)
     assert _pools(grid.send_and_receive(_train_messages(grid, task, allowed))) == [None] * 4
 
@@ -193,3 +193,13 @@ def test_a_chunk_whose_updates_are_not_finite_sends_each_payload_for_the_server_
     payloads = [r.content[UPDATE_RECORD_KEY][PAYLOAD_FIELD] for r in replies]
     with pytest.raises(UpdateRejected, match="non-finite"):
         decode_update(payloads[0], expected_round=1)
+
+
+def test_top_k_updates_are_encoded_by_the_sdk_and_counted():
+    grid = _grid()
+    config = {"topk": 0.1, "quant-bits": 8}
+    replies = list(grid.send_and_receive(_train_messages(grid, get_task("digits"), config)))
+    assert grid.stats.sdk_encoded_clients == 4 == grid.stats.vectorized_clients
+    for reply in replies:
+        update = decode_update(reply.content[UPDATE_RECORD_KEY][PAYLOAD_FIELD], expected_round=1)
+        assert [s["name"] for s in update.stages] == ["select", "topk", "quantize"]

@@ -1,0 +1,197 @@
+"""The update codec for K clients at once on the engine's device: quantize, pack, error feedback.
+
+A torch port of :mod:`wire.quantize`, :mod:`wire.bitpack` (widths 1, 2, 4, 8) and the SDK's
+error feedback (:mod:`client_sdk.feedback`) over [K, n] rows, written by hand because the wire
+layer is numpy-only (devices run it without torch) while the batched engine keeps the trained
+models on its device. Every step is the same IEEE float32 operation as numpy's, one kernel at a
+time (no fused multiply-add; ``torch.round`` rounds half to even like ``np.rint``), dtypes
+promote as numpy's do, and stochastic rounding draws each client's noise from the numpy
+generator the SDK seeds: each payload and each stored residual is byte-for-byte the SDK's
+(``tests/simulations/batched/test_codec.py``). Top-k stays with the SDK's encoder.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from flwr.app import Context
+
+from client_sdk.feedback import residual_norm, store_flat_residual, stored_residual
+from client_sdk.rounds import RoundPlan, partition_id_of
+from simulations.batched.training import TrainedChunk, trained_tensors
+from wire import TensorSpec, encode_quantized_rows
+from wire.bitpack import packed_size
+from wire.quantize import num_chunks
+
+
+def quantize_rows(
+    values: torch.Tensor, bits: int, chunk: int, noise: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Codes [K, n] uint8, lo and hi [K, chunks] of float32 rows, as ``wire.quantize`` does
+    per row; ``noise`` [K, chunks, chunk] selects stochastic rounding, None nearest."""
+    k, n = values.shape
+    chunks = num_chunks(n, chunk)
+    padded = torch.empty(k, chunks * chunk, dtype=torch.float32, device=values.device)
+    padded[:, :n] = values
+    padded[:, n:] = values[:, -1:]
+    blocks = padded.view(k, chunks, chunk)
+    lo, hi = blocks.amin(dim=2), blocks.amax(dim=2)
+    levels = (1 << bits) - 1
+    span = hi - lo
+    scale = torch.where(span > 0, torch.full_like(span, levels) / span, torch.zeros_like(span))
+    scale = scale.clamp(max=float(np.finfo(np.float32).max))  # a subnormal span overflows
+    position = (blocks - lo[:, :, None]) * scale[:, :, None]
+    codes = torch.round(position) if noise is None else torch.floor(position + noise)
+    codes = codes.clamp_(0, levels).to(torch.uint8).view(k, -1)[:, :n]
+    return codes, lo, hi
+
+
+def dequantize_rows(
+    codes: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: int, chunk: int
+) -> torch.Tensor:
+    """Float32 values of the codes, as the server's ``wire.quantize.dequantize`` computes them."""
+    k, n = codes.shape
+    chunks = lo.shape[1]
+    padded = torch.zeros(k, chunks * chunk, dtype=torch.float32, device=codes.device)
+    padded[:, :n] = codes
+    step = (hi - lo) / torch.tensor((1 << bits) - 1, dtype=torch.float32, device=lo.device)
+    blocks = padded.view(k, chunks, chunk) * step[:, :, None]
+    return (blocks + lo[:, :, None]).view(k, -1)[:, :n]
+
+
+def pack_rows(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """[K, packed] bytes of ``wire.bitpack.pack_uint`` for each row (widths dividing 8)."""
+    if 8 % bits:
+        raise ValueError(f"bit width {bits} does not divide 8")
+    k, n = codes.shape
+    per_byte = 8 // bits
+    lanes = torch.zeros(k, packed_size(n, bits) * per_byte, dtype=torch.uint8, device=codes.device)
+    lanes[:, :n] = codes
+    lanes = lanes.view(k, -1, per_byte)
+    out = lanes[:, :, 0].clone()
+    for lane in range(1, per_byte):
+        out |= lanes[:, :, lane] << (lane * bits)
+    return out
+
+
+# Clients encoded together. On this 2-core CPU, 32 tutorial-CNN clients at a time encoded 8-bit
+# updates 1.5x faster than numpy's client-by-client encoder; whole chunks of 500 (large fresh
+# tensors, out of cache) ran 1.5x slower than it, 4-8 at a time about as fast. A GPU takes more.
+CPU_BLOCK, CUDA_BLOCK = 32, 1024
+
+
+def _noise(plan: RoundPlan, contexts: list[Context], count: int) -> np.ndarray:
+    """Each client's stochastic-rounding draws from the generator ``upload_reply`` seeds."""
+    chunk = plan.codec.quant_chunk
+    noise = np.empty((len(contexts), num_chunks(count, chunk), chunk), np.float32)
+    for row, context in zip(noise, contexts, strict=True):
+        np.random.default_rng(plan.seed_for(partition_id_of(context))).random(
+            dtype=np.float32, out=row
+        )
+    return noise
+
+
+def encode_chunk(
+    plan: RoundPlan, contexts: list[Context], trained: TrainedChunk, device: torch.device
+) -> tuple[list[bytes], list[float]] | None:
+    """Quantized payloads of K clients and the residual norms they carried in (error feedback
+    updates each node's stored residual); None when an update is not finite (the SDK's encoder
+    then runs client by client, so the server rejects exactly those clients)."""
+    block = CUDA_BLOCK if device.type == "cuda" else CPU_BLOCK
+    blocks = []
+    for start in range(0, len(contexts), block):
+        rows = slice(start, start + block)
+        local = {name: tensor[rows] for name, tensor in trained.local.items()}
+        blocks.append(_encode_block(plan, contexts[rows], local, device))
+    if any(b is None for b in blocks):
+        return None
+    return (
+        [p for b in blocks for p in b[0]],  # type: ignore[index]
+        [c for b in blocks for c in b[1]],  # type: ignore[index]
+    )
+
+
+def _encode_block(
+    plan: RoundPlan,
+    contexts: list[Context],
+    local: dict[str, torch.Tensor],
+    device: torch.device,
+) -> tuple[list[bytes], list[float]] | None:
+    codec, feedback = plan.codec, plan.error_feedback
+    names, specs, targets, keeps = [], [], [], []
+    stored = [stored_residual(c.state) for c in contexts] if feedback else []
+    for name, spec, reference, keep in trained_tensors(plan, device):
+        # local - global in the global model's dtype, as the SDK's numpy does
+        target = local[name].to(reference.dtype) - reference
+        if feedback:
+            target = _add_residual(target, name, spec, stored)
+        if plan.masks is not None and name in plan.masks.masks:  # MaskSet.apply: float32
+            mask = torch.from_numpy(plan.masks.masks[name]).to(device)
+            target = torch.where(mask, target, torch.zeros((), dtype=target.dtype, device=device))
+            target = target.to(torch.float32)
+        names.append(name)
+        specs.append(spec)
+        targets.append(target.reshape(len(contexts), -1))
+        keeps.append(keep)
+    kept = torch.cat(
+        [
+            (t if k is None else t[:, k]).to(torch.float32)
+            for t, k in zip(targets, keeps, strict=True)
+        ],
+        dim=1,
+    )
+    noise = None
+    if codec.stochastic:
+        noise = torch.from_numpy(_noise(plan, contexts, kept.shape[1])).to(device)
+    codes, lo, hi = quantize_rows(kept, codec.quant_bits, codec.quant_chunk, noise)
+    if not bool(torch.isfinite(lo).all() and torch.isfinite(hi).all()):  # min/max keep NaN, inf
+        return None
+    scales = torch.stack([lo, hi], dim=2).reshape(len(contexts), -1)
+    payloads = encode_quantized_rows(
+        scales.cpu().numpy(),
+        pack_rows(codes, codec.quant_bits).cpu().numpy(),
+        specs,
+        server_round=plan.server_round,
+        codec=codec,
+        masks=plan.masks,
+    )
+    carried = [residual_norm(c.state) for c in contexts] if feedback else [0.0] * len(contexts)
+    if feedback:
+        sent = dequantize_rows(codes, lo, hi, codec.quant_bits, codec.quant_chunk)
+        _store_residuals(contexts, names, specs, targets, keeps, sent)
+    return payloads, carried
+
+
+def _add_residual(
+    target: torch.Tensor, name: str, spec: TensorSpec, stored: list[dict[str, np.ndarray]]
+) -> torch.Tensor:
+    """delta + residual for the clients that kept one of this shape (numpy's promotion)."""
+    has = [name in s and s[name].shape == spec.shape for s in stored]
+    if not any(has):
+        return target
+    zeros = np.zeros(spec.shape, np.float32)
+    residual = torch.from_numpy(
+        np.stack([s[name] if h else zeros for s, h in zip(stored, has, strict=True)])
+    )
+    added = target + residual.to(target.device)
+    flags = torch.tensor(has, device=target.device).view(-1, *[1] * len(spec.shape))
+    return torch.where(flags, added, target)  # untouched where none was stored (keeps -0.0)
+
+
+def _store_residuals(contexts, names, specs, targets, keeps, sent) -> None:
+    """residual = target - decode(payload), per tensor in its own dtype, kept as float32."""
+    parts, offset = [], 0
+    for target, keep in zip(targets, keeps, strict=True):
+        width = target.shape[1] if keep is None else int(keep.sum())
+        values = sent[:, offset : offset + width]
+        offset += width
+        decoded = torch.zeros(target.shape, dtype=torch.float32, device=target.device)
+        if keep is None:
+            decoded = values
+        else:
+            decoded[:, keep] = values
+        parts.append((target - decoded.to(target.dtype)).to(torch.float32))
+    rows = torch.cat(parts, dim=1).cpu().numpy()
+    shapes = [s.shape for s in specs]
+    for context, row in zip(contexts, rows, strict=True):
+        store_flat_residual(context.state, row, names, shapes)

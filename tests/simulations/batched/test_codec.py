@@ -1,0 +1,112 @@
+"""The engine's device codec against the SDK's encoder: byte-for-byte payloads and residuals."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import MessageType, RecordDict
+
+from client_sdk.feedback import stored_residual
+from client_sdk.rounds import upload_reply
+from client_sdk.tasks import get_task
+from simulations.batched.codec import dequantize_rows, encode_chunk, pack_rows, quantize_rows
+from simulations.batched.training import stack_clients, train_clients
+from tests.messages import message, node_context
+from tests.simulations.batched.test_training import CPU, _clients, _plan
+from wire import PAYLOAD_FIELD, UPDATE_RECORD_KEY
+from wire.bitpack import pack_uint
+from wire.quantize import Quantized, dequantize, quantize
+
+
+def _rows(k=4, n=1000, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = rng.normal(size=(k, n)).astype(np.float32)
+    rows[0, :300] = 0.25  # a constant chunk: zero span
+    rows[1, :40] = np.float32(1e-40) * np.arange(40)  # a subnormal span
+    rows[2, -7:] = -3.0
+    return rows
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+@pytest.mark.parametrize("stochastic", [True, False])
+def test_rows_quantize_pack_and_dequantize_as_the_wire_does(bits, stochastic):
+    rows, chunk = _rows(), 128
+    levels = (1 << bits) - 1  # row 3, first chunk: positions exactly halfway between codes
+    rows[3, :chunk] = np.arange(chunk) % levels + 0.5
+    rows[3, :2] = 0.0, levels
+    chunks = -(-rows.shape[1] // chunk)
+    seeds = [11, 12, 13, 14]
+    noise = (
+        np.stack([np.random.default_rng(s).random((chunks, chunk), np.float32) for s in seeds])
+        if stochastic
+        else None
+    )
+    codes, lo, hi = quantize_rows(
+        torch.from_numpy(rows), bits, chunk, None if noise is None else torch.from_numpy(noise)
+    )
+    packed = pack_rows(codes, bits).numpy()
+    values = dequantize_rows(codes, lo, hi, bits, chunk).numpy()
+    for k, row in enumerate(rows):
+        rng = np.random.default_rng(seeds[k]) if stochastic else None
+        q = quantize(row, bits, chunk, rng)
+        np.testing.assert_array_equal(codes[k].numpy(), q.codes)
+        assert (
+            lo[k].numpy().tobytes() == q.lo.tobytes() and hi[k].numpy().tobytes() == q.hi.tobytes()
+        )
+        assert packed[k].tobytes() == pack_uint(q.codes, bits)
+        assert (
+            values[k].tobytes() == dequantize(Quantized(q.codes, q.lo, q.hi), bits, chunk).tobytes()
+        )
+
+
+def _sdk_and_engine(plan, chunk, contexts_sdk, contexts_engine):
+    locals_ = chunk.host_models(plan.global_arrays)
+    request = message(RecordDict(), src=0, dst=5, message_type=MessageType.TRAIN)
+    sdk = [
+        upload_reply(request, plan, c, local, stats).content[UPDATE_RECORD_KEY][PAYLOAD_FIELD]
+        for c, local, stats in zip(contexts_sdk, locals_, chunk.stats, strict=True)
+    ]
+    encoded = encode_chunk(plan, contexts_engine, chunk, CPU)
+    assert encoded is not None
+    return sdk, encoded
+
+
+CODECS = {
+    "8-bit stochastic": {"quant-bits": 8},
+    "4-bit nearest, pruned": {"quant-bits": 4, "quant-rounding": "nearest", "prune": True},
+    "2-bit stochastic + EF, pruned": {"quant-bits": 2, "error-feedback": True, "prune": True},
+    "1-bit + EF, float64 global": {"quant-bits": 1, "error-feedback": True, "float64": True},
+}
+
+
+@pytest.mark.parametrize("case", CODECS)
+def test_device_payloads_and_residuals_are_the_sdks_over_two_rounds(case):
+    config = dict(CODECS[case])
+    prune, float64 = config.pop("prune", False), config.pop("float64", False)
+    task = get_task("digits")
+    plan = _plan(task, {"quant-chunk": 256, **config}, prune=prune)
+    if float64:  # FedAdam's server sends float64 arrays: numpy promotes the delta
+        plan = dataclasses.replace(
+            plan, global_arrays={k: v.astype(np.float64) for k, v in plan.global_arrays.items()}
+        )
+    chunk = train_clients(plan, stack_clients(_clients(task, k=4), CPU), [1, 2, 3, 4], CPU)
+    sdk_contexts = [node_context(i, 4, node_id=20 + i) for i in range(4)]
+    engine_contexts = [node_context(i, 4, node_id=20 + i) for i in range(4)]
+    for _ in range(2):  # the second round adds the residual the first one kept
+        sdk, (payloads, carried) = _sdk_and_engine(plan, chunk, sdk_contexts, engine_contexts)
+        assert payloads == sdk
+        for ours, theirs in zip(engine_contexts, sdk_contexts, strict=True):
+            mine, ref = stored_residual(ours.state), stored_residual(theirs.state)
+            assert list(mine) == list(ref)
+            assert all(mine[n].tobytes() == ref[n].tobytes() for n in ref)
+    if plan.error_feedback:
+        assert all(c > 0 for c in carried)
+
+
+def test_a_chunk_with_a_non_finite_update_is_left_to_the_sdk_encoder():
+    task = get_task("digits")
+    plan = _plan(task, {"quant-bits": 8})
+    chunk = train_clients(plan, stack_clients(_clients(task, k=3), CPU), [1, 2, 3], CPU)
+    chunk.local[next(iter(chunk.local))][1].view(-1)[5] = float("inf")
+    assert encode_chunk(plan, [node_context(i, 3) for i in range(3)], chunk, CPU) is None
