@@ -3,8 +3,11 @@
 #   1. speed: plain Flower (Ray, CUDA) vs Pollen on Flower's engine vs Pollen batched (CUDA)
 #      at 1000 clients per round, and Pollen batched alone at 10,000 (benchmarks/simulation.py);
 #   2. fidelity: the batched engine on CUDA against Flower's engine on CPU (benchmarks/fidelity.py;
-#      its fourth case, the tutorial CNN, shows how far the layout picked on CUDA moves the model).
-# SIMULATION_ARGS / FIDELITY_ARGS add flags (e.g. --skip-pollen-flower, --case 2).
+#      its fourth case, the tutorial CNN, shows how far the layout picked on CUDA moves the model);
+#   3. the device codec's payloads byte-for-byte against the SDK's encoder, on CUDA
+#      (tests/simulations/batched/test_codec.py; needs pytest and scikit-learn, else skipped).
+# SIMULATION_ARGS / FIDELITY_ARGS add flags (e.g. --skip-pollen-flower, --case 2, or
+# --per-client-uploads for unpooled batched rows: about 1.5 more minutes).
 # Run from the repository root on a machine with a CUDA GPU and torch. Packages the machine lacks
 # (flwr, ray, ...) may sit as wheels in .whl/ (see benchmarks/README.md); they are installed
 # into /tmp/site first. Results go to $OUT (default benchmarks/results/gpu).
@@ -27,3 +30,10 @@ timeout 240 python3 benchmarks/simulation.py --device cuda --clients 1000 10000 
 echo "== fidelity ==" | tee -a "$OUT/log.txt"
 timeout 120 python3 benchmarks/fidelity.py --device cuda ${FIDELITY_ARGS:-} 2>&1 | grep -E "max \||Error|error" \
   | tee -a "$OUT/log.txt"
+echo "== device codec ==" | tee -a "$OUT/log.txt"
+if python3 -c "import pytest, sklearn" 2>/dev/null; then
+  timeout 90 python3 -m pytest -q -p no:cacheprovider tests/simulations/batched/test_codec.py 2>&1 \
+    | tail -3 | tee -a "$OUT/log.txt"
+else
+  echo "pytest or scikit-learn missing: skipped" | tee -a "$OUT/log.txt"
+fi

@@ -18,6 +18,9 @@ from wire import PAYLOAD_FIELD, UPDATE_RECORD_KEY
 from wire.bitpack import pack_uint
 from wire.quantize import Quantized, dequantize, quantize
 
+# on a GPU machine the same byte-for-byte checks run on CUDA too (benchmarks/gpu_check.sh)
+DEVICES = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+
 
 def _rows(k=4, n=1000, seed=0):
     rng = np.random.default_rng(seed)
@@ -28,9 +31,10 @@ def _rows(k=4, n=1000, seed=0):
     return rows
 
 
+@pytest.mark.parametrize("device", DEVICES, ids=str)
 @pytest.mark.parametrize("bits", [1, 2, 4, 8])
 @pytest.mark.parametrize("stochastic", [True, False])
-def test_rows_quantize_pack_and_dequantize_as_the_wire_does(bits, stochastic):
+def test_rows_quantize_pack_and_dequantize_as_the_wire_does(bits, stochastic, device):
     rows, chunk = _rows(), 128
     levels = (1 << bits) - 1  # row 3, first chunk: positions exactly halfway between codes
     rows[3, :chunk] = np.arange(chunk) % levels + 0.5
@@ -43,10 +47,14 @@ def test_rows_quantize_pack_and_dequantize_as_the_wire_does(bits, stochastic):
         else None
     )
     codes, lo, hi = quantize_rows(
-        torch.from_numpy(rows), bits, chunk, None if noise is None else torch.from_numpy(noise)
+        torch.from_numpy(rows).to(device),
+        bits,
+        chunk,
+        None if noise is None else torch.from_numpy(noise).to(device),
     )
-    packed = pack_rows(codes, bits).numpy()
-    values = dequantize_rows(codes, lo, hi, bits, chunk).numpy()
+    packed = pack_rows(codes, bits).cpu().numpy()
+    values = dequantize_rows(codes, lo, hi, bits, chunk).cpu().numpy()
+    codes, lo, hi = codes.cpu(), lo.cpu(), hi.cpu()
     for k, row in enumerate(rows):
         rng = np.random.default_rng(seeds[k]) if stochastic else None
         q = quantize(row, bits, chunk, rng)
@@ -60,14 +68,14 @@ def test_rows_quantize_pack_and_dequantize_as_the_wire_does(bits, stochastic):
         )
 
 
-def _sdk_and_engine(plan, chunk, contexts_sdk, contexts_engine):
+def _sdk_and_engine(plan, chunk, contexts_sdk, contexts_engine, device):
     locals_ = chunk.host_models(plan.global_arrays)
     request = message(RecordDict(), src=0, dst=5, message_type=MessageType.TRAIN)
     sdk = [
         upload_reply(request, plan, c, local, stats).content[UPDATE_RECORD_KEY][PAYLOAD_FIELD]
         for c, local, stats in zip(contexts_sdk, locals_, chunk.stats, strict=True)
     ]
-    encoded = encode_chunk(plan, contexts_engine, chunk, CPU)
+    encoded = encode_chunk(plan, contexts_engine, chunk, device)
     assert encoded is not None
     return sdk, encoded
 
@@ -80,8 +88,9 @@ CODECS = {
 }
 
 
+@pytest.mark.parametrize("device", DEVICES, ids=str)
 @pytest.mark.parametrize("case", CODECS)
-def test_device_payloads_and_residuals_are_the_sdks_over_two_rounds(case):
+def test_device_payloads_and_residuals_are_the_sdks_over_two_rounds(case, device):
     config = dict(CODECS[case])
     prune, float64 = config.pop("prune", False), config.pop("float64", False)
     task = get_task("digits")
@@ -91,10 +100,13 @@ def test_device_payloads_and_residuals_are_the_sdks_over_two_rounds(case):
             plan, global_arrays={k: v.astype(np.float64) for k, v in plan.global_arrays.items()}
         )
     chunk = train_clients(plan, stack_clients(_clients(task, k=4), CPU), [1, 2, 3, 4], CPU)
+    chunk = dataclasses.replace(chunk, local={k: v.to(device) for k, v in chunk.local.items()})
     sdk_contexts = [node_context(i, 4, node_id=20 + i) for i in range(4)]
     engine_contexts = [node_context(i, 4, node_id=20 + i) for i in range(4)]
     for _ in range(2):  # the second round adds the residual the first one kept
-        sdk, (payloads, carried) = _sdk_and_engine(plan, chunk, sdk_contexts, engine_contexts)
+        sdk, (payloads, carried) = _sdk_and_engine(
+            plan, chunk, sdk_contexts, engine_contexts, device
+        )
         assert payloads == sdk
         for ours, theirs in zip(engine_contexts, sdk_contexts, strict=True):
             mine, ref = stored_residual(ours.state), stored_residual(theirs.state)
