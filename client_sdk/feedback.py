@@ -14,6 +14,7 @@ round, one flat Array 0.13 ms.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import numpy as np
@@ -32,23 +33,32 @@ def _flat_residual(state: RecordDict) -> np.ndarray | None:
     return record["values"].numpy()
 
 
-def residual_norm(state: RecordDict) -> float:
-    flat = _flat_residual(state)
+def flat_norm(flat: np.ndarray | None) -> float:
+    """L2 norm of a flat residual (float64 sum of squares), 0 when there is none."""
     return 0.0 if flat is None else float(np.sqrt(np.square(flat, dtype=np.float64).sum()))
+
+
+def residual_norm(state: RecordDict) -> float:
+    return flat_norm(_flat_residual(state))
+
+
+def load_residual(state: RecordDict) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
+    """The flat residual kept in ``state`` (None without one) and its tensors by name."""
+    flat, layout = _flat_residual(state), state.get(LAYOUT_KEY)
+    if flat is None or not isinstance(layout, ConfigRecord):
+        return flat, {}
+    names = list(layout["names"])  # type: ignore[arg-type]
+    shapes = [tuple(int(d) for d in s.split("x") if d) for s in layout["shapes"]]  # type: ignore[union-attr]
+    sizes = [math.prod(shape) for shape in shapes]
+    if sum(sizes) != flat.size:
+        return flat, {}
+    parts = np.split(flat, np.cumsum(sizes)[:-1])
+    return flat, {n: p.reshape(shape) for n, p, shape in zip(names, parts, shapes, strict=True)}
 
 
 def stored_residual(state: RecordDict) -> dict[str, np.ndarray]:
     """The residual kept in ``state``, per tensor (empty when there is none)."""
-    flat, layout = _flat_residual(state), state.get(LAYOUT_KEY)
-    if flat is None or not isinstance(layout, ConfigRecord):
-        return {}
-    names = list(layout["names"])  # type: ignore[arg-type]
-    shapes = [tuple(int(d) for d in s.split("x") if d) for s in layout["shapes"]]  # type: ignore[union-attr]
-    sizes = [int(np.prod(shape)) for shape in shapes]
-    if sum(sizes) != flat.size:
-        return {}
-    parts = np.split(flat, np.cumsum(sizes)[:-1])
-    return {n: p.reshape(shape) for n, p, shape in zip(names, parts, shapes, strict=True)}
+    return load_residual(state)[1]
 
 
 def store_residual(state: RecordDict, residual: Mapping[str, np.ndarray]) -> None:

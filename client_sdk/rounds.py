@@ -177,9 +177,15 @@ def upload_reply(
 
 
 def reply_metrics(
-    plan: RoundPlan, context: Context, stats: TrainStats, upload_bytes: int, carried: float = 0.0
+    plan: RoundPlan,
+    context: Context,
+    stats: TrainStats,
+    upload_bytes: int,
+    carried: float = 0.0,
+    residual: float | None = None,
 ) -> MetricRecord:
-    """What the server weighs (``num-examples``) and logs for one client's train reply."""
+    """What the server weighs (``num-examples``) and logs for one client's train reply
+    (``residual``: the stored residual's norm when the caller has it, else read from state)."""
     return MetricRecord(
         {
             "num-examples": stats.num_examples,
@@ -188,7 +194,10 @@ def reply_metrics(
             "partition-id": partition_id_of(context),
             "upload-bytes": upload_bytes,
             **(
-                {"residual-carried": carried, "residual-norm": residual_norm(context.state)}
+                {
+                    "residual-carried": carried,
+                    "residual-norm": residual_norm(context.state) if residual is None else residual,
+                }
                 if plan.error_feedback
                 else {}
             ),
@@ -203,9 +212,10 @@ def reply_message(
     payload: bytes,
     stats: TrainStats,
     carried: float = 0.0,
+    residual: float | None = None,
 ) -> Message:
     """The train reply: the encoded update and the metrics the server weighs and logs."""
-    metrics = reply_metrics(plan, context, stats, len(payload), carried)
+    metrics = reply_metrics(plan, context, stats, len(payload), carried, residual)
     content = RecordDict(
         {UPDATE_RECORD_KEY: ConfigRecord({PAYLOAD_FIELD: payload}), "metrics": metrics}
     )

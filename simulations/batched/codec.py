@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from flwr.app import Context
 
-from client_sdk.feedback import residual_norm, store_flat_residual, stored_residual
+from client_sdk.feedback import flat_norm, load_residual, store_flat_residual
 from client_sdk.rounds import RoundPlan, partition_id_of
 from simulations.batched.training import TrainedChunk, trained_tensors
 from wire import TensorSpec, encode_quantized_rows
@@ -93,10 +93,11 @@ def _noise(plan: RoundPlan, contexts: list[Context], count: int) -> np.ndarray:
 
 def encode_chunk(
     plan: RoundPlan, contexts: list[Context], trained: TrainedChunk, device: torch.device
-) -> tuple[list[bytes], list[float]] | None:
-    """Quantized payloads of K clients and the residual norms they carried in (error feedback
-    updates each node's stored residual); None when an update is not finite (the SDK's encoder
-    then runs client by client, so the server rejects exactly those clients)."""
+) -> tuple[list[bytes], list[float], list[float | None]] | None:
+    """Quantized payloads of K clients with, under error feedback, the norms of the residuals
+    they carried in and of those they keep (each node's stored residual is updated); None when
+    an update is not finite (the SDK's encoder then runs client by client, so the server
+    rejects exactly those clients)."""
     block = CUDA_BLOCK if device.type == "cuda" else CPU_BLOCK
     blocks = []
     for start in range(0, len(contexts), block):
@@ -105,10 +106,7 @@ def encode_chunk(
         blocks.append(_encode_block(plan, contexts[rows], local, device))
     if any(b is None for b in blocks):
         return None
-    return (
-        [p for b in blocks for p in b[0]],  # type: ignore[index]
-        [c for b in blocks for c in b[1]],  # type: ignore[index]
-    )
+    return tuple([v for b in blocks for v in b[part]] for part in range(3))  # type: ignore[return-value,index]
 
 
 def _encode_block(
@@ -116,10 +114,11 @@ def _encode_block(
     contexts: list[Context],
     local: dict[str, torch.Tensor],
     device: torch.device,
-) -> tuple[list[bytes], list[float]] | None:
+) -> tuple[list[bytes], list[float], list[float | None]] | None:
     codec, feedback = plan.codec, plan.error_feedback
     names, specs, targets, keeps = [], [], [], []
-    stored = [stored_residual(c.state) for c in contexts] if feedback else []
+    loaded = [load_residual(c.state) for c in contexts] if feedback else []
+    stored = [tensors for _, tensors in loaded]
     for name, spec, reference, keep in trained_tensors(plan, device):
         # local - global in the global model's dtype, as the SDK's numpy does
         target = local[name].to(reference.dtype) - reference
@@ -155,11 +154,11 @@ def _encode_block(
         codec=codec,
         masks=plan.masks,
     )
-    carried = [residual_norm(c.state) for c in contexts] if feedback else [0.0] * len(contexts)
-    if feedback:
-        sent = dequantize_rows(codes, lo, hi, codec.quant_bits, codec.quant_chunk)
-        _store_residuals(contexts, names, specs, targets, keeps, sent)
-    return payloads, carried
+    if not feedback:
+        return payloads, [0.0] * len(contexts), [None] * len(contexts)
+    sent = dequantize_rows(codes, lo, hi, codec.quant_bits, codec.quant_chunk)
+    norms = _store_residuals(contexts, names, specs, targets, keeps, sent)
+    return payloads, [flat_norm(flat) for flat, _ in loaded], norms
 
 
 def _add_residual(
@@ -178,8 +177,9 @@ def _add_residual(
     return torch.where(flags, added, target)  # untouched where none was stored (keeps -0.0)
 
 
-def _store_residuals(contexts, names, specs, targets, keeps, sent) -> None:
-    """residual = target - decode(payload), per tensor in its own dtype, kept as float32."""
+def _store_residuals(contexts, names, specs, targets, keeps, sent) -> list[float | None]:
+    """residual = target - decode(payload), per tensor in its own dtype, kept as float32;
+    the new residuals' norms."""
     parts, offset = [], 0
     for target, keep in zip(targets, keeps, strict=True):
         width = target.shape[1] if keep is None else int(keep.sum())
@@ -195,3 +195,4 @@ def _store_residuals(contexts, names, specs, targets, keeps, sent) -> None:
     shapes = [s.shape for s in specs]
     for context, row in zip(contexts, rows, strict=True):
         store_flat_residual(context.state, row, names, shapes)
+    return [flat_norm(row) for row in rows]

@@ -89,10 +89,13 @@ class BatchedGrid(Grid):
         seed: int = 0,
         cache_bytes: int | None = None,
         pool_uploads: bool = True,
+        encode_on_device: bool = True,
     ) -> None:
         self._task, self._data, self._hook = task, data, update_hook
         # send a chunk's uncompressed updates as one pool when the server allows it (.replies)
         self.pool_uploads = pool_uploads
+        # quantized updates through the device codec (.codec); False: the SDK's, client by client
+        self.encode_on_device = encode_on_device
         self._client_app = build_client_app(task, data, update_hook=update_hook)
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.memory = MemoryPlanner(self.device, fixed_k=clients_per_batch)
@@ -317,7 +320,7 @@ class BatchedGrid(Grid):
                 self.stats.pooled_clients += 0 if replies is None else len(replies)
             elif uncompressed(plan):
                 replies = vectorized_replies(plan, messages, contexts, trained, self.device)
-            else:
+            elif self.encode_on_device:
                 replies = quantized_replies(plan, messages, contexts, trained, self.device)
             if replies is None and uncompressed(plan):  # a pool not finite: each payload
                 replies = vectorized_replies(plan, messages, contexts, trained, self.device)

@@ -87,11 +87,11 @@ def quantized_replies(
     encoded = encode_chunk(plan, contexts, trained, device)
     if encoded is None:
         return None
-    payloads, carried = encoded
+    payloads, carried, kept = encoded
     return [
-        reply_message(msg, plan, context, payload, stats, residual)
-        for msg, context, payload, stats, residual in zip(
-            messages, contexts, payloads, trained.stats, carried, strict=True
+        reply_message(msg, plan, context, payload, stats, carried_norm, kept_norm)
+        for msg, context, payload, stats, carried_norm, kept_norm in zip(
+            messages, contexts, payloads, trained.stats, carried, kept, strict=True
         )
     ]
 

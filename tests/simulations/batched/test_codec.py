@@ -72,7 +72,7 @@ def _sdk_and_engine(plan, chunk, contexts_sdk, contexts_engine, device):
     locals_ = chunk.host_models(plan.global_arrays)
     request = message(RecordDict(), src=0, dst=5, message_type=MessageType.TRAIN)
     sdk = [
-        upload_reply(request, plan, c, local, stats).content[UPDATE_RECORD_KEY][PAYLOAD_FIELD]
+        upload_reply(request, plan, c, local, stats).content
         for c, local, stats in zip(contexts_sdk, locals_, chunk.stats, strict=True)
     ]
     encoded = encode_chunk(plan, contexts_engine, chunk, device)
@@ -104,10 +104,13 @@ def test_device_payloads_and_residuals_are_the_sdks_over_two_rounds(case, device
     sdk_contexts = [node_context(i, 4, node_id=20 + i) for i in range(4)]
     engine_contexts = [node_context(i, 4, node_id=20 + i) for i in range(4)]
     for _ in range(2):  # the second round adds the residual the first one kept
-        sdk, (payloads, carried) = _sdk_and_engine(
+        sdk, (payloads, carried, kept) = _sdk_and_engine(
             plan, chunk, sdk_contexts, engine_contexts, device
         )
-        assert payloads == sdk
+        assert payloads == [r[UPDATE_RECORD_KEY][PAYLOAD_FIELD] for r in sdk]
+        if plan.error_feedback:  # the residual norms the replies report, to the bit
+            assert carried == [r["metrics"]["residual-carried"] for r in sdk]
+            assert kept == [r["metrics"]["residual-norm"] for r in sdk]
         for ours, theirs in zip(engine_contexts, sdk_contexts, strict=True):
             mine, ref = stored_residual(ours.state), stored_residual(theirs.state)
             assert list(mine) == list(ref)

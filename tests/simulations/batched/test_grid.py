@@ -203,3 +203,21 @@ def test_top_k_updates_are_encoded_by_the_sdk_and_counted():
     for reply in replies:
         update = decode_update(reply.content[UPDATE_RECORD_KEY][PAYLOAD_FIELD], expected_round=1)
         assert [s["name"] for s in update.stages] == ["select", "topk", "quantize"]
+
+
+def test_the_device_codec_sends_the_sdk_encoders_bytes_round_after_round():
+    task = get_task("digits")
+    config = {"quant-bits": 4, "error-feedback": True}
+    grids = [_grid(), _grid(encode_on_device=False)]
+    for server_round in (1, 2):  # round 2 adds the residuals round 1 left in each node's state
+        sent = [
+            {
+                r.metadata.src_node_id: r.content[UPDATE_RECORD_KEY][PAYLOAD_FIELD]
+                for r in grid.send_and_receive(
+                    _train_messages(grid, task, {**config, "server-round": server_round})
+                )
+            }
+            for grid in grids
+        ]
+        assert sent[0] == sent[1] and len(sent[0]) == 4
+    assert grids[0].stats.sdk_encoded_clients == 0 and grids[1].stats.sdk_encoded_clients == 8
