@@ -321,7 +321,8 @@ class BatchedGrid(Grid):
             elif uncompressed(plan):
                 replies = vectorized_replies(plan, messages, contexts, trained, self.device)
             elif self.encode_on_device:
-                replies = quantized_replies(plan, messages, contexts, trained, self.device)
+                replies, by_sdk = quantized_replies(plan, messages, contexts, trained, self.device)
+                self.stats.sdk_encoded_clients += by_sdk
             if replies is None and uncompressed(plan):  # a pool not finite: each payload
                 replies = vectorized_replies(plan, messages, contexts, trained, self.device)
         if replies is None:

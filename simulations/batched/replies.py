@@ -82,18 +82,34 @@ def quantized_replies(
     contexts: list[Context],
     trained: TrainedChunk,
     device: torch.device,
-) -> list[Message] | None:
-    """Quantized updates of the chunk from the device codec; None when one is not finite."""
-    encoded = encode_chunk(plan, contexts, trained, device)
-    if encoded is None:
-        return None
-    payloads, carried, kept = encoded
-    return [
-        reply_message(msg, plan, context, payload, stats, carried_norm, kept_norm)
-        for msg, context, payload, stats, carried_norm, kept_norm in zip(
-            messages, contexts, payloads, trained.stats, carried, kept, strict=True
-        )
-    ]
+) -> tuple[list[Message], int]:
+    """Quantized updates of the chunk from the device codec, and how many clients the SDK's
+    encoder took instead (a block of the codec holding an update that is not finite)."""
+    replies: list[Message] = []
+    by_sdk = 0
+    for rows, encoded in encode_chunk(plan, contexts, trained, device):
+        if encoded is None:
+            part = TrainedChunk(
+                {name: tensor[rows] for name, tensor in trained.local.items()},
+                trained.stats[rows],
+            )
+            replies += each_reply(plan, messages[rows], contexts[rows], part, None)
+            by_sdk += len(part.stats)
+            continue
+        payloads, carried, kept = encoded
+        replies += [
+            reply_message(msg, plan, context, payload, stats, carried_norm, kept_norm)
+            for msg, context, payload, stats, carried_norm, kept_norm in zip(
+                messages[rows],
+                contexts[rows],
+                payloads,
+                trained.stats[rows],
+                carried,
+                kept,
+                strict=True,
+            )
+        ]
+    return replies, by_sdk
 
 
 def vectorized_replies(

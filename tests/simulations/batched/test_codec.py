@@ -10,7 +10,9 @@ from flwr.app import MessageType, RecordDict
 from client_sdk.feedback import stored_residual
 from client_sdk.rounds import upload_reply
 from client_sdk.tasks import get_task
+from simulations.batched import codec
 from simulations.batched.codec import dequantize_rows, encode_chunk, pack_rows, quantize_rows
+from simulations.batched.replies import quantized_replies
 from simulations.batched.training import stack_clients, train_clients
 from tests.messages import message, node_context
 from tests.simulations.batched.test_training import CPU, _clients, _plan
@@ -75,9 +77,9 @@ def _sdk_and_engine(plan, chunk, contexts_sdk, contexts_engine, device):
         upload_reply(request, plan, c, local, stats).content
         for c, local, stats in zip(contexts_sdk, locals_, chunk.stats, strict=True)
     ]
-    encoded = encode_chunk(plan, contexts_engine, chunk, device)
-    assert encoded is not None
-    return sdk, encoded
+    blocks = [encoded for _, encoded in encode_chunk(plan, contexts_engine, chunk, device)]
+    assert None not in blocks
+    return sdk, tuple([v for b in blocks for v in b[part]] for part in range(3))
 
 
 CODECS = {
@@ -119,9 +121,26 @@ def test_device_payloads_and_residuals_are_the_sdks_over_two_rounds(case, device
         assert all(c > 0 for c in carried)
 
 
-def test_a_chunk_with_a_non_finite_update_is_left_to_the_sdk_encoder():
+def test_a_block_with_a_non_finite_update_is_left_to_the_sdk_encoder(monkeypatch):
+    """Blocks of 2: the second holds an inf; its clients go through the SDK's encoder, once."""
+    monkeypatch.setattr(codec, "CPU_BLOCK", 2)
     task = get_task("digits")
-    plan = _plan(task, {"quant-bits": 8})
-    chunk = train_clients(plan, stack_clients(_clients(task, k=3), CPU), [1, 2, 3], CPU)
-    chunk.local[next(iter(chunk.local))][1].view(-1)[5] = float("inf")
-    assert encode_chunk(plan, [node_context(i, 3) for i in range(3)], chunk, CPU) is None
+    plan = _plan(task, {"quant-bits": 4, "error-feedback": True})
+    chunk = train_clients(plan, stack_clients(_clients(task, k=4), CPU), [1, 2, 3, 4], CPU)
+    chunk.local[next(iter(chunk.local))][3].view(-1)[5] = float("inf")
+    engine_contexts = [node_context(i, 4) for i in range(4)]
+    sdk_contexts = [node_context(i, 4) for i in range(4)]
+    requests = [message(RecordDict(), src=0, dst=5, message_type=MessageType.TRAIN)] * 4
+    replies, by_sdk = quantized_replies(plan, requests, engine_contexts, chunk, CPU)
+    locals_ = chunk.host_models(plan.global_arrays)
+    sdk = [  # client 3's own encoder fails on the inf (error feedback decodes what it sends)
+        upload_reply(requests[0], plan, c, local, stats).content
+        for c, local, stats in zip(sdk_contexts[:3], locals_, chunk.stats, strict=False)
+    ]
+    assert by_sdk == 2 and len(replies) == 4 and replies[3].has_error()
+    assert "non-finite" in replies[3].error.reason or "bad-scale" in replies[3].error.reason
+    for reply, ref, ours, theirs in zip(replies, sdk, engine_contexts, sdk_contexts, strict=False):
+        payload = reply.content[UPDATE_RECORD_KEY][PAYLOAD_FIELD]
+        assert payload == ref[UPDATE_RECORD_KEY][PAYLOAD_FIELD]
+        mine, expected = stored_residual(ours.state), stored_residual(theirs.state)
+        assert all(mine[n].tobytes() == expected[n].tobytes() for n in expected)
