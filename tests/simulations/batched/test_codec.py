@@ -121,6 +121,7 @@ def test_device_payloads_and_residuals_are_the_sdks_over_two_rounds(case, device
         assert all(c > 0 for c in carried)
 
 
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # numpy on the injected inf
 def test_a_block_with_a_non_finite_update_is_left_to_the_sdk_encoder(monkeypatch):
     """Blocks of 2: the second holds an inf; its clients go through the SDK's encoder, once."""
     monkeypatch.setattr(codec, "CPU_BLOCK", 2)
