@@ -10,7 +10,7 @@ from strategies.sampling import UNKNOWN_PARTITION
 from strategies.stats import Rejection, RoundStats
 from wire import PAYLOAD_FIELD, UPDATE_RECORD_KEY, RejectReason, UpdateRejected
 
-log = logging.getLogger("strategies.wire_adapter")
+log = logging.getLogger(__name__)
 
 # Metrics the adapter keeps for itself instead of passing to the weighted average.
 ADAPTER_METRICS = ("partition-id", "upload-bytes")

@@ -34,16 +34,7 @@ from client_sdk.rounds import (
     plan_round,
 )
 from simulations.batched.memory import MemoryPlanner
-from simulations.batched.replies import (
-    each_reply,
-    error_reply,
-    pooled_replies,
-    pooling_allowed,
-    quantized_replies,
-    uncompressed,
-    vectorizable,
-    vectorized_replies,
-)
+from simulations.batched.replies import chunk_replies, error_reply
 from simulations.batched.training import (
     ClientBatch,
     NotVectorizable,
@@ -313,21 +304,18 @@ class BatchedGrid(Grid):
         self.stats.chunk_sizes.append(len(chunk))
         started = time.perf_counter()
         messages = [m for m, _ in chunk]
-        replies = None
-        if vectorizable(plan, messages[0], self._hook):
-            if uncompressed(plan) and self.pool_uploads and pooling_allowed(plan):
-                replies = pooled_replies(plan, messages, contexts, trained, self.device)
-                self.stats.pooled_clients += 0 if replies is None else len(replies)
-            elif uncompressed(plan):
-                replies = vectorized_replies(plan, messages, contexts, trained, self.device)
-            elif self.encode_on_device:
-                replies, by_sdk = quantized_replies(plan, messages, contexts, trained, self.device)
-                self.stats.sdk_encoded_clients += by_sdk
-            if replies is None and uncompressed(plan):  # a pool not finite: each payload
-                replies = vectorized_replies(plan, messages, contexts, trained, self.device)
-        if replies is None:
-            replies = each_reply(plan, messages, contexts, trained, self._hook)
-            self.stats.sdk_encoded_clients += len(replies)
+        replies, pooled, by_sdk = chunk_replies(
+            plan,
+            messages,
+            contexts,
+            trained,
+            self.device,
+            self._hook,
+            pool=self.pool_uploads,
+            on_device=self.encode_on_device,
+        )
+        self.stats.pooled_clients += pooled
+        self.stats.sdk_encoded_clients += by_sdk
         for msg, reply in zip(messages, replies, strict=True):
             self._replies[msg.metadata.message_id] = reply
         self.stats.reply_seconds += time.perf_counter() - started

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import uuid
 
+import numpy as np
 import torch
 from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.common.constant import ErrorCode
@@ -44,18 +45,32 @@ def error_reply(msg: Message, err: BaseException) -> Message:
     return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
 
 
-def vectorizable(plan: RoundPlan, msg: Message, hook: UpdateHook | None) -> bool:
-    """No hook, no secure aggregation, no top-k: the engine's own encoders apply."""
-    return hook is None and not plan.codec.topk and SECAGG_RECORD_KEY not in msg.content
-
-
-def uncompressed(plan: RoundPlan) -> bool:
-    """Float32 updates: the payload is the plain delta."""
-    return plan.codec.quant_bits == 0 and not plan.error_feedback
-
-
-def pooling_allowed(plan: RoundPlan) -> bool:
-    return plan.config.get(POOLING_CONFIG_KEY) is True
+def chunk_replies(
+    plan: RoundPlan,
+    messages: list[Message],
+    contexts: list[Context],
+    trained: TrainedChunk,
+    device: torch.device,
+    hook: UpdateHook | None,
+    *,
+    pool: bool,
+    on_device: bool,
+) -> tuple[list[Message], int, int]:
+    """The chunk's replies, the cheapest way the round allows: (replies, how many travel in a
+    pool, how many the SDK's encoder built one by one)."""
+    if hook is None and not plan.codec.topk and SECAGG_RECORD_KEY not in messages[0].content:
+        if plan.codec.quant_bits == 0 and not plan.error_feedback:  # float32: the plain delta
+            if pool and plan.config.get(POOLING_CONFIG_KEY) is True:
+                pooled = pooled_replies(plan, messages, contexts, trained, device)
+                if pooled is not None:
+                    return pooled, len(pooled), 0
+            # no pooling, or a pool whose mean is not finite: each client's own payload
+            return vectorized_replies(plan, messages, contexts, trained, device), 0, 0
+        if on_device:
+            replies, by_sdk = quantized_replies(plan, messages, contexts, trained, device)
+            return replies, 0, by_sdk
+    replies = each_reply(plan, messages, contexts, trained, hook)
+    return replies, 0, len(replies)
 
 
 def each_reply(
@@ -143,7 +158,7 @@ def pooled_replies(
     server rejects exactly the clients whose updates are bad, each with its reason.
     """
     mean, specs, total = pooled_delta(trained, plan, device)
-    if not bool(torch.from_numpy(mean).isfinite().all()):
+    if not np.isfinite(mean).all():
         return None
     payload = encode_float32_rows(
         mean[None], specs, server_round=plan.server_round, masks=plan.masks
