@@ -28,7 +28,7 @@ from wire import PAYLOAD_FIELD, UPDATE_RECORD_KEY, RejectReason, UpdateRejected
 from wire.secagg import (
     KEY_BYTES,
     SHARE_BYTES,
-    agree,
+    agree_each,
     decrypt,
     encrypt,
     mask_stream,
@@ -123,12 +123,9 @@ def share_keys(msg: Message, context: Context) -> Message:
     seed_shares = split_secret(state["seed"], threshold, len(neighbours))
     key_shares = split_secret(state["s-sk"], threshold, len(neighbours))
     nonce, server_round = state["nonce"], state["round"]
+    keys = agree_each(state["c-sk"], pk_c, SHARE_PURPOSE)
     sealed = b"".join(
-        encrypt(
-            agree(state["c-sk"], pk_c[i], SHARE_PURPOSE),
-            seed_shares[i] + key_shares[i],
-            share_context(nonce, server_round, me, j),
-        )
+        encrypt(keys[i], seed_shares[i] + key_shares[i], share_context(nonce, server_round, me, j))
         for i, j in enumerate(neighbours)
     )
     state.update(
@@ -141,10 +138,6 @@ def share_keys(msg: Message, context: Context) -> Message:
         }
     )
     return _reply(msg, context, {"to": ids_bytes(neighbours), "sealed": sealed})
-
-
-def pairwise_seed(my_private: bytes, peer_public: bytes) -> bytes:
-    return agree(my_private, peer_public, MASK_PURPOSE)
 
 
 def mask_vector(vector: np.ndarray, record: ConfigRecord, context: Context) -> np.ndarray:
@@ -161,11 +154,11 @@ def mask_vector(vector: np.ndarray, record: ConfigRecord, context: Context) -> n
         raise UpdateRejected(RejectReason.BAD_SECAGG, "this node is not in the round's alive set")
     neighbours = node_ids(bytes(state["neighbours"]))
     pk_s = chunks(bytes(state["pk-s"]), KEY_BYTES, len(neighbours), "pk-s")
+    live = [(j, pk) for j, pk in zip(neighbours, pk_s, strict=True) if j in alive]
+    seeds = agree_each(state["s-sk"], [pk for _, pk in live], MASK_PURPOSE)
     masked = vector + mask_stream(bytes(state["seed"]), vector.size)
-    for j, pk in zip(neighbours, pk_s, strict=True):
-        if j not in alive:
-            continue
-        stream = mask_stream(pairwise_seed(state["s-sk"], pk), vector.size)
+    for (j, _), seed in zip(live, seeds, strict=True):
+        stream = mask_stream(seed, vector.size)
         masked = masked + stream if me < j else masked - stream
     state.update({"stage": "masked", "alive": ids_bytes(sorted(alive))})
     return masked
@@ -228,16 +221,15 @@ def unmask(msg: Message, context: Context) -> Message:
     sealed = chunks(bytes(record["sealed"]), SEALED_SHARE_BYTES, len(senders), "sealed shares")
     seed_of, key_of, refused = [], [], []
     seed_shares, key_shares = [], []
+    known = [j for j in senders if j in pk_c and (j in survivors or j in dropped)]
+    opened_keys = agree_each(state["c-sk"], [pk_c[j] for j in known], SHARE_PURPOSE)
+    keys = dict(zip(known, opened_keys, strict=True))
     for j, box in zip(senders, sealed, strict=True):
-        if j not in pk_c or not (j in survivors or j in dropped):
+        if j not in keys:
             refused.append(j)
             continue
         try:
-            opened = decrypt(
-                agree(state["c-sk"], pk_c[j], SHARE_PURPOSE),
-                box,
-                share_context(state["nonce"], state["round"], j, me),
-            )
+            opened = decrypt(keys[j], box, share_context(state["nonce"], state["round"], j, me))
         except UpdateRejected as err:
             log.warning("secure aggregation: share from node %d refused: %s", j, err)
             refused.append(j)

@@ -25,7 +25,7 @@ from flwr.serverapp import Grid
 
 from strategies.stats import Rejection, RoundStats
 from wire import PAYLOAD_FIELD, UPDATE_RECORD_KEY, RejectReason, UpdateRejected
-from wire.secagg import KEY_BYTES, SHARE_BYTES, agree, combine_shares, mask_stream
+from wire.secagg import KEY_BYTES, SHARE_BYTES, agree_each, combine_shares, mask_stream
 from wire.secagg_protocol import (
     MASK_PURPOSE,
     SEALED_SHARE_BYTES,
@@ -315,10 +315,10 @@ class SecAggSession:
             total -= mask_stream(seed, total.size)
         for owner in dropped:
             secret = self._reconstruct(key_shares, owner, "mask key")
-            for peer in self.neighbours[owner]:
-                if peer not in survivors:
-                    continue
-                stream = mask_stream(agree(secret, self.pk_s[peer], MASK_PURPOSE), total.size)
+            peers = [peer for peer in self.neighbours[owner] if peer in survivors]
+            seeds = agree_each(secret, [self.pk_s[peer] for peer in peers], MASK_PURPOSE)
+            for peer, seed in zip(peers, seeds, strict=True):
+                stream = mask_stream(seed, total.size)
                 if peer < owner:  # the survivor added +stream for this pair; take it out
                     total -= stream
                 else:

@@ -10,6 +10,7 @@ from wire.mask import MaskSet
 from wire.secagg import (
     SHAMIR_PRIME,
     agree,
+    agree_each,
     combine_shares,
     decrypt,
     encrypt,
@@ -78,6 +79,15 @@ def test_agreement_is_symmetric_and_purpose_separated():
     assert agree(a, public_key(b), b"x") != agree(a, public_key(b), b"y")
     with pytest.raises(UpdateRejected, match="32 bytes"):
         agree(a, b"short", b"x")
+
+
+def test_agree_each_equals_one_agreement_per_peer():
+    me, peers = new_private_key(), [new_private_key() for _ in range(3)]
+    publics = [public_key(p) for p in peers]
+    assert agree_each(me, publics, b"x") == [agree(me, p, b"x") for p in publics]
+    assert agree_each(me, [], b"x") == []
+    with pytest.raises(UpdateRejected, match="32 bytes"):
+        agree_each(me, [publics[0], b"short"], b"x")
 
 
 def test_sealed_shares_reject_tampering_and_other_contexts():
