@@ -6,13 +6,18 @@ and adding it. This times exactly that, per client, for each way the engine can 
 against the way it sent them before (same run, same clients, same seeds):
 
 - float32 updates under FedAvg: pooled (one weighted mean per chunk) vs one payload per client;
-- 8-bit, and 4-bit with error feedback: the device codec vs the SDK's encoder client by client.
+- 8-bit, and 4-bit with error feedback: the device codec vs the SDK's encoder client by client;
+- secure aggregation (SecAgg+, 8 bits): masked uploads for the chunk at once (shared pairwise
+  streams, :mod:`simulations.batched.secure`) vs the SDK's masking client by client. Its
+  server column holds the unmasking stage (the clients' share replies included); the key and
+  share stages before training are not counted.
 
 Local training is replaced by a fixed per-client perturbation of the global model (seeded), so
 the timings hold the host path only; everything after training is the engine's and the server's
 real code. Tutorial CNN (62,006 parameters), chunks of 500 clients, rounds after the first.
 
     .venv/bin/python benchmarks/host_path.py --clients 2000
+    .venv/bin/python benchmarks/host_path.py --clients 1000 --only secagg
 """
 
 from __future__ import annotations
@@ -51,6 +56,8 @@ ROWS = [
         {"quant_bits": 4, "error_feedback": True},
         {"encode_on_device": False},
     ),
+    ("SecAgg+ 8-bit, chunk at once", {"secure_agg": True}, {}),
+    ("SecAgg+ 8-bit, SDK per client", {"secure_agg": True}, {"encode_on_device": False}),
 ]
 
 
@@ -111,6 +118,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--only", default="", help="run only the pairs whose names hold this text, e.g. SecAgg"
+    )
     args = parser.parse_args()
     if args.rounds < 3:
         parser.error("--rounds must be >= 3 (round 1 generates the data)")
@@ -118,7 +128,13 @@ def main() -> None:
     results = []
     print(f"{args.clients} clients per round; microseconds per client, rounds after the first")
     print(f"{'path':<30} {'replies':>9} {'server':>9} {'total':>9} {'vs before':>10}  bytes/client")
-    for i, (name, run, engine) in enumerate(ROWS):
+    rows = [
+        row
+        for pair in zip(ROWS[::2], ROWS[1::2], strict=True)
+        if args.only.lower() in pair[0][0].lower()
+        for row in pair
+    ]
+    for i, (name, run, engine) in enumerate(rows):
         row = {"name": name, **measure(args.clients, args.rounds, run, engine)}
         row["total_us"] = row["reply_us"] + row["aggregate_us"]
         results.append(row)

@@ -243,11 +243,15 @@ def secure_reply(
     flat = flatten_kept(delta, list(delta), plan.masks)
     rng = np.random.default_rng(plan.seed_for(partition_id_of(context)))
     vector, clipped = spec.quantize(flat, spec.weight_of(stats.num_examples), rng)
-    metrics = MetricRecord(
+    return masked_reply(msg, context, vector, secure_metrics(context, stats, clipped, flat.size))
+
+
+def secure_metrics(context: Context, stats: TrainStats, clipped: int, size: int) -> MetricRecord:
+    """A masked upload's metrics: no ``num-examples`` (the weight is inside the masked vector)."""
+    return MetricRecord(
         {
             "train-loss": stats.mean_loss,
             "partition-id": partition_id_of(context),
-            "clipped-fraction": clipped / max(flat.size, 1),
+            "clipped-fraction": clipped / max(size, 1),
         }
     )
-    return masked_reply(msg, context, vector, metrics)

@@ -20,6 +20,7 @@ Secrets stay in ``context.state`` (this node's, never sent) and are deleted afte
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -140,27 +141,61 @@ def share_keys(msg: Message, context: Context) -> Message:
     return _reply(msg, context, {"to": ids_bytes(neighbours), "sealed": sealed})
 
 
-def mask_vector(vector: np.ndarray, record: ConfigRecord, context: Context) -> np.ndarray:
-    """Stage 3: ``vector`` plus the self mask and one signed pairwise mask per live neighbour.
+@dataclass(frozen=True)
+class MaskPeers:
+    """What stage 3 masks with, read from this node's state once the round's record checks."""
 
-    ``record`` is the train message's secure-aggregation record: it names the nodes that
-    finished stage 2 (``alive``); pairwise masks with neighbours outside it are not added.
-    """
+    me: int
+    seed: bytes  # the self-mask seed
+    private: bytes  # the pairwise-mask private key (s-sk)
+    peers: list[tuple[int, bytes]]  # live neighbours, with the public key held for each
+    alive: bytes  # the round's alive set, sorted ids
+
+
+def alive_set(record: ConfigRecord) -> tuple[frozenset[int], bytes]:
+    """The train record's alive set, and its sorted ids as stage 4 will check them."""
+    alive = frozenset(node_ids(bytes(record["alive"])))
+    return alive, ids_bytes(sorted(alive))
+
+
+def mask_peers(
+    record: ConfigRecord,
+    context: Context,
+    alive: tuple[frozenset[int], bytes] | None = None,
+) -> MaskPeers:
+    """Check the train message's record against this node's state (raises UpdateRejected);
+    ``alive``: :func:`alive_set` of ``record`` when the caller has it already."""
     state = context.state.get(STATE_KEY)
     _check(record, state, "masked input", before="shares")
     me = context.node_id
-    alive = set(node_ids(bytes(record["alive"])))
+    alive, alive_ids = alive_set(record) if alive is None else alive
     if me not in alive:
         raise UpdateRejected(RejectReason.BAD_SECAGG, "this node is not in the round's alive set")
     neighbours = node_ids(bytes(state["neighbours"]))
     pk_s = chunks(bytes(state["pk-s"]), KEY_BYTES, len(neighbours), "pk-s")
     live = [(j, pk) for j, pk in zip(neighbours, pk_s, strict=True) if j in alive]
-    seeds = agree_each(state["s-sk"], [pk for _, pk in live], MASK_PURPOSE)
-    masked = vector + mask_stream(bytes(state["seed"]), vector.size)
-    for (j, _), seed in zip(live, seeds, strict=True):
+    return MaskPeers(me, bytes(state["seed"]), bytes(state["s-sk"]), live, alive_ids)
+
+
+def mark_masked(context: Context, peers: MaskPeers) -> None:
+    """Stage 3 done: stage 4 will accept only the alive set this node masked for."""
+    context.state[STATE_KEY].update({"stage": "masked", "alive": peers.alive})
+
+
+def mask_vector(vector: np.ndarray, record: ConfigRecord, context: Context) -> np.ndarray:
+    """Stage 3: ``vector`` plus the self mask and one signed pairwise mask per live neighbour.
+
+    ``record`` is the train message's secure-aggregation record: it names the nodes that
+    finished stage 2 (``alive``); pairwise masks with neighbours outside it are not added.
+    The lower node id of a pair adds the pair's mask, the higher one subtracts it.
+    """
+    mine = mask_peers(record, context)
+    seeds = agree_each(mine.private, [pk for _, pk in mine.peers], MASK_PURPOSE)
+    masked = vector + mask_stream(mine.seed, vector.size)
+    for (j, _), seed in zip(mine.peers, seeds, strict=True):
         stream = mask_stream(seed, vector.size)
-        masked = masked + stream if me < j else masked - stream
-    state.update({"stage": "masked", "alive": ids_bytes(sorted(alive))})
+        masked = masked + stream if mine.me < j else masked - stream
+    mark_masked(context, mine)
     return masked
 
 
@@ -171,13 +206,21 @@ def masked_reply(
     record = msg.content[SECAGG_RECORD_KEY]
     spec = SecAggVectorSpec.from_config(record)
     payload = spec.pack(mask_vector(vector, record, context))
+    return masked_message(msg, context, payload, int(vector.size), metrics)
+
+
+def masked_message(
+    msg: Message, context: Context, payload: bytes, count: int, metrics: MetricRecord | None
+) -> Message:
+    """The reply carrying a masked upload of ``count`` values (``upload-bytes`` set)."""
+    record = msg.content[SECAGG_RECORD_KEY]
     info = ConfigRecord(
         {
             "stage": STAGE_MASKED,
             "round": record["round"],
             "nonce": record["nonce"],
             "node-id": str(context.node_id),
-            "count": int(vector.size),
+            "count": count,
         }
     )
     content = RecordDict(

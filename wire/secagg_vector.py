@@ -60,7 +60,18 @@ class SecAggVectorSpec:
     def quantize(
         self, flat: np.ndarray, weight: int, rng: np.random.Generator
     ) -> tuple[np.ndarray, int]:
-        """``[w * q, w]`` as uint32 and how many coordinates were clipped."""
+        """``[w * q, w]`` as uint32 and how many coordinates were clipped.
+
+        A NaN or Inf is refused (UpdateRejected, non-finite): nobody could tell a masked upload
+        of a diverged update from a good one, so the client answers with an error instead and
+        the server recovers its masks as for a dropped client.
+        """
+        if not np.isfinite(flat).all():
+            raise UpdateRejected(
+                RejectReason.NON_FINITE,
+                "the update holds NaN or Inf values; a masked upload of it would corrupt the "
+                "round's sum unseen, so it is not sent (lower the learning rate or clip)",
+            )
         clipped = int(np.count_nonzero(np.abs(flat) > self.clip))
         scaled = (np.clip(flat.astype(np.float64), -self.clip, self.clip) + self.clip) * (
             self.levels / (2 * self.clip)

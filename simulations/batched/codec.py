@@ -1,6 +1,6 @@
 """The update codec for K clients at once on the engine's device: quantize, pack, error feedback.
 
-A torch port of :mod:`wire.quantize`, :mod:`wire.bitpack` (widths 1, 2, 4, 8) and the SDK's
+A torch port of :mod:`wire.quantize`, :mod:`wire.bitpack` (widths 1..32) and the SDK's
 error feedback (:mod:`client_sdk.feedback`) over [K, n] rows, written by hand because the wire
 layer is numpy-only (devices run it without torch) while the batched engine keeps the trained
 models on its device. Every step is the same IEEE float32 operation as numpy's, one kernel at a
@@ -62,18 +62,34 @@ def dequantize_rows(
 
 
 def pack_rows(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    """[K, packed] bytes of ``wire.bitpack.pack_uint`` for each row (widths dividing 8)."""
-    if 8 % bits:
-        raise ValueError(f"bit width {bits} does not divide 8")
+    """[K, packed] bytes of ``wire.bitpack.pack_uint`` for each row (widths 1..32; values must
+    be below 2^bits). Widths dividing 8 OR whole codes into bytes; the others work, as
+    ``pack_uint`` does, on groups of 8 values that fill ``bits`` bytes, one lane at a time."""
+    if not 1 <= bits <= 32:
+        raise ValueError(f"bit width must be in 1..32, got {bits}")
     k, n = codes.shape
-    per_byte = 8 // bits
-    lanes = torch.zeros(k, packed_size(n, bits) * per_byte, dtype=torch.uint8, device=codes.device)
+    if 8 % bits == 0:
+        per_byte = 8 // bits
+        lanes = torch.zeros(
+            k, packed_size(n, bits) * per_byte, dtype=torch.uint8, device=codes.device
+        )
+        lanes[:, :n] = codes
+        lanes = lanes.view(k, -1, per_byte)
+        out = lanes[:, :, 0].clone()
+        for lane in range(1, per_byte):
+            out |= lanes[:, :, lane] << (lane * bits)
+        return out
+    groups = -(-n // 8)
+    lanes = torch.zeros(k, groups * 8, dtype=torch.int64, device=codes.device)
     lanes[:, :n] = codes
-    lanes = lanes.view(k, -1, per_byte)
-    out = lanes[:, :, 0].clone()
-    for lane in range(1, per_byte):
-        out |= lanes[:, :, lane] << (lane * bits)
-    return out
+    lanes = lanes.view(k, groups, 8)
+    rows = torch.zeros(k, groups, bits, dtype=torch.uint8, device=codes.device)
+    for j in range(8):
+        first, shift = (j * bits) >> 3, (j * bits) & 7
+        word = lanes[:, :, j] << shift
+        for byte in range(min((shift + bits + 7) >> 3, bits - first)):
+            rows[:, :, first + byte] |= ((word >> (8 * byte)) & 0xFF).to(torch.uint8)
+    return rows.view(k, -1)[:, : packed_size(n, bits)]
 
 
 # payloads, residual norms carried in, residual norms kept (None: not error feedback)

@@ -85,7 +85,8 @@ class BatchedGrid(Grid):
         self._task, self._data, self._hook = task, data, update_hook
         # send a chunk's uncompressed updates as one pool when the server allows it (.replies)
         self.pool_uploads = pool_uploads
-        # quantized updates through the device codec (.codec); False: the SDK's, client by client
+        # quantized and masked (secure) updates encoded for a chunk at once (.codec, .secure);
+        # False: by the SDK's encoder, client by client
         self.encode_on_device = encode_on_device
         self._client_app = build_client_app(task, data, update_hook=update_hook)
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")

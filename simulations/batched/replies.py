@@ -1,9 +1,11 @@
 """Train replies of the batched engine, built from one chunk of K trained clients.
 
-Four ways, from the most to the least per-client work:
+Five ways, from the most to the least per-client work:
 
-- :func:`each_reply`: top-k, hooked (simulated attacks) or secure updates go through the SDK's
+- :func:`each_reply`: top-k or hooked (simulated attacks) updates go through the SDK's
   own encoder client by client (:func:`client_sdk.rounds.upload_reply`), exactly as on a device;
+- :func:`simulations.batched.secure.secure_replies`: secure aggregation's masked uploads,
+  quantized, masked and packed for the K clients at once, byte-for-byte the SDK's;
 - :func:`quantized_replies`: quantized updates (with or without error feedback) are quantized
   and bit-packed for the K clients at once on the device (:mod:`.codec`), byte-for-byte the
   SDK's payloads;
@@ -27,6 +29,7 @@ from flwr.common.constant import ErrorCode
 
 from client_sdk.rounds import RoundPlan, UpdateHook, reply_message, reply_metrics, upload_reply
 from simulations.batched.codec import encode_chunk
+from simulations.batched.secure import secure_replies
 from simulations.batched.training import TrainedChunk, flat_deltas, pooled_delta
 from wire import (
     PAYLOAD_FIELD,
@@ -69,6 +72,17 @@ def chunk_replies(
         if on_device:
             replies, by_sdk = quantized_replies(plan, messages, contexts, trained, device)
             return replies, 0, by_sdk
+    if hook is None and on_device and SECAGG_RECORD_KEY in messages[0].content:
+        masked, left = secure_replies(plan, messages, contexts, trained, device)
+        if left:
+            rows = torch.tensor(left, device=device)
+            part = TrainedChunk(
+                {name: tensor[rows] for name, tensor in trained.local.items()},
+                [trained.stats[r] for r in left],
+            )
+            picked = [messages[r] for r in left], [contexts[r] for r in left]
+            masked.update(zip(left, each_reply(plan, *picked, part, None), strict=True))
+        return [masked[row] for row in range(len(messages))], 0, len(left)
     replies = each_reply(plan, messages, contexts, trained, hook)
     return replies, 0, len(replies)
 

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wire import UpdateRejected
+from wire import RejectReason, UpdateRejected
 from wire.mask import MaskSet
 from wire.secagg import (
     SHAMIR_PRIME,
@@ -131,6 +131,16 @@ def test_quantized_weighted_sum_recovers_the_weighted_mean():
     assert np.abs(mean - want).max() < 4 * (2 / spec.levels)  # unbiased, within a few steps
     with pytest.raises(UpdateRejected, match="length-mismatch|bytes"):
         spec.unpack(spec.pack(total.astype(np.uint32))[:-1], 401)
+
+
+def test_a_non_finite_update_is_refused_not_masked():
+    spec = SecAggVectorSpec(bits=8, clip=1.0, max_weight=10, clients=4)
+    for bad in (np.nan, np.inf, -np.inf):
+        update = np.zeros(5, np.float32)
+        update[2] = bad
+        with pytest.raises(UpdateRejected) as err:
+            spec.quantize(update, 3, np.random.default_rng(0))
+        assert err.value.reason == RejectReason.NON_FINITE
 
 
 def test_kept_coordinates_round_trip_with_pruned_zeros():

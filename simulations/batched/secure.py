@@ -1,0 +1,196 @@
+"""Secure aggregation's masked uploads (SecAgg+ stage 3) for a chunk of K clients at once.
+
+On a device, :func:`client_sdk.rounds.secure_reply` quantizes the update onto the round's
+shared integer grid (:mod:`wire.secagg_vector`), adds a self mask and one signed pairwise mask
+per live neighbour (:func:`client_sdk.secagg.mask_vector`) and packs m bits per value. Here the
+same steps run over the chunk's [K, n] rows, with every payload, metric and state change
+byte-for-byte the SDK's (``tests/simulations/batched/test_secure.py``):
+
+- quantization in float64 on the engine's device, each client's rounding noise drawn from the
+  numpy generator the SDK seeds;
+- masks: each pairwise mask is one ChaCha20 stream both ends of the pair use (one adds it, the
+  other subtracts it). When both clients sit in this chunk and each holds the other's true
+  public key, the pair's key is agreed and its stream expanded once, not twice. On CUDA every
+  stream of the chunk is expanded on the device (:mod:`.chacha`); on a CPU ``cryptography``'s
+  C is faster, one stream at a time. Masks are summed in int64 and reduced modulo 2^m, the
+  SDK's uint32 wrap-around reduced the same way;
+- packing on the device (:func:`.codec.pack_rows`).
+
+Clients whose record or state fails the SDK's checks, and those whose update is not finite
+(which the SDK refuses to mask), go through the SDK's own reply instead, so each gets exactly
+the SDK's error.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from flwr.app import Context, Message
+
+from client_sdk.rounds import RoundPlan, partition_id_of, secure_metrics
+from client_sdk.secagg import MaskPeers, alive_set, mark_masked, mask_peers, masked_message
+from simulations.batched.chacha import keystream_words
+from simulations.batched.codec import pack_rows
+from simulations.batched.training import TrainedChunk, trained_tensors
+from wire import UpdateRejected
+from wire.secagg import agree_each, mask_stream, public_key
+from wire.secagg_protocol import MASK_PURPOSE, SECAGG_RECORD_KEY
+from wire.secagg_vector import SecAggVectorSpec
+
+# Clients quantized and packed together; streams expanded together on CUDA.
+CPU_BLOCK, CUDA_BLOCK, CUDA_STREAMS = 32, 512, 256
+
+# One mask stream and where it goes: (seed, [(row in the chunk, +1 or -1), ...])
+Stream = tuple[bytes, list[tuple[int, int]]]
+
+
+def kept_deltas(trained: TrainedChunk, plan: RoundPlan, device: torch.device) -> torch.Tensor:
+    """[K, n] local - global on the kept coordinates, in the global model's dtype, in the order
+    of :func:`wire.secagg_vector.flatten_kept` (numpy's promotion when dtypes differ)."""
+    columns = []
+    for name, _spec, reference, keep in trained_tensors(plan, device):
+        delta = trained.local[name].to(reference.dtype) - reference
+        flat = delta.reshape(delta.shape[0], -1)
+        columns.append(flat if keep is None else flat[:, keep])
+    return torch.cat(columns, dim=1)
+
+
+def mask_streams(peers: dict[int, MaskPeers]) -> list[Stream]:
+    """The self-mask streams and one stream per pair of neighbours (``peers``: row -> the
+    client's mask inputs), a pair's stream shared by both rows when both can derive it."""
+    row_of = {p.me: row for row, p in peers.items()}
+    public = {p.me: public_key(p.private) for p in peers.values()}
+    held = {p.me: dict(p.peers) for p in peers.values()}
+    streams: list[Stream] = []
+    for row, mine in peers.items():
+        streams.append((mine.seed, [(row, 1)]))
+        mine_sign = {j: 1 if mine.me < j else -1 for j, _ in mine.peers}
+        owned: list[tuple[int, bytes, bool]] = []  # (peer, its key as held, shared with it)
+        for j, pk in mine.peers:
+            shared = j in held and pk == public[j] and held[j].get(mine.me) == public[mine.me]
+            if not shared or mine.me < j:
+                owned.append((j, pk, shared))
+        seeds = agree_each(mine.private, [pk for _, pk, _ in owned], MASK_PURPOSE)
+        for (j, _, shared), seed in zip(owned, seeds, strict=True):
+            sign = mine_sign[j]
+            targets = [(row, sign), (row_of[j], -sign)] if shared else [(row, sign)]
+            streams.append((seed, targets))
+    return streams
+
+
+def mask_sums(
+    streams: list[Stream], rows: int, count: int, device: torch.device, *, on_device: bool
+) -> torch.Tensor:
+    """[rows, count]: each row's signed sum of its mask streams, correct modulo 2^32.
+
+    ``on_device``: streams expanded by :mod:`.chacha` on ``device`` and summed in int64; else
+    by ``cryptography`` one at a time and summed with uint32 wrap-around (half the memory)."""
+    if not on_device:
+        sums = np.zeros((rows, count), dtype=np.uint32)
+        for seed, targets in streams:
+            words = mask_stream(seed, count)
+            for row, sign in targets:
+                if sign > 0:
+                    sums[row] += words
+                else:
+                    sums[row] -= words
+        return torch.from_numpy(sums)
+    sums = torch.zeros(rows, count, dtype=torch.int64, device=device)
+    for start in range(0, len(streams), CUDA_STREAMS):
+        part = streams[start : start + CUDA_STREAMS]
+        words = keystream_words([seed for seed, _ in part], count, device)
+        index = [(k, row, sign) for k, (_, targets) in enumerate(part) for row, sign in targets]
+        source = torch.tensor([k for k, _, _ in index], device=device)
+        target = torch.tensor([row for _, row, _ in index], device=device)
+        signs = torch.tensor([sign for _, _, sign in index], device=device)
+        sums.index_add_(0, target, words[source] * signs[:, None])
+    return sums
+
+
+def secure_replies(
+    plan: RoundPlan,
+    messages: list[Message],
+    contexts: list[Context],
+    trained: TrainedChunk,
+    device: torch.device,
+) -> tuple[dict[int, Message], list[int]]:
+    """Masked replies by row, and the rows left to the SDK's reply (failed checks, NaN)."""
+    record = messages[0].content[SECAGG_RECORD_KEY]
+    try:
+        spec = SecAggVectorSpec.from_config(record)
+    except (KeyError, TypeError, ValueError):
+        return {}, list(range(len(messages)))
+    if plan.error_feedback or plan.codec.topk:
+        return {}, list(range(len(messages)))
+    deltas = kept_deltas(trained, plan, device)
+    finite = torch.isfinite(deltas).all(dim=1).cpu()
+    peers: dict[int, MaskPeers] = {}
+    by_sdk = []
+    try:
+        alive = alive_set(record)
+    except (KeyError, TypeError, UpdateRejected):
+        return {}, list(range(len(messages)))
+    for row, context in enumerate(contexts):
+        try:
+            if not bool(finite[row]):
+                raise ValueError("not finite: the SDK refuses it")
+            peers[row] = mask_peers(record, context, alive)
+        except (UpdateRejected, ValueError):
+            by_sdk.append(row)
+    if not peers:
+        return {}, by_sdk
+    ready = list(peers)
+    index = {row: i for i, row in enumerate(ready)}
+    count = deltas.shape[1] + 1  # [w * q, w]
+    streams = [
+        (seed, [(index[row], sign) for row, sign in targets])
+        for seed, targets in mask_streams(peers)
+    ]
+    masks = mask_sums(streams, len(ready), count, device, on_device=device.type == "cuda")
+    replies: dict[int, Message] = {}
+    block = CUDA_BLOCK if device.type == "cuda" else CPU_BLOCK
+    for start in range(0, len(ready), block):
+        rows = ready[start : start + block]
+        vectors, clipped = _quantize(
+            spec,
+            plan,
+            deltas[rows],
+            [contexts[r] for r in rows],
+            [trained.stats[r].num_examples for r in rows],
+        )
+        mask = masks[start : start + len(rows)].to(device=device, dtype=torch.int64)
+        masked = (vectors + mask) & spec.modulus_mask
+        packed = pack_rows(masked, spec.modulus_bits).cpu().numpy()
+        for i, row in enumerate(rows):
+            context = contexts[row]
+            metrics = secure_metrics(context, trained.stats[row], clipped[i], count - 1)
+            replies[row] = masked_message(
+                messages[row], context, packed[i].tobytes(), count, metrics
+            )
+            mark_masked(context, peers[row])
+    return replies, by_sdk
+
+
+def _quantize(
+    spec: SecAggVectorSpec,
+    plan: RoundPlan,
+    flat: torch.Tensor,
+    contexts: list[Context],
+    examples: list[int],
+) -> tuple[torch.Tensor, list[int]]:
+    """:meth:`SecAggVectorSpec.quantize` for each row: [rows, n + 1] int64 and clipped counts."""
+    k, n = flat.shape
+    clipped = (flat.abs() > spec.clip).sum(dim=1).tolist()
+    noise = np.empty((k, n), dtype=np.float64)
+    for row, context in zip(noise, contexts, strict=True):
+        np.random.default_rng(plan.seed_for(partition_id_of(context))).random(out=row)
+    scaled = (flat.to(torch.float64).clamp(-spec.clip, spec.clip) + spec.clip) * (
+        spec.levels / (2 * spec.clip)
+    )
+    low = torch.floor(scaled)
+    q = low + (torch.from_numpy(noise).to(flat.device) < (scaled - low))
+    weights = torch.tensor([spec.weight_of(e) for e in examples], device=flat.device)
+    vectors = torch.empty(k, n + 1, dtype=torch.int64, device=flat.device)
+    vectors[:, :n] = q.to(torch.int64) * weights[:, None]
+    vectors[:, n] = weights
+    return vectors, clipped

@@ -1,0 +1,124 @@
+"""Masked uploads for a chunk at once against the SDK's, client by client: the same bytes."""
+
+import copy
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import MessageType, RecordDict
+
+from client_sdk.rounds import upload_reply
+from client_sdk.secagg import STATE_KEY
+from client_sdk.tasks import get_task
+from simulations.batched import secure
+from simulations.batched.chacha import keystream_words
+from simulations.batched.replies import chunk_replies
+from simulations.batched.training import stack_clients, train_clients
+from strategies.secagg import SecAggSession, SecAggSettings
+from strategies.stats import RoundStats
+from tests.messages import message, node_context
+from tests.simulations.batched.test_training import CPU, _clients, _plan
+from tests.strategies.secagg_grid import SecAggGrid
+from wire.secagg import mask_stream, new_private_key, public_key
+from wire.secagg_protocol import SECAGG_RECORD_KEY, chunks
+
+DEVICES = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+K = 6
+
+
+@pytest.mark.parametrize("device", DEVICES, ids=str)
+def test_keystream_words_are_cryptographys_chacha20(device):
+    seeds = [bytes(32), b"\x01" * 32] + [bytes(range(i, i + 32)) for i in range(3)]
+    for count in (1, 15, 16, 17, 1000):
+        words = keystream_words(seeds, count, device).cpu().numpy()
+        for seed, row in zip(seeds, words, strict=True):
+            assert np.array_equal(row, mask_stream(seed, count).astype(np.int64))
+    with pytest.raises(ValueError, match="32 bytes"):
+        keystream_words([bytes(16)], 4, device)
+
+
+def _secure_round(prune=False, float64=False, degree=4):
+    """K nodes through stages 1-2 of the real protocol, a trained chunk and its train messages."""
+    contexts = [node_context(i, K, node_id=100 + 7 * i) for i in range(K)]
+    grid = SecAggGrid({c.node_id: None for c in contexts})
+    grid.contexts = {c.node_id: c for c in contexts}
+    settings = SecAggSettings(degree=degree, bits=8, clip=0.05)
+    session = SecAggSession(settings, 1, grid, RoundStats(server_round=1))
+    record = session.setup(grid.get_node_ids(), np.random.default_rng(0))
+    task = get_task("digits")
+    plan = _plan(task, {}, prune=prune)
+    if float64:  # FedAdam's server sends float64 arrays: numpy promotes the delta
+        plan = dataclasses.replace(
+            plan, global_arrays={k: v.astype(np.float64) for k, v in plan.global_arrays.items()}
+        )
+    chunk = train_clients(plan, stack_clients(_clients(task, k=K), CPU), list(range(K)), CPU)
+    content = RecordDict({SECAGG_RECORD_KEY: record})
+    messages = [
+        message(content, src=0, dst=c.node_id, message_type=MessageType.TRAIN) for c in contexts
+    ]
+    return plan, chunk, messages, contexts
+
+
+def _compare(plan, chunk, messages, contexts, device):
+    """The engine's replies and states equal the SDK's; returns how many the SDK built."""
+    theirs = copy.deepcopy(contexts)
+    chunk = dataclasses.replace(chunk, local={k: v.to(device) for k, v in chunk.local.items()})
+    replies, pooled, by_sdk = chunk_replies(
+        plan, messages, contexts, chunk, device, None, pool=True, on_device=True
+    )
+    assert pooled == 0
+    for msg, ours, context, local, stats in zip(
+        messages, replies, theirs, chunk.host_models(plan.global_arrays), chunk.stats, strict=True
+    ):
+        try:
+            ref = upload_reply(msg, plan, context, local, stats)
+        except Exception as err:
+            assert ours.has_error() and str(err) in ours.error.reason
+            continue
+        assert not ours.has_error()
+        assert ours.content.keys() == ref.content.keys()
+        for key in ref.content:
+            assert dict(ours.content[key]) == dict(ref.content[key]), key
+    for ours, ref in zip(contexts, theirs, strict=True):
+        assert dict(ours.state.get(STATE_KEY, {})) == dict(ref.state.get(STATE_KEY, {}))
+    return by_sdk
+
+
+@pytest.mark.parametrize("device", DEVICES, ids=str)
+@pytest.mark.parametrize("case", ["plain", "pruned", "float64 global"])
+def test_masked_uploads_are_the_sdks(case, device):
+    plan, chunk, messages, contexts = _secure_round(
+        prune=case == "pruned", float64=case == "float64 global"
+    )
+    assert _compare(plan, chunk, messages, contexts, device) == 0
+
+
+@pytest.mark.parametrize("device", DEVICES, ids=str)
+def test_a_bad_state_a_nan_and_a_key_the_peer_does_not_hold_match_the_sdk(device):
+    plan, chunk, messages, contexts = _secure_round(degree=5)
+    # node 0 was handed a wrong mask key for its first neighbour: that pair is not shared, and
+    # each end masks with the key it holds (the sum will not unmask, exactly as on devices)
+    state = contexts[0].state[STATE_KEY]
+    keys = chunks(bytes(state["pk-s"]), 32, len(bytes(state["pk-s"])) // 32, "pk-s")
+    state["pk-s"] = public_key(new_private_key()) + b"".join(keys[1:])
+    del contexts[1].state[STATE_KEY]  # node 1 lost its state: the SDK's stage-order error
+    chunk.local["2.weight"][2, 0, 0] = float("nan")  # refused by the SDK: not masked
+    chunk.local["2.weight"][3, 0, 0] = float("inf")
+    assert _compare(plan, chunk, messages, contexts, device) == 3
+
+
+def test_shared_pairs_halve_the_streams_and_the_torch_path_sums_like_numpys():
+    _, _, messages, contexts = _secure_round(degree=5)
+    record = messages[0].content[SECAGG_RECORD_KEY]
+    peers = {row: secure.mask_peers(record, c) for row, c in enumerate(contexts)}
+    streams = secure.mask_streams(peers)
+    pairs = sum(len(p.peers) for p in peers.values()) // 2
+    assert len(streams) == K + pairs  # one per client, one per pair
+    assert sum(len(targets) for _, targets in streams) == K + 2 * pairs
+    numpy_sums = secure.mask_sums(streams, K, 333, CPU, on_device=False).numpy()
+    torch_sums = secure.mask_sums(streams, K, 333, CPU, on_device=True).numpy()
+    assert np.array_equal(numpy_sums.astype(np.int64) & 0xFFFFFFFF, torch_sums & 0xFFFFFFFF)
+    # the pairwise masks cancel: the chunk's total is the sum of the self masks
+    selfs = sum(mask_stream(p.seed, 333).astype(np.int64) for p in peers.values())
+    assert np.array_equal(numpy_sums.sum(axis=0, dtype=np.uint32), selfs.astype(np.uint32))
