@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# The GPU part of the batched-engine checks, in one go (about 5 minutes on one H100):
+# The GPU part of the batched-engine checks, in one go (about 6.5 minutes on one H100):
 #   1. speed: plain Flower (Ray, CUDA) vs Pollen on Flower's engine vs Pollen batched (CUDA)
 #      at 1000 clients per round, and Pollen batched alone at 10,000 (benchmarks/simulation.py);
 #   2. fidelity: the batched engine on CUDA against Flower's engine on CPU (benchmarks/fidelity.py;
 #      its fourth case, the tutorial CNN, shows how far the layout picked on CUDA moves the model);
-#   3. the device codec's payloads byte-for-byte against the SDK's encoder, on CUDA
-#      (tests/simulations/batched/test_codec.py; needs pytest and scikit-learn, else skipped).
+#   3. the device codec's payloads and the chunk's masked (SecAgg+) uploads byte-for-byte against
+#      the SDK's, on CUDA (tests/simulations/batched/test_codec.py, test_secure.py; needs pytest
+#      and scikit-learn, else skipped);
+#   4. secure aggregation's per-client host path at 1000 clients: masks expanded on the GPU
+#      against the SDK's masking client by client (benchmarks/host_path.py --only secagg,
+#      about 1.5 minutes).
 # SIMULATION_ARGS / FIDELITY_ARGS add flags (e.g. --skip-pollen-flower, --case 2, or
 # --per-client-uploads for unpooled batched rows: about 1.5 more minutes).
 # Run from the repository root on a machine with a CUDA GPU and torch. Packages the machine lacks
@@ -30,10 +34,13 @@ timeout 240 python3 benchmarks/simulation.py --device cuda --clients 1000 10000 
 echo "== fidelity ==" | tee -a "$OUT/log.txt"
 timeout 120 python3 benchmarks/fidelity.py --device cuda ${FIDELITY_ARGS:-} 2>&1 | grep -E "max \||Error|error" \
   | tee -a "$OUT/log.txt"
-echo "== device codec ==" | tee -a "$OUT/log.txt"
+echo "== device codec and masks ==" | tee -a "$OUT/log.txt"
 if python3 -c "import pytest, sklearn" 2>/dev/null; then
-  timeout 90 python3 -m pytest -q -p no:cacheprovider tests/simulations/batched/test_codec.py 2>&1 \
-    | tail -3 | tee -a "$OUT/log.txt"
+  timeout 90 python3 -m pytest -q -p no:cacheprovider tests/simulations/batched/test_codec.py \
+    tests/simulations/batched/test_secure.py 2>&1 | tail -3 | tee -a "$OUT/log.txt"
 else
   echo "pytest or scikit-learn missing: skipped" | tee -a "$OUT/log.txt"
 fi
+echo "== secure aggregation host path ==" | tee -a "$OUT/log.txt"
+timeout 150 python3 benchmarks/host_path.py --device cuda --clients 1000 --only secagg \
+  --json "$OUT/host-path-secagg.json" 2>&1 | grep -v INFO | tail -4 | tee -a "$OUT/log.txt"

@@ -74,7 +74,9 @@ def perturbed_training(plan, batch, seeds, device, layout=""):
     return TrainedChunk(local=local, stats=stats)
 
 
-def measure(n: int, rounds: int, run: dict[str, Any], engine: dict[str, Any]) -> dict[str, float]:
+def measure(
+    n: int, rounds: int, run: dict[str, Any], engine: dict[str, Any], device: torch.device
+) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         settings = RunSettings(
             task="tutorial-cnn:50",
@@ -90,7 +92,7 @@ def measure(n: int, rounds: int, run: dict[str, Any], engine: dict[str, Any]) ->
             task=get_task,
             data=simulated_client_data,
             num_nodes=n,
-            device=torch.device("cpu"),
+            device=device,
             clients_per_batch=500,
             cache_bytes=16 << 30,
             **engine,
@@ -118,6 +120,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--device", type=torch.device, default=torch.device("cpu"))
     parser.add_argument(
         "--only", default="", help="run only the pairs whose names hold this text, e.g. SecAgg"
     )
@@ -135,7 +138,7 @@ def main() -> None:
         for row in pair
     ]
     for i, (name, run, engine) in enumerate(rows):
-        row = {"name": name, **measure(args.clients, args.rounds, run, engine)}
+        row = {"name": name, **measure(args.clients, args.rounds, run, engine, args.device)}
         row["total_us"] = row["reply_us"] + row["aggregate_us"]
         results.append(row)
         if i % 2:

@@ -70,6 +70,17 @@ def test_rows_quantize_pack_and_dequantize_as_the_wire_does(bits, stochastic, de
         )
 
 
+@pytest.mark.parametrize("device", DEVICES, ids=str)
+def test_rows_pack_like_pack_uint_at_every_width(device):
+    rng = np.random.default_rng(1)
+    for bits in range(1, 33):
+        for n in (1, 7, 8, 9, 1001):
+            values = rng.integers(0, 1 << bits, size=(3, n), dtype=np.int64)
+            packed = pack_rows(torch.from_numpy(values).to(device), bits).cpu().numpy()
+            for row, got in zip(values, packed, strict=True):
+                assert got.tobytes() == pack_uint(row.astype(np.uint32), bits), (bits, n)
+
+
 def _sdk_and_engine(plan, chunk, contexts_sdk, contexts_engine, device):
     locals_ = chunk.host_models(plan.global_arrays)
     request = message(RecordDict(), src=0, dst=5, message_type=MessageType.TRAIN)

@@ -22,6 +22,7 @@ from tests.simulations.batched.test_training import CPU, _clients, _plan
 from tests.strategies.secagg_grid import SecAggGrid
 from wire.secagg import mask_stream, new_private_key, public_key
 from wire.secagg_protocol import SECAGG_RECORD_KEY, chunks
+from wire.secagg_vector import flatten_kept
 
 DEVICES = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
 K = 6
@@ -57,7 +58,7 @@ def _secure_round(prune=False, float64=False, degree=4):
     messages = [
         message(content, src=0, dst=c.node_id, message_type=MessageType.TRAIN) for c in contexts
     ]
-    return plan, chunk, messages, contexts
+    return plan, chunk, messages, contexts, session
 
 
 def _compare(plan, chunk, messages, contexts, device):
@@ -88,7 +89,7 @@ def _compare(plan, chunk, messages, contexts, device):
 @pytest.mark.parametrize("device", DEVICES, ids=str)
 @pytest.mark.parametrize("case", ["plain", "pruned", "float64 global"])
 def test_masked_uploads_are_the_sdks(case, device):
-    plan, chunk, messages, contexts = _secure_round(
+    plan, chunk, messages, contexts, _ = _secure_round(
         prune=case == "pruned", float64=case == "float64 global"
     )
     assert _compare(plan, chunk, messages, contexts, device) == 0
@@ -96,7 +97,7 @@ def test_masked_uploads_are_the_sdks(case, device):
 
 @pytest.mark.parametrize("device", DEVICES, ids=str)
 def test_a_bad_state_a_nan_and_a_key_the_peer_does_not_hold_match_the_sdk(device):
-    plan, chunk, messages, contexts = _secure_round(degree=5)
+    plan, chunk, messages, contexts, _ = _secure_round(degree=5)
     # node 0 was handed a wrong mask key for its first neighbour: that pair is not shared, and
     # each end masks with the key it holds (the sum will not unmask, exactly as on devices)
     state = contexts[0].state[STATE_KEY]
@@ -109,7 +110,7 @@ def test_a_bad_state_a_nan_and_a_key_the_peer_does_not_hold_match_the_sdk(device
 
 
 def test_shared_pairs_halve_the_streams_and_the_torch_path_sums_like_numpys():
-    _, _, messages, contexts = _secure_round(degree=5)
+    _, _, messages, contexts, _ = _secure_round(degree=5)
     record = messages[0].content[SECAGG_RECORD_KEY]
     peers = {row: secure.mask_peers(record, c) for row, c in enumerate(contexts)}
     streams = secure.mask_streams(peers)
@@ -122,3 +123,30 @@ def test_shared_pairs_halve_the_streams_and_the_torch_path_sums_like_numpys():
     # the pairwise masks cancel: the chunk's total is the sum of the self masks
     selfs = sum(mask_stream(p.seed, 333).astype(np.int64) for p in peers.values())
     assert np.array_equal(numpy_sums.sum(axis=0, dtype=np.uint32), selfs.astype(np.uint32))
+
+
+def test_a_nan_client_is_dropped_and_the_server_unmasks_the_others_sum():
+    plan, chunk, messages, contexts, session = _secure_round(degree=5)
+    chunk.local["0.bias"][4, 3] = float("nan")
+    plain = []
+    models = chunk.host_models(plan.global_arrays)
+    for k, (local, stats) in enumerate(zip(models, chunk.stats, strict=True)):
+        if k != 4:  # the vector each survivor masked, as the SDK quantizes it
+            delta = {n: local[n] - g for n, g in plan.global_arrays.items()}
+            flat = flatten_kept(delta, list(delta), plan.masks)
+            rng = np.random.default_rng(plan.seed_for(k))
+            plain.append(
+                session.spec.quantize(flat, session.spec.weight_of(stats.num_examples), rng)[0]
+            )
+    replies, _, by_sdk = chunk_replies(
+        plan, messages, contexts, chunk, CPU, None, pool=False, on_device=True
+    )
+    assert by_sdk == 1 and "non-finite" in replies[4].error.reason
+    for reply, msg in zip(replies, messages, strict=True):  # as the Grid stamps replies
+        reply.metadata.__dict__["_src_node_id"] = msg.metadata.dst_node_id
+    total = session.aggregate(replies, len(plain[0]))
+    assert np.array_equal(total, np.sum(plain, axis=0, dtype=np.uint64).astype(np.uint32))
+    assert session.stats.accepted == K - 1
+    assert [(f.node_id, f.reason) for f in session.stats.failures] == [
+        (contexts[4].node_id, "client-error")
+    ]
