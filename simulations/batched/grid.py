@@ -35,6 +35,7 @@ from client_sdk.rounds import (
 )
 from simulations.batched.memory import MemoryPlanner
 from simulations.batched.replies import chunk_replies, error_reply
+from simulations.batched.secure import RoundMasks, round_masks
 from simulations.batched.training import (
     ClientBatch,
     NotVectorizable,
@@ -245,12 +246,18 @@ class BatchedGrid(Grid):
         ready = sorted(
             ready, key=lambda item: partition_id_of(self._contexts[item[0].metadata.dst_node_id])
         )
+        masks = None  # secure aggregation: every pair's mask stream once for the whole round
+        if self.encode_on_device and self._hook is None:
+            started = time.perf_counter()
+            contexts = [self._contexts[m.metadata.dst_node_id] for m, _ in ready]
+            masks = round_masks(plan, [m for m, _ in ready], contexts, self.device)
+            self.stats.reply_seconds += time.perf_counter() - started
         done = 0
         while done < len(ready):
             k = self.memory.clients_per_chunk(len(ready) - done)
             chunk = ready[done : done + k]
             try:
-                self._train_chunk(plan, chunk)
+                self._train_chunk(plan, chunk, masks)
             except torch.cuda.OutOfMemoryError:
                 smaller = self.memory.shrink_after_oom(k)
                 log.warning(
@@ -264,7 +271,12 @@ class BatchedGrid(Grid):
                 continue
             done += len(chunk)
 
-    def _train_chunk(self, plan: RoundPlan, chunk: list[tuple[Message, ClientData]]) -> None:
+    def _train_chunk(
+        self,
+        plan: RoundPlan,
+        chunk: list[tuple[Message, ClientData]],
+        masks: RoundMasks | None = None,
+    ) -> None:
         contexts = [self._contexts[m.metadata.dst_node_id] for m, _ in chunk]
         seeds = [plan.seed_for(partition_id_of(c)) for c in contexts]
         before = self.memory.start_chunk()
@@ -296,7 +308,7 @@ class BatchedGrid(Grid):
                     err,
                 )
                 self.stats.layout = "grouped"
-                self._train_chunk(plan, chunk)
+                self._train_chunk(plan, chunk, masks)
                 return
             raise NotVectorizable(
                 f"vmap could not run the Task: {type(err).__name__}: {err}"
@@ -314,6 +326,7 @@ class BatchedGrid(Grid):
             self._hook,
             pool=self.pool_uploads,
             on_device=self.encode_on_device,
+            masks_of_round=masks,
         )
         self.stats.pooled_clients += pooled
         self.stats.sdk_encoded_clients += by_sdk

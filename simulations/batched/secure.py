@@ -23,6 +23,8 @@ the SDK's error.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from flwr.app import Context, Message
@@ -107,46 +109,109 @@ def mask_sums(
     return sums
 
 
+@dataclass
+class RoundMasks:
+    """The mask sums of every client of one round's train messages, computed before the first
+    chunk trains, so that a pair's stream is shared across chunks too (:func:`round_masks`)."""
+
+    peers: dict[int, MaskPeers]  # node id -> its checked mask inputs
+    rows: dict[int, int]  # node id -> its row of ``sums``
+    sums: torch.Tensor  # [clients, n + 1], correct modulo 2^32
+
+
+def round_masks(
+    plan: RoundPlan, messages: list[Message], contexts: list[Context], device: torch.device
+) -> RoundMasks | None:
+    """The round's masks when its messages are secure and their sums fit the budget (1 GiB on
+    a CPU, a tenth of the free GPU memory up to 2 GiB); None: each chunk masks its own."""
+    if SECAGG_RECORD_KEY not in messages[0].content or plan.error_feedback or plan.codec.topk:
+        return None
+    count = 1 + sum(
+        spec.size if keep is None else int(keep.sum())
+        for _, spec, _, keep in trained_tensors(plan, device)
+    )
+    cuda = device.type == "cuda"
+    budget = min(2 << 30, torch.cuda.mem_get_info(device)[0] // 10) if cuda else 1 << 30
+    if len(contexts) * count * (8 if cuda else 4) > budget:
+        return None
+    record = messages[0].content[SECAGG_RECORD_KEY]
+    try:
+        SecAggVectorSpec.from_config(record)
+        alive = alive_set(record)
+    except (KeyError, TypeError, ValueError):
+        return None
+    peers = _checked_peers(record, contexts, alive, range(len(contexts)))
+    ready, sums = _masks_for(peers, count, device)
+    nodes = [contexts[row].node_id for row in ready]
+    return RoundMasks(
+        {node: peers[row] for node, row in zip(nodes, ready, strict=True)},
+        {node: i for i, node in enumerate(nodes)},
+        sums,
+    )
+
+
+def _checked_peers(record, contexts, alive, rows) -> dict[int, MaskPeers]:
+    """Row -> mask inputs of the clients in ``rows`` whose state passes the SDK's checks."""
+    peers = {}
+    for row in rows:
+        try:
+            peers[row] = mask_peers(record, contexts[row], alive)
+        except UpdateRejected:
+            pass
+    return peers
+
+
+def _masks_for(
+    peers: dict[int, MaskPeers], count: int, device: torch.device
+) -> tuple[list[int], torch.Tensor]:
+    """(the rows of ``peers`` in order, their mask sums in that order)."""
+    ready = list(peers)
+    index = {row: i for i, row in enumerate(ready)}
+    streams = [
+        (seed, [(index[row], sign) for row, sign in targets])
+        for seed, targets in mask_streams(peers)
+    ]
+    return ready, mask_sums(streams, len(ready), count, device, on_device=device.type == "cuda")
+
+
 def secure_replies(
     plan: RoundPlan,
     messages: list[Message],
     contexts: list[Context],
     trained: TrainedChunk,
     device: torch.device,
+    masks_of_round: RoundMasks | None = None,
 ) -> tuple[dict[int, Message], list[int]]:
-    """Masked replies by row, and the rows left to the SDK's reply (failed checks, NaN)."""
+    """Masked replies by row, and the rows left to the SDK's reply (failed checks, not finite).
+
+    ``masks_of_round``: the masks :func:`round_masks` computed for the whole round; else the
+    chunk's own are computed here."""
+    everyone = list(range(len(messages)))
     record = messages[0].content[SECAGG_RECORD_KEY]
     try:
         spec = SecAggVectorSpec.from_config(record)
-    except (KeyError, TypeError, ValueError):
-        return {}, list(range(len(messages)))
-    if plan.error_feedback or plan.codec.topk:
-        return {}, list(range(len(messages)))
-    deltas = kept_deltas(trained, plan, device)
-    finite = torch.isfinite(deltas).all(dim=1).cpu()
-    peers: dict[int, MaskPeers] = {}
-    by_sdk = []
-    try:
         alive = alive_set(record)
-    except (KeyError, TypeError, UpdateRejected):
-        return {}, list(range(len(messages)))
-    for row, context in enumerate(contexts):
-        try:
-            if not bool(finite[row]):
-                raise ValueError("not finite: the SDK refuses it")
-            peers[row] = mask_peers(record, context, alive)
-        except (UpdateRejected, ValueError):
-            by_sdk.append(row)
-    if not peers:
-        return {}, by_sdk
-    ready = list(peers)
-    index = {row: i for i, row in enumerate(ready)}
+    except (KeyError, TypeError, ValueError):
+        return {}, everyone
+    if plan.error_feedback or plan.codec.topk:
+        return {}, everyone
+    deltas = kept_deltas(trained, plan, device)
+    finite = torch.isfinite(deltas).all(dim=1).tolist()  # the SDK refuses the others
     count = deltas.shape[1] + 1  # [w * q, w]
-    streams = [
-        (seed, [(index[row], sign) for row, sign in targets])
-        for seed, targets in mask_streams(peers)
-    ]
-    masks = mask_sums(streams, len(ready), count, device, on_device=device.type == "cuda")
+    if masks_of_round is None:
+        peers = _checked_peers(record, contexts, alive, [r for r in everyone if finite[r]])
+        ready, masks = _masks_for(peers, count, device)
+    else:
+        known = masks_of_round.peers
+        peers = {
+            r: known[contexts[r].node_id]
+            for r in everyone
+            if finite[r] and contexts[r].node_id in known
+        }
+        ready = list(peers)
+        rows = [masks_of_round.rows[contexts[r].node_id] for r in ready]
+        masks = masks_of_round.sums[torch.tensor(rows, device=masks_of_round.sums.device)]
+    by_sdk = [r for r in everyone if r not in peers]
     replies: dict[int, Message] = {}
     block = CUDA_BLOCK if device.type == "cuda" else CPU_BLOCK
     for start in range(0, len(ready), block):

@@ -14,7 +14,7 @@ from client_sdk.tasks import get_task
 from simulations.batched import secure
 from simulations.batched.chacha import keystream_words
 from simulations.batched.replies import chunk_replies
-from simulations.batched.training import stack_clients, train_clients
+from simulations.batched.training import TrainedChunk, stack_clients, train_clients
 from strategies.secagg import SecAggSession, SecAggSettings
 from strategies.stats import RoundStats
 from tests.messages import message, node_context
@@ -61,14 +61,32 @@ def _secure_round(prune=False, float64=False, degree=4):
     return plan, chunk, messages, contexts, session
 
 
-def _compare(plan, chunk, messages, contexts, device):
-    """The engine's replies and states equal the SDK's; returns how many the SDK built."""
+def _compare(plan, chunk, messages, contexts, device, whole_round=False):
+    """The engine's replies and states equal the SDK's; returns how many the SDK built.
+
+    ``whole_round``: the round's masks are computed first (pairs shared across chunks) and the
+    replies come from two chunks of K / 2 clients."""
     theirs = copy.deepcopy(contexts)
     chunk = dataclasses.replace(chunk, local={k: v.to(device) for k, v in chunk.local.items()})
-    replies, pooled, by_sdk = chunk_replies(
-        plan, messages, contexts, chunk, device, None, pool=True, on_device=True
-    )
-    assert pooled == 0
+    masks = secure.round_masks(plan, messages, contexts, device) if whole_round else None
+    assert (masks is not None) == whole_round
+    replies, by_sdk = [], 0
+    for part in [slice(0, K // 2), slice(K // 2, K)] if whole_round else [slice(0, K)]:
+        local = {name: tensor[part] for name, tensor in chunk.local.items()}
+        replied, pooled, sdk = chunk_replies(
+            plan,
+            messages[part],
+            contexts[part],
+            TrainedChunk(local, chunk.stats[part]),
+            device,
+            None,
+            pool=True,
+            on_device=True,
+            masks_of_round=masks,
+        )
+        assert pooled == 0
+        replies += replied
+        by_sdk += sdk
     for msg, ours, context, local, stats in zip(
         messages, replies, theirs, chunk.host_models(plan.global_arrays), chunk.stats, strict=True
     ):
@@ -87,16 +105,17 @@ def _compare(plan, chunk, messages, contexts, device):
 
 
 @pytest.mark.parametrize("device", DEVICES, ids=str)
-@pytest.mark.parametrize("case", ["plain", "pruned", "float64 global"])
+@pytest.mark.parametrize("case", ["plain", "pruned", "float64 global", "round masks"])
 def test_masked_uploads_are_the_sdks(case, device):
     plan, chunk, messages, contexts, _ = _secure_round(
         prune=case == "pruned", float64=case == "float64 global"
     )
-    assert _compare(plan, chunk, messages, contexts, device) == 0
+    assert _compare(plan, chunk, messages, contexts, device, case == "round masks") == 0
 
 
 @pytest.mark.parametrize("device", DEVICES, ids=str)
-def test_a_bad_state_a_nan_and_a_key_the_peer_does_not_hold_match_the_sdk(device):
+@pytest.mark.parametrize("whole_round", [False, True], ids=["chunk masks", "round masks"])
+def test_a_bad_state_a_nan_and_a_key_the_peer_does_not_hold_match_the_sdk(whole_round, device):
     plan, chunk, messages, contexts, _ = _secure_round(degree=5)
     # node 0 was handed a wrong mask key for its first neighbour: that pair is not shared, and
     # each end masks with the key it holds (the sum will not unmask, exactly as on devices)
@@ -106,7 +125,7 @@ def test_a_bad_state_a_nan_and_a_key_the_peer_does_not_hold_match_the_sdk(device
     del contexts[1].state[STATE_KEY]  # node 1 lost its state: the SDK's stage-order error
     chunk.local["2.weight"][2, 0, 0] = float("nan")  # refused by the SDK: not masked
     chunk.local["2.weight"][3, 0, 0] = float("inf")
-    assert _compare(plan, chunk, messages, contexts, device) == 3
+    assert _compare(plan, chunk, messages, contexts, device, whole_round) == 3
 
 
 def test_shared_pairs_halve_the_streams_and_the_torch_path_sums_like_numpys():
