@@ -20,6 +20,7 @@ Secrets stay in ``context.state`` (this node's, never sent) and are deleted afte
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,6 +55,9 @@ from wire.secagg_vector import SecAggVectorSpec
 log = logging.getLogger(__name__)
 
 STATE_KEY = "pollen.secagg-state"
+
+# (private key, peers' public keys, HKDF purpose) -> one agreed key per peer
+Agreement = Callable[[bytes, list[bytes], bytes], list[bytes]]
 
 
 def _check(record: ConfigRecord, state: ConfigRecord | None, stage: str, before: str) -> None:
@@ -101,8 +105,9 @@ def advertise_keys(msg: Message, context: Context) -> Message:
     return _reply(msg, context, {"pk-c": public_key(c_sk), "pk-s": public_key(s_sk)})
 
 
-def share_keys(msg: Message, context: Context) -> Message:
-    """Stage 2: seal Shamir shares of the seed and mask key for each assigned neighbour."""
+def share_keys(msg: Message, context: Context, agree: Agreement = agree_each) -> Message:
+    """Stage 2: seal Shamir shares of the seed and mask key for each assigned neighbour
+    (``agree``: how pairwise keys are agreed; a simulator may share them between a pair)."""
     record = msg.content[SECAGG_RECORD_KEY]
     state = context.state.get(STATE_KEY)
     _check(record, state, "shares", before="keys")
@@ -124,7 +129,7 @@ def share_keys(msg: Message, context: Context) -> Message:
     seed_shares = split_secret(state["seed"], threshold, len(neighbours))
     key_shares = split_secret(state["s-sk"], threshold, len(neighbours))
     nonce, server_round = state["nonce"], state["round"]
-    keys = agree_each(state["c-sk"], pk_c, SHARE_PURPOSE)
+    keys = agree(state["c-sk"], pk_c, SHARE_PURPOSE)
     sealed = b"".join(
         encrypt(keys[i], seed_shares[i] + key_shares[i], share_context(nonce, server_round, me, j))
         for i, j in enumerate(neighbours)
@@ -232,7 +237,7 @@ def masked_message(
     return Message(content=content, reply_to=msg)
 
 
-def unmask(msg: Message, context: Context) -> Message:
+def unmask(msg: Message, context: Context, agree: Agreement = agree_each) -> Message:
     """Stage 4: open relayed shares, release one share per neighbour, then forget the secrets."""
     record = msg.content[SECAGG_RECORD_KEY]
     state = context.state.get(STATE_KEY)
@@ -265,7 +270,7 @@ def unmask(msg: Message, context: Context) -> Message:
     seed_of, key_of, refused = [], [], []
     seed_shares, key_shares = [], []
     known = [j for j in senders if j in pk_c and (j in survivors or j in dropped)]
-    opened_keys = agree_each(state["c-sk"], [pk_c[j] for j in known], SHARE_PURPOSE)
+    opened_keys = agree(state["c-sk"], [pk_c[j] for j in known], SHARE_PURPOSE)
     keys = dict(zip(known, opened_keys, strict=True))
     for j, box in zip(senders, sealed, strict=True):
         if j not in keys:

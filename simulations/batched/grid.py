@@ -8,7 +8,10 @@ buffers, dropout, a loss that is not a per-sample mean) goes through the SDK's o
 one client at a time, with the reason logged once. Replies are built by the same SDK code as
 on a device (:func:`client_sdk.rounds.upload_reply`), or byte-for-byte what it would build; when
 the server's strategy needs only the weighted mean, a chunk's uncompressed updates travel as
-one pool (:mod:`.replies`, :mod:`wire.pooling`), unless ``pool_uploads`` is off.
+one pool (:mod:`.replies`, :mod:`wire.pooling`), unless ``pool_uploads`` is off. Secure
+aggregation's share and unmask stages run the SDK's own functions with each pair's keys agreed
+once (:mod:`.agreements`), and a secure round's masks are computed for all its clients before
+the first chunk trains (:mod:`.secure`).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
-from client_sdk import ClientData, DataProvider, build_client_app
+from client_sdk import ClientData, DataProvider, build_client_app, secagg
 from client_sdk.rounds import (
     RoundPlan,
     TaskSource,
@@ -35,7 +38,7 @@ from client_sdk.rounds import (
 )
 from simulations.batched.memory import MemoryPlanner
 from simulations.batched.replies import chunk_replies, error_reply
-from simulations.batched.secure import RoundMasks, round_masks
+from simulations.batched.secure import SecureRound, round_masks
 from simulations.batched.training import (
     ClientBatch,
     NotVectorizable,
@@ -46,6 +49,7 @@ from simulations.batched.training import (
     train_clients,
     vectorization_blocker,
 )
+from wire.secagg_protocol import STAGE_KEYS, STAGE_SHARES, STAGE_UNMASK
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +110,7 @@ class BatchedGrid(Grid):
             )
             for pid, nid in enumerate(ids.tolist())
         }
+        self._secure = SecureRound()  # secure aggregation's pairwise keys and masks (.secure)
         self._pending: dict[str, Message] = {}
         self._replies: dict[str, Message] = {}
         self._blockers: dict[str, str | None] = {}
@@ -162,6 +167,8 @@ class BatchedGrid(Grid):
     # ------------------------------------------------------------------ delivery
     def _deliver(self, messages: list[Message]) -> None:
         groups: dict[int, list[Message]] = {}
+        if any(m.metadata.message_type == STAGE_KEYS for m in messages):
+            self._secure = SecureRound()  # fresh keys: a new secure round
         for msg in messages:
             if msg.metadata.dst_node_id not in self._contexts:
                 err = LookupError(f"node {msg.metadata.dst_node_id} is not connected")
@@ -177,8 +184,14 @@ class BatchedGrid(Grid):
         """The reference path: the SDK's ClientApp, one client after the other."""
         for msg in messages:
             context = self._contexts[msg.metadata.dst_node_id]
+            stage = msg.metadata.message_type
             try:
-                reply = self._client_app(msg, context)
+                if self.encode_on_device and stage in (STAGE_SHARES, STAGE_UNMASK):
+                    # the SDK's own stage, its pairwise keys agreed once per pair (.agreements)
+                    handler = secagg.share_keys if stage == STAGE_SHARES else secagg.unmask
+                    reply = handler(msg, context, self._secure.agreements.agree_each)
+                else:
+                    reply = self._client_app(msg, context)
             except Exception as err:  # a failing client answers with an error, as a node does
                 log.warning("node %d: %s", msg.metadata.dst_node_id, err)
                 reply = error_reply(msg, err)
@@ -246,18 +259,25 @@ class BatchedGrid(Grid):
         ready = sorted(
             ready, key=lambda item: partition_id_of(self._contexts[item[0].metadata.dst_node_id])
         )
-        masks = None  # secure aggregation: every pair's mask stream once for the whole round
-        if self.encode_on_device and self._hook is None:
+        if self.encode_on_device and self._hook is None:  # secure: the round's masks at once
             started = time.perf_counter()
             contexts = [self._contexts[m.metadata.dst_node_id] for m, _ in ready]
-            masks = round_masks(plan, [m for m, _ in ready], contexts, self.device)
+            self._secure.masks = round_masks(
+                plan, [m for m, _ in ready], contexts, self.device, self._secure.agreements
+            )
             self.stats.reply_seconds += time.perf_counter() - started
+        try:
+            self._train_ordered(plan, ready)
+        finally:
+            self._secure.masks = None
+
+    def _train_ordered(self, plan: RoundPlan, ready: list[tuple[Message, ClientData]]) -> None:
         done = 0
         while done < len(ready):
             k = self.memory.clients_per_chunk(len(ready) - done)
             chunk = ready[done : done + k]
             try:
-                self._train_chunk(plan, chunk, masks)
+                self._train_chunk(plan, chunk)
             except torch.cuda.OutOfMemoryError:
                 smaller = self.memory.shrink_after_oom(k)
                 log.warning(
@@ -271,12 +291,7 @@ class BatchedGrid(Grid):
                 continue
             done += len(chunk)
 
-    def _train_chunk(
-        self,
-        plan: RoundPlan,
-        chunk: list[tuple[Message, ClientData]],
-        masks: RoundMasks | None = None,
-    ) -> None:
+    def _train_chunk(self, plan: RoundPlan, chunk: list[tuple[Message, ClientData]]) -> None:
         contexts = [self._contexts[m.metadata.dst_node_id] for m, _ in chunk]
         seeds = [plan.seed_for(partition_id_of(c)) for c in contexts]
         before = self.memory.start_chunk()
@@ -308,7 +323,7 @@ class BatchedGrid(Grid):
                     err,
                 )
                 self.stats.layout = "grouped"
-                self._train_chunk(plan, chunk, masks)
+                self._train_chunk(plan, chunk)
                 return
             raise NotVectorizable(
                 f"vmap could not run the Task: {type(err).__name__}: {err}"
@@ -326,7 +341,7 @@ class BatchedGrid(Grid):
             self._hook,
             pool=self.pool_uploads,
             on_device=self.encode_on_device,
-            masks_of_round=masks,
+            secure=self._secure,
         )
         self.stats.pooled_clients += pooled
         self.stats.sdk_encoded_clients += by_sdk

@@ -29,7 +29,7 @@ from flwr.common.constant import ErrorCode
 
 from client_sdk.rounds import RoundPlan, UpdateHook, reply_message, reply_metrics, upload_reply
 from simulations.batched.codec import encode_chunk
-from simulations.batched.secure import RoundMasks, secure_replies
+from simulations.batched.secure import SecureRound, secure_replies
 from simulations.batched.training import TrainedChunk, flat_deltas, pooled_delta
 from wire import (
     PAYLOAD_FIELD,
@@ -58,11 +58,11 @@ def chunk_replies(
     *,
     pool: bool,
     on_device: bool,
-    masks_of_round: RoundMasks | None = None,
+    secure: SecureRound | None = None,
 ) -> tuple[list[Message], int, int]:
     """The chunk's replies, the cheapest way the round allows: (replies, how many travel in a
-    pool, how many the SDK's encoder built one by one). ``masks_of_round``: secure masks
-    computed for the whole round (:func:`.secure.round_masks`)."""
+    pool, how many the SDK's encoder built one by one). ``secure``: what the engine keeps of
+    the secure round (agreements, the round's masks); None: a fresh one for this chunk."""
     if hook is None and not plan.codec.topk and SECAGG_RECORD_KEY not in messages[0].content:
         if plan.codec.quant_bits == 0 and not plan.error_feedback:  # float32: the plain delta
             if pool and plan.config.get(POOLING_CONFIG_KEY) is True:
@@ -75,7 +75,8 @@ def chunk_replies(
             replies, by_sdk = quantized_replies(plan, messages, contexts, trained, device)
             return replies, 0, by_sdk
     if hook is None and on_device and SECAGG_RECORD_KEY in messages[0].content:
-        masked, left = secure_replies(plan, messages, contexts, trained, device, masks_of_round)
+        secure = SecureRound() if secure is None else secure
+        masked, left = secure_replies(plan, messages, contexts, trained, device, secure)
         if left:
             rows = torch.tensor(left, device=device)
             part = TrainedChunk(

@@ -9,11 +9,12 @@ byte-for-byte the SDK's (``tests/simulations/batched/test_secure.py``):
 - quantization in float64 on the engine's device, each client's rounding noise drawn from the
   numpy generator the SDK seeds;
 - masks: each pairwise mask is one ChaCha20 stream both ends of the pair use (one adds it, the
-  other subtracts it). When both clients sit in this chunk and each holds the other's true
-  public key, the pair's key is agreed and its stream expanded once, not twice. On CUDA every
-  stream of the chunk is expanded on the device (:mod:`.chacha`); on a CPU ``cryptography``'s
-  C is faster, one stream at a time. Masks are summed in int64 and reduced modulo 2^m, the
-  SDK's uint32 wrap-around reduced the same way;
+  other subtracts it). The pair's key is agreed once (:mod:`.agreements`: only when each end
+  holds the other's true public key) and its stream expanded once, for the whole round when
+  its clients' mask sums fit the budget (:func:`round_masks`), else for each chunk. On CUDA
+  every stream is expanded on the device (:mod:`.chacha`); on a CPU ``cryptography``'s C is
+  faster, one stream at a time. Masks are summed in int64 (uint32 on a CPU) and reduced modulo
+  2^m, as the SDK's uint32 wrap-around is;
 - packing on the device (:func:`.codec.pack_rows`).
 
 Clients whose record or state fails the SDK's checks, and those whose update is not finite
@@ -23,7 +24,7 @@ the SDK's error.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -31,11 +32,12 @@ from flwr.app import Context, Message
 
 from client_sdk.rounds import RoundPlan, partition_id_of, secure_metrics
 from client_sdk.secagg import MaskPeers, alive_set, mark_masked, mask_peers, masked_message
+from simulations.batched.agreements import AgreementCache
 from simulations.batched.chacha import keystream_words
 from simulations.batched.codec import pack_rows
 from simulations.batched.training import TrainedChunk, trained_tensors
 from wire import UpdateRejected
-from wire.secagg import agree_each, mask_stream, public_key
+from wire.secagg import mask_stream
 from wire.secagg_protocol import MASK_PURPOSE, SECAGG_RECORD_KEY
 from wire.secagg_vector import SecAggVectorSpec
 
@@ -57,27 +59,18 @@ def kept_deltas(trained: TrainedChunk, plan: RoundPlan, device: torch.device) ->
     return torch.cat(columns, dim=1)
 
 
-def mask_streams(peers: dict[int, MaskPeers]) -> list[Stream]:
-    """The self-mask streams and one stream per pair of neighbours (``peers``: row -> the
-    client's mask inputs), a pair's stream shared by both rows when both can derive it."""
-    row_of = {p.me: row for row, p in peers.items()}
-    public = {p.me: public_key(p.private) for p in peers.values()}
-    held = {p.me: dict(p.peers) for p in peers.values()}
-    streams: list[Stream] = []
+def mask_streams(peers: dict[int, MaskPeers], agreements: AgreementCache) -> list[Stream]:
+    """The self-mask streams and the pairwise ones (``peers``: row -> the client's mask
+    inputs). A stream is a pure function of its seed, so rows that derive the same seed share
+    one stream, each with its own sign: both ends of a pair whose keys match, found by
+    ``agreements`` (a pair agreed once)."""
+    streams: dict[bytes, list[tuple[int, int]]] = {}
     for row, mine in peers.items():
-        streams.append((mine.seed, [(row, 1)]))
-        mine_sign = {j: 1 if mine.me < j else -1 for j, _ in mine.peers}
-        owned: list[tuple[int, bytes, bool]] = []  # (peer, its key as held, shared with it)
-        for j, pk in mine.peers:
-            shared = j in held and pk == public[j] and held[j].get(mine.me) == public[mine.me]
-            if not shared or mine.me < j:
-                owned.append((j, pk, shared))
-        seeds = agree_each(mine.private, [pk for _, pk, _ in owned], MASK_PURPOSE)
-        for (j, _, shared), seed in zip(owned, seeds, strict=True):
-            sign = mine_sign[j]
-            targets = [(row, sign), (row_of[j], -sign)] if shared else [(row, sign)]
-            streams.append((seed, targets))
-    return streams
+        streams.setdefault(mine.seed, []).append((row, 1))
+        seeds = agreements.agree_each(mine.private, [pk for _, pk in mine.peers], MASK_PURPOSE)
+        for (j, _), seed in zip(mine.peers, seeds, strict=True):
+            streams.setdefault(seed, []).append((row, 1 if mine.me < j else -1))
+    return list(streams.items())
 
 
 def mask_sums(
@@ -119,8 +112,22 @@ class RoundMasks:
     sums: torch.Tensor  # [clients, n + 1], correct modulo 2^32
 
 
+@dataclass
+class SecureRound:
+    """What the engine keeps of one secure round across its stages and chunks: the pairwise
+    agreements (stage 2's share keys serve stage 4 again) and, while the round trains, the
+    masks of all its clients."""
+
+    agreements: AgreementCache = field(default_factory=AgreementCache)
+    masks: RoundMasks | None = None
+
+
 def round_masks(
-    plan: RoundPlan, messages: list[Message], contexts: list[Context], device: torch.device
+    plan: RoundPlan,
+    messages: list[Message],
+    contexts: list[Context],
+    device: torch.device,
+    agreements: AgreementCache,
 ) -> RoundMasks | None:
     """The round's masks when its messages are secure and their sums fit the budget (1 GiB on
     a CPU, a tenth of the free GPU memory up to 2 GiB); None: each chunk masks its own."""
@@ -141,7 +148,7 @@ def round_masks(
     except (KeyError, TypeError, ValueError):
         return None
     peers = _checked_peers(record, contexts, alive, range(len(contexts)))
-    ready, sums = _masks_for(peers, count, device)
+    ready, sums = _masks_for(peers, count, device, agreements)
     nodes = [contexts[row].node_id for row in ready]
     return RoundMasks(
         {node: peers[row] for node, row in zip(nodes, ready, strict=True)},
@@ -162,14 +169,14 @@ def _checked_peers(record, contexts, alive, rows) -> dict[int, MaskPeers]:
 
 
 def _masks_for(
-    peers: dict[int, MaskPeers], count: int, device: torch.device
+    peers: dict[int, MaskPeers], count: int, device: torch.device, agreements: AgreementCache
 ) -> tuple[list[int], torch.Tensor]:
     """(the rows of ``peers`` in order, their mask sums in that order)."""
     ready = list(peers)
     index = {row: i for i, row in enumerate(ready)}
     streams = [
         (seed, [(index[row], sign) for row, sign in targets])
-        for seed, targets in mask_streams(peers)
+        for seed, targets in mask_streams(peers, agreements)
     ]
     return ready, mask_sums(streams, len(ready), count, device, on_device=device.type == "cuda")
 
@@ -180,12 +187,13 @@ def secure_replies(
     contexts: list[Context],
     trained: TrainedChunk,
     device: torch.device,
-    masks_of_round: RoundMasks | None = None,
+    secure: SecureRound,
 ) -> tuple[dict[int, Message], list[int]]:
     """Masked replies by row, and the rows left to the SDK's reply (failed checks, not finite).
 
-    ``masks_of_round``: the masks :func:`round_masks` computed for the whole round; else the
-    chunk's own are computed here."""
+    The masks are ``secure.masks`` when :func:`round_masks` computed them for the whole round,
+    else the chunk's own, computed here."""
+    masks_of_round = secure.masks
     everyone = list(range(len(messages)))
     record = messages[0].content[SECAGG_RECORD_KEY]
     try:
@@ -200,7 +208,7 @@ def secure_replies(
     count = deltas.shape[1] + 1  # [w * q, w]
     if masks_of_round is None:
         peers = _checked_peers(record, contexts, alive, [r for r in everyone if finite[r]])
-        ready, masks = _masks_for(peers, count, device)
+        ready, masks = _masks_for(peers, count, device, secure.agreements)
     else:
         known = masks_of_round.peers
         peers = {

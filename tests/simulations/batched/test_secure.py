@@ -12,6 +12,7 @@ from client_sdk.rounds import upload_reply
 from client_sdk.secagg import STATE_KEY
 from client_sdk.tasks import get_task
 from simulations.batched import secure
+from simulations.batched.agreements import AgreementCache
 from simulations.batched.chacha import keystream_words
 from simulations.batched.replies import chunk_replies
 from simulations.batched.training import TrainedChunk, stack_clients, train_clients
@@ -68,8 +69,10 @@ def _compare(plan, chunk, messages, contexts, device, whole_round=False):
     replies come from two chunks of K / 2 clients."""
     theirs = copy.deepcopy(contexts)
     chunk = dataclasses.replace(chunk, local={k: v.to(device) for k, v in chunk.local.items()})
-    masks = secure.round_masks(plan, messages, contexts, device) if whole_round else None
-    assert (masks is not None) == whole_round
+    state = secure.SecureRound()
+    if whole_round:
+        state.masks = secure.round_masks(plan, messages, contexts, device, state.agreements)
+        assert state.masks is not None
     replies, by_sdk = [], 0
     for part in [slice(0, K // 2), slice(K // 2, K)] if whole_round else [slice(0, K)]:
         local = {name: tensor[part] for name, tensor in chunk.local.items()}
@@ -82,7 +85,7 @@ def _compare(plan, chunk, messages, contexts, device, whole_round=False):
             None,
             pool=True,
             on_device=True,
-            masks_of_round=masks,
+            secure=state,
         )
         assert pooled == 0
         replies += replied
@@ -132,10 +135,12 @@ def test_shared_pairs_halve_the_streams_and_the_torch_path_sums_like_numpys():
     _, _, messages, contexts, _ = _secure_round(degree=5)
     record = messages[0].content[SECAGG_RECORD_KEY]
     peers = {row: secure.mask_peers(record, c) for row, c in enumerate(contexts)}
-    streams = secure.mask_streams(peers)
+    agreements = AgreementCache()
+    streams = secure.mask_streams(peers, agreements)
     pairs = sum(len(p.peers) for p in peers.values()) // 2
     assert len(streams) == K + pairs  # one per client, one per pair
     assert sum(len(targets) for _, targets in streams) == K + 2 * pairs
+    assert agreements.computed == pairs and agreements.found == pairs
     numpy_sums = secure.mask_sums(streams, K, 333, CPU, on_device=False).numpy()
     torch_sums = secure.mask_sums(streams, K, 333, CPU, on_device=True).numpy()
     assert np.array_equal(numpy_sums.astype(np.int64) & 0xFFFFFFFF, torch_sums & 0xFFFFFFFF)
