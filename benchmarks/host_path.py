@@ -7,14 +7,16 @@ against the way it sent them before (same run, same clients, same seeds):
 
 - float32 updates under FedAvg: pooled (one weighted mean per chunk) vs one payload per client;
 - 8-bit, and 4-bit with error feedback: the device codec vs the SDK's encoder client by client;
-- secure aggregation (SecAgg+, 8 bits): masked uploads for the chunk at once (shared pairwise
-  streams, :mod:`simulations.batched.secure`) vs the SDK's masking client by client. Its
-  server column holds the unmasking stage (the clients' share replies included); the key and
-  share stages before training are not counted.
+- secure aggregation (SecAgg+, 8 bits): masked uploads for the whole round at once, each pair's
+  key agreed and its mask stream expanded once (:mod:`simulations.batched.secure`,
+  :mod:`simulations.batched.agreements`), vs the SDK's stages client by client. Its server
+  column holds the unmasking stage (the clients' share replies included).
 
-Local training is replaced by a fixed per-client perturbation of the global model (seeded), so
-the timings hold the host path only; everything after training is the engine's and the server's
-real code. Tutorial CNN (62,006 parameters), chunks of 500 clients, rounds after the first.
+"round s" is the whole round's wall time (median over rounds 2+; for SecAgg+ it includes the
+key and share stages). Local training is replaced by a fixed per-client perturbation of the
+global model (seeded), so the timings hold the host path only; everything after training is
+the engine's and the server's real code. Tutorial CNN (62,006 parameters), chunks of 500
+clients, rounds after the first.
 
     .venv/bin/python benchmarks/host_path.py --clients 2000
     .venv/bin/python benchmarks/host_path.py --clients 1000 --only secagg
@@ -130,7 +132,10 @@ def main() -> None:
     grid_module.train_clients = perturbed_training
     results = []
     print(f"{args.clients} clients per round; microseconds per client, rounds after the first")
-    print(f"{'path':<30} {'replies':>9} {'server':>9} {'total':>9} {'vs before':>10}  bytes/client")
+    print(
+        f"{'path':<30} {'replies':>9} {'server':>9} {'total':>9} {'vs before':>10}  "
+        f"bytes/client  round s"
+    )
     rows = [
         row
         for pair in zip(ROWS[::2], ROWS[1::2], strict=True)
@@ -148,7 +153,7 @@ def main() -> None:
                 print(
                     f"{r['name']:<30} {r['reply_us']:9.1f} {r['aggregate_us']:9.1f} "
                     f"{r['total_us']:9.1f} {r.get('speedup', 1.0):9.2f}x  "
-                    f"{r['upload_bytes_per_client']:.0f}",
+                    f"{r['upload_bytes_per_client']:12.0f}  {r['round_s']:7.2f}",
                     flush=True,
                 )
     if args.json:
