@@ -62,7 +62,7 @@ class EngineStats:
     looped_clients: int = 0
     fallback_reason: str = ""
     train_seconds: float = 0.0  # vmapped local training, device synchronised
-    reply_seconds: float = 0.0  # deltas to host, encoding, reply Messages
+    reply_seconds: float = 0.0  # deltas to host, encoding (secure masks too), reply Messages
     pooled_clients: int = 0  # replies sent inside a pool (the server allowed pooling)
     sdk_encoded_clients: int = 0  # vectorized clients whose payload the SDK encoded one by one
     data_seconds: float = 0.0  # client data: generation (first use), padding, upload to device
