@@ -19,6 +19,7 @@ Secrets stay in ``context.state`` (this node's, never sent) and are deleted afte
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ from wire.secagg_protocol import (
     SHARE_PURPOSE,
     STAGE_MASKED,
     chunks,
+    id_set,
     ids_bytes,
     node_ids,
     share_context,
@@ -157,23 +159,18 @@ class MaskPeers:
     alive: bytes  # the round's alive set, sorted ids
 
 
-def alive_set(record: ConfigRecord) -> tuple[frozenset[int], bytes]:
-    """The train record's alive set, and its sorted ids as stage 4 will check them."""
-    alive = frozenset(node_ids(bytes(record["alive"])))
+@functools.lru_cache(maxsize=4)
+def _alive_ids(raw: bytes) -> tuple[frozenset[int], bytes]:
+    alive = id_set(raw)
     return alive, ids_bytes(sorted(alive))
 
 
-def mask_peers(
-    record: ConfigRecord,
-    context: Context,
-    alive: tuple[frozenset[int], bytes] | None = None,
-) -> MaskPeers:
-    """Check the train message's record against this node's state (raises UpdateRejected);
-    ``alive``: :func:`alive_set` of ``record`` when the caller has it already."""
+def mask_peers(record: ConfigRecord, context: Context) -> MaskPeers:
+    """Check the train message's record against this node's state (raises UpdateRejected)."""
     state = context.state.get(STATE_KEY)
     _check(record, state, "masked input", before="shares")
     me = context.node_id
-    alive, alive_ids = alive_set(record) if alive is None else alive
+    alive, alive_ids = _alive_ids(bytes(record["alive"]))  # the same for the round's clients
     if me not in alive:
         raise UpdateRejected(RejectReason.BAD_SECAGG, "this node is not in the round's alive set")
     neighbours = node_ids(bytes(state["neighbours"]))
@@ -237,17 +234,24 @@ def masked_message(
     return Message(content=content, reply_to=msg)
 
 
+@functools.lru_cache(maxsize=4)
+def _outcome_consistent(survivors: frozenset, dropped: frozenset, alive: frozenset) -> bool:
+    """Survivors and dropped nodes are disjoint and all in the alive set (the same for every
+    client of a round: cached, frozensets hash once)."""
+    return not survivors & dropped and (survivors | dropped) <= alive
+
+
 def unmask(msg: Message, context: Context, agree: Agreement = agree_each) -> Message:
     """Stage 4: open relayed shares, release one share per neighbour, then forget the secrets."""
     record = msg.content[SECAGG_RECORD_KEY]
     state = context.state.get(STATE_KEY)
     _check(record, state, "unmask", before="masked")
     me = context.node_id
-    survivors = set(node_ids(bytes(record["survivors"])))
-    dropped = set(node_ids(bytes(record["dropped"])))
-    alive = set(node_ids(bytes(state["alive"])))
+    survivors = id_set(bytes(record["survivors"]))
+    dropped = id_set(bytes(record["dropped"]))
+    alive = id_set(bytes(state["alive"]))
     threshold = int(state["threshold"])
-    if survivors & dropped or not (survivors | dropped) <= alive or me not in survivors:
+    if not _outcome_consistent(survivors, dropped, alive) or me not in survivors:
         raise UpdateRejected(
             RejectReason.BAD_SECAGG,
             "survivor and dropped sets overlap, name nodes outside the round, or omit this node",

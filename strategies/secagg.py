@@ -246,6 +246,7 @@ class SecAggSession:
         assert self.spec is not None, "setup() first"
         total = np.zeros(count, dtype=np.uint32)
         survivors: list[int] = []
+        seen: set[int] = set()  # survivors, for O(1) repeat checks
         alive = set(self.alive)
         for reply in replies:
             node = reply.metadata.src_node_id
@@ -254,7 +255,7 @@ class SecAggSession:
                 continue
             try:
                 self.check(reply, STAGE_MASKED)
-                if node not in alive or node in survivors:
+                if node not in alive or node in seen:
                     raise UpdateRejected(RejectReason.BAD_SECAGG, "not in this round's alive set")
                 payload = reply.content[UPDATE_RECORD_KEY][PAYLOAD_FIELD]
                 self.stats.upload_bytes.append(len(payload))
@@ -265,6 +266,7 @@ class SecAggSession:
                 self.reject(node, err, STAGE_MASKED)
                 continue
             survivors.append(node)
+            seen.add(node)
         if len(survivors) < self.threshold:
             raise SecAggFailed(
                 f"{len(survivors)} masked uploads, below the threshold {self.threshold}"
@@ -277,11 +279,12 @@ class SecAggSession:
 
     def _unmask(self, total: np.ndarray, survivors: list[int], dropped: list[int]) -> None:
         requests = {}
+        survivor_ids, dropped_ids = ids_bytes(survivors), ids_bytes(dropped)  # once, not per node
         for v in survivors:
             senders = sorted(self.sealed.get(v, {}))
             requests[v] = self._record(
-                survivors=ids_bytes(survivors),
-                dropped=ids_bytes(dropped),
+                survivors=survivor_ids,
+                dropped=dropped_ids,
                 sealed=b"".join(self.sealed[v][u] for u in senders),
                 **{"from": ids_bytes(senders)},
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import struct
 
 import numpy as np
@@ -27,7 +28,15 @@ def node_ids(raw: bytes) -> list[int]:
     """Node ids travel as little-endian uint64 bytes (Flower ids do not fit a signed int)."""
     if len(raw) % 8:
         raise UpdateRejected(RejectReason.LENGTH_MISMATCH, "a node-id list is not 8-byte aligned")
-    return [int(v) for v in np.frombuffer(raw, dtype="<u8")]
+    return np.frombuffer(raw, dtype="<u8").tolist()
+
+
+@functools.lru_cache(maxsize=16)
+def id_set(raw: bytes) -> frozenset[int]:
+    """:func:`node_ids` as a set, cached by content: the round's alive and survivor lists are
+    the same for every client, and a simulator holding N clients would otherwise parse each N
+    times a round (O(N^2): at 1000 clients the unmask stage spent 40% of its time here)."""
+    return frozenset(node_ids(raw))
 
 
 def ids_bytes(ids: list[int] | set[int]) -> bytes:

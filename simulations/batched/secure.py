@@ -31,7 +31,7 @@ import torch
 from flwr.app import Context, Message
 
 from client_sdk.rounds import RoundPlan, partition_id_of, secure_metrics
-from client_sdk.secagg import MaskPeers, alive_set, mark_masked, mask_peers, masked_message
+from client_sdk.secagg import MaskPeers, mark_masked, mask_peers, masked_message
 from simulations.batched.agreements import AgreementCache
 from simulations.batched.chacha import keystream_words
 from simulations.batched.codec import pack_rows
@@ -144,10 +144,9 @@ def round_masks(
     record = messages[0].content[SECAGG_RECORD_KEY]
     try:
         SecAggVectorSpec.from_config(record)
-        alive = alive_set(record)
     except (KeyError, TypeError, ValueError):
         return None
-    peers = _checked_peers(record, contexts, alive, range(len(contexts)))
+    peers = _checked_peers(record, contexts, range(len(contexts)))
     ready, sums = _masks_for(peers, count, device, agreements)
     nodes = [contexts[row].node_id for row in ready]
     return RoundMasks(
@@ -157,13 +156,14 @@ def round_masks(
     )
 
 
-def _checked_peers(record, contexts, alive, rows) -> dict[int, MaskPeers]:
-    """Row -> mask inputs of the clients in ``rows`` whose state passes the SDK's checks."""
+def _checked_peers(record, contexts, rows) -> dict[int, MaskPeers]:
+    """Row -> mask inputs of the clients in ``rows`` whose state passes the SDK's checks (the
+    others get the SDK's own reply, hence its error)."""
     peers = {}
     for row in rows:
         try:
-            peers[row] = mask_peers(record, contexts[row], alive)
-        except UpdateRejected:
+            peers[row] = mask_peers(record, contexts[row])
+        except (UpdateRejected, KeyError, TypeError):
             pass
     return peers
 
@@ -198,7 +198,6 @@ def secure_replies(
     record = messages[0].content[SECAGG_RECORD_KEY]
     try:
         spec = SecAggVectorSpec.from_config(record)
-        alive = alive_set(record)
     except (KeyError, TypeError, ValueError):
         return {}, everyone
     if plan.error_feedback or plan.codec.topk:
@@ -207,7 +206,7 @@ def secure_replies(
     finite = torch.isfinite(deltas).all(dim=1).tolist()  # the SDK refuses the others
     count = deltas.shape[1] + 1  # [w * q, w]
     if masks_of_round is None:
-        peers = _checked_peers(record, contexts, alive, [r for r in everyone if finite[r]])
+        peers = _checked_peers(record, contexts, [r for r in everyone if finite[r]])
         ready, masks = _masks_for(peers, count, device, secure.agreements)
     else:
         known = masks_of_round.peers

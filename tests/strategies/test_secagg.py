@@ -9,7 +9,7 @@ from strategies.secagg import SecAggFailed, SecAggSession, SecAggSettings, harar
 from strategies.stats import RoundStats
 from tests.strategies.secagg_grid import SecAggGrid
 from wire import PAYLOAD_FIELD, UPDATE_RECORD_KEY
-from wire.secagg_protocol import SECAGG_RECORD_KEY, STAGE_SHARES, STAGE_UNMASK
+from wire.secagg_protocol import SECAGG_RECORD_KEY, STAGE_SHARES, STAGE_UNMASK, ids_bytes
 from wire.secagg_vector import SecAggVectorSpec
 
 SIZE = 2_000
@@ -155,6 +155,33 @@ def test_replayed_wrong_length_and_impersonating_replies_are_rejected():
     }
     # nodes 0 and 2 left before training; node 1's masks were removed as a dropout's
     assert np.array_equal(total, _plain_sum(vectors, nodes[3:], SPEC))
+
+
+def test_clients_refuse_an_inconsistent_unmask_request():
+    vectors = _vectors(10, SPEC, seed=7)
+    grid = SecAggGrid(vectors)
+    nodes = list(vectors)
+    outsider = ids_bytes([12345])
+
+    def lie(msg: Message) -> Message:
+        if msg.metadata.message_type != STAGE_UNMASK:
+            return msg
+        record = msg.content[SECAGG_RECORD_KEY]
+        node = msg.metadata.dst_node_id
+        if node == nodes[0]:  # a node both survived and dropped
+            record["dropped"] = bytes(record["survivors"])[:8]
+        elif node == nodes[1]:  # a node that never shared keys
+            record["dropped"] = outsider
+        elif node == nodes[2]:  # the node itself left out of the survivors
+            record["survivors"] = ids_bytes([n for n in nodes if n != nodes[2]])
+        return msg
+
+    grid.on_request = lie
+    _, total, _ = _round(grid, SecAggSettings(degree=9, threshold=5, bits=8, max_weight=64))
+    assert np.array_equal(total, _plain_sum(vectors, vectors, SPEC))  # 7 honest answers do
+    refused = sorted(e.split(":")[0] for e in grid.client_errors)
+    assert refused == sorted(str(n) for n in nodes[:3])
+    assert all("overlap, name nodes outside the round" in e for e in grid.client_errors)
 
 
 def _request_of(reply: Message) -> Message:

@@ -20,6 +20,7 @@ from wire.secagg import (
     public_key,
     split_secret,
 )
+from wire.secagg_protocol import id_set, ids_bytes, node_ids
 from wire.secagg_vector import SecAggVectorSpec, flatten_kept, kept_count, unflatten_kept
 
 
@@ -152,3 +153,14 @@ def test_kept_coordinates_round_trip_with_pruned_zeros():
     assert kept_count(shapes, masks) == 7
     back = unflatten_kept(flat, shapes, masks)
     assert np.array_equal(back["w"], masks.apply(arrays)["w"]) and back["b"].tolist() == [1, 1, 1]
+
+
+def test_node_id_lists_round_trip_and_parse_once_per_content():
+    ids = [2**64 - 1, 5, 2**63 + 7]
+    raw = ids_bytes(ids)
+    assert node_ids(raw) == ids and all(type(v) is int for v in node_ids(raw))
+    first = id_set(raw)
+    assert first == frozenset(ids)
+    assert id_set(bytes(bytearray(raw))) is first  # another object, same content: cached
+    with pytest.raises(UpdateRejected, match="8-byte aligned"):
+        id_set(raw[:-1])
