@@ -161,6 +161,7 @@ class MaskPeers:
 
 @functools.lru_cache(maxsize=4)
 def _alive_ids(raw: bytes) -> tuple[frozenset[int], bytes]:
+    """The alive set and its sorted ids, once per round's list (the same for its clients)."""
     alive = id_set(raw)
     return alive, ids_bytes(sorted(alive))
 

@@ -316,9 +316,10 @@ class SecAggSession:
         for owner in survivors:
             seed = self._reconstruct(seed_shares, owner, "self-mask seed")
             total -= mask_stream(seed, total.size)
+        alive_after = set(survivors)  # membership per dropped node's neighbour: O(1)
         for owner in dropped:
             secret = self._reconstruct(key_shares, owner, "mask key")
-            peers = [peer for peer in self.neighbours[owner] if peer in survivors]
+            peers = [peer for peer in self.neighbours[owner] if peer in alive_after]
             seeds = agree_each(secret, [self.pk_s[peer] for peer in peers], MASK_PURPOSE)
             for peer, seed in zip(peers, seeds, strict=True):
                 stream = mask_stream(seed, total.size)

@@ -8,7 +8,8 @@ X25519 is symmetric: ``agree(a, B) == agree(b, A)`` whenever ``A`` and ``B`` are
 of ``a`` and ``b``. So a result is remembered under the two public keys it joins (and its HKDF
 purpose), and the other end, or the same node in a later stage, finds it there. The memo is
 sound whatever keys a node holds: a node handed a wrong public key looks up a pair nobody else
-has computed, and computes it. A fresh round brings fresh keys; :meth:`clear` drops the old.
+has computed, and computes it. A fresh round brings fresh keys: the engine starts a new cache
+with each keys stage (:class:`.secure.SecureRound`).
 """
 
 from __future__ import annotations
@@ -24,10 +25,6 @@ class AgreementCache:
         self._agreed: dict[tuple[bytes, bytes, bytes], bytes] = {}
         self.computed = 0  # agreements computed (the rest were found)
         self.found = 0
-
-    def clear(self) -> None:
-        self._public.clear()
-        self._agreed.clear()
 
     def agree_each(self, private: bytes, peer_publics: list[bytes], purpose: bytes) -> list[bytes]:
         """The same keys, in the same order, and the same errors as ``agree_each``."""
@@ -45,4 +42,5 @@ class AgreementCache:
 
     @staticmethod
     def _key(mine: bytes, peer: bytes, purpose: bytes) -> tuple[bytes, bytes, bytes]:
-        return (purpose, *sorted((mine, peer)))  # type: ignore[return-value]
+        low, high = sorted((mine, peer))  # the pair, whichever end asks
+        return purpose, low, high
