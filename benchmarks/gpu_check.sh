@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU part of the batched-engine checks, in one go (about 5 minutes on one H100):
 #   1. speed: plain Flower (Ray, CUDA) vs Pollen on Flower's engine vs Pollen batched (CUDA)
-#      at 1000 clients per round, and Pollen batched alone at 10,000 (benchmarks/simulation.py);
+#      at 1000 clients per round, and Pollen batched alone at 10,000 (benchmarks/simulation.py;
+#      its "layout" column shows what each image layout took on the first chunk, unfold included);
 #   2. fidelity: the batched engine on CUDA against Flower's engine on CPU (benchmarks/fidelity.py;
 #      its fourth case, the tutorial CNN, shows how far the layout picked on CUDA moves the model);
 #   3. the device codec's payloads and the chunk's masked (SecAgg+) uploads byte-for-byte against

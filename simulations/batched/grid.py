@@ -40,6 +40,7 @@ from simulations.batched.memory import MemoryPlanner
 from simulations.batched.replies import chunk_replies, error_reply
 from simulations.batched.secure import SecureRound, round_masks
 from simulations.batched.training import (
+    KERNELS,
     ClientBatch,
     NotVectorizable,
     check_sample_mean_loss,
@@ -66,7 +67,8 @@ class EngineStats:
     pooled_clients: int = 0  # replies sent inside a pool (the server allowed pooling)
     sdk_encoded_clients: int = 0  # vectorized clients whose payload the SDK encoded one by one
     data_seconds: float = 0.0  # client data: generation (first use), padding, upload to device
-    layout: str = ""  # grouped | channels-last | packed (training.LAYOUTS)
+    layout: str = ""  # grouped | channels-last | packed | unfold (training.LAYOUTS)
+    layout_seconds: dict[str, float] = field(default_factory=dict)  # pick_layout's timings
     chunk_sizes: list[int] = field(default_factory=list)
 
 
@@ -303,10 +305,12 @@ class BatchedGrid(Grid):
         self.stats.data_seconds += time.perf_counter() - data_started
         try:
             if not self.stats.layout:  # CUDA: measured once per run
-                images = batch.x.dim() == 5
-                self.stats.layout = (
-                    pick_layout(plan, batch, seeds, self.device) if images else "grouped"
-                )
+                if batch.x.dim() == 5:
+                    self.stats.layout, times = pick_layout(plan, batch, seeds, self.device)
+                    self.stats.layout_seconds = {n: round(t, 4) for n, t in times.items()}
+                    log.info("batched engine: layout %s (timed: %s)", self.stats.layout, times)
+                else:
+                    self.stats.layout = "grouped"
             started = time.perf_counter()
             trained = train_clients(plan, batch, seeds, self.device, layout=self.stats.layout)
             if self.device.type == "cuda":
@@ -315,10 +319,11 @@ class BatchedGrid(Grid):
         except (RuntimeError, TypeError, ValueError) as err:
             if isinstance(err, torch.cuda.OutOfMemoryError):
                 raise
-            if self.stats.layout == "packed" and batch.x.dim() == 5:  # e.g. a .view()ing CNN
+            if self.stats.layout in KERNELS and batch.x.dim() == 5:  # e.g. a .view()ing CNN
                 log.warning(
-                    "batched engine: the packed kernels could not run the Task (%s: %s); "
+                    "batched engine: the %s kernels could not run the Task (%s: %s); "
                     "using vmap's own batching rules",
+                    self.stats.layout,
                     type(err).__name__,
                     err,
                 )

@@ -9,8 +9,8 @@ steps are laid out first to last, so at global step s the clients still training
 those with more than s steps: all of them have taken s steps, and one ``torch.optim`` optimizer
 over the stacked ``[K, ...]`` parameters keeps exact per-client SGD-momentum or AdamW state
 (both are elementwise; AdamW's shared step count equals every active client's). A client's
-parameters are saved when its last step is done. Image models run in one of three activation
-layouts (:data:`LAYOUTS`); the packed one swaps in Pollen's conv/pool kernels (:mod:`.packed`).
+parameters are saved when its last step is done. Image models run in one of four activation
+layouts (:data:`LAYOUTS`); two swap in Pollen's kernels (:mod:`.packed`, :mod:`.unfold`).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from client_sdk.rounds import RoundPlan
 from client_sdk.task import ClientData, Task
 from client_sdk.training import TrainStats
 from simulations.batched.packed import PackedKernels
+from simulations.batched.unfold import UnfoldKernels
 from wire import TensorSpec
 
 
@@ -144,8 +145,11 @@ def _batch_schedule(
 # How K clients' image activations are laid out for the vmapped model (see :func:`pick_layout`):
 # "grouped": vmap's own batching rules (one grouped convolution per layer, NCHW);
 # "channels-last": the same rules on channels-last minibatches (what cuDNN often prefers);
-# "packed": Pollen's packed kernels (:mod:`.packed`), channels-last from layer to layer.
-LAYOUTS = ("grouped", "channels-last", "packed")
+# "packed": Pollen's packed kernels (:mod:`.packed`), channels-last from layer to layer;
+# "unfold": convolutions as im2col + batched GEMM (:mod:`.unfold`), activations client-major.
+LAYOUTS = ("grouped", "channels-last", "packed", "unfold")
+# the layouts whose kernels differentiate with ordinary autograd (not torch.func.grad)
+KERNELS = {"packed": PackedKernels, "unfold": UnfoldKernels}
 
 
 def default_layout(device: torch.device) -> str:
@@ -215,11 +219,11 @@ def train_clients(
     layout = layout or default_layout(device) or "grouped"
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
-    packed = batch.x.dim() == 5 and layout == "packed"
+    kernels = KERNELS.get(layout) if batch.x.dim() == 5 else None
     k = len(seeds)
     params = {n: start[n].expand(k, *start[n].shape).clone() for n in trained}
-    if packed:
-        # The packed kernels: the forward pass under vmap, then ordinary autograd on the sum
+    if kernels is not None:
+        # Pollen's kernels: the forward pass under vmap, then ordinary autograd on the sum
         # of the K losses, which gives each client the gradient of its own loss (clients share
         # nothing). Its fixed cost is lower than torch.func.grad's (2 clients, 5 steps: 40 vs
         # 64 ms), but its backward matmuls round differently from the SDK loop's, so other
@@ -243,13 +247,13 @@ def train_clients(
     rows = torch.arange(k, device=device).unsqueeze(1)
     finals = {n: torch.empty_like(p) for n, p in params.items()}
     relayout = batch.x.dim() == 5 and layout == "channels-last"
-    kernels = PackedKernels() if packed else contextlib.nullcontext()
+    mode = kernels() if kernels is not None else contextlib.nullcontext()
     loss_sum = torch.zeros(k, dtype=torch.float64, device=device)
     for s in range(index.shape[0]):
         xb, yb = batch.x[rows, index_t[s]], batch.y[rows, index_t[s]]
         if relayout:
             xb = _images_channels_last(xb)
-        with kernels:
+        with mode:
             grads, losses = step(params, xb, yb, weight_t[s])
         for n, p in params.items():
             p.grad = grads[n]
@@ -329,12 +333,15 @@ def pooled_delta(
     return torch.cat(means).cpu().numpy(), specs, total
 
 
-def pick_layout(plan: RoundPlan, batch: ClientBatch, seeds: list[int], device: torch.device) -> str:
-    """Time a few hundred clients in every layout on ``device``; return the fastest.
+def pick_layout(
+    plan: RoundPlan, batch: ClientBatch, seeds: list[int], device: torch.device
+) -> tuple[str, dict[str, float]]:
+    """Time a few hundred clients in every layout on ``device``; the fastest, and every time.
 
     cuDNN's (or oneDNN's) speed for vmap's grouped convolutions depends on the memory layout
-    and the device, so the engine measures instead of guessing (once per run; every layout
-    gives the same training up to float rounding).
+    and the device, and im2col + GEMM (:mod:`.unfold`) trades memory for dense matrix products,
+    so the engine measures instead of guessing (once per run; every layout gives the same
+    training up to float rounding). A layout that cannot run the model has no time.
     """
     k = min(len(seeds), 256)
     part = ClientBatch(batch.x[:k], batch.y[:k], batch.sizes[:k])
@@ -358,4 +365,4 @@ def pick_layout(plan: RoundPlan, batch: ClientBatch, seeds: list[int], device: t
         times[layout] = time.perf_counter() - started
     if not times:
         raise failed["grouped"]
-    return min(times, key=times.__getitem__)
+    return min(times, key=times.__getitem__), times

@@ -157,6 +157,21 @@ def test_image_tasks_train_packed_and_a_model_the_kernels_cannot_run_uses_vmaps_
     assert grid.stats.vectorized_clients == 4 and grid.stats.looped_clients == 0
 
 
+def test_the_unfold_layout_runs_a_viewing_cnn_and_trains_as_vmaps_rules_do(monkeypatch, caplog):
+    viewing = dataclasses.replace(get_task("tutorial-cnn:6"), model_fn=_ViewingCNN)
+    config = {"task": "tutorial-cnn:6", "partition": "natural"}
+    losses = {}
+    for layout in ("grouped", "unfold"):
+        monkeypatch.setenv("POLLEN_LAYOUT", layout)
+        grid = _grid(task=viewing)
+        with caplog.at_level(logging.WARNING):
+            replies = list(grid.send_and_receive(_train_messages(grid, viewing, config)))
+        assert not any(r.has_error() for r in replies) and grid.stats.layout == layout
+        losses[layout] = [r.content["metrics"]["train-loss"] for r in replies]
+    assert "could not run" not in caplog.text
+    assert losses["unfold"] == pytest.approx(losses["grouped"], rel=1e-5)
+
+
 def test_a_layout_override_that_names_no_layout_is_refused(monkeypatch):
     monkeypatch.setenv("POLLEN_LAYOUT", "diagonal")
     grid = _grid()
