@@ -6,7 +6,8 @@
 #   2. fidelity: the batched engine on CUDA against Flower's engine on CPU (benchmarks/fidelity.py;
 #      its fourth case, the tutorial CNN, shows how far the layout picked on CUDA moves the model);
 #   3. the device codec's payloads and the chunk's masked (SecAgg+) uploads byte-for-byte against
-#      the SDK's, on CUDA (tests/simulations/batched/test_codec.py, test_secure.py; needs pytest
+#      the SDK's, and the unfold layout's gradients against per-client autograd, on CUDA
+#      (tests/simulations/batched/test_codec.py, test_unfold.py, test_secure.py; needs pytest
 #      and scikit-learn, else skipped);
 #   4. with SECURE=1 only (about 1.5 more minutes, past the 5-minute budget): secure
 #      aggregation's per-client host path at 1000 clients, masks expanded on the GPU against the
@@ -35,10 +36,11 @@ timeout 240 python3 benchmarks/simulation.py --device cuda --clients 1000 10000 
 echo "== fidelity ==" | tee -a "$OUT/log.txt"
 timeout 120 python3 benchmarks/fidelity.py --device cuda ${FIDELITY_ARGS:-} 2>&1 | grep -E "max \||Error|error" \
   | tee -a "$OUT/log.txt"
-echo "== device codec and masks ==" | tee -a "$OUT/log.txt"
+echo "== device codec, unfold kernel and masks ==" | tee -a "$OUT/log.txt"
 if python3 -c "import pytest, sklearn" 2>/dev/null; then
   timeout 90 python3 -m pytest -q -p no:cacheprovider tests/simulations/batched/test_codec.py \
-    tests/simulations/batched/test_secure.py 2>&1 | tail -3 | tee -a "$OUT/log.txt"
+    tests/simulations/batched/test_unfold.py tests/simulations/batched/test_secure.py 2>&1 \
+    | tail -3 | tee -a "$OUT/log.txt"
 else
   echo "pytest or scikit-learn missing: skipped" | tee -a "$OUT/log.txt"
 fi

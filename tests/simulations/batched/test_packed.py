@@ -37,7 +37,7 @@ def _loss(params, x, conv, pool):
     h = F.conv2d(x, params["w"], params.get("b"), stride, padding, dilation, groups)
     h = F.max_pool2d(F.relu(h), pool[0], pool[1], pool[2], pool[3], pool[4])
     h = F.conv2d(h, params["w2"], params["b2"], 1, 1)
-    return (h * torch.linspace(-1, 1, h.numel()).view_as(h)).sum()
+    return (h * torch.linspace(-1, 1, h.numel(), device=h.device).view_as(h)).sum()
 
 
 def _setup(conv, seed=0):

@@ -14,20 +14,23 @@ from simulations.batched.unfold import UnfoldKernels
 from tests.simulations.batched.test_packed import CONVS, POOLS, _loss, _reference, _setup
 
 _lowered = unfold.unfold_conv2d
+# on a GPU (benchmarks/gpu_check.sh) the kernel also runs on CUDA against the CPU reference
+DEVICES = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
 
 
-def _unfolded_grads(loss, params, x):
-    leaves = {n: p.clone().requires_grad_() for n, p in params.items()}
-    xs = x.clone().requires_grad_()
+def _unfolded_grads(loss, params, x, device=DEVICES[0]):
+    leaves = {n: p.to(device, copy=True).requires_grad_() for n, p in params.items()}
+    xs = x.to(device, copy=True).requires_grad_()
     with UnfoldKernels():
         losses = vmap(loss)(leaves, xs)
     found = torch.autograd.grad(losses.sum(), [*leaves.values(), xs])
-    return {**dict(zip(leaves, found, strict=False)), "x": found[-1]}
+    return {n: g.cpu() for n, g in zip([*leaves, "x"], found, strict=True)}
 
 
+@pytest.mark.parametrize("device", DEVICES, ids=str)
 @pytest.mark.parametrize("pool", POOLS)
 @pytest.mark.parametrize("conv", CONVS)
-def test_vmapped_gradients_equal_each_clients_autograd(conv, pool, monkeypatch):
+def test_vmapped_gradients_equal_each_clients_autograd(conv, pool, device, monkeypatch):
     calls = []
     monkeypatch.setattr(
         unfold, "unfold_conv2d", lambda *a: calls.append(a[1].shape) or _lowered(*a)
@@ -35,7 +38,7 @@ def test_vmapped_gradients_equal_each_clients_autograd(conv, pool, monkeypatch):
     spec, pool_spec = CONVS[conv], POOLS[pool]
     params, x = _setup(spec)
     expected = _reference(params, x, spec, pool_spec)
-    got = _unfolded_grads(lambda p, xb: _loss(p, xb, spec, pool_spec), params, x)
+    got = _unfolded_grads(lambda p, xb: _loss(p, xb, spec, pool_spec), params, x, device)
     for name, value in got.items():
         assert torch.allclose(value, expected[name], atol=1e-4, rtol=1e-4), name
     # the second convolution always ran as im2col + GEMM; the first unless it is grouped
