@@ -7,13 +7,16 @@ round's bytes and steps into simulated seconds; a client is online in a round wi
 ``availability``; the server waits until the deadline and drops the stragglers. Tiers and
 availability are drawn from (seed, partition id[, round]), so both engines and a resumed run see
 the same devices. Pooled uploads (:mod:`wire.pooling`) are switched off for the rounds it
-wraps: a dropped member's update would otherwise stay inside its pool's mean.
+wraps when a reply can be dropped after it is computed (a deadline): a dropped member's update
+would otherwise stay inside its pool's mean.
 
 :class:`HeterogeneousGrid` wraps any Grid (Flower's simulation grid or the batched engine), so
-the effect is the same in both engines: a train reply from an offline client or one that misses
-the deadline never reaches the strategy (the adapter counts it as dropped), and each round's
-simulated time is reported into ``metrics.jsonl``. The clients still compute those updates;
-only the server's view follows the virtual clock.
+the effect is the same in both engines: an offline client is never sent its train message (it
+does no work and its state, an error-feedback residual say, stays as it was), a reply that
+misses the deadline never reaches the strategy (the adapter counts both as dropped), and each
+round's simulated time is reported into ``metrics.jsonl``. Which partition a node holds is asked
+once per node (a QUERY message, as the seeded sampler asks; both learn from the same replies).
+Stragglers do compute their updates: only the server's view follows the virtual clock.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
+from strategies.sampling import UNKNOWN_PARTITION, query_partitions
 from wire import POOLING_CONFIG_KEY
 
 
@@ -139,11 +143,13 @@ class RoundClock:
 class HeterogeneousGrid:
     """A Grid view that applies :class:`Heterogeneity` to train replies; the rest passes through."""
 
-    def __init__(self, grid: Grid, model: Heterogeneity) -> None:
+    def __init__(self, grid: Grid, model: Heterogeneity, *, query_timeout_s: float = 120.0) -> None:
         self._grid = grid
         self.model = model
         self.elapsed_s = 0.0
+        self.query_timeout_s = query_timeout_s
         self._last: RoundClock | None = None
+        self._partitions: dict[int, int] = {}  # node id -> partition id, as the nodes report
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
@@ -153,16 +159,22 @@ class HeterogeneousGrid:
     ) -> Iterable[Message]:
         messages = list(messages)
         train = [m for m in messages if m.metadata.message_type == MessageType.TRAIN]
-        for content in {id(m.content): m.content for m in train}.values():
-            # a pooled upload would hide which members missed the deadline: each replies alone
-            config = content.get("config")
-            if isinstance(config, ConfigRecord) and POOLING_CONFIG_KEY in config:
-                del config[POOLING_CONFIG_KEY]
-        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
-        if not train:
+        clock, unknown = RoundClock(), False
+        if train and self.model.availability < 1:
+            self._ask_partitions([m.metadata.dst_node_id for m in train])
+            offline = {id(m) for m in train if not self._online(m)}
+            clock.offline = len(offline)
+            messages = [m for m in messages if id(m) not in offline]
+            train = [m for m in train if id(m) not in offline]
+            unknown = any(self._partition(m) == UNKNOWN_PARTITION for m in train)
+        if self.model.deadline_s or unknown:  # replies that may still be dropped
+            self._unpool(train)
+        replies = list(self._grid.send_and_receive(messages, timeout=timeout)) if messages else []
+        self._learn(replies)
+        if not train and not clock.offline:
             return replies
         sent = {m.metadata.message_id: m for m in train}
-        clock, kept = RoundClock(), []
+        kept = []
         for reply in replies:
             request = sent.get(reply.metadata.reply_to_message_id)
             if request is None or reply.has_error():
@@ -181,6 +193,41 @@ class HeterogeneousGrid:
         self.elapsed_s += clock.simulated_round_s
         self._last = clock
         return kept
+
+    @staticmethod
+    def _unpool(train: list[Message]) -> None:
+        """A pooled upload would hide which members missed the deadline: each replies alone."""
+        for content in {id(m.content): m.content for m in train}.values():
+            config = content.get("config")
+            if isinstance(config, ConfigRecord) and POOLING_CONFIG_KEY in config:
+                del config[POOLING_CONFIG_KEY]
+
+    def _ask_partitions(self, nodes: list[int]) -> None:
+        """Learn the partition ids of nodes not seen yet, in one round of QUERY messages."""
+        unknown = [nid for nid in nodes if nid not in self._partitions]
+        if unknown:
+            self._partitions.update(query_partitions(self._grid, unknown, self.query_timeout_s))
+
+    def _partition(self, request: Message) -> int:
+        return self._partitions.get(request.metadata.dst_node_id, UNKNOWN_PARTITION)
+
+    def _online(self, request: Message) -> bool:
+        """False when the node's partition is offline this round; True when it is not known
+        (then its reply's partition-id decides, :meth:`_client_seconds`)."""
+        pid = self._partition(request)
+        if pid == UNKNOWN_PARTITION:
+            return True
+        config = request.content.get("config")
+        server_round = int(config.get("server-round", 0)) if isinstance(config, ConfigRecord) else 0
+        return self.model.online(pid, server_round)
+
+    def _learn(self, replies: list[Message]) -> None:
+        """Partition ids the nodes reported, in query replies (the sampler's too)."""
+        for reply in replies:
+            if reply.metadata.message_type == MessageType.QUERY and not reply.has_error():
+                info = reply.content.metric_records.get("node-info")
+                if info is not None and int(info.get("partition-id", -1)) >= 0:
+                    self._partitions[reply.metadata.src_node_id] = int(info["partition-id"])
 
     def _client_seconds(self, request: Message, reply: Message, clock: RoundClock) -> float | None:
         """Simulated seconds of this client's round, or None when it is offline."""

@@ -78,21 +78,27 @@ class SeededSampler:
 
     def _learn_partitions(self, grid: Grid, nodes: list[int]) -> None:
         unknown = [nid for nid in nodes if nid not in self.partitions]
-        if not unknown:
-            return
-        queries = [
-            Message(
-                content=RecordDict({"config": ConfigRecord({"ask": "partition-id"})}),
-                message_type=MessageType.QUERY,
-                dst_node_id=nid,
-            )
-            for nid in unknown
-        ]
-        for reply in grid.send_and_receive(queries, timeout=self.query_timeout_s):
-            nid = reply.metadata.src_node_id
-            if reply.has_error() or "node-info" not in reply.content.metric_records:
-                log.warning("node %d did not report its partition id; ordering it by node id", nid)
-                self.partitions[nid] = UNKNOWN_PARTITION
-                continue
-            pid = int(reply.content.metric_records["node-info"].get("partition-id", -1))
-            self.partitions[nid] = pid if pid >= 0 else UNKNOWN_PARTITION
+        if unknown:
+            self.partitions.update(query_partitions(grid, unknown, self.query_timeout_s))
+
+
+def query_partitions(grid: Grid, node_ids: list[int], timeout: float) -> dict[int, int]:
+    """Each node's ``partition-id`` (one QUERY message each); UNKNOWN_PARTITION if it has none."""
+    queries = [
+        Message(
+            content=RecordDict({"config": ConfigRecord({"ask": "partition-id"})}),
+            message_type=MessageType.QUERY,
+            dst_node_id=nid,
+        )
+        for nid in node_ids
+    ]
+    found = {}
+    for reply in grid.send_and_receive(queries, timeout=timeout):
+        nid = reply.metadata.src_node_id
+        if reply.has_error() or "node-info" not in reply.content.metric_records:
+            log.warning("node %d did not report its partition id; ordering it by node id", nid)
+            found[nid] = UNKNOWN_PARTITION
+            continue
+        pid = int(reply.content.metric_records["node-info"].get("partition-id", -1))
+        found[nid] = pid if pid >= 0 else UNKNOWN_PARTITION
+    return found

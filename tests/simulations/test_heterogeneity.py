@@ -97,6 +97,41 @@ def test_the_wrapped_engine_sends_each_update_alone_so_that_any_member_can_be_dr
     assert POOLING_CONFIG_KEY not in messages[0].content["config"]
 
 
+def test_an_offline_client_is_sent_nothing_and_its_state_stays_as_it_was():
+    inner = BatchedGrid(task=get_task, data=simulated_client_data, num_nodes=4)
+    model = Heterogeneity(availability=0.5, seed=1)
+    grid = HeterogeneousGrid(inner, model)
+    asked, send = [], inner.send_and_receive
+
+    def counting(messages, **kwargs):
+        messages = list(messages)
+        asked.extend(m.metadata.message_type for m in messages)
+        return send(messages, **kwargs)
+
+    inner.send_and_receive = counting
+    pids = {nid: ctx.node_config["partition-id"] for nid, ctx in inner._contexts.items()}
+    online = {nid for nid, pid in pids.items() if model.online(pid, 1)}
+    assert 0 < len(online) < 4  # this seed takes some nodes offline in round 1
+    messages = _train(inner, **{"quant-bits": 4, "error-feedback": True})
+    replies = list(grid.send_and_receive(messages))
+    assert {r.metadata.src_node_id for r in replies} == online
+    assert inner.stats.vectorized_clients == len(online)  # the offline ones did no work
+    for nid, context in inner._contexts.items():  # only online nodes keep a residual
+        assert (len(context.state) > 0) == (nid in online), nid
+    assert grid.round_metrics()["offline_clients"] == 4 - len(online)
+    assert asked.count(MessageType.QUERY) == 4 and asked.count(MessageType.TRAIN) == len(online)
+    # partitions were asked once: the next round sends no queries
+    again = list(grid.send_and_receive(_train(inner)))
+    assert len(again) == len(online) and asked.count(MessageType.QUERY) == 4
+
+
+def test_without_a_deadline_known_partitions_keep_pooling():
+    inner = BatchedGrid(task=get_task, data=simulated_client_data, num_nodes=4)
+    grid = HeterogeneousGrid(inner, Heterogeneity(availability=0.5, seed=1))
+    replies = list(grid.send_and_receive(_train(inner, **{POOLING_CONFIG_KEY: True})))
+    assert inner.stats.pooled_clients == len(replies) > 0
+
+
 def test_both_engines_drop_the_same_clients_and_agree_on_the_model(tmp_path):
     def run(engine):
         settings = SimulationSettings(
