@@ -134,8 +134,8 @@ def _refuse_functorch_grad(*_):
     )
 
 
-class PackedConv2d(torch.autograd.Function):
-    """``F.conv2d`` of one client's [B, C, H, W] batch; batched over clients, packed."""
+class ClientConv2d(torch.autograd.Function):
+    """``F.conv2d`` of one client's [B, C, H, W] batch; subclasses batch it over clients (vmap)."""
 
     @staticmethod
     def forward(x, w, b, conf):
@@ -146,6 +146,10 @@ class PackedConv2d(torch.autograd.Function):
         pass
 
     backward = staticmethod(_refuse_functorch_grad)
+
+
+class PackedConv2d(ClientConv2d):
+    """Batched over clients, packed (one grouped convolution on [B, K*C, H, W])."""
 
     @staticmethod
     def vmap(info, in_dims, x, w, b, conf):

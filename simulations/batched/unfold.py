@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from simulations.batched.packed import _CONV, _batched, _ConvConfig, _refuse_functorch_grad
+from simulations.batched.packed import _CONV, ClientConv2d, _batched, _ConvConfig
 
 
 def _output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
@@ -60,18 +60,8 @@ def unfold_conv2d(
     return out.view(k, batch, out_channels, out_h, out_w)
 
 
-class UnfoldConv2d(torch.autograd.Function):
-    """``F.conv2d`` of one client's [B, C, H, W] batch; batched over clients as im2col + GEMM."""
-
-    @staticmethod
-    def forward(x, w, b, conf):
-        return F.conv2d(x, w, b, conf.stride, conf.padding, conf.dilation, conf.groups)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        pass
-
-    backward = staticmethod(_refuse_functorch_grad)
+class UnfoldConv2d(ClientConv2d):
+    """Batched over clients as im2col + GEMM (:func:`unfold_conv2d`)."""
 
     @staticmethod
     def vmap(info, in_dims, x, w, b, conf):
