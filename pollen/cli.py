@@ -82,6 +82,13 @@ def simulation_settings(
             "--engine",
             "--device, --clients-per-batch and --no-pool-uploads apply to --engine batched",
         )
+    if device != "auto":
+        from simulations.runner import DeviceError, resolve_device
+
+        try:
+            resolve_device(device)
+        except DeviceError as err:
+            raise FlagError("--device", str(err)) from None
     spec = partition or ("natural" if natural_partition(run["task"]) else "dirichlet:0.5")
     try:
         settings = RunSettings(partition=spec, min_available_nodes=clients, **run)

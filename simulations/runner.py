@@ -41,6 +41,10 @@ def resolve_engine(engine: str) -> str:
     return engine
 
 
+class DeviceError(ValueError):
+    """The batched engine's ``--device`` names no device torch can use here."""
+
+
 def resolve_device(device: str):
     import torch
 
@@ -48,10 +52,16 @@ def resolve_device(device: str):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         resolved = torch.device(device)
-    except RuntimeError as err:
-        raise PartitionError(f"device {device!r}: {err}") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise PartitionError(f"device {device!r}: no CUDA GPU is visible to torch here")
+    except RuntimeError:
+        raise DeviceError(f"{device!r} is not a device name; use auto, cpu or cuda[:N]") from None
+    if resolved.type == "cuda":
+        visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not visible:
+            raise DeviceError(f"{device!r}: no CUDA GPU is visible to torch here; use cpu")
+        if resolved.index is not None and resolved.index >= visible:
+            raise DeviceError(f"{device!r}: torch sees {visible} CUDA GPU(s) (cuda:0..)")
+    elif resolved.type != "cpu":
+        raise DeviceError(f"{device!r}: the batched engine runs on cpu or cuda[:N]")
     return resolved
 
 

@@ -3,9 +3,12 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from pollen.cli import app
+
+NO_SUCH_GPU = torch.cuda.device_count()  # one index past the visible GPUs (cuda:0 on a CPU box)
 
 
 @pytest.mark.parametrize(
@@ -32,6 +35,9 @@ from pollen.cli import app
         (["--prune", "0.5", "--prune-scope", "row"], "--prune-scope"),
         (["--download-bits", "4"], "--download-bits"),
         (["--engine", "flower", "--no-pool-uploads"], "--engine"),
+        (["--engine", "batched", "--device", "gpu"], "--device"),
+        (["--engine", "batched", "--device", "meta"], "--device"),
+        (["--engine", "batched", "--device", f"cuda:{NO_SUCH_GPU}"], "--device"),
     ],
 )
 def test_bad_flags_exit_nonzero_with_one_line_naming_the_flag(args, flag):
