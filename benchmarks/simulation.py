@@ -89,6 +89,7 @@ def pollen(
                 "aggregate_s",
                 "layout",
                 "layout_s",
+                "cudnn_benchmark",
                 "pooled_updates",
             )
         },
@@ -96,10 +97,10 @@ def pollen(
 
 
 def _timed(layout_s: dict[str, float] | None) -> str:
-    """pick_layout's timings (CUDA), e.g. " (grouped 0.41s, unfold 0.09s)"."""
+    """pick_layout's timings (CUDA), e.g. " (timed: grouped 0.410s, unfold 0.090s, ...)"."""
     if not layout_s:
         return ""
-    return " (" + ", ".join(f"{name} {s:.3f}s" for name, s in layout_s.items()) + ")"
+    return " (timed: " + ", ".join(f"{name} {s:.3f}s" for name, s in layout_s.items()) + ")"
 
 
 def main() -> None:
@@ -170,7 +171,9 @@ def main() -> None:
                 + (
                     f" | totals: train {row['train_s']}s, replies {row['reply_s']}s, "
                     f"data {row['data_s']}s, server aggregation {row['aggregate_s']}s, "
-                    f"layout {row['layout']}{_timed(row.get('layout_s'))}, "
+                    f"layout {row['layout']}"
+                    f"{' (cuDNN benchmark mode)' if row.get('cudnn_benchmark') else ''}"
+                    f"{_timed(row.get('layout_s'))}, "
                     f"pooled updates {row['pooled_updates']}"
                     if row.get("train_s") is not None
                     else ""

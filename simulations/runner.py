@@ -195,6 +195,7 @@ def _run_batched(server_app, settings: SimulationSettings) -> dict[str, Any]:
         "data_s": round(stats.data_seconds, 3),
         "layout": stats.layout,
         "layout_s": stats.layout_seconds,  # CUDA: each layout's time on the first chunk
+        "cudnn_benchmark": stats.cudnn_benchmark,
     }
 
 

@@ -44,6 +44,7 @@ from simulations.batched.training import (
     ClientBatch,
     NotVectorizable,
     check_sample_mean_loss,
+    cudnn_benchmark,
     default_layout,
     pick_layout,
     stack_clients,
@@ -69,6 +70,7 @@ class EngineStats:
     data_seconds: float = 0.0  # client data: generation (first use), padding, upload to device
     layout: str = ""  # grouped | channels-last | packed | unfold (training.LAYOUTS)
     layout_seconds: dict[str, float] = field(default_factory=dict)  # pick_layout's timings
+    cudnn_benchmark: bool = False  # CUDA: the layout trains fastest in cuDNN's benchmark mode
     chunk_sizes: list[int] = field(default_factory=list)
 
 
@@ -306,13 +308,15 @@ class BatchedGrid(Grid):
         try:
             if not self.stats.layout:  # CUDA: measured once per run
                 if batch.x.dim() == 5:
-                    self.stats.layout, times = pick_layout(plan, batch, seeds, self.device)
+                    picked = pick_layout(plan, batch, seeds, self.device)
+                    self.stats.layout, self.stats.cudnn_benchmark, times = picked
                     self.stats.layout_seconds = {n: round(t, 4) for n, t in times.items()}
                     log.info("batched engine: layout %s (timed: %s)", self.stats.layout, times)
                 else:
                     self.stats.layout = "grouped"
             started = time.perf_counter()
-            trained = train_clients(plan, batch, seeds, self.device, layout=self.stats.layout)
+            with cudnn_benchmark(self.stats.cudnn_benchmark):
+                trained = train_clients(plan, batch, seeds, self.device, layout=self.stats.layout)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             self.stats.train_seconds += time.perf_counter() - started

@@ -333,28 +333,53 @@ def pooled_delta(
     return torch.cat(means).cpu().numpy(), specs, total
 
 
+# layouts whose convolutions are cuDNN's on CUDA (unfold's are cuBLAS matrix products)
+CUDNN_LAYOUTS = ("grouped", "channels-last", "packed")
+BENCHMARK_SUFFIX = "+cudnn-benchmark"
+
+
+@contextlib.contextmanager
+def cudnn_benchmark(on: bool):
+    """``torch.backends.cudnn.benchmark`` set to ``on`` for the block, then restored."""
+    saved = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = on
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = saved
+
+
 def pick_layout(
     plan: RoundPlan, batch: ClientBatch, seeds: list[int], device: torch.device
-) -> tuple[str, dict[str, float]]:
-    """Time a few hundred clients in every layout on ``device``; the fastest, and every time.
+) -> tuple[str, bool, dict[str, float]]:
+    """Time a few hundred clients in every layout on ``device``: the fastest layout, whether
+    it ran with cuDNN's benchmark mode, and every time.
 
-    cuDNN's (or oneDNN's) speed for vmap's grouped convolutions depends on the memory layout
-    and the device, and im2col + GEMM (:mod:`.unfold`) trades memory for dense matrix products,
-    so the engine measures instead of guessing (once per run; every layout gives the same
-    training up to float rounding). A layout that cannot run the model has no time.
+    cuDNN's (or oneDNN's) speed for vmap's grouped convolutions depends on the memory layout,
+    the device and the algorithm cuDNN's heuristics choose (its benchmark mode times them all
+    per shape instead, which pays with these static shapes when the heuristics choose badly),
+    and im2col + GEMM (:mod:`.unfold`) trades memory for dense matrix products, so the engine
+    measures instead of guessing (once per run; every candidate gives the same training up to
+    float rounding). On CUDA the cuDNN layouts are timed with benchmark mode on too, named
+    ``layout + BENCHMARK_SUFFIX``. A layout that cannot run the model has no time.
     """
     k = min(len(seeds), 256)
     part = ClientBatch(batch.x[:k], batch.y[:k], batch.sizes[:k])
+    candidates = [(layout, False) for layout in LAYOUTS]
+    if device.type == "cuda":
+        candidates += [(layout, True) for layout in CUDNN_LAYOUTS]
     times: dict[str, float] = {}
     failed: dict[str, Exception] = {}
-    for layout in LAYOUTS + LAYOUTS:  # the first pass of each warms up
+    for layout, benchmark in candidates + candidates:  # the first pass of each warms up
+        name = layout + (BENCHMARK_SUFFIX if benchmark else "")
         if layout in failed:
             continue
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         started = time.perf_counter()
         try:
-            train_clients(plan, part, seeds[:k], device, layout=layout)
+            with cudnn_benchmark(benchmark):
+                train_clients(plan, part, seeds[:k], device, layout=layout)
         except (RuntimeError, TypeError, ValueError) as err:  # e.g. a model that .view()s
             if isinstance(err, torch.cuda.OutOfMemoryError):
                 raise
@@ -362,7 +387,8 @@ def pick_layout(
             continue
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        times[layout] = time.perf_counter() - started
+        times[name] = time.perf_counter() - started
     if not times:
         raise failed["grouped"]
-    return min(times, key=times.__getitem__), times
+    best = min(times, key=times.__getitem__)
+    return best.removesuffix(BENCHMARK_SUFFIX), best.endswith(BENCHMARK_SUFFIX), times

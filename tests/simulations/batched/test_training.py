@@ -1,6 +1,7 @@
 """The vmapped trainer against the SDK's reference loop, client by client (CPU, float32)."""
 
 import dataclasses
+import time
 
 import numpy as np
 import pytest
@@ -14,7 +15,10 @@ from client_sdk.rounds import plan_round
 from client_sdk.tasks import get_task
 from client_sdk.training import train_local
 from client_sdk.weights import load_arrays
+from simulations.batched import training
 from simulations.batched.training import (
+    BENCHMARK_SUFFIX,
+    CUDNN_LAYOUTS,
     LAYOUTS,
     NotVectorizable,
     check_sample_mean_loss,
@@ -189,8 +193,8 @@ def test_pick_layout_times_every_layout_and_skips_one_that_cannot_run():
     task = get_task("tutorial-cnn:12")
     plan = _plan(task, {})
     batch = stack_clients(_clients(task, k=3), CPU)
-    best, times = pick_layout(plan, batch, [1, 2, 3], CPU)
-    assert set(times) == set(LAYOUTS) and times[best] == min(times.values())
+    best, benchmark, times = pick_layout(plan, batch, [1, 2, 3], CPU)
+    assert set(times) == set(LAYOUTS) and times[best] == min(times.values()) and not benchmark
 
     class Viewing(nn.Module):  # .view() of a packed activation fails
         def __init__(self) -> None:
@@ -202,8 +206,30 @@ def test_pick_layout_times_every_layout_and_skips_one_that_cannot_run():
             return self.fc(h.view(h.shape[0], -1))
 
     viewing = _plan(dataclasses.replace(task, model_fn=Viewing), {})
-    best, times = pick_layout(viewing, batch, [1, 2, 3], CPU)
+    best, _, times = pick_layout(viewing, batch, [1, 2, 3], CPU)
     assert "packed" not in times and best in times
+
+
+def test_on_cuda_the_cudnn_layouts_are_also_timed_in_benchmark_mode(monkeypatch):
+    """Which candidates pick_layout times, and what it keeps (training replaced by a timed fake:
+    this machine has no GPU; the real layouts are timed on one by benchmarks/gpu_check.sh)."""
+    seen = []
+
+    def fake_training(plan, batch, seeds, device, *, layout=""):
+        fast = layout == "channels-last" and torch.backends.cudnn.benchmark
+        seen.append((layout, torch.backends.cudnn.benchmark))
+        time.sleep(0.001 if fast else 0.01)
+
+    monkeypatch.setattr(training, "train_clients", fake_training)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    task = get_task("tutorial-cnn:12")
+    batch = stack_clients(_clients(task, k=2), CPU)
+    before = torch.backends.cudnn.benchmark
+    best, benchmark, times = pick_layout(_plan(task, {}), batch, [1, 2], torch.device("cuda"))
+    assert (best, benchmark) == ("channels-last", True)
+    assert set(times) == set(LAYOUTS) | {f"{name}{BENCHMARK_SUFFIX}" for name in CUDNN_LAYOUTS}
+    assert ("unfold", True) not in seen and len(seen) == 2 * len(times)
+    assert torch.backends.cudnn.benchmark == before
 
 
 def test_channels_last_storage_keeps_every_value():
