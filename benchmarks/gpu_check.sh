@@ -15,8 +15,9 @@
 # SIMULATION_ARGS / FIDELITY_ARGS add flags (e.g. --skip-pollen-flower, --case 2, or
 # --per-client-uploads for unpooled batched rows: about 1.5 more minutes).
 # Run from the repository root on a machine with a CUDA GPU and torch. Packages the machine lacks
-# (flwr, ray, ...) may sit as wheels in .whl/ (see benchmarks/README.md); they are installed
-# into /tmp/site first. Results go to $OUT (default benchmarks/results/gpu).
+# (flwr, ray, ...) travel as wheels in .whl/: make them here with `bash benchmarks/gpu_wheels.sh`
+# (about 56 MiB) and name `.whl` in the device call's carry; they are installed into /tmp/site
+# first. Results go to $OUT (default benchmarks/results/gpu).
 set -uo pipefail
 OUT=${OUT:-benchmarks/results/gpu}
 mkdir -p "$OUT"
