@@ -37,14 +37,18 @@ def available_bytes(device: torch.device) -> int:
     return 4 << 30
 
 
-def activation_bytes_per_sample(model: nn.Module, example: np.ndarray) -> int:
-    """Bytes of every module's output for one example (what autograd keeps for backward)."""
+def activation_bytes_per_sample(model: nn.Module, example: np.ndarray, im2col: bool = False) -> int:
+    """Bytes of every module's output for one example (what autograd keeps for backward);
+    with ``im2col``, also each ungrouped convolution's unfolded columns (the unfold layout)."""
     total = 0
 
-    def hook(_module, _inputs, output):
+    def hook(module, _inputs, output):
         nonlocal total
         if isinstance(output, torch.Tensor):
             total += output.nbytes
+            if im2col and isinstance(module, nn.Conv2d) and module.groups == 1:
+                window = module.in_channels * module.kernel_size[0] * module.kernel_size[1]
+                total += window * output.shape[-2] * output.shape[-1] * output.element_size()
 
     handles = [m.register_forward_hook(hook) for m in model.modules()]
     try:
@@ -70,7 +74,9 @@ class MemoryPlanner:
         """First guess of one client's footprint: 6 model copies + data + activations."""
         params = sum(p.numel() * p.element_size() for p in model.parameters())
         data = n_max * int(np.prod(example.shape[1:])) * 4 + n_max * 8
-        activations = 3 * batch_size * activation_bytes_per_sample(model, example)
+        # on CUDA the engine may pick the unfold layout, whose columns the first chunk must fit
+        unfold = self.device.type == "cuda"
+        activations = 3 * batch_size * activation_bytes_per_sample(model, example, unfold)
         self.per_client_bytes = max(
             self.per_client_bytes, SAFETY * (6 * params + data + activations)
         )

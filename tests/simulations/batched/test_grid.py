@@ -13,7 +13,7 @@ from client_sdk import model_arrays
 from client_sdk.tasks import get_task
 from simulations.app import simulated_client_data
 from simulations.batched import BatchedGrid
-from simulations.batched.memory import MemoryPlanner
+from simulations.batched.memory import SAFETY, MemoryPlanner
 from wire import (
     PAYLOAD_FIELD,
     POOL_ID_FIELD,
@@ -119,6 +119,16 @@ def test_memory_planner_caps_cpu_chunks_and_halves_after_oom():
     fixed = MemoryPlanner(torch.device("cpu"), fixed_k=8)
     assert fixed.clients_per_chunk(100) == 8 and fixed.shrink_after_oom(8) == 4
     assert fixed.clients_per_chunk(100) == 4
+
+
+def test_on_cuda_the_first_estimate_makes_room_for_the_unfold_layouts_columns():
+    model, example = get_task("tutorial-cnn").build_model(0), np.zeros((1, 3, 32, 32))
+    cpu, cuda = MemoryPlanner(torch.device("cpu")), MemoryPlanner(torch.device("cuda"))
+    for planner in (cpu, cuda):
+        planner.estimate(model, example, 10, 50)
+    # per image: conv1 unfolds 3*5*5 values at 28x28 outputs, conv2 6*5*5 at 10x10 (float32)
+    columns = 4 * (3 * 25 * 28 * 28 + 6 * 25 * 10 * 10)
+    assert cuda.per_client_bytes - cpu.per_client_bytes == SAFETY * 3 * 10 * columns
 
 
 @pytest.mark.parametrize("nodes", [1, 3])
