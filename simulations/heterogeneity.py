@@ -31,7 +31,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-from strategies.sampling import UNKNOWN_PARTITION, query_partitions
+from strategies.sampling import UNKNOWN_PARTITION, query_partitions, reported_partition
 from wire import POOLING_CONFIG_KEY
 
 
@@ -224,10 +224,10 @@ class HeterogeneousGrid:
     def _learn(self, replies: list[Message]) -> None:
         """Partition ids the nodes reported, in query replies (the sampler's too)."""
         for reply in replies:
-            if reply.metadata.message_type == MessageType.QUERY and not reply.has_error():
-                info = reply.content.metric_records.get("node-info")
-                if info is not None and int(info.get("partition-id", -1)) >= 0:
-                    self._partitions[reply.metadata.src_node_id] = int(info["partition-id"])
+            if reply.metadata.message_type == MessageType.QUERY:
+                pid = reported_partition(reply)
+                if pid != UNKNOWN_PARTITION:
+                    self._partitions[reply.metadata.src_node_id] = pid
 
     def _client_seconds(self, request: Message, reply: Message, clock: RoundClock) -> float | None:
         """Simulated seconds of this client's round, or None when it is offline."""

@@ -95,10 +95,15 @@ def query_partitions(grid: Grid, node_ids: list[int], timeout: float) -> dict[in
     found = {}
     for reply in grid.send_and_receive(queries, timeout=timeout):
         nid = reply.metadata.src_node_id
-        if reply.has_error() or "node-info" not in reply.content.metric_records:
+        found[nid] = reported_partition(reply)
+        if found[nid] == UNKNOWN_PARTITION:
             log.warning("node %d did not report its partition id; ordering it by node id", nid)
-            found[nid] = UNKNOWN_PARTITION
-            continue
-        pid = int(reply.content.metric_records["node-info"].get("partition-id", -1))
-        found[nid] = pid if pid >= 0 else UNKNOWN_PARTITION
     return found
+
+
+def reported_partition(reply: Message) -> int:
+    """The ``partition-id`` a QUERY reply's ``node-info`` holds; UNKNOWN_PARTITION without one."""
+    if reply.has_error() or "node-info" not in reply.content.metric_records:
+        return UNKNOWN_PARTITION
+    pid = int(reply.content.metric_records["node-info"].get("partition-id", -1))
+    return pid if pid >= 0 else UNKNOWN_PARTITION
