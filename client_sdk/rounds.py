@@ -176,6 +176,32 @@ def upload_reply(
     return reply_message(msg, plan, context, payload, stats, carried)
 
 
+def reply_metric_values(
+    plan: RoundPlan,
+    context: Context,
+    stats: TrainStats,
+    upload_bytes: int,
+    carried: float = 0.0,
+    residual: float | None = None,
+) -> dict[str, int | float]:
+    """What the server weighs (``num-examples``) and logs for one client's train reply, as
+    plain ``int`` / ``float`` values (``residual``: the stored residual's norm when the caller
+    has it, else read from state)."""
+    values: dict[str, int | float] = {
+        "num-examples": int(stats.num_examples),
+        "train-loss": float(stats.mean_loss),
+        "train-steps": int(stats.steps),
+        "partition-id": partition_id_of(context),
+        "upload-bytes": int(upload_bytes),
+    }
+    if plan.error_feedback:
+        values["residual-carried"] = float(carried)
+        values["residual-norm"] = float(
+            residual_norm(context.state) if residual is None else residual
+        )
+    return values
+
+
 def reply_metrics(
     plan: RoundPlan,
     context: Context,
@@ -184,25 +210,8 @@ def reply_metrics(
     carried: float = 0.0,
     residual: float | None = None,
 ) -> MetricRecord:
-    """What the server weighs (``num-examples``) and logs for one client's train reply
-    (``residual``: the stored residual's norm when the caller has it, else read from state)."""
-    return MetricRecord(
-        {
-            "num-examples": stats.num_examples,
-            "train-loss": stats.mean_loss,
-            "train-steps": stats.steps,
-            "partition-id": partition_id_of(context),
-            "upload-bytes": upload_bytes,
-            **(
-                {
-                    "residual-carried": carried,
-                    "residual-norm": residual_norm(context.state) if residual is None else residual,
-                }
-                if plan.error_feedback
-                else {}
-            ),
-        }
-    )
+    """:func:`reply_metric_values` as the reply's MetricRecord."""
+    return MetricRecord(reply_metric_values(plan, context, stats, upload_bytes, carried, residual))
 
 
 def reply_message(
