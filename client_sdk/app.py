@@ -22,7 +22,6 @@ from client_sdk.local_model import finish_local_model, prepare_local_model
 from client_sdk.rounds import (
     TaskSource,
     UpdateHook,
-    client_seed,
     named_arrays,
     partition_id_of,
     plan_round,
@@ -30,6 +29,7 @@ from client_sdk.rounds import (
     round_config,
     upload_reply,
 )
+from client_sdk.seeding import client_seed
 from client_sdk.task import ClientData
 from client_sdk.training import evaluate_model, train_local
 from client_sdk.weights import load_arrays, model_arrays

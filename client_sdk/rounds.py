@@ -8,7 +8,7 @@ between them, so both runtimes send byte-for-byte the same kind of reply.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +16,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from client_sdk.feedback import encode_with_feedback, residual_norm
 from client_sdk.secagg import masked_reply
+from client_sdk.seeding import client_seed, client_seeds
 from client_sdk.task import Task, TaskConfigError
 from client_sdk.training import LocalSchedule, TrainStats
 from client_sdk.weights import model_arrays, tensor_specs
@@ -42,12 +43,6 @@ def partition_id_of(context: Context) -> int:
     """The node's ``partition-id`` (simulation sets it; deployments pass ``--node-config``)."""
     value = context.node_config.get("partition-id", -1)
     return int(value) if isinstance(value, (int, float)) else -1
-
-
-def client_seed(seed: int, server_round: int, partition_id: int) -> int:
-    """A per-client, per-round seed derived from the run seed (numpy SeedSequence)."""
-    state = np.random.SeedSequence([seed, server_round, partition_id + 1]).generate_state(1)
-    return int(state[0])
 
 
 def named_arrays(msg: Message) -> dict[str, np.ndarray]:
@@ -113,6 +108,10 @@ class RoundPlan:
 
     def seed_for(self, partition_id: int) -> int:
         return client_seed(self.run_seed, self.server_round, partition_id)
+
+    def seeds_for(self, partition_ids: Sequence[int]) -> list[int]:
+        """``[self.seed_for(pid) for pid in partition_ids]``, computed at once."""
+        return client_seeds(self.run_seed, self.server_round, partition_ids)
 
 
 def plan_round(task: TaskSource, msg: Message) -> RoundPlan:

@@ -105,10 +105,9 @@ def _noise(plan: RoundPlan, contexts: list[Context], count: int) -> np.ndarray:
     """Each client's stochastic-rounding draws from the generator ``upload_reply`` seeds."""
     chunk = plan.codec.quant_chunk
     noise = np.empty((len(contexts), num_chunks(count, chunk), chunk), np.float32)
-    for row, context in zip(noise, contexts, strict=True):
-        np.random.default_rng(plan.seed_for(partition_id_of(context))).random(
-            dtype=np.float32, out=row
-        )
+    seeds = plan.seeds_for([partition_id_of(c) for c in contexts])
+    for row, seed in zip(noise, seeds, strict=True):
+        np.random.default_rng(seed).random(dtype=np.float32, out=row)
     return noise
 
 

@@ -297,13 +297,12 @@ class BatchedGrid(Grid):
 
     def _train_chunk(self, plan: RoundPlan, chunk: list[tuple[Message, ClientData]]) -> None:
         contexts = [self._contexts[m.metadata.dst_node_id] for m, _ in chunk]
-        seeds = [plan.seed_for(partition_id_of(c)) for c in contexts]
+        pids = [partition_id_of(c) for c in contexts]
+        seeds = plan.seeds_for(pids)
         before = self.memory.start_chunk()
         data_started = time.perf_counter()
         self.stats.layout = self.stats.layout or default_layout(self.device)
-        batch = self._device_batch(
-            plan, [partition_id_of(c) for c in contexts], [d for _, d in chunk]
-        )
+        batch = self._device_batch(plan, pids, [d for _, d in chunk])
         self.stats.data_seconds += time.perf_counter() - data_started
         try:
             if not self.stats.layout:  # CUDA: measured once per run

@@ -254,8 +254,9 @@ def _quantize(
     k, n = flat.shape
     clipped = (flat.abs() > spec.clip).sum(dim=1).tolist()
     noise = np.empty((k, n), dtype=np.float64)
-    for row, context in zip(noise, contexts, strict=True):
-        np.random.default_rng(plan.seed_for(partition_id_of(context))).random(out=row)
+    seeds = plan.seeds_for([partition_id_of(c) for c in contexts])
+    for row, seed in zip(noise, seeds, strict=True):
+        np.random.default_rng(seed).random(out=row)
     scaled = (flat.to(torch.float64).clamp(-spec.clip, spec.clip) + spec.clip) * (
         spec.levels / (2 * spec.clip)
     )
