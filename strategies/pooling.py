@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from flwr.app import ConfigRecord, Message, MetricRecord
 
@@ -32,8 +33,8 @@ class Pool:
     pool_id: str
     replies: list[Message] = field(default_factory=list)
 
-    @property
-    def carriers(self) -> list[Message]:
+    @cached_property
+    def carriers(self) -> list[Message]:  # read once the pool is complete (group_pools)
         return [m for m in self.replies if isinstance(_record(m).get(PAYLOAD_FIELD), bytes)]
 
     def payload_bytes(self) -> int:

@@ -27,9 +27,9 @@ def strip_adapter_metrics(metrics: MetricRecord) -> None:
             del metrics[key]
 
 
-def order_key(msg: Message) -> tuple[int, int]:
-    """Replies are summed in partition-id order (node ids are random per simulation run)."""
-    metrics = metrics_of(msg.content)
+def order_key(msg: Message, metrics: MetricRecord | None) -> tuple[int, int]:
+    """Replies are summed in partition-id order (node ids are random per simulation run);
+    ``metrics``: the reply's (:func:`metrics_of`)."""
     pid = -1 if metrics is None else metrics.get("partition-id", -1)
     pid = int(pid) if isinstance(pid, (int, float)) and pid >= 0 else UNKNOWN_PARTITION
     return pid, msg.metadata.src_node_id

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
 from strategies.stats import Rejection, RoundStats
@@ -336,3 +336,24 @@ class SecAggSession:
                 f"{self.threshold}"
             )
         return combine_shares(held, self.threshold)
+
+
+def secure_mean_reply(
+    replies: list[Message], model: dict[str, np.ndarray], weight_key: str, weight: float
+) -> Message:
+    """The first surviving masked reply, now holding the unmasked weighted mean ``model`` of
+    total ``weight``, with the survivors' mean train loss: the one reply a mean strategy needs."""
+    survivors = [m for m in replies if not m.has_error() and SECAGG_RECORD_KEY in m.content]
+    losses = [
+        float(m.content["metrics"]["train-loss"])
+        for m in survivors
+        if "metrics" in m.content and "train-loss" in m.content["metrics"]
+    ]
+    metrics = MetricRecord({weight_key: weight})
+    if losses:
+        metrics["train-loss"] = float(np.mean(losses))
+    carrier = survivors[0]
+    carrier.content = RecordDict(
+        {"arrays": ArrayRecord({k: Array(v) for k, v in model.items()}), "metrics": metrics}
+    )
+    return carrier

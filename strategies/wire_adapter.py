@@ -33,7 +33,7 @@ from strategies.replies import (
     strip_adapter_metrics,
 )
 from strategies.sampling import FixedNodesGrid, SeededSampler
-from strategies.secagg import SecAggFailed, SecAggSession, SecAggSettings
+from strategies.secagg import SecAggFailed, SecAggSession, SecAggSettings, secure_mean_reply
 from strategies.stats import Rejection, RoundStats
 from wire import (
     DOWNLOAD_RECORD_KEY,
@@ -208,6 +208,7 @@ class WireStrategy(Strategy):
         if self.secure is not None:
             return self._aggregate_secure(server_round, list(replies), stats)
         candidates: list[tuple[tuple[int, int], Message]] = []
+        metrics_by_reply: dict[int, MetricRecord | None] = {}  # read once per reply
         received = 0
         for msg in replies:
             received += 1
@@ -216,14 +217,16 @@ class WireStrategy(Strategy):
                 stats.failures.append(Rejection(node, "client-error", str(msg.error.reason)))
                 log.warning("round %d: node %d failed: %s", server_round, node, msg.error.reason)
                 continue
-            candidates.append((order_key(msg), msg))
+            metrics_by_reply[id(msg)] = metrics = metrics_of(msg.content)
+            candidates.append((order_key(msg, metrics), msg))
         # A fixed order makes the floating-point sum, hence the model, reproducible.
         candidates.sort(key=lambda item: item[0])
         mean = StreamingMean(self._reference) if type(self.inner) in _MEAN_STRATEGIES else None
         accepted: list[Message] = []
         for unit in group_pools([msg for _, msg in candidates]):
             if isinstance(unit, Pool):
-                accepted += self._add_pool(unit, server_round, stats, mean)
+                members = [metrics_by_reply[id(m)] for m in unit.replies]
+                accepted += self._add_pool(unit, members, server_round, stats, mean)
                 continue
             try:
                 deltas, weight, metrics = self._decode(unit, server_round, stats)
@@ -251,7 +254,7 @@ class WireStrategy(Strategy):
         if mean is not None:
             # Flower's strategy averages one reply that carries the mean and the total weight:
             # its weighted mean of one record is that record; FedAdam/FedYogi step from it.
-            averaged = weighted_metrics([metrics_of(m.content) for m in accepted], WEIGHT_KEY)
+            averaged = weighted_metrics([metrics_by_reply[id(m)] for m in accepted], WEIGHT_KEY)
             carrier = accepted[0]
             carrier.content = RecordDict(
                 {
@@ -296,19 +299,7 @@ class WireStrategy(Strategy):
             name: (ref + deltas[name]).astype(np.float32) if name in deltas else ref
             for name, ref in self._reference.items()
         }
-        survivors = [m for m in replies if not m.has_error() and SECAGG_RECORD_KEY in m.content]
-        losses = [
-            float(m.content["metrics"]["train-loss"])
-            for m in survivors
-            if "metrics" in m.content and "train-loss" in m.content["metrics"]
-        ]
-        metrics = MetricRecord({WEIGHT_KEY: weight})
-        if losses:
-            metrics["train-loss"] = float(np.mean(losses))
-        carrier = survivors[0]
-        carrier.content = RecordDict(
-            {"arrays": ArrayRecord({k: Array(v) for k, v in model.items()}), "metrics": metrics}
-        )
+        carrier = secure_mean_reply(replies, model, WEIGHT_KEY, weight)
         arrays, metrics = self.inner.aggregate_train(server_round, [carrier])
         if metrics is not None:
             stats.train_metrics = {
@@ -367,11 +358,16 @@ class WireStrategy(Strategy):
         return deltas, float(weight), metrics
 
     def _add_pool(
-        self, pool: Pool, server_round: int, stats: RoundStats, mean: StreamingMean | None
+        self,
+        pool: Pool,
+        metrics: list[MetricRecord | None],
+        server_round: int,
+        stats: RoundStats,
+        mean: StreamingMean | None,
     ) -> list[Message]:
-        """Add a pool's mean with its total weight; the accepted replies (all or none)."""
+        """Add a pool's mean with its total weight; the accepted replies (all or none).
+        ``metrics``: each reply's metric record, in ``pool.replies`` order."""
         stats.upload_bytes += [pool.payload_bytes()] * len(pool.replies)
-        metrics = [metrics_of(m.content) for m in pool.replies]
         try:
             carrier, weight = check_pool(pool, metrics, WEIGHT_KEY, allowed=self.pooling)
             deltas, _, _ = self._decode(carrier, server_round, stats, pool_weight=weight)
