@@ -31,6 +31,7 @@ from client_sdk.rounds import RoundPlan
 from client_sdk.task import ClientData, Task
 from client_sdk.training import TrainStats
 from simulations.batched.packed import PackedKernels
+from simulations.batched.schedule import batch_schedule
 from simulations.batched.unfold import UnfoldKernels
 from wire import TensorSpec
 
@@ -120,26 +121,6 @@ def check_sample_mean_loss(task: Task, x: np.ndarray, y: np.ndarray) -> None:
         raise NotVectorizable(
             f"the Task's loss is not the mean of per-sample losses ({whole} vs {np.mean(each)})"
         )
-
-
-def _batch_schedule(
-    sizes: np.ndarray, seeds: list[int], epochs: int, batch: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per global step: sample indices [S, K, B], weights [S, K, B]; and steps per client [K]."""
-    per_epoch = -(-sizes // batch)
-    steps = per_epoch * epochs
-    index = np.zeros((int(steps.max()), len(sizes), batch), dtype=np.int64)
-    weight = np.zeros(index.shape, dtype=np.float32)
-    for k, (n, seed) in enumerate(zip(sizes.tolist(), seeds, strict=True)):
-        generator = torch.Generator().manual_seed(seed)  # as train_local draws its shuffles
-        padded = -(-n // batch) * batch
-        for epoch in range(epochs):
-            order = np.zeros(padded, dtype=np.int64)
-            order[:n] = torch.randperm(n, generator=generator).numpy()
-            rows = slice(epoch * per_epoch[k], (epoch + 1) * per_epoch[k])
-            index[rows, k] = order.reshape(-1, batch)
-            weight[rows, k] = (np.arange(padded) < n).reshape(-1, batch)
-    return index, weight, steps
 
 
 # How K clients' image activations are laid out for the vmapped model (see :func:`pick_layout`):
@@ -241,7 +222,7 @@ def train_clients(
     else:
         step = vmap(grad_and_value(client_loss))
     optimizer = task.optimizer.build(iter(params.values()), lr=schedule.lr)
-    index, weight, steps = _batch_schedule(batch.sizes, seeds, schedule.epochs, schedule.batch_size)
+    index, weight, steps = batch_schedule(batch.sizes, seeds, schedule.epochs, schedule.batch_size)
     index_t, weight_t = torch.from_numpy(index).to(device), torch.from_numpy(weight).to(device)
     active = torch.from_numpy(steps).to(device)
     rows = torch.arange(k, device=device).unsqueeze(1)
