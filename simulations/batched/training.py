@@ -331,11 +331,19 @@ def cudnn_benchmark(on: bool):
         torch.backends.cudnn.benchmark = saved
 
 
+# Clients pick_layout trains per candidate (CPU, CUDA). On a GPU a few hundred tutorial-CNN
+# clients (2560 images a step) leave it mostly waiting on kernel launches, which would favour
+# the layout with the fewest kernels, not the fastest one at the thousands of clients a round
+# holds. 1024 took about 0.35 s per candidate at the last H100 run's speed (70 ms a step for
+# 1000 clients), run twice each (warm-up) in round 1 only.
+PROBE_CLIENTS = (256, 1024)
+
+
 def pick_layout(
     plan: RoundPlan, batch: ClientBatch, seeds: list[int], device: torch.device
 ) -> tuple[str, bool, dict[str, float]]:
-    """Time a few hundred clients in every layout on ``device``: the fastest layout, whether
-    it ran with cuDNN's benchmark mode, and every time.
+    """Time up to :data:`PROBE_CLIENTS` clients in every layout on ``device``: the fastest
+    layout, whether it ran with cuDNN's benchmark mode, and every time.
 
     cuDNN's (or oneDNN's) speed for vmap's grouped convolutions depends on the memory layout,
     the device and the algorithm cuDNN's heuristics choose (its benchmark mode times them all
@@ -345,7 +353,7 @@ def pick_layout(
     float rounding). On CUDA the cuDNN layouts are timed with benchmark mode on too, named
     ``layout + BENCHMARK_SUFFIX``. A layout that cannot run the model has no time.
     """
-    k = min(len(seeds), 256)
+    k = min(len(seeds), PROBE_CLIENTS[device.type == "cuda"])
     part = ClientBatch(batch.x[:k], batch.y[:k], batch.sizes[:k])
     candidates = [(layout, False) for layout in LAYOUTS]
     if device.type == "cuda":
