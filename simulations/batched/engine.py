@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
+from collections.abc import Iterator
+
 from flwr.app import Context, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import ServerApp
@@ -10,12 +14,33 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from simulations.batched.grid import BatchedGrid
 
+# Cyclic-GC thresholds while the engine runs. Each simulated client costs about ten container
+# objects per round (its instruction and reply Messages, their metadata and records), nearly
+# all freed by reference counting, while the run keeps ~10 objects per node alive (contexts,
+# cached data). Python's defaults (700, 10, 10) then run a full collection every few thousand
+# clients, each scanning every live object and finding nothing: a fifth of a 10,000-client
+# round's host time on the 2-core CPU (1.2-1.3 s against 0.94-1.03 s with collection off,
+# training taken out). These thresholds gave 0.88-0.93 s; cycles are still collected.
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+@contextlib.contextmanager
+def fewer_gc_passes() -> Iterator[None]:
+    """:data:`GC_THRESHOLDS` for the block, Python's previous thresholds restored after it."""
+    saved = gc.get_threshold()
+    gc.set_threshold(*GC_THRESHOLDS)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*saved)
+
 
 def run_server_app(server_app: ServerApp, grid: BatchedGrid, *, run_id: int = 1) -> None:
     """Call ``server_app`` with ``grid`` after setting the run identity Flower's runtime sets.
 
     Messages a ServerApp creates read their run id and source node from ``TaskIdentity``
-    (``flwr.superlink.runtime.run_serverapp`` sets it the same way); it is restored afterwards.
+    (``flwr.superlink.runtime.run_serverapp`` sets it the same way); it is restored afterwards,
+    as are the garbage collector's thresholds (:func:`fewer_gc_passes`).
     """
     saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, run_id, SUPERLINK_NODE_ID
@@ -28,6 +53,7 @@ def run_server_app(server_app: ServerApp, grid: BatchedGrid, *, run_id: int = 1)
             state=RecordDict(),
             run_config={},
         )
-        server_app(grid, context)
+        with fewer_gc_passes():
+            server_app(grid, context)
     finally:
         TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
