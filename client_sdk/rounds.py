@@ -12,9 +12,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord
 
 from client_sdk.feedback import encode_with_feedback, residual_norm
+from client_sdk.records import config_record, metric_record, reply
 from client_sdk.secagg import masked_reply
 from client_sdk.seeding import client_seed, client_seeds
 from client_sdk.task import Task, TaskConfigError
@@ -175,17 +176,16 @@ def upload_reply(
     return reply_message(msg, plan, context, payload, stats, carried)
 
 
-def reply_metric_values(
+def reply_metrics(
     plan: RoundPlan,
     context: Context,
     stats: TrainStats,
     upload_bytes: int,
     carried: float = 0.0,
     residual: float | None = None,
-) -> dict[str, int | float]:
-    """What the server weighs (``num-examples``) and logs for one client's train reply, as
-    plain ``int`` / ``float`` values (``residual``: the stored residual's norm when the caller
-    has it, else read from state)."""
+) -> MetricRecord:
+    """What the server weighs (``num-examples``) and logs for one client's train reply
+    (``residual``: the stored residual's norm when the caller has it, else read from state)."""
     values: dict[str, int | float] = {
         "num-examples": int(stats.num_examples),
         "train-loss": float(stats.mean_loss),
@@ -198,19 +198,7 @@ def reply_metric_values(
         values["residual-norm"] = float(
             residual_norm(context.state) if residual is None else residual
         )
-    return values
-
-
-def reply_metrics(
-    plan: RoundPlan,
-    context: Context,
-    stats: TrainStats,
-    upload_bytes: int,
-    carried: float = 0.0,
-    residual: float | None = None,
-) -> MetricRecord:
-    """:func:`reply_metric_values` as the reply's MetricRecord."""
-    return MetricRecord(reply_metric_values(plan, context, stats, upload_bytes, carried, residual))
+    return metric_record(values)
 
 
 def reply_message(
@@ -224,10 +212,8 @@ def reply_message(
 ) -> Message:
     """The train reply: the encoded update and the metrics the server weighs and logs."""
     metrics = reply_metrics(plan, context, stats, len(payload), carried, residual)
-    content = RecordDict(
-        {UPDATE_RECORD_KEY: ConfigRecord({PAYLOAD_FIELD: payload}), "metrics": metrics}
-    )
-    return Message(content=content, reply_to=msg)
+    update = config_record({PAYLOAD_FIELD: payload})
+    return reply(msg, {UPDATE_RECORD_KEY: update, "metrics": metrics})
 
 
 def secure_reply(

@@ -27,10 +27,9 @@ import torch
 from flwr.app import ConfigRecord, Context, Error, Message
 from flwr.common.constant import ErrorCode
 
-from client_sdk.rounds import RoundPlan, UpdateHook, reply_metric_values, upload_reply
-from client_sdk.training import TrainStats
+from client_sdk.records import reply
+from client_sdk.rounds import RoundPlan, UpdateHook, reply_message, reply_metrics, upload_reply
 from simulations.batched.codec import encode_chunk
-from simulations.batched.records import config_record, metric_record, reply
 from simulations.batched.secure import SecureRound, secure_replies
 from simulations.batched.training import TrainedChunk, flat_deltas, pooled_delta
 from wire import (
@@ -132,7 +131,7 @@ def quantized_replies(
             continue
         payloads, carried, kept = encoded
         replies += [
-            payload_reply(msg, plan, context, payload, stats, carried_norm, kept_norm)
+            reply_message(msg, plan, context, payload, stats, carried_norm, kept_norm)
             for msg, context, payload, stats, carried_norm, kept_norm in zip(
                 messages[rows],
                 contexts[rows],
@@ -157,7 +156,7 @@ def vectorized_replies(
     rows, specs = flat_deltas(trained, plan, device)
     payloads = encode_float32_rows(rows, specs, server_round=plan.server_round, masks=plan.masks)
     return [
-        payload_reply(msg, plan, context, payload, stats)
+        reply_message(msg, plan, context, payload, stats)
         for msg, context, payload, stats in zip(
             messages, contexts, payloads, trained.stats, strict=True
         )
@@ -195,23 +194,8 @@ def pooled_replies(
     replies = []
     for k, (msg, context, stats) in enumerate(zip(messages, contexts, trained.stats, strict=True)):
         # upload-bytes: what this client's own float32 payload weighs (the carrier's size)
-        metrics = metric_record(reply_metric_values(plan, context, stats, len(payload)))
+        metrics = reply_metrics(plan, context, stats, len(payload))
         replies.append(
             reply(msg, {UPDATE_RECORD_KEY: carrier if k == 0 else member, "metrics": metrics})
         )
     return replies
-
-
-def payload_reply(
-    msg: Message,
-    plan: RoundPlan,
-    context: Context,
-    payload: bytes,
-    stats: TrainStats,
-    carried: float = 0.0,
-    residual: float | None = None,
-) -> Message:
-    """:func:`client_sdk.rounds.reply_message`'s reply, its records built by :mod:`.records`."""
-    metrics = reply_metric_values(plan, context, stats, len(payload), carried, residual)
-    update = config_record({PAYLOAD_FIELD: payload})
-    return reply(msg, {UPDATE_RECORD_KEY: update, "metrics": metric_record(metrics)})

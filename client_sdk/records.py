@@ -1,14 +1,15 @@
-"""Flower records for the engine's train replies, checked by exact type tests.
+"""Flower records for train replies, checked by exact type tests.
 
 Flower's record constructors check every entry through generic helpers (``typing.get_args``,
 ``isinstance`` on ABCs, one ``__setitem__`` call each): 22 us for a train reply's five metrics
-and 12 us for its RecordDict on the 2-core CPU the engine was profiled on, about a fifth of
-what each client cost the host at thousands of clients per round (``benchmarks/host_path.py``).
-The engine's replies hold only ``str`` keys and plain scalars, so this module checks them with
-exact type tests (the same types Flower accepts, ``bool`` refused in a MetricRecord as Flower
-refuses it) and stores them where Flower's own ``TypedDict.copy`` puts a record's entries.
-Written by hand because Flower has no bulk constructor. If a Flower release stops keeping
-entries there, :data:`FAST` is False and the checked constructors are used instead.
+and 12 us for its RecordDict on a 2-core CPU. A device pays that once a round; the batched
+engine, which builds thousands of replies a round, paid about a fifth of its host time per
+client (``benchmarks/host_path.py``). Train replies hold only ``str`` keys and plain scalars,
+so this module checks them with exact type tests (the types Flower accepts, ``bool`` refused
+in a MetricRecord as Flower refuses it) and stores them where Flower's own ``TypedDict.copy``
+puts a record's entries. Written by hand because Flower has no bulk constructor. If a Flower
+release stops keeping entries there, :data:`FAST` is False and Flower's checked constructors
+are used instead.
 """
 
 from __future__ import annotations

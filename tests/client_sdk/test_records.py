@@ -1,7 +1,7 @@
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from simulations.batched import records
+from client_sdk import records
 from tests.messages import message
 
 METRICS = {"num-examples": 50, "train-loss": 0.25, "partition-id": 3}
