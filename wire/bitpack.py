@@ -50,17 +50,23 @@ def pack_uint(values: np.ndarray, width: int) -> bytes:
 
 
 def unpack_uint(buffer: bytes | memoryview, width: int, count: int) -> np.ndarray:
-    """Inverse of :func:`pack_uint`; ``buffer`` must hold exactly ``packed_size`` bytes."""
+    """Inverse of :func:`pack_uint`; ``buffer`` must hold exactly ``packed_size`` bytes.
+
+    uint8 values for widths that divide 8, uint32 for the others."""
     if not 1 <= width <= 32:
         raise ValueError(f"bit width must be in 1..32, got {width}")
     raw = np.frombuffer(buffer, dtype=np.uint8)
     if raw.size != packed_size(count, width):
         raise ValueError(f"{raw.size} bytes cannot hold exactly {count} values of {width} bits")
-    if 8 % width == 0:
+    if width == 8:
+        return raw.copy()
+    if 8 % width == 0:  # into one uint8 array (fresh temporaries fault pages: see dequantize)
         per_byte = 8 // width
+        out = np.empty((raw.size, per_byte), dtype=np.uint8)
         mask = np.uint8((1 << width) - 1)
-        lanes = [(raw >> np.uint8(lane * width)) & mask for lane in range(per_byte)]
-        return np.stack(lanes, axis=1).ravel()[:count].astype(np.uint32)
+        for lane in range(per_byte):
+            np.bitwise_and(raw >> np.uint8(lane * width), mask, out=out[:, lane])
+        return out.ravel()[:count]
     if count == 0:
         return np.zeros(0, dtype=np.uint32)
     groups = -(-count // 8)
