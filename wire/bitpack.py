@@ -24,9 +24,12 @@ def pack_uint(values: np.ndarray, width: int) -> bytes:
     """Pack non-negative integers below ``2**width`` into a little-endian bit stream."""
     if not 1 <= width <= 32:
         raise ValueError(f"bit width must be in 1..32, got {width}")
-    codes = np.ascontiguousarray(values, dtype=np.uint32).ravel()
+    small = width <= 8 and np.asarray(values).dtype == np.uint8  # no uint32 copy needed
+    codes = np.ascontiguousarray(values, dtype=np.uint8 if small else np.uint32).ravel()
     if codes.size and int(codes.max()) >> width:
         raise ValueError(f"a value does not fit in {width} bits")
+    if width == 8:
+        return codes.astype(np.uint8, copy=False).tobytes()
     if 8 % width == 0:
         per_byte = 8 // width
         padded = np.zeros(-(-codes.size // per_byte) * per_byte, dtype=np.uint8)

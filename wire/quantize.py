@@ -53,15 +53,17 @@ def quantize(
     with np.errstate(over="ignore"):  # a subnormal span would overflow: cap the scale
         scale = np.divide(np.float32(levels), span, out=np.zeros_like(span), where=span > 0)
     np.minimum(scale, np.finfo(np.float32).max, out=scale)
-    position = (blocks - lo[:, None]) * scale[:, None]
+    # position = (blocks - lo) * scale, rounded, in place (see dequantize on temporaries)
+    blocks -= lo[:, None]
+    blocks *= scale[:, None]
     if rng is None:
-        codes = np.rint(position, out=position)
+        np.rint(blocks, out=blocks)
     else:
-        noise = rng.random(position.shape, dtype=np.float32)
-        codes = np.floor(position + noise, out=position)  # P(round up) = fractional part
-    np.clip(codes, 0, levels, out=codes)
+        blocks += rng.random(blocks.shape, dtype=np.float32)
+        np.floor(blocks, out=blocks)  # P(round up) = fractional part
+    np.clip(blocks, 0, levels, out=blocks)
     return Quantized(
-        codes=codes.astype(np.uint8 if bits <= 8 else np.uint32).ravel()[:n], lo=lo, hi=hi
+        codes=blocks.astype(np.uint8 if bits <= 8 else np.uint32).ravel()[:n], lo=lo, hi=hi
     )
 
 

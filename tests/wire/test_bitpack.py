@@ -37,6 +37,17 @@ def test_round_trip_any_width(width, raw):
     assert np.array_equal(unpack_uint(packed, width, values.size), values)
 
 
+@settings(deadline=None)
+@given(st.sampled_from([1, 2, 4, 8]), st.lists(st.integers(0, 255), max_size=300))
+def test_uint8_codes_pack_and_unpack_as_uint32_codes_do(width, raw):
+    """The quantizer's uint8 codes take a copy-free path; the bytes must not change."""
+    values = np.array([v % (1 << width) for v in raw], dtype=np.uint8)
+    packed = pack_uint(values, width)
+    assert packed == pack_uint(values.astype(np.uint32), width)
+    unpacked = unpack_uint(packed, width, values.size)
+    assert unpacked.dtype == np.uint8 and np.array_equal(unpacked, values)
+
+
 def test_refuses_values_too_wide_and_bad_lengths():
     with pytest.raises(ValueError, match="fit"):
         pack_uint(np.array([4]), 2)
