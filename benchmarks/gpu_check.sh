@@ -6,9 +6,10 @@
 #   2. fidelity: the batched engine on CUDA against Flower's engine on CPU (benchmarks/fidelity.py;
 #      its fourth case, the tutorial CNN, shows how far the layout picked on CUDA moves the model);
 #   3. the device codec's payloads and the chunk's masked (SecAgg+) uploads byte-for-byte against
-#      the SDK's, and the unfold layout's gradients against per-client autograd, on CUDA
-#      (tests/simulations/batched/test_codec.py, test_unfold.py, test_secure.py; needs pytest
-#      and scikit-learn, else skipped);
+#      the SDK's, the PCG64 port's draws against numpy's, and the unfold layout's gradients
+#      against per-client autograd, on CUDA (tests/simulations/batched/test_codec.py,
+#      test_pcg64.py, test_unfold.py, test_secure.py; needs pytest and scikit-learn, else
+#      skipped; test_pcg64.py also hypothesis, which gpu_wheels.sh carries);
 #   4. with SECURE=1 only (about 1.5 more minutes, past the 5-minute budget): secure
 #      aggregation's per-client host path at 1000 clients, masks expanded on the GPU against the
 #      SDK's stages client by client (benchmarks/host_path.py --only secagg).
@@ -16,7 +17,7 @@
 # --per-client-uploads for unpooled batched rows: about 1.5 more minutes).
 # Run from the repository root on a machine with a CUDA GPU and torch. Packages the machine lacks
 # (flwr, ray, ...) travel as wheels in .whl/: make them here with `bash benchmarks/gpu_wheels.sh`
-# (about 56 MiB) and name `.whl` in the device call's carry; they are installed into /tmp/site
+# (about 57 MiB) and name `.whl` in the device call's carry; they are installed into /tmp/site
 # first. Results go to $OUT (default benchmarks/results/gpu).
 set -uo pipefail
 OUT=${OUT:-benchmarks/results/gpu}
@@ -37,11 +38,12 @@ timeout 240 python3 benchmarks/simulation.py --device cuda --clients 1000 10000 
 echo "== fidelity ==" | tee -a "$OUT/log.txt"
 timeout 120 python3 benchmarks/fidelity.py --device cuda ${FIDELITY_ARGS:-} 2>&1 | grep -E "max \||Error|error" \
   | tee -a "$OUT/log.txt"
-echo "== device codec, unfold kernel and masks ==" | tee -a "$OUT/log.txt"
+echo "== device codec, PCG64 draws, unfold kernel and masks ==" | tee -a "$OUT/log.txt"
 if python3 -c "import pytest, sklearn" 2>/dev/null; then
-  timeout 90 python3 -m pytest -q -p no:cacheprovider tests/simulations/batched/test_codec.py \
-    tests/simulations/batched/test_unfold.py tests/simulations/batched/test_secure.py 2>&1 \
-    | tail -3 | tee -a "$OUT/log.txt"
+  checks="test_codec.py test_unfold.py test_secure.py"
+  python3 -c "import hypothesis" 2>/dev/null && checks="$checks test_pcg64.py"
+  timeout 90 python3 -m pytest -q -p no:cacheprovider \
+    $(printf 'tests/simulations/batched/%s ' $checks) 2>&1 | tail -3 | tee -a "$OUT/log.txt"
 else
   echo "pytest or scikit-learn missing: skipped" | tee -a "$OUT/log.txt"
 fi

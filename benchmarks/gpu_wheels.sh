@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Wheels that benchmarks/gpu_check.sh needs on a lent GPU machine and its image lacks: Flower,
 # Ray and their dependencies, pinned to the versions this checkout's .venv runs (Python 3.12
-# builds; the image has Python 3.12 with torch, numpy, scikit-learn, pytest, rich and typer).
+# builds; the image has Python 3.12 with torch, numpy, scikit-learn, pytest, rich and typer),
+# and hypothesis for gpu_check.sh's test_pcg64.py.
 # Nothing can be fetched there, so the wheels travel with the working tree in .whl/ (name `.whl`
 # in the device call's carry) and gpu_check.sh installs them into /tmp/site first.
 #
@@ -10,14 +11,14 @@
 # RECORD lines), LZMA-compressed, is 32 MB. uv (flwr's runtime dependency installer, unused
 # offline) is left out.
 #
-#   bash benchmarks/gpu_wheels.sh            # -> .whl/, about 56 MiB, a minute or two
+#   bash benchmarks/gpu_wheels.sh            # -> .whl/, about 57 MiB, a minute or two
 set -euo pipefail
 OUT=${OUT:-.whl}
 PY=${PY:-.venv/bin/python}
 NAMES="flwr ray cryptography cffi pycparser pycryptodome iterators tomli tomli-w grpcio
 grpcio-health-checking protobuf alembic mako sqlalchemy greenlet fastapi starlette pydantic
 pydantic-core annotated-types typing-inspection uvicorn prompt-toolkit wcwidth jsonschema
-jsonschema-specifications referencing rpds-py"
+jsonschema-specifications referencing rpds-py hypothesis sortedcontainers attrs"
 pins=()
 for name in $NAMES; do
   version=$("$PY" -m pip show "$name" 2>/dev/null | sed -n 's/^Version: //p')

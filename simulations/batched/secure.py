@@ -6,8 +6,8 @@ per live neighbour (:func:`client_sdk.secagg.mask_vector`) and packs m bits per 
 same steps run over the chunk's [K, n] rows, with every payload, metric and state change
 byte-for-byte the SDK's (``tests/simulations/batched/test_secure.py``):
 
-- quantization in float64 on the engine's device, each client's rounding noise drawn from the
-  numpy generator the SDK seeds;
+- quantization in float64 on the engine's device, each client's rounding noise the numpy
+  generator the SDK seeds draws (on CUDA computed on the device, :mod:`.pcg64`);
 - masks: each pairwise mask is one ChaCha20 stream both ends of the pair use (one adds it, the
   other subtracts it). The pair's key is agreed once (:mod:`.agreements`: only when each end
   holds the other's true public key) and its stream expanded once, for the whole round when
@@ -34,7 +34,8 @@ from client_sdk.rounds import RoundPlan, partition_id_of, secure_metrics
 from client_sdk.secagg import MaskPeers, mark_masked, mask_peers, masked_message
 from simulations.batched.agreements import AgreementCache
 from simulations.batched.chacha import keystream_words
-from simulations.batched.codec import pack_rows
+from simulations.batched.codec import DEVICE_DRAWS, pack_rows
+from simulations.batched.pcg64 import uniform_float64
 from simulations.batched.training import TrainedChunk, trained_tensors
 from wire import UpdateRejected
 from wire.secagg import mask_stream
@@ -253,15 +254,19 @@ def _quantize(
     """:meth:`SecAggVectorSpec.quantize` for each row: [rows, n + 1] int64 and clipped counts."""
     k, n = flat.shape
     clipped = (flat.abs() > spec.clip).sum(dim=1).tolist()
-    noise = np.empty((k, n), dtype=np.float64)
     seeds = plan.seeds_for([partition_id_of(c) for c in contexts])
-    for row, seed in zip(noise, seeds, strict=True):
-        np.random.default_rng(seed).random(out=row)
+    if flat.device.type in DEVICE_DRAWS:  # the SDK's numpy draws, computed on the device
+        noise = uniform_float64(seeds, n, flat.device)
+    else:
+        drawn = np.empty((k, n), dtype=np.float64)
+        for row, seed in zip(drawn, seeds, strict=True):
+            np.random.default_rng(seed).random(out=row)
+        noise = torch.from_numpy(drawn).to(flat.device)
     scaled = (flat.to(torch.float64).clamp(-spec.clip, spec.clip) + spec.clip) * (
         spec.levels / (2 * spec.clip)
     )
     low = torch.floor(scaled)
-    q = low + (torch.from_numpy(noise).to(flat.device) < (scaled - low))
+    q = low + (noise < (scaled - low))
     weights = torch.tensor([spec.weight_of(e) for e in examples], device=flat.device)
     vectors = torch.empty(k, n + 1, dtype=torch.int64, device=flat.device)
     vectors[:, :n] = q.to(torch.int64) * weights[:, None]
