@@ -6,7 +6,9 @@ and adding it. This times exactly that, per client, for each way the engine can 
 against the way it sent them before (same run, same clients, same seeds):
 
 - float32 updates under FedAvg: pooled (one weighted mean per chunk) vs one payload per client;
-- 8-bit, and 4-bit with error feedback: the device codec vs the SDK's encoder client by client;
+- 8-bit, and 4-bit with error feedback: pooled (the weighted mean of what the server would
+  decode from each payload; the engine's default on CUDA only) vs the device codec's payloads
+  vs the SDK's encoder client by client;
 - secure aggregation (SecAgg+, 8 bits): masked uploads for the whole round at once, each pair's
   key agreed and its mask stream expanded once (:mod:`simulations.batched.secure`,
   :mod:`simulations.batched.agreements`), vs the SDK's stages client by client. Its server
@@ -46,20 +48,39 @@ from simulations.batched import BatchedGrid, run_server_app  # noqa: E402
 from simulations.batched import grid as grid_module  # noqa: E402
 from simulations.batched.training import TrainedChunk  # noqa: E402
 
-# (row, run settings, engine options); each pair: the new path, then the path it replaced
-ROWS = [
-    ("float32, pooled", {}, {}),
-    ("float32, payload per client", {}, {"pool_uploads": False}),
-    ("8-bit, device codec", {"quant_bits": 8}, {}),
-    ("8-bit, SDK encoder per client", {"quant_bits": 8}, {"encode_on_device": False}),
-    ("4-bit + EF, device codec", {"quant_bits": 4, "error_feedback": True}, {}),
-    (
-        "4-bit + EF, SDK encoder",
-        {"quant_bits": 4, "error_feedback": True},
-        {"encode_on_device": False},
-    ),
-    ("SecAgg+ 8-bit, chunk at once", {"secure_agg": True}, {}),
-    ("SecAgg+ 8-bit, SDK per client", {"secure_agg": True}, {"encode_on_device": False}),
+# Groups of (row, run settings, engine options): the newer paths first, then the path they
+# replaced ("vs before" divides by the group's last row).
+GROUPS = [
+    [
+        ("float32, pooled", {}, {}),
+        ("float32, payload per client", {}, {"pool_uploads": False}),
+    ],
+    [
+        ("8-bit, pooled", {"quant_bits": 8}, {"pool_quantized": True}),
+        ("8-bit, device codec", {"quant_bits": 8}, {"pool_uploads": False}),
+        ("8-bit, SDK encoder per client", {"quant_bits": 8}, {"encode_on_device": False}),
+    ],
+    [
+        (
+            "4-bit + EF, pooled",
+            {"quant_bits": 4, "error_feedback": True},
+            {"pool_quantized": True},
+        ),
+        (
+            "4-bit + EF, device codec",
+            {"quant_bits": 4, "error_feedback": True},
+            {"pool_uploads": False},
+        ),
+        (
+            "4-bit + EF, SDK encoder",
+            {"quant_bits": 4, "error_feedback": True},
+            {"encode_on_device": False},
+        ),
+    ],
+    [
+        ("SecAgg+ 8-bit, chunk at once", {"secure_agg": True}, {}),
+        ("SecAgg+ 8-bit, SDK per client", {"secure_agg": True}, {"encode_on_device": False}),
+    ],
 ]
 
 
@@ -124,7 +145,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--device", type=torch.device, default=torch.device("cpu"))
     parser.add_argument(
-        "--only", default="", help="run only the pairs whose names hold this text, e.g. SecAgg"
+        "--only",
+        default="",
+        help="run only the groups whose first row holds this text, e.g. SecAgg",
     )
     args = parser.parse_args()
     if args.rounds < 3:
@@ -136,26 +159,22 @@ def main() -> None:
         f"{'path':<30} {'replies':>9} {'server':>9} {'total':>9} {'vs before':>10}  "
         f"bytes/client  round s"
     )
-    rows = [
-        row
-        for pair in zip(ROWS[::2], ROWS[1::2], strict=True)
-        if args.only.lower() in pair[0][0].lower()
-        for row in pair
-    ]
-    for i, (name, run, engine) in enumerate(rows):
-        row = {"name": name, **measure(args.clients, args.rounds, run, engine, args.device)}
-        row["total_us"] = row["reply_us"] + row["aggregate_us"]
-        results.append(row)
-        if i % 2:
-            new = results[-2]
-            new["speedup"] = row["total_us"] / new["total_us"]
-            for r in (new, row):
-                print(
-                    f"{r['name']:<30} {r['reply_us']:9.1f} {r['aggregate_us']:9.1f} "
-                    f"{r['total_us']:9.1f} {r.get('speedup', 1.0):9.2f}x  "
-                    f"{r['upload_bytes_per_client']:12.0f}  {r['round_s']:7.2f}",
-                    flush=True,
-                )
+    groups = [g for g in GROUPS if args.only.lower() in g[0][0].lower()]
+    for group in groups:
+        rows = []
+        for name, run, engine in group:
+            row = {"name": name, **measure(args.clients, args.rounds, run, engine, args.device)}
+            row["total_us"] = row["reply_us"] + row["aggregate_us"]
+            rows.append(row)
+        for r in rows:
+            r["speedup"] = rows[-1]["total_us"] / r["total_us"]
+            print(
+                f"{r['name']:<30} {r['reply_us']:9.1f} {r['aggregate_us']:9.1f} "
+                f"{r['total_us']:9.1f} {r['speedup']:9.2f}x  "
+                f"{r['upload_bytes_per_client']:12.0f}  {r['round_s']:7.2f}",
+                flush=True,
+            )
+        results += rows
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"clients": args.clients, "rows": results}, indent=2))

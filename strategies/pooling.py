@@ -18,6 +18,7 @@ from flwr.app import ConfigRecord, Message, MetricRecord
 from wire import (
     PAYLOAD_FIELD,
     POOL_ID_FIELD,
+    POOL_MEMBER_BYTES_FIELD,
     POOL_SIZE_FIELD,
     POOL_WEIGHT_FIELD,
     UPDATE_RECORD_KEY,
@@ -38,9 +39,16 @@ class Pool:
         return [m for m in self.replies if isinstance(_record(m).get(PAYLOAD_FIELD), bytes)]
 
     def payload_bytes(self) -> int:
-        """What the pool's members uploaded: each a float32 update the size of the carrier's."""
+        """What each member uploaded: the carrier's ``pool-member-bytes`` (a quantized update)
+        when it is a positive int, else a float32 update the size of the carrier's payload."""
         carriers = self.carriers
-        return len(_record(carriers[0])[PAYLOAD_FIELD]) if len(carriers) == 1 else 0
+        if len(carriers) != 1:
+            return 0
+        record = _record(carriers[0])
+        member = record.get(POOL_MEMBER_BYTES_FIELD)
+        if isinstance(member, int) and not isinstance(member, bool) and member > 0:
+            return member
+        return len(record[PAYLOAD_FIELD])
 
 
 def _record(msg: Message) -> ConfigRecord:
@@ -88,6 +96,9 @@ def check_pool(pool: Pool, metrics: list[MetricRecord | None], weight_key: str, 
         raise refuse(f"needs exactly one reply carrying the payload, got {len(carriers)}")
     record = _record(carriers[0])
     size, total = record.get(POOL_SIZE_FIELD), record.get(POOL_WEIGHT_FIELD)
+    member = record.get(POOL_MEMBER_BYTES_FIELD, 1)
+    if not isinstance(member, int) or isinstance(member, bool) or member < 1:
+        raise refuse(f"{POOL_MEMBER_BYTES_FIELD} must be a positive int, got {member!r}")
     if not isinstance(size, int) or isinstance(size, bool) or size != len(pool.replies):
         raise refuse(
             f"the carrier counts {size!r} members but {len(pool.replies)} replied; a pool is "

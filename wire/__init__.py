@@ -16,6 +16,7 @@ from wire.format import (
 from wire.mask import MaskSet
 from wire.pooling import (
     POOL_ID_FIELD,
+    POOL_MEMBER_BYTES_FIELD,
     POOL_SIZE_FIELD,
     POOL_WEIGHT_FIELD,
     POOLING_CONFIG_KEY,
@@ -38,6 +39,7 @@ __all__ = [
     "PAYLOAD_FIELD",
     "POOLING_CONFIG_KEY",
     "POOL_ID_FIELD",
+    "POOL_MEMBER_BYTES_FIELD",
     "POOL_SIZE_FIELD",
     "POOL_WEIGHT_FIELD",
     "UPDATE_RECORD_KEY",

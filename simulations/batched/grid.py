@@ -90,6 +90,7 @@ class BatchedGrid(Grid):
         cache_bytes: int | None = None,
         pool_uploads: bool = True,
         encode_on_device: bool = True,
+        pool_quantized: bool | None = None,
     ) -> None:
         self._task, self._data, self._hook = task, data, update_hook
         # send a chunk's uncompressed updates as one pool when the server allows it (.replies)
@@ -99,6 +100,13 @@ class BatchedGrid(Grid):
         self.encode_on_device = encode_on_device
         self._client_app = build_client_app(task, data, update_hook=update_hook)
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        # quantized updates pooled too (the mean of what the server would decode): by default
+        # on CUDA only, where it removes the server's per-client decode; on a CPU it saved
+        # nothing (2000 clients: 691 against 722 us each) and the server's summation order
+        # changes, so compressed runs there keep matching Flower's engine bit for bit
+        self.pool_quantized = (
+            self.device.type == "cuda" if pool_quantized is None else pool_quantized
+        )
         self.memory = MemoryPlanner(self.device, fixed_k=clients_per_batch)
         self.stats = EngineStats()
         self._run: Run | None = None
@@ -350,6 +358,7 @@ class BatchedGrid(Grid):
             pool=self.pool_uploads,
             on_device=self.encode_on_device,
             secure=self._secure,
+            pool_quantized=self.pool_quantized,
         )
         self.stats.pooled_clients += pooled
         self.stats.sdk_encoded_clients += by_sdk

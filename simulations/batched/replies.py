@@ -15,7 +15,10 @@ Five ways, from the most to the least per-client work:
   only the weighted mean, :mod:`wire.pooling`), the chunk's weighted mean is summed on the
   device and sent once; the other K-1 replies carry their metrics and the pool's id. This
   removes the per-client payload copy, the server's per-client decode and its per-client
-  addition, which at 10,000 clients per round cost more than training on a GPU.
+  addition, which at 10,000 clients per round cost more than training on a GPU. Quantized
+  updates pool the same way when ``pool_quantized`` (the engine's default on CUDA): the pool
+  carries the weighted mean of what the server would decode from each client's payload (same
+  noise, same residuals), and each member counts the bytes of the payload it would have sent.
 """
 
 from __future__ import annotations
@@ -29,16 +32,18 @@ from flwr.common.constant import ErrorCode
 
 from client_sdk.records import reply
 from client_sdk.rounds import RoundPlan, UpdateHook, reply_message, reply_metrics, upload_reply
-from simulations.batched.codec import encode_chunk
+from simulations.batched.codec import decode_chunk, encode_chunk
 from simulations.batched.secure import SecureRound, secure_replies
-from simulations.batched.training import TrainedChunk, flat_deltas, pooled_delta
+from simulations.batched.training import TrainedChunk, flat_deltas, pooled_delta, weighted_mean
 from wire import (
     PAYLOAD_FIELD,
     POOL_ID_FIELD,
+    POOL_MEMBER_BYTES_FIELD,
     POOL_SIZE_FIELD,
     POOL_WEIGHT_FIELD,
     POOLING_CONFIG_KEY,
     UPDATE_RECORD_KEY,
+    TensorSpec,
     encode_float32_rows,
 )
 from wire.secagg_protocol import SECAGG_RECORD_KEY
@@ -60,10 +65,12 @@ def chunk_replies(
     pool: bool,
     on_device: bool,
     secure: SecureRound | None = None,
+    pool_quantized: bool = False,
 ) -> tuple[list[Message], int, int]:
     """The chunk's replies, the cheapest way the round allows: (replies, how many travel in a
     pool, how many the SDK's encoder built one by one). ``secure``: what the engine keeps of
-    the secure round (agreements, the round's masks); None: a fresh one for this chunk."""
+    the secure round (agreements, the round's masks); None: a fresh one for this chunk.
+    ``pool_quantized``: pool quantized updates too (:func:`pooled_replies`)."""
     if hook is None and not plan.codec.topk and SECAGG_RECORD_KEY not in messages[0].content:
         if plan.codec.quant_bits == 0 and not plan.error_feedback:  # float32: the plain delta
             if pool and plan.config.get(POOLING_CONFIG_KEY) is True:
@@ -73,6 +80,10 @@ def chunk_replies(
             # no pooling, or a pool whose mean is not finite: each client's own payload
             return vectorized_replies(plan, messages, contexts, trained, device), 0, 0
         if on_device:
+            if pool and pool_quantized and plan.config.get(POOLING_CONFIG_KEY) is True:
+                pooled = pooled_replies(plan, messages, contexts, trained, device)
+                if pooled is not None:
+                    return pooled, len(pooled), 0
             replies, by_sdk = quantized_replies(plan, messages, contexts, trained, device)
             return replies, 0, by_sdk
     if hook is None and on_device and SECAGG_RECORD_KEY in messages[0].content:
@@ -172,29 +183,63 @@ def pooled_replies(
 ) -> list[Message] | None:
     """One pool: the first reply carries the chunk's weighted mean, the rest their metrics.
 
-    None when the mean is not finite: the caller sends per-client payloads instead, so the
-    server rejects exactly the clients whose updates are bad, each with its reason.
+    Quantized updates: the mean of what the server would decode from each client's payload
+    (:func:`.codec.decode_chunk`: the same quantization, noise and residuals as the payloads,
+    without their bytes), and every member counts the payload it would have sent. None, with
+    nothing stored, when the mean or an update is not finite: the caller sends per-client
+    payloads instead, so the server rejects exactly the clients whose updates are bad.
     """
-    mean, specs, total = pooled_delta(trained, plan, device)
-    if not np.isfinite(mean).all():
+    if plan.codec.quant_bits == 0 and not plan.error_feedback:
+        mean, specs, total = pooled_delta(trained, plan, device)
+        if not np.isfinite(mean).all():
+            return None
+        return _pool(plan, messages, contexts, trained, mean, specs, total)
+    decoded = decode_chunk(plan, contexts, trained, device)
+    if decoded is None:
         return None
+    sent, specs, member_bytes, carried, kept = decoded
+    counts = [s.num_examples for s in trained.stats]
+    weights = torch.tensor(counts, dtype=torch.float32, device=sent.device)
+    mean = weighted_mean(lambda part: sent[part], len(counts), sent.shape[1], weights)
+    total = float(sum(counts))
+    pooled = (mean.cpu().numpy(), specs, total, member_bytes, carried, kept)
+    return _pool(plan, messages, contexts, trained, *pooled)
+
+
+def _pool(
+    plan: RoundPlan,
+    messages: list[Message],
+    contexts: list[Context],
+    trained: TrainedChunk,
+    mean: np.ndarray,
+    specs: list[TensorSpec],
+    total: float,
+    member_bytes: int = 0,
+    carried: list[float] | None = None,
+    kept: list[float | None] | None = None,
+) -> list[Message]:
+    """The pool's replies: the float32 ``mean`` on the first, the metrics on every one.
+    ``member_bytes``: what each member's own payload weighs (0: the carrier's float32 size)."""
     payload = encode_float32_rows(
         mean[None], specs, server_round=plan.server_round, masks=plan.masks
     )[0]
     pool_id = uuid.uuid4().hex
-    carrier = ConfigRecord(
-        {
-            PAYLOAD_FIELD: payload,
-            POOL_ID_FIELD: pool_id,
-            POOL_SIZE_FIELD: len(messages),
-            POOL_WEIGHT_FIELD: total,
-        }
-    )
-    member = ConfigRecord({POOL_ID_FIELD: pool_id})
+    fields = {
+        PAYLOAD_FIELD: payload,
+        POOL_ID_FIELD: pool_id,
+        POOL_SIZE_FIELD: len(messages),
+        POOL_WEIGHT_FIELD: total,
+    }
+    if member_bytes:
+        fields[POOL_MEMBER_BYTES_FIELD] = member_bytes
+    carrier, member = ConfigRecord(fields), ConfigRecord({POOL_ID_FIELD: pool_id})
+    carried = carried or [0.0] * len(messages)
+    kept = kept or [None] * len(messages)
+    uploaded = member_bytes or len(payload)  # upload-bytes: the client's own payload's size
     replies = []
-    for k, (msg, context, stats) in enumerate(zip(messages, contexts, trained.stats, strict=True)):
-        # upload-bytes: what this client's own float32 payload weighs (the carrier's size)
-        metrics = reply_metrics(plan, context, stats, len(payload))
+    rows = zip(messages, contexts, trained.stats, carried, kept, strict=True)
+    for k, (msg, context, stats, carried_norm, kept_norm) in enumerate(rows):
+        metrics = reply_metrics(plan, context, stats, uploaded, carried_norm, kept_norm)
         replies.append(
             reply(msg, {UPDATE_RECORD_KEY: carrier if k == 0 else member, "metrics": metrics})
         )

@@ -19,6 +19,7 @@ import contextlib
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -293,26 +294,38 @@ def flat_deltas(
 POOL_BLOCK = 64
 
 
+def weighted_mean(
+    rows: Callable[[slice], torch.Tensor], count: int, size: int, weights: torch.Tensor
+) -> torch.Tensor:
+    """``sum_k weights[k] * rows(k) / sum(weights)`` over ``count`` rows of ``size`` values,
+    float32. Blocks of ``POOL_BLOCK`` rows are summed in float32 (one matrix-vector product
+    each: no [K, n] weighted copy) and the blocks in float64."""
+    acc = torch.zeros(size, dtype=torch.float64, device=weights.device)
+    for start in range(0, count, POOL_BLOCK):
+        part = slice(start, start + POOL_BLOCK)
+        acc += torch.mv(rows(part).T, weights[part])
+    return (acc / float(weights.double().sum())).to(torch.float32)
+
+
 def pooled_delta(
     chunk: TrainedChunk, plan: RoundPlan, device: torch.device
 ) -> tuple[np.ndarray, list[TensorSpec], float]:
-    """The K clients' updates averaged with their example counts: ([kept] float32 on the host,
-    specs, total weight). Blocks of ``POOL_BLOCK`` clients are summed in float32 (one
-    matrix-vector product each: no [K, n] weighted copy) and the blocks in float64."""
+    """The K clients' updates averaged with their example counts (:func:`weighted_mean`):
+    ([kept] float32 on the host, specs, total weight)."""
     counts = [s.num_examples for s in chunk.stats]
     weights = torch.tensor(counts, dtype=torch.float32, device=device)
-    total = float(sum(counts))
     specs, means = [], []
     for name, spec, reference, keep in trained_tensors(plan, device):
         local = chunk.local[name]
-        acc = torch.zeros(reference.numel(), dtype=torch.float64, device=device)
-        for start in range(0, len(counts), POOL_BLOCK):
-            rows = slice(start, start + POOL_BLOCK)
-            acc += torch.mv(_delta(local[rows], reference).T, weights[rows])
-        mean = (acc / total).to(torch.float32)
+        mean = weighted_mean(
+            lambda part, local=local, reference=reference: _delta(local[part], reference),
+            len(counts),
+            reference.numel(),
+            weights,
+        )
         specs.append(spec)
         means.append(mean if keep is None else mean[keep])
-    return torch.cat(means).cpu().numpy(), specs, total
+    return torch.cat(means).cpu().numpy(), specs, float(sum(counts))
 
 
 # layouts whose convolutions are cuDNN's on CUDA (unfold's are cuBLAS matrix products)

@@ -13,6 +13,7 @@ from tests.strategies.test_wire_adapter import GLOBAL, _arrays, _configured, _re
 from wire import (
     PAYLOAD_FIELD,
     POOL_ID_FIELD,
+    POOL_MEMBER_BYTES_FIELD,
     POOL_SIZE_FIELD,
     POOL_WEIGHT_FIELD,
     POOLING_CONFIG_KEY,
@@ -24,8 +25,11 @@ DELTAS = [np.array(d, np.float32) for d in ([1.0, 0.0, -1.0], [0.0, 3.0, 0.5], [
 COUNTS = [1, 3, 2]
 
 
-def _pool(nodes, deltas, counts, *, pool_id="p1", server_round=1, size=None, weight=None):
-    """Replies of one pool as the batched engine sends them: the first carries the mean."""
+def _pool(
+    nodes, deltas, counts, *, pool_id="p1", server_round=1, size=None, weight=None, member=None
+):
+    """Replies of one pool as the batched engine sends them: the first carries the mean
+    (``member``: the pool-member-bytes field, a quantized update's size)."""
     mean = sum(np.float64(n) * d for n, d in zip(counts, deltas, strict=True)) / sum(counts)
     payload = encode_update({"w": mean.astype(np.float32)}, server_round=server_round)
     replies = []
@@ -35,6 +39,8 @@ def _pool(nodes, deltas, counts, *, pool_id="p1", server_round=1, size=None, wei
             record[PAYLOAD_FIELD] = payload
             record[POOL_SIZE_FIELD] = len(nodes) if size is None else size
             record[POOL_WEIGHT_FIELD] = float(sum(counts)) if weight is None else weight
+            if member is not None:
+                record[POOL_MEMBER_BYTES_FIELD] = member
         metrics = MetricRecord(
             {"num-examples": n, "train-loss": 0.1 * node, "partition-id": node - 1}
         )
@@ -81,12 +87,25 @@ def test_a_pool_aggregates_like_its_members_sent_one_by_one():
     )
 
 
+def test_a_pool_of_quantized_updates_counts_each_members_own_payload():
+    strategy, _ = _configured(nodes=2)
+    pool, carrier_bytes = _pool([1, 2], DELTAS[:2], COUNTS[:2], member=77)
+    arrays, _ = strategy.aggregate_train(1, pool)
+    mean = (COUNTS[0] * DELTAS[0] + COUNTS[1] * DELTAS[1]) / sum(COUNTS[:2])
+    np.testing.assert_allclose(arrays["w"].numpy(), GLOBAL["w"] + mean, atol=1e-6)
+    stats = strategy.rounds[1].as_metrics()
+    assert stats["upload_bytes_total"] == 2 * 77 != 2 * carrier_bytes
+    assert stats["pooled_updates"] == 2
+
+
 @pytest.mark.parametrize(
     ("change", "why"),
     [
         ({"size": 3}, "counts 3 members but 2 replied"),
         ({"weight": 5.0}, "is not the sum of the members' 'num-examples'"),
         ({"server_round": 2}, "round"),
+        ({"member": 0}, "pool-member-bytes must be a positive int, got 0"),
+        ({"member": "12"}, "pool-member-bytes must be a positive int, got '12'"),
     ],
 )
 def test_a_broken_pool_is_rejected_member_by_member_and_the_round_goes_on(change, why, caplog):

@@ -10,6 +10,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Rec
 from torch import nn
 
 from client_sdk import model_arrays
+from client_sdk.feedback import stored_residual
 from client_sdk.tasks import get_task
 from simulations.app import simulated_client_data
 from simulations.batched import BatchedGrid
@@ -17,6 +18,8 @@ from simulations.batched.memory import SAFETY, MemoryPlanner
 from wire import (
     PAYLOAD_FIELD,
     POOL_ID_FIELD,
+    POOL_MEMBER_BYTES_FIELD,
+    POOL_WEIGHT_FIELD,
     POOLING_CONFIG_KEY,
     UPDATE_RECORD_KEY,
     UpdateRejected,
@@ -193,7 +196,7 @@ def _pools(replies):
     return [r.content[UPDATE_RECORD_KEY].get(POOL_ID_FIELD) for r in replies]
 
 
-def test_a_chunk_is_pooled_only_when_the_server_allows_it_and_the_update_is_float32():
+def test_a_chunk_is_pooled_only_when_the_server_allows_it():
     task = get_task("digits")
     allowed = {POOLING_CONFIG_KEY: True}
     grid = _grid(clients_per_batch=3)
@@ -202,12 +205,57 @@ def test_a_chunk_is_pooled_only_when_the_server_allows_it_and_the_update_is_floa
     assert None not in ids and len(set(ids)) == 2  # chunks of 3 and 1 clients, one pool each
     assert sum(PAYLOAD_FIELD in r.content[UPDATE_RECORD_KEY] for r in replies) == 2
     assert grid.stats.pooled_clients == 4 and grid.stats.vectorized_clients == 4
-    for config in ({}, {**allowed, "quant-bits": 8}):  # not allowed; compressed updates
-        grid = _grid()
+    quantized = {**allowed, "quant-bits": 8}  # pooled on CUDA by default, here when asked
+    for pool_quantized, pooled in ((None, 0), (False, 0), (True, 4)):
+        grid = _grid(pool_quantized=pool_quantized)
+        replies = list(grid.send_and_receive(_train_messages(grid, task, quantized)))
+        assert grid.stats.pooled_clients == pooled == 4 * (None not in _pools(replies))
+    for config in ({}, {**allowed, "topk": 0.1}):  # not allowed; top-k (the SDK's encoder)
+        grid = _grid(pool_quantized=True)
         assert _pools(grid.send_and_receive(_train_messages(grid, task, config))) == [None] * 4
-        assert grid.stats.pooled_clients == 0 and grid.stats.sdk_encoded_clients == 0
+        assert grid.stats.pooled_clients == 0
     grid = _grid(pool_uploads=False)
     assert _pools(grid.send_and_receive(_train_messages(grid, task, allowed))) == [None] * 4
+
+
+def _flat(payload: bytes) -> np.ndarray:
+    return np.concatenate([t.ravel() for t in decode_update(payload).tensors]).astype(np.float64)
+
+
+def _server_view(replies) -> tuple[np.ndarray, list[int]]:
+    """The weighted mean of the decoded updates (a pool's carrier holds it), the bytes counted."""
+    sizes = [r.content["metrics"]["upload-bytes"] for r in replies]
+    records = [r.content[UPDATE_RECORD_KEY] for r in replies]
+    carriers = [u for u in records if POOL_WEIGHT_FIELD in u]
+    if carriers:
+        assert len(carriers) == 1 and POOL_MEMBER_BYTES_FIELD in carriers[0]
+        return _flat(carriers[0][PAYLOAD_FIELD]), sizes
+    weights = [r.content["metrics"]["num-examples"] for r in replies]
+    total = sum(w * _flat(u[PAYLOAD_FIELD]) for w, u in zip(weights, records, strict=True))
+    return total / sum(weights), sizes
+
+
+def test_a_quantized_pool_carries_the_mean_the_server_would_decode_and_the_same_residuals():
+    """4-bit + error feedback, two rounds: pooled against one payload per client."""
+    task = get_task("digits")
+    config = {POOLING_CONFIG_KEY: True, "quant-bits": 4, "error-feedback": True}
+    pooled, single = _grid(pool_quantized=True), _grid()  # a CPU pools them only when asked
+    for server_round in (1, 2):  # the second round adds the residuals the first one kept
+        config["server-round"] = server_round
+        ours = list(pooled.send_and_receive(_train_messages(pooled, task, config)))
+        theirs = list(single.send_and_receive(_train_messages(single, task, config)))
+        mean, sizes = _server_view(ours)
+        reference, payload_sizes = _server_view(theirs)
+        assert np.abs(mean - reference).max() <= 1e-6
+        assert sizes == payload_sizes and len(set(sizes)) == 1  # each counts its own payload
+        for mine, ref in zip(ours, theirs, strict=True):
+            for key in ("residual-carried", "residual-norm", "train-loss"):
+                assert mine.content["metrics"][key] == ref.content["metrics"][key]
+        for nid in pooled.get_node_ids():
+            ours_state, theirs_state = pooled._contexts[nid].state, single._contexts[nid].state
+            a, b = stored_residual(ours_state), stored_residual(theirs_state)
+            assert list(a) == list(b) and all(a[n].tobytes() == b[n].tobytes() for n in b)
+    assert pooled.stats.pooled_clients == 8 and single.stats.pooled_clients == 0
 
 
 def test_a_chunk_whose_updates_are_not_finite_sends_each_payload_for_the_server_to_judge():
