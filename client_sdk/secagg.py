@@ -30,6 +30,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from wire import PAYLOAD_FIELD, UPDATE_RECORD_KEY, RejectReason, UpdateRejected
 from wire.secagg import (
     KEY_BYTES,
+    MAX_SHARES,
     SHARE_BYTES,
     agree_each,
     decrypt,
@@ -42,11 +43,19 @@ from wire.secagg import (
 )
 from wire.secagg_protocol import (
     MASK_PURPOSE,
+    MAX_NODES,
+    PRIVATE_METRICS,
     SEALED_SHARE_BYTES,
     SECAGG_RECORD_KEY,
+    SHARE_METRICS_FIELD,
     SHARE_PURPOSE,
     STAGE_MASKED,
+    check_graph,
     chunks,
+    field_bytes,
+    field_flag,
+    field_ids,
+    field_int,
     id_set,
     ids_bytes,
     node_ids,
@@ -69,7 +78,12 @@ def _check(record: ConfigRecord, state: ConfigRecord | None, stage: str, before:
             RejectReason.STAGE_ORDER,
             f"secure aggregation stage {stage!r} arrived before stage {before!r} completed",
         )
-    if record.get("nonce") != state["nonce"] or record.get("round") != state["round"]:
+    answered = record.get("round")
+    if (
+        record.get("nonce") != state["nonce"]
+        or type(answered) is not int
+        or answered != state["round"]
+    ):
         raise UpdateRejected(
             RejectReason.REPLAYED,
             f"stage {stage!r} names another session (round {record.get('round')}) than this "
@@ -90,15 +104,22 @@ def _reply(msg: Message, context: Context, fields: dict) -> Message:
     return Message(content=RecordDict({SECAGG_RECORD_KEY: record}), reply_to=msg)
 
 
+def _server_record(msg: Message) -> ConfigRecord:
+    record = msg.content.get(SECAGG_RECORD_KEY)
+    if not isinstance(record, ConfigRecord):
+        raise UpdateRejected(RejectReason.MISSING_PAYLOAD, f"no {SECAGG_RECORD_KEY!r} record")
+    return record
+
+
 def advertise_keys(msg: Message, context: Context) -> Message:
     """Stage 1: fresh keys for this round; only the public halves leave the node."""
-    record = msg.content[SECAGG_RECORD_KEY]
+    record = _server_record(msg)
     c_sk, s_sk = new_private_key(), new_private_key()
     context.state[STATE_KEY] = ConfigRecord(
         {
             "stage": "keys",
-            "round": int(record["round"]),
-            "nonce": bytes(record["nonce"]),
+            "round": field_int(record, "round", low=0, high=2**63 - 1),
+            "nonce": field_bytes(record, "nonce", most=64),
             "c-sk": c_sk,
             "s-sk": s_sk,
             "seed": new_seed(),
@@ -110,24 +131,22 @@ def advertise_keys(msg: Message, context: Context) -> Message:
 def share_keys(msg: Message, context: Context, agree: Agreement = agree_each) -> Message:
     """Stage 2: seal Shamir shares of the seed and mask key for each assigned neighbour
     (``agree``: how pairwise keys are agreed; a simulator may share them between a pair)."""
-    record = msg.content[SECAGG_RECORD_KEY]
+    record = _server_record(msg)
     state = context.state.get(STATE_KEY)
     _check(record, state, "shares", before="keys")
     me = context.node_id
-    neighbours = node_ids(bytes(record["neighbours"]))
-    threshold = int(record["threshold"])
-    if me in neighbours or len(set(neighbours)) != len(neighbours):
-        raise UpdateRejected(RejectReason.BAD_SECAGG, "neighbour list repeats ids or holds self")
+    neighbours = field_ids(record, "neighbours", most=MAX_SHARES)
+    threshold = field_int(record, "threshold", low=0, high=MAX_SHARES)
+    if me in neighbours:
+        raise UpdateRejected(RejectReason.BAD_SECAGG, "neighbour list holds this node")
     if neighbours != sorted(neighbours):
         raise UpdateRejected(RejectReason.BAD_SECAGG, "neighbour list must be sorted node ids")
-    if not len(neighbours) // 2 < threshold <= len(neighbours):
-        raise UpdateRejected(
-            RejectReason.BAD_SECAGG,
-            f"threshold {threshold} must exceed half of the {len(neighbours)} neighbours "
-            "(else the server could gather both shares of a secret)",
-        )
-    pk_c = chunks(bytes(record["pk-c"]), KEY_BYTES, len(neighbours), "pk-c")
-    pk_s = chunks(bytes(record["pk-s"]), KEY_BYTES, len(neighbours), "pk-s")
+    try:  # a safe minimum, and above half (else the server could gather both shares)
+        check_graph(len(neighbours), threshold)
+    except ValueError as err:
+        raise UpdateRejected(RejectReason.BAD_SECAGG, f"refusing to share: {err}") from None
+    pk_c = chunks(field_bytes(record, "pk-c"), KEY_BYTES, len(neighbours), "pk-c")
+    pk_s = chunks(field_bytes(record, "pk-s"), KEY_BYTES, len(neighbours), "pk-s")
     seed_shares = split_secret(state["seed"], threshold, len(neighbours))
     key_shares = split_secret(state["s-sk"], threshold, len(neighbours))
     nonce, server_round = state["nonce"], state["round"]
@@ -167,16 +186,30 @@ def _alive_ids(raw: bytes) -> tuple[frozenset[int], bytes]:
 
 
 def mask_peers(record: ConfigRecord, context: Context) -> MaskPeers:
-    """Check the train message's record against this node's state (raises UpdateRejected)."""
+    """Check the train message's record against this node's state (raises UpdateRejected).
+
+    A node refuses to upload when fewer than the threshold of its neighbours are in the alive
+    set (Bonawitz et al. CCS 2017, round 2, "if |U2| < t abort"; Flower's secaggplus_mod does
+    the same): else a server that showed it a small alive set (only itself, say) would remove
+    its self mask with the other nodes' seed shares and see its update alone."""
     state = context.state.get(STATE_KEY)
     _check(record, state, "masked input", before="shares")
     me = context.node_id
-    alive, alive_ids = _alive_ids(bytes(record["alive"]))  # the same for the round's clients
+    raw = field_bytes(record, "alive", most=8 * MAX_NODES)
+    alive, alive_ids = _alive_ids(raw)  # the same for the round's clients
     if me not in alive:
         raise UpdateRejected(RejectReason.BAD_SECAGG, "this node is not in the round's alive set")
     neighbours = node_ids(bytes(state["neighbours"]))
     pk_s = chunks(bytes(state["pk-s"]), KEY_BYTES, len(neighbours), "pk-s")
     live = [(j, pk) for j, pk in zip(neighbours, pk_s, strict=True) if j in alive]
+    threshold = int(state["threshold"])
+    if len(live) < threshold:
+        raise UpdateRejected(
+            RejectReason.BAD_SECAGG,
+            f"only {len(live)} of this node's {len(neighbours)} neighbours are in the alive set, "
+            f"below the threshold {threshold}: the server could unmask this node's update "
+            "alone, so it does not upload",
+        )
     return MaskPeers(me, bytes(state["seed"]), bytes(state["s-sk"]), live, alive_ids)
 
 
@@ -206,7 +239,7 @@ def masked_reply(
     msg: Message, context: Context, vector: np.ndarray, metrics: MetricRecord | None = None
 ) -> Message:
     """Stage 3's reply to the train message: ``vector`` masked and packed to m bits."""
-    record = msg.content[SECAGG_RECORD_KEY]
+    record = _server_record(msg)
     spec = SecAggVectorSpec.from_config(record)
     payload = spec.pack(mask_vector(vector, record, context))
     return masked_message(msg, context, payload, int(vector.size), metrics)
@@ -215,8 +248,13 @@ def masked_reply(
 def masked_message(
     msg: Message, context: Context, payload: bytes, count: int, metrics: MetricRecord | None
 ) -> Message:
-    """The reply carrying a masked upload of ``count`` values (``upload-bytes`` set)."""
-    record = msg.content[SECAGG_RECORD_KEY]
+    """The reply carrying a masked upload of ``count`` values (``upload-bytes`` set).
+
+    ``metrics`` keeps its per-client values (train-loss, clipped-fraction, partition-id) only
+    when the round's record opts in (``share-metrics``): secure aggregation promises the
+    server the sum alone, and a plaintext loss or partition id next to a masked upload says
+    more about one client than the sum does."""
+    record = _server_record(msg)
     info = ConfigRecord(
         {
             "stage": STAGE_MASKED,
@@ -230,6 +268,8 @@ def masked_message(
         {UPDATE_RECORD_KEY: ConfigRecord({PAYLOAD_FIELD: payload}), SECAGG_RECORD_KEY: info}
     )
     if metrics is not None:
+        if not field_flag(record, SHARE_METRICS_FIELD):
+            metrics = MetricRecord({k: v for k, v in metrics.items() if k not in PRIVATE_METRICS})
         metrics["upload-bytes"] = len(payload)
         content["metrics"] = metrics
     return Message(content=content, reply_to=msg)
@@ -244,12 +284,12 @@ def _outcome_consistent(survivors: frozenset, dropped: frozenset, alive: frozens
 
 def unmask(msg: Message, context: Context, agree: Agreement = agree_each) -> Message:
     """Stage 4: open relayed shares, release one share per neighbour, then forget the secrets."""
-    record = msg.content[SECAGG_RECORD_KEY]
+    record = _server_record(msg)
     state = context.state.get(STATE_KEY)
     _check(record, state, "unmask", before="masked")
     me = context.node_id
-    survivors = id_set(bytes(record["survivors"]))
-    dropped = id_set(bytes(record["dropped"]))
+    survivors = id_set(field_bytes(record, "survivors", most=8 * MAX_NODES))
+    dropped = id_set(field_bytes(record, "dropped", most=8 * MAX_NODES))
     alive = id_set(bytes(state["alive"]))
     threshold = int(state["threshold"])
     if not _outcome_consistent(survivors, dropped, alive) or me not in survivors:
@@ -270,8 +310,8 @@ def unmask(msg: Message, context: Context, agree: Agreement = agree_each) -> Mes
             strict=True,
         )
     )
-    senders = node_ids(bytes(record["from"]))
-    sealed = chunks(bytes(record["sealed"]), SEALED_SHARE_BYTES, len(senders), "sealed shares")
+    senders = field_ids(record, "from", most=len(neighbours))
+    sealed = chunks(field_bytes(record, "sealed"), SEALED_SHARE_BYTES, len(senders), "sealed")
     seed_of, key_of, refused = [], [], []
     seed_shares, key_shares = [], []
     known = [j for j in senders if j in pk_c and (j in survivors or j in dropped)]

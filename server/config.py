@@ -89,6 +89,7 @@ class RunSettings:
     secagg_bits: int = 8  # quantization levels 2^bits - 1 on one shared grid
     secagg_clip: float = 1.0  # each update coordinate is clipped to [-clip, clip]
     secagg_max_weight: int = 256  # a client's weight is min(num-examples, this)
+    secagg_share_metrics: bool = False  # masked uploads also carry train-loss, partition-id...
     dropout_rate: float = 0.0  # simulation: fraction of clients vanishing after key sharing
 
     def __post_init__(self) -> None:
@@ -184,6 +185,7 @@ class RunSettings:
             clip=self.secagg_clip,
             max_weight=self.secagg_max_weight,
             timeout=self.round_timeout,
+            share_metrics=self.secagg_share_metrics,
         )
 
     def compression(self) -> CompressionSettings:

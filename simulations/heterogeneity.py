@@ -33,6 +33,7 @@ from flwr.serverapp import Grid
 
 from strategies.sampling import UNKNOWN_PARTITION, query_partitions, reported_partition
 from wire import POOLING_CONFIG_KEY
+from wire.secagg_protocol import SECAGG_RECORD_KEY
 
 
 class HeterogeneityError(ValueError):
@@ -160,7 +161,8 @@ class HeterogeneousGrid:
         messages = list(messages)
         train = [m for m in messages if m.metadata.message_type == MessageType.TRAIN]
         clock, unknown = RoundClock(), False
-        if train and self.model.availability < 1:
+        # masked (secure) replies carry no partition-id: the nodes' QUERY answers tell it
+        if train and (self.model.availability < 1 or SECAGG_RECORD_KEY in train[0].content):
             self._ask_partitions([m.metadata.dst_node_id for m in train])
             offline = {id(m) for m in train if not self._online(m)}
             clock.offline = len(offline)
@@ -233,7 +235,7 @@ class HeterogeneousGrid:
         """Simulated seconds of this client's round, or None when it is offline."""
         metrics = next((v for v in reply.content.values() if isinstance(v, MetricRecord)), None)
         metrics = metrics or MetricRecord()
-        pid = int(metrics.get("partition-id", -1))
+        pid = int(metrics.get("partition-id", self._partition(request)))
         config = request.content.get("config")
         server_round = int(config.get("server-round", 0)) if isinstance(config, ConfigRecord) else 0
         if not self.model.online(pid, server_round):

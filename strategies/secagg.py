@@ -25,22 +25,44 @@ from flwr.serverapp import Grid
 
 from strategies.stats import Rejection, RoundStats
 from wire import PAYLOAD_FIELD, UPDATE_RECORD_KEY, RejectReason, UpdateRejected
-from wire.secagg import KEY_BYTES, SHARE_BYTES, agree_each, combine_shares, mask_stream
+from wire.secagg import (
+    KEY_BYTES,
+    agree_each,
+    combine_shares,
+    mask_stream,
+    usable_public_key,
+)
 from wire.secagg_protocol import (
     MASK_PURPOSE,
-    SEALED_SHARE_BYTES,
+    PRIVATE_METRICS,
     SECAGG_RECORD_KEY,
+    SHARE_METRICS_FIELD,
     STAGE_KEYS,
     STAGE_MASKED,
     STAGE_SHARES,
     STAGE_UNMASK,
-    chunks,
+    check_graph,
+    field_bytes,
+    harary_neighbours,
+    harary_offsets,
     ids_bytes,
-    node_ids,
+    shares_reply,
+    threshold_core,
+    unmask_reply,
 )
 from wire.secagg_vector import SecAggVectorSpec
 
 log = logging.getLogger(__name__)
+
+__all__ = [
+    "SecAggFailed",
+    "SecAggSession",
+    "SecAggSettings",
+    "harary_neighbours",
+    "harary_offsets",
+    "secure_mean_reply",
+    "threshold_core",
+]
 
 
 class SecAggFailed(RuntimeError):
@@ -51,7 +73,9 @@ class SecAggFailed(RuntimeError):
 class SecAggSettings:
     """``degree`` 0: every other client up to 24, else 3 log2(N) neighbours (O(log N) as in
     Bell et al.; small federations get a complete graph, which survives 30% dropouts);
-    ``threshold`` 0: half the degree + 1."""
+    ``threshold`` 0: half the degree + 1. ``share_metrics``: masked uploads also carry the
+    client's plaintext train-loss, clipped-fraction and partition-id (off: only the sum is
+    learnt, as secure aggregation promises)."""
 
     degree: int = 0
     threshold: int = 0
@@ -59,12 +83,17 @@ class SecAggSettings:
     clip: float = 1.0
     max_weight: int = 256
     timeout: float = 600.0
+    share_metrics: bool = False
 
     def graph(self, clients: int) -> tuple[int, int]:
         """(degree, threshold) for ``clients`` nodes; a threshold must exceed half the degree.
 
         An automatic degree is kept between an explicit threshold t and 2t - 1, so the pair
-        stays valid; raises ValueError when no valid pair exists for ``clients``.
+        stays valid. A degree-regular graph on an odd number of nodes needs an even degree
+        (the handshake lemma: degree x nodes is twice the edges), so an odd degree with an odd
+        ``clients`` becomes the even degree next to it that keeps the threshold valid (one
+        above when it can: more holders per secret). Raises ValueError when no valid pair
+        exists for ``clients`` (fewer than 3, or a threshold the degree cannot carry).
         """
         most = clients - 1
         degree = self.degree
@@ -73,41 +102,28 @@ class SecAggSettings:
             if self.threshold:
                 degree = min(max(degree, self.threshold), 2 * self.threshold - 1)
         degree = min(degree, most)
+        if degree * clients % 2:
+            for even in (degree + 1, degree - 1):
+                t = self.threshold or even // 2 + 1
+                if even <= most and even // 2 < t <= even:
+                    degree = even
+                    break
         threshold = self.threshold or degree // 2 + 1
-        if not degree // 2 < threshold <= degree:
-            raise ValueError(
-                f"secure-aggregation threshold {threshold} must be above half the degree "
-                f"({degree}) and at most the degree (with {clients} clients)"
-            )
+        try:
+            check_graph(degree, threshold)
+        except ValueError as err:
+            raise ValueError(f"{err} (with {clients} clients)") from None
         return degree, threshold
-
-
-def harary_neighbours(nodes: list[int], degree: int, rng: np.random.Generator) -> dict[int, list]:
-    """Each node's neighbours on a Harary graph H(degree, n) over a random order of ``nodes``.
-
-    An odd degree adds the diametric neighbour on an even ring (Harary 1962); with
-    ``degree >= n - 1`` the graph is complete.
-    """
-    n = len(nodes)
-    order = [nodes[i] for i in rng.permutation(n)]
-    links: dict[int, set[int]] = {v: set() for v in nodes}
-    if degree >= n - 1:
-        return {v: sorted(set(nodes) - {v}) for v in nodes}
-    for pos, v in enumerate(order):
-        for step in range(1, degree // 2 + 1):
-            u = order[(pos + step) % n]
-            links[v].add(u)
-            links[u].add(v)
-        if degree % 2:
-            u = order[(pos + n // 2) % n]
-            links[v].add(u)
-            links[u].add(v)
-    return {v: sorted(s) for v, s in links.items()}
 
 
 @dataclass
 class SecAggSession:
-    """One round of the protocol. ``setup`` before training, ``aggregate`` after it."""
+    """One round of the protocol. ``setup`` before training, ``aggregate`` after it.
+
+    Whatever a client sends, these methods raise nothing but :class:`SecAggFailed` (the round
+    cannot finish): a malformed, oversized, replayed or inconsistent reply is that client's
+    rejection, logged and counted, and the client leaves the round (Bonawitz et al. CCS 2017
+    §4: the protocol treats a deviating client as one that dropped out)."""
 
     settings: SecAggSettings
     server_round: int
@@ -139,6 +155,8 @@ class SecAggSession:
         valid: dict[int, ConfigRecord] = {}
         for reply in self.grid.send_and_receive(messages, timeout=self.settings.timeout):
             node = reply.metadata.src_node_id
+            if node not in records or node in valid:
+                continue  # not asked, or answered twice: the first answer stands
             if reply.has_error():
                 self.stats.failures.append(Rejection(node, "client-error", reply.error.reason))
                 log.warning("secure aggregation %s: node %d failed: %s", stage, node, reply.error)
@@ -157,17 +175,19 @@ class SecAggSession:
         if record.get("node-id") != str(reply.metadata.src_node_id):
             raise UpdateRejected(
                 RejectReason.IDENTITY_MISMATCH,
-                f"claims to be node {record.get('node-id')} but comes from node "
+                f"claims to be node {record.get('node-id')!r:.40} but comes from node "
                 f"{reply.metadata.src_node_id}",
             )
+        answered = record.get("round")
         if (
             record.get("stage") != stage
-            or record.get("round") != self.server_round
+            or type(answered) is not int  # a bool or a float equal to the round is not one
+            or answered != self.server_round
             or record.get("nonce") != self.nonce
         ):
             raise UpdateRejected(
                 RejectReason.REPLAYED,
-                f"answers stage {record.get('stage')!r} of round {record.get('round')}, "
+                f"answers stage {record.get('stage')!r:.40} of round {answered!r:.40}, "
                 f"not stage {stage!r} of this round's session {self.server_round}",
             )
         return record
@@ -183,24 +203,24 @@ class SecAggSession:
         keys = self._ask(STAGE_KEYS, {v: self._record() for v in nodes})
         pk_c: dict[int, bytes] = {}
         for node, record in keys.items():
-            c, s = record.get("pk-c"), record.get("pk-s")
-            if not (isinstance(c, bytes) and isinstance(s, bytes)) or {len(c), len(s)} != {
-                KEY_BYTES
-            }:
-                self.reject(
-                    node,
-                    UpdateRejected(RejectReason.LENGTH_MISMATCH, "public keys must be 32 bytes"),
-                    STAGE_KEYS,
-                )
+            try:
+                c = field_bytes(record, "pk-c", size=KEY_BYTES)
+                s = field_bytes(record, "pk-s", size=KEY_BYTES)
+                if not (usable_public_key(c) and usable_public_key(s)):
+                    raise UpdateRejected(
+                        RejectReason.BAD_SECAGG,
+                        "a public key is a low-order X25519 point (e.g. all zeros): every "
+                        "neighbour's key agreement with it would fail",
+                    )
+            except UpdateRejected as err:
+                self.reject(node, err, STAGE_KEYS)
                 continue
             pk_c[node], self.pk_s[node] = c, s
         ready = sorted(pk_c)
-        if len(ready) < 2:
-            raise SecAggFailed(f"{len(ready)} clients advertised keys; at least 2 are needed")
         try:
             degree, self.threshold = self.settings.graph(len(ready))
         except ValueError as err:
-            raise SecAggFailed(str(err)) from None
+            raise SecAggFailed(f"{len(ready)} clients advertised keys: {err}") from None
         self.neighbours = harary_neighbours(ready, degree, rng)
         requests = {
             v: self._record(
@@ -213,24 +233,27 @@ class SecAggSession:
             )
             for v in ready
         }
-        shares = self._ask(STAGE_SHARES, requests)
-        for node, record in shares.items():
+        shared: list[int] = []
+        for node, record in self._ask(STAGE_SHARES, requests).items():
             try:
-                to = node_ids(bytes(record["to"]))
-                if to != self.neighbours[node]:
-                    raise UpdateRejected(RejectReason.BAD_SECAGG, "shares for other nodes")
-                boxes = chunks(bytes(record["sealed"]), SEALED_SHARE_BYTES, len(to), "sealed")
-            except (UpdateRejected, KeyError) as err:
-                if isinstance(err, KeyError):
-                    err = UpdateRejected(RejectReason.BAD_SECAGG, f"missing field {err}")
+                boxes = shares_reply(record, self.neighbours[node])
+            except UpdateRejected as err:
                 self.reject(node, err, STAGE_SHARES)
-                continue
-            for dst, box in zip(to, boxes, strict=True):
+                continue  # a refused client leaves the round: it is not in the alive set
+            for dst, box in boxes.items():
                 self.sealed.setdefault(dst, {})[node] = box
-        self.alive = sorted(shares)
+            shared.append(node)
+        self.alive = threshold_core(self.neighbours, shared, self.threshold)
+        for node in sorted(set(shared) - set(self.alive)):
+            self.stats.failures.append(
+                Rejection(
+                    node, "secagg-isolated", "fewer neighbours than the threshold shared keys"
+                )
+            )
         if len(self.alive) < self.threshold:
             raise SecAggFailed(
-                f"{len(self.alive)} clients shared keys, below the threshold {self.threshold}"
+                f"{len(self.alive)} clients shared keys with enough neighbours, below the "
+                f"threshold {self.threshold}"
             )
         self.spec = SecAggVectorSpec(
             bits=self.settings.bits,
@@ -238,12 +261,14 @@ class SecAggSession:
             max_weight=self.settings.max_weight,
             clients=len(self.alive),
         )
-        return self._record(alive=ids_bytes(self.alive), **self.spec.as_config())
+        optin = {SHARE_METRICS_FIELD: True} if self.settings.share_metrics else {}
+        return self._record(alive=ids_bytes(self.alive), **self.spec.as_config(), **optin)
 
     # ----------------------------------------------------------------- stages 3-4
     def aggregate(self, replies: Iterable[Message], count: int) -> np.ndarray:
         """Sum the masked uploads and unmask the total: the plain sum of the clients' vectors."""
-        assert self.spec is not None, "setup() first"
+        if self.spec is None:
+            raise SecAggFailed("no secure-aggregation setup for this round")
         total = np.zeros(count, dtype=np.uint32)
         survivors: list[int] = []
         seen: set[int] = set()  # survivors, for O(1) repeat checks
@@ -257,14 +282,16 @@ class SecAggSession:
                 self.check(reply, STAGE_MASKED)
                 if node not in alive or node in seen:
                     raise UpdateRejected(RejectReason.BAD_SECAGG, "not in this round's alive set")
-                payload = reply.content[UPDATE_RECORD_KEY][PAYLOAD_FIELD]
-                self.stats.upload_bytes.append(len(payload))
+                update = reply.content.get(UPDATE_RECORD_KEY)
+                if not isinstance(update, ConfigRecord):
+                    raise UpdateRejected(RejectReason.MISSING_PAYLOAD, "no masked upload record")
+                payload = field_bytes(update, PAYLOAD_FIELD)
+                self._check_metrics(reply)
                 total += self.spec.unpack(payload, count)  # masked: wrap-around is the point
-            except (UpdateRejected, KeyError, TypeError) as err:
-                if not isinstance(err, UpdateRejected):
-                    err = UpdateRejected(RejectReason.MISSING_PAYLOAD, f"malformed reply: {err}")
+            except UpdateRejected as err:
                 self.reject(node, err, STAGE_MASKED)
                 continue
+            self.stats.upload_bytes.append(len(payload))
             survivors.append(node)
             seen.add(node)
         if len(survivors) < self.threshold:
@@ -274,14 +301,43 @@ class SecAggSession:
         dropped = sorted(alive - set(survivors))
         self._unmask(total, sorted(survivors), dropped)
         total &= np.uint32(self.spec.modulus_mask)
+        self._check_sum(self.spec, total, len(survivors))
         self.stats.accepted = len(survivors)
         return total
 
+    def _check_metrics(self, reply: Message) -> None:
+        """A masked reply's plaintext metrics, when the round opted in to them, are finite
+        numbers (else the client is rejected); without the opt-in the server reads none."""
+        metrics = reply.content.get("metrics")
+        if metrics is None or not self.settings.share_metrics:
+            return
+        if not isinstance(metrics, MetricRecord):
+            raise UpdateRejected(RejectReason.BAD_SECAGG, "'metrics' is not a MetricRecord")
+        for key in PRIVATE_METRICS:
+            if key in metrics and finite_number(metrics[key]) is None:
+                raise UpdateRejected(
+                    RejectReason.BAD_SECAGG, f"metric {key!r} is not a finite number"
+                )
+
+    @staticmethod
+    def _check_sum(spec: SecAggVectorSpec, total: np.ndarray, uploads: int) -> None:
+        """Honest vectors sum to a weight in [1, uploads x max-weight] and coordinates at most
+        weight x levels; a client that masked values off the grid is caught here (not who)."""
+        weight = int(total[-1])
+        if not 1 <= weight <= uploads * spec.max_weight or (
+            total.size > 1 and int(total[:-1].max()) > weight * spec.levels
+        ):
+            raise SecAggFailed(
+                "the unmasked sum is off the shared grid (a client masked values outside "
+                "[0, weight x levels] or a false weight); the round is not used"
+            )
+
     def _unmask(self, total: np.ndarray, survivors: list[int], dropped: list[int]) -> None:
-        requests = {}
+        requests, senders_of = {}, {}
         survivor_ids, dropped_ids = ids_bytes(survivors), ids_bytes(dropped)  # once, not per node
+        known = set(survivors) | set(dropped)
         for v in survivors:
-            senders = sorted(self.sealed.get(v, {}))
+            senders_of[v] = senders = sorted(u for u in self.sealed.get(v, {}) if u in known)
             requests[v] = self._record(
                 survivors=survivor_ids,
                 dropped=dropped_ids,
@@ -291,28 +347,20 @@ class SecAggSession:
         answers = self._ask(STAGE_UNMASK, requests)
         seed_shares: dict[int, dict[int, bytes]] = {}
         key_shares: dict[int, dict[int, bytes]] = {}
+        owners_of = {"seed": set(survivors), "key": set(dropped)}
         for holder, record in answers.items():
             try:
-                for field_ids, field_shares, into in (
-                    ("seed-of", "seed-shares", seed_shares),
-                    ("key-of", "key-shares", key_shares),
-                ):
-                    owners = node_ids(bytes(record[field_ids]))
-                    shares = chunks(
-                        bytes(record[field_shares]), SHARE_BYTES, len(owners), field_ids
-                    )
-                    for owner, share in zip(owners, shares, strict=True):
-                        if holder not in self.neighbours.get(owner, ()):
-                            raise UpdateRejected(RejectReason.BAD_SECAGG, "not a neighbour's share")
-                        into.setdefault(owner, {})[self.neighbours[owner].index(holder)] = share
-                for src in node_ids(bytes(record.get("refused", b""))):
-                    self.stats.rejected.append(
-                        Rejection(src, RejectReason.SHARE_TAMPERED.value, f"refused by {holder}")
-                    )
-            except (UpdateRejected, KeyError) as err:
-                if isinstance(err, KeyError):
-                    err = UpdateRejected(RejectReason.BAD_SECAGG, f"missing field {err}")
-                self.reject(holder, err, STAGE_UNMASK)
+                opened = unmask_reply(record, senders_of[holder], owners_of)
+            except UpdateRejected as err:
+                self.reject(holder, err, STAGE_UNMASK)  # none of its shares is used
+                continue
+            for kind, into in (("seed", seed_shares), ("key", key_shares)):
+                for owner, share in opened[kind]:
+                    into.setdefault(owner, {})[self.neighbours[owner].index(holder)] = share
+            for src in opened["refused"]:
+                self.stats.rejected.append(
+                    Rejection(src, RejectReason.SHARE_TAMPERED.value, f"refused by {holder}")
+                )
         for owner in survivors:
             seed = self._reconstruct(seed_shares, owner, "self-mask seed")
             total -= mask_stream(seed, total.size)
@@ -335,20 +383,35 @@ class SecAggSession:
                 f"the {what} of node {owner} has {len(held)} shares, below the threshold "
                 f"{self.threshold}"
             )
-        return combine_shares(held, self.threshold)
+        try:
+            return combine_shares(held, self.threshold)
+        except UpdateRejected as err:  # shares that are not one polynomial's: a lying holder
+            raise SecAggFailed(f"the {what} of node {owner} cannot be rebuilt: {err}") from None
+
+
+def finite_number(value: object) -> float | None:
+    """``value`` as a float if it is an int or float (not a bool) and finite, else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
 
 
 def secure_mean_reply(
     replies: list[Message], model: dict[str, np.ndarray], weight_key: str, weight: float
 ) -> Message:
     """The first surviving masked reply, now holding the unmasked weighted mean ``model`` of
-    total ``weight``, with the survivors' mean train loss: the one reply a mean strategy needs."""
+    total ``weight``, with the survivors' mean train loss when they shared it (opt-in
+    ``share_metrics``; a value that is not a finite number is left out): the one reply a mean
+    strategy needs."""
     survivors = [m for m in replies if not m.has_error() and SECAGG_RECORD_KEY in m.content]
-    losses = [
-        float(m.content["metrics"]["train-loss"])
-        for m in survivors
-        if "metrics" in m.content and "train-loss" in m.content["metrics"]
-    ]
+    losses = []
+    for m in survivors:
+        metrics = m.content.get("metrics")
+        if isinstance(metrics, MetricRecord) and "train-loss" in metrics:
+            loss = finite_number(metrics["train-loss"])
+            if loss is not None:
+                losses.append(loss)
     metrics = MetricRecord({weight_key: weight})
     if losses:
         metrics["train-loss"] = float(np.mean(losses))

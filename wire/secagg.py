@@ -63,7 +63,8 @@ def new_seed() -> bytes:
 def agree(private: bytes, peer_public: bytes, purpose: bytes) -> bytes:
     """The 32-byte key two nodes derive from X25519 and HKDF-SHA256; ``purpose`` separates uses.
 
-    Raises :class:`UpdateRejected` (bad-secagg) for a public key that is not 32 bytes.
+    Raises :class:`UpdateRejected` (bad-secagg) for a public key that is not 32 bytes or is a
+    low-order point (all zeros, ...), whose exchange would give the all-zero secret.
     """
     return agree_each(private, [peer_public], purpose)[0]
 
@@ -80,10 +81,40 @@ def agree_each(private: bytes, peer_publics: list[bytes], purpose: bytes) -> lis
     key = X25519PrivateKey.from_private_bytes(private)
     return [
         HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=purpose).derive(
-            key.exchange(X25519PublicKey.from_public_bytes(peer_public))
+            _exchange(key, peer_public)
         )
         for peer_public in peer_publics
     ]
+
+
+def _exchange(key: X25519PrivateKey, peer_public: bytes) -> bytes:
+    try:
+        return key.exchange(X25519PublicKey.from_public_bytes(peer_public))
+    except ValueError:  # a low-order point: the shared secret would be all zeros
+        raise UpdateRejected(
+            RejectReason.BAD_SECAGG,
+            f"public key {peer_public.hex()[:16]}... is a low-order X25519 point (its exchange "
+            "gives the all-zero secret): it cannot key a share or a mask",
+        ) from None
+
+
+# Any fixed scalar detects a low-order point: X25519 clamps every scalar to a multiple of the
+# cofactor 8, so for a point of order dividing 8 every exchange gives the identity (RFC 7748
+# §6.1 says to check for the all-zero output, which ``cryptography`` turns into ValueError).
+_PROBE = X25519PrivateKey.from_private_bytes(bytes(range(1, KEY_BYTES + 1)))  # not a secret
+
+
+def usable_public_key(peer_public: object) -> bool:
+    """True when ``peer_public`` is 32 bytes and an X25519 exchange with it succeeds (not a
+    low-order point such as all zeros): what the server checks of each advertised key, so a
+    bad key is its sender's fault at setup, not its honest neighbours' later."""
+    if not isinstance(peer_public, bytes) or len(peer_public) != KEY_BYTES:
+        return False
+    try:
+        _PROBE.exchange(X25519PublicKey.from_public_bytes(peer_public))
+    except ValueError:
+        return False
+    return True
 
 
 def encrypt(key: bytes, plaintext: bytes, associated: bytes) -> bytes:
@@ -142,14 +173,23 @@ def split_secret(secret: bytes, threshold: int, holders: int) -> list[bytes]:
     return shares
 
 
+def share_in_field(share: bytes) -> bool:
+    """A share as :func:`split_secret` makes them: 33 bytes, an element below the prime."""
+    return len(share) == SHARE_BYTES and int.from_bytes(share, "big") < SHAMIR_PRIME
+
+
 def combine_shares(shares: Mapping[int, bytes], threshold: int) -> bytes:
     """The secret from ``threshold`` shares keyed by holder position (0-based): Lagrange at 0."""
     if len(shares) < threshold:
         raise ValueError(f"{len(shares)} shares, {threshold} needed")
     points = []
     for position, share in sorted(shares.items())[:threshold]:
+        if not isinstance(share, bytes) or len(share) != SHARE_BYTES:
+            raise UpdateRejected(
+                RejectReason.BAD_SECAGG, f"a share must be a {SHARE_BYTES}-byte element"
+            )
         y = int.from_bytes(share, "big")
-        if len(share) != SHARE_BYTES or y >= SHAMIR_PRIME:
+        if y >= SHAMIR_PRIME:
             raise UpdateRejected(
                 RejectReason.BAD_SECAGG,
                 f"a share must be a {SHARE_BYTES}-byte element below the field prime",

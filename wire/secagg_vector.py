@@ -116,12 +116,24 @@ class SecAggVectorSpec:
 
     @classmethod
     def from_config(cls, config: Mapping[str, object]) -> SecAggVectorSpec:
-        return cls(
-            bits=int(config["bits"]),  # type: ignore[arg-type]
-            clip=float(config["clip"]),  # type: ignore[arg-type]
-            max_weight=int(config["max-weight"]),  # type: ignore[arg-type]
-            clients=int(config["clients"]),  # type: ignore[arg-type]
-        )
+        """The spec the server sent; a missing field, a value of the wrong type (a bool, a
+        float for an int, a list) or out of range is :class:`UpdateRejected` (bad-secagg)."""
+        values = {}
+        for key, kind in (("bits", int), ("clip", float), ("max-weight", int), ("clients", int)):
+            value = config.get(key)
+            if isinstance(value, bool) or not isinstance(
+                value, (int, float) if kind is float else int
+            ):
+                raise UpdateRejected(
+                    RejectReason.BAD_SECAGG,
+                    f"secure-aggregation field {key!r} must be {kind.__name__}, got "
+                    f"{type(value).__name__}",
+                )
+            values[key.replace("-", "_")] = kind(value)
+        try:
+            return cls(**values)
+        except ValueError as err:
+            raise UpdateRejected(RejectReason.BAD_SECAGG, str(err)) from None
 
 
 def flatten_kept(

@@ -10,7 +10,7 @@ from simulations.runner import SimulationSettings, simulate
 CLIENTS = 8
 
 
-def _run(engine, out, **run):
+def _run(engine, out, sim=None, **run):
     settings = SimulationSettings(
         run=RunSettings(
             num_server_rounds=2,
@@ -22,6 +22,7 @@ def _run(engine, out, **run):
         clients=CLIENTS,
         out_dir=out,
         engine=engine,
+        **(sim or {}),
     )
     simulate(settings)
     with np.load(out / MODEL_FILE) as saved:
@@ -77,3 +78,22 @@ def test_pruned_secure_updates_send_only_kept_coordinates(tmp_path):
         assert row["sparsity"] == pytest.approx(0.5, abs=0.01)
         assert row["upload_bytes_per_client"] == -(-(kept + 1) * 19 // 8)
     assert rows[-1]["accuracy"] > rows[0]["accuracy"] + 0.3
+
+
+def test_masked_uploads_share_no_per_client_metrics_unless_the_run_opts_in(tmp_path):
+    """B6: by default the server learns the sum and nothing per client (no train-loss)."""
+    _, rows = _run("batched", tmp_path / "private")
+    assert all("train_train-loss" not in row for row in rows[1:])
+    _, rows = _run("batched", tmp_path / "shared", secagg_share_metrics=True)
+    assert all(np.isfinite(row["train_train-loss"]) for row in rows[1:])
+
+
+def test_device_heterogeneity_finds_partitions_without_them_in_masked_uploads(tmp_path):
+    """The virtual clock's tiers and availability need each client's partition: with masked
+    uploads carrying none, the nodes' QUERY answers give it."""
+    sim = {"device_tiers": "default", "availability": 0.7}
+    _, rows = _run("batched", tmp_path / "tiers", sim, secagg_degree=7)
+    for row in rows[1:]:
+        assert "secagg_failure" not in row
+        assert row["accepted_updates"] == CLIENTS - row["offline_clients"] > 0
+        assert row["simulated_round_s"] > 0

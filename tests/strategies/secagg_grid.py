@@ -14,8 +14,11 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from client_sdk import secagg
+from strategies.secagg import SecAggSession, SecAggSettings
+from strategies.stats import RoundStats
 from wire import UpdateRejected
 from wire.secagg_protocol import SECAGG_RECORD_KEY, STAGE_KEYS, STAGE_SHARES, STAGE_UNMASK
+from wire.secagg_vector import SecAggVectorSpec
 
 HANDLERS = {
     STAGE_KEYS: secagg.advertise_keys,
@@ -67,3 +70,36 @@ class SecAggGrid:
 
     def _train(self, msg: Message, context: Context) -> Message:
         return secagg.masked_reply(msg, context, self.vectors[context.node_id])
+
+
+SIZE = 2_000
+
+
+def vectors_for(n: int, spec: SecAggVectorSpec, seed: int = 0) -> dict[int, np.ndarray]:
+    """Plain client vectors as the SDK builds them: w * q then w."""
+    rng = np.random.default_rng(seed)
+    nodes = sorted({int(v) + 2**63 for v in rng.integers(1, 2**62, size=n)})  # big Flower ids
+    out = {}
+    for node in nodes:
+        weight = int(rng.integers(1, spec.max_weight + 1))
+        flat = rng.normal(0, 0.3, size=SIZE - 1).astype(np.float32)
+        out[node], _ = spec.quantize(flat, weight, rng)
+    return out
+
+
+def run_round(grid: SecAggGrid, settings: SecAggSettings, server_round: int = 1):
+    stats = RoundStats(server_round=server_round)
+    session = SecAggSession(settings, server_round, grid, stats)
+    record = session.setup(grid.get_node_ids(), np.random.default_rng(server_round))
+    replies = grid.send_and_receive(
+        [m for m in grid.train_messages(record) if m.metadata.dst_node_id in session.alive]
+    )
+    return session, session.aggregate(replies, SIZE), stats
+
+
+def plain_sum(vectors, nodes, spec) -> np.ndarray:
+    total = np.zeros(SIZE, dtype=np.uint64)
+    for node in nodes:
+        total += vectors[node]
+    assert total.max() <= spec.modulus_mask  # the stated bound: no wrap-around
+    return total.astype(np.uint32)

@@ -5,80 +5,46 @@ import pytest
 from flwr.app import ConfigRecord, Message, RecordDict
 from scipy import stats as scipy_stats
 
-from strategies.secagg import SecAggFailed, SecAggSession, SecAggSettings, harary_neighbours
-from strategies.stats import RoundStats
-from tests.strategies.secagg_grid import SecAggGrid
+from strategies.secagg import SecAggFailed, SecAggSettings, harary_neighbours
+from tests.strategies.secagg_grid import SecAggGrid, plain_sum, run_round, vectors_for
 from wire import PAYLOAD_FIELD, UPDATE_RECORD_KEY
 from wire.secagg_protocol import SECAGG_RECORD_KEY, STAGE_SHARES, STAGE_UNMASK, ids_bytes
 from wire.secagg_vector import SecAggVectorSpec
-
-SIZE = 2_000
-
-
-def _vectors(n: int, spec: SecAggVectorSpec, seed: int = 0) -> dict[int, np.ndarray]:
-    """Plain client vectors as the SDK builds them: w * q then w."""
-    rng = np.random.default_rng(seed)
-    nodes = sorted({int(v) + 2**63 for v in rng.integers(1, 2**62, size=n)})  # big Flower ids
-    out = {}
-    for node in nodes:
-        weight = int(rng.integers(1, spec.max_weight + 1))
-        flat = rng.normal(0, 0.3, size=SIZE - 1).astype(np.float32)
-        out[node], _ = spec.quantize(flat, weight, rng)
-    return out
-
-
-def _round(grid: SecAggGrid, settings: SecAggSettings, server_round: int = 1):
-    stats = RoundStats(server_round=server_round)
-    session = SecAggSession(settings, server_round, grid, stats)
-    record = session.setup(grid.get_node_ids(), np.random.default_rng(server_round))
-    replies = grid.send_and_receive(
-        [m for m in grid.train_messages(record) if m.metadata.dst_node_id in session.alive]
-    )
-    return session, session.aggregate(replies, SIZE), stats
-
-
-def _plain_sum(vectors, nodes, spec) -> np.ndarray:
-    total = np.zeros(SIZE, dtype=np.uint64)
-    for node in nodes:
-        total += vectors[node]
-    assert total.max() <= spec.modulus_mask  # the stated bound: no wrap-around
-    return total.astype(np.uint32)
-
 
 SPEC = SecAggVectorSpec(bits=8, clip=1.0, max_weight=64, clients=10)
 
 
 @pytest.mark.parametrize("degree", [0, 4, 9])
 def test_unmasked_sum_equals_the_plain_sum_bit_for_bit(degree):
-    vectors = _vectors(10, SPEC)
+    vectors = vectors_for(10, SPEC)
     grid = SecAggGrid(vectors)
-    _, total, stats = _round(grid, SecAggSettings(degree=degree, bits=8, max_weight=64))
-    assert np.array_equal(total, _plain_sum(vectors, vectors, SPEC))
+    _, total, stats = run_round(grid, SecAggSettings(degree=degree, bits=8, max_weight=64))
+    assert np.array_equal(total, plain_sum(vectors, vectors, SPEC))
     assert stats.accepted == 10 and not stats.rejected and not grid.client_errors
 
 
 @pytest.mark.parametrize("degree", [0, 8, 9])  # 0: the complete graph for N = 10
 def test_bit_for_bit_when_30_percent_drop_after_sharing_keys(degree):
-    vectors = _vectors(10, SPEC, seed=1)
+    vectors = vectors_for(10, SPEC, seed=1)
     grid = SecAggGrid(vectors)
     gone = set(list(vectors)[:3])
     grid.drop_at_train = gone
-    _, total, stats = _round(grid, SecAggSettings(degree=degree, bits=8, max_weight=64))
+    _, total, stats = run_round(grid, SecAggSettings(degree=degree, bits=8, max_weight=64))
     survivors = [v for v in vectors if v not in gone]
-    assert np.array_equal(total, _plain_sum(vectors, survivors, SPEC))
+    assert np.array_equal(total, plain_sum(vectors, survivors, SPEC))
     assert stats.accepted == 7
 
 
 def test_below_the_threshold_the_round_fails_with_a_reason():
-    vectors = _vectors(10, SPEC, seed=2)
+    vectors = vectors_for(10, SPEC, seed=2)
     grid = SecAggGrid(vectors)
     grid.drop_at_train = set(list(vectors)[:6])  # 4 survivors, threshold 5 of 8 neighbours
     with pytest.raises(SecAggFailed, match="below the threshold"):
-        _round(grid, SecAggSettings(degree=8, threshold=5, bits=8, max_weight=64))
+        run_round(grid, SecAggSettings(degree=8, threshold=5, bits=8, max_weight=64))
 
 
 def test_a_masked_upload_looks_uniform_and_the_server_never_sees_a_plain_vector(monkeypatch):
-    vectors = _vectors(10, SPEC, seed=3)
+    vectors = vectors_for(10, SPEC, seed=3)
     seen: list[np.ndarray] = []
     unpack = SecAggVectorSpec.unpack
 
@@ -89,8 +55,8 @@ def test_a_masked_upload_looks_uniform_and_the_server_never_sees_a_plain_vector(
 
     monkeypatch.setattr(SecAggVectorSpec, "unpack", spy)
     grid = SecAggGrid(vectors)
-    _, total, _ = _round(grid, SecAggSettings(bits=8, max_weight=64))
-    assert np.array_equal(total, _plain_sum(vectors, vectors, SPEC))
+    _, total, _ = run_round(grid, SecAggSettings(bits=8, max_weight=64))
+    assert np.array_equal(total, plain_sum(vectors, vectors, SPEC))
     assert len(seen) == 10
     m = SPEC.modulus_bits
     for values in seen:
@@ -117,20 +83,20 @@ def _flip_one_sealed_share(target: int):
 
 
 def test_a_tampered_share_is_refused_and_the_round_goes_on():
-    vectors = _vectors(10, SPEC, seed=4)
+    vectors = vectors_for(10, SPEC, seed=4)
     grid = SecAggGrid(vectors)
     grid.on_request = _flip_one_sealed_share(list(vectors)[0])
-    _, total, stats = _round(grid, SecAggSettings(degree=6, threshold=4, bits=8, max_weight=64))
-    assert np.array_equal(total, _plain_sum(vectors, vectors, SPEC))
+    _, total, stats = run_round(grid, SecAggSettings(degree=6, threshold=4, bits=8, max_weight=64))
+    assert np.array_equal(total, plain_sum(vectors, vectors, SPEC))
     assert [r.reason for r in stats.rejected] == ["share-tampered"]
 
 
 def test_replayed_wrong_length_and_impersonating_replies_are_rejected():
-    vectors = _vectors(10, SPEC, seed=5)
+    vectors = vectors_for(10, SPEC, seed=5)
     grid = SecAggGrid(vectors)
     nodes = list(vectors)
     # round 1 completes; its replies are kept for the replay
-    _round(grid, SecAggSettings(degree=6, threshold=4, bits=8, max_weight=64))
+    run_round(grid, SecAggSettings(degree=6, threshold=4, bits=8, max_weight=64))
     old_keys = {r.metadata.src_node_id: r for r in grid.replies[:10]}
 
     def attack(reply: Message) -> Message:
@@ -146,7 +112,9 @@ def test_replayed_wrong_length_and_impersonating_replies_are_rejected():
         return reply
 
     grid.on_reply = attack
-    _, total, stats = _round(grid, SecAggSettings(degree=6, threshold=4, bits=8, max_weight=64), 2)
+    _, total, stats = run_round(
+        grid, SecAggSettings(degree=6, threshold=4, bits=8, max_weight=64), 2
+    )
     reasons = {r.node_id: r.reason for r in stats.rejected}
     assert reasons == {
         nodes[0]: "replayed",
@@ -154,11 +122,11 @@ def test_replayed_wrong_length_and_impersonating_replies_are_rejected():
         nodes[2]: "identity-mismatch",
     }
     # nodes 0 and 2 left before training; node 1's masks were removed as a dropout's
-    assert np.array_equal(total, _plain_sum(vectors, nodes[3:], SPEC))
+    assert np.array_equal(total, plain_sum(vectors, nodes[3:], SPEC))
 
 
 def test_clients_refuse_an_inconsistent_unmask_request():
-    vectors = _vectors(10, SPEC, seed=7)
+    vectors = vectors_for(10, SPEC, seed=7)
     grid = SecAggGrid(vectors)
     nodes = list(vectors)
     outsider = ids_bytes([12345])
@@ -177,8 +145,8 @@ def test_clients_refuse_an_inconsistent_unmask_request():
         return msg
 
     grid.on_request = lie
-    _, total, _ = _round(grid, SecAggSettings(degree=9, threshold=5, bits=8, max_weight=64))
-    assert np.array_equal(total, _plain_sum(vectors, vectors, SPEC))  # 7 honest answers do
+    _, total, _ = run_round(grid, SecAggSettings(degree=9, threshold=5, bits=8, max_weight=64))
+    assert np.array_equal(total, plain_sum(vectors, vectors, SPEC))  # 7 honest answers do
     refused = sorted(e.split(":")[0] for e in grid.client_errors)
     assert refused == sorted(str(n) for n in nodes[:3])
     assert all("overlap, name nodes outside the round" in e for e in grid.client_errors)
@@ -193,7 +161,7 @@ def _request_of(reply: Message) -> Message:
 
 
 def test_clients_refuse_out_of_order_and_foreign_session_messages():
-    vectors = _vectors(4, SecAggVectorSpec(bits=8, max_weight=64, clients=4), seed=6)
+    vectors = vectors_for(4, SecAggVectorSpec(bits=8, max_weight=64, clients=4), seed=6)
     grid = SecAggGrid(vectors)
     node = next(iter(vectors))
     foreign = ConfigRecord({"round": 1, "nonce": b"x" * 16})
