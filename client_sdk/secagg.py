@@ -27,6 +27,14 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
+from client_sdk.secagg_auth import (
+    Identity,
+    SecAggConfigError,
+    check_neighbour_keys,
+    consistency_check,
+    identity,
+    signed_keys,
+)
 from wire import PAYLOAD_FIELD, UPDATE_RECORD_KEY, RejectReason, UpdateRejected
 from wire.secagg import (
     KEY_BYTES,
@@ -60,6 +68,7 @@ from wire.secagg_protocol import (
     ids_bytes,
     node_ids,
     share_context,
+    view_statement,
 )
 from wire.secagg_vector import SecAggVectorSpec
 
@@ -91,6 +100,13 @@ def _check(record: ConfigRecord, state: ConfigRecord | None, stage: str, before:
         )
 
 
+def _identity(context: Context) -> Identity:
+    mine = identity(context)
+    if mine is None:
+        raise SecAggConfigError("this node's signing keys disappeared during the round")
+    return mine
+
+
 def _reply(msg: Message, context: Context, fields: dict) -> Message:
     record = ConfigRecord(
         {
@@ -115,7 +131,8 @@ def advertise_keys(msg: Message, context: Context) -> Message:
     """Stage 1: fresh keys for this round; only the public halves leave the node."""
     record = _server_record(msg)
     c_sk, s_sk = new_private_key(), new_private_key()
-    context.state[STATE_KEY] = ConfigRecord(
+    mine = identity(context)
+    context.state[STATE_KEY] = state = ConfigRecord(
         {
             "stage": "keys",
             "round": field_int(record, "round", low=0, high=2**63 - 1),
@@ -125,7 +142,11 @@ def advertise_keys(msg: Message, context: Context) -> Message:
             "seed": new_seed(),
         }
     )
-    return _reply(msg, context, {"pk-c": public_key(c_sk), "pk-s": public_key(s_sk)})
+    keys = {"pk-c": public_key(c_sk), "pk-s": public_key(s_sk)}
+    if mine is not None:  # signed: see client_sdk.secagg_auth
+        state["signed"] = True
+        keys.update(signed_keys(mine, state, context.node_id, keys["pk-c"], keys["pk-s"]))
+    return _reply(msg, context, keys)
 
 
 def share_keys(msg: Message, context: Context, agree: Agreement = agree_each) -> Message:
@@ -147,6 +168,9 @@ def share_keys(msg: Message, context: Context, agree: Agreement = agree_each) ->
         raise UpdateRejected(RejectReason.BAD_SECAGG, f"refusing to share: {err}") from None
     pk_c = chunks(field_bytes(record, "pk-c"), KEY_BYTES, len(neighbours), "pk-c")
     pk_s = chunks(field_bytes(record, "pk-s"), KEY_BYTES, len(neighbours), "pk-s")
+    if state.get("signed"):  # before anything is sealed: substituted keys abort the node
+        mine = _identity(context)
+        state["sig-keys"] = check_neighbour_keys(record, mine, state, neighbours, pk_c, pk_s)
     seed_shares = split_secret(state["seed"], threshold, len(neighbours))
     key_shares = split_secret(state["s-sk"], threshold, len(neighbours))
     nonce, server_round = state["nonce"], state["round"]
@@ -286,7 +310,10 @@ def unmask(msg: Message, context: Context, agree: Agreement = agree_each) -> Mes
     """Stage 4: open relayed shares, release one share per neighbour, then forget the secrets."""
     record = _server_record(msg)
     state = context.state.get(STATE_KEY)
-    _check(record, state, "unmask", before="masked")
+    signed = state is not None and state.get("signed") is True
+    _check(
+        record, state, "unmask", before="viewed" if signed and "view-sigs" in record else "masked"
+    )
     me = context.node_id
     survivors = id_set(field_bytes(record, "survivors", most=8 * MAX_NODES))
     dropped = id_set(field_bytes(record, "dropped", most=8 * MAX_NODES))
@@ -302,6 +329,13 @@ def unmask(msg: Message, context: Context, agree: Agreement = agree_each) -> Mes
             RejectReason.BAD_SECAGG,
             f"only {len(survivors)} survivors, below the threshold {threshold}: refusing to unmask",
         )
+    if signed:  # the consistency check: sign this view, later see neighbours sign it too
+        statement = view_statement(
+            state["nonce"], state["round"], ids_bytes(set(survivors)), ids_bytes(set(dropped))
+        )
+        view_sig = consistency_check(record, _identity(context), state, statement, threshold)
+        if view_sig is not None:
+            return _reply(msg, context, {"view-sig": view_sig})
     neighbours = node_ids(bytes(state["neighbours"]))
     pk_c = dict(
         zip(

@@ -14,41 +14,45 @@ is logged and counted, and the round goes on while enough honest clients remain.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
+from strategies.secagg_metrics import check_shared_metrics, secure_mean_reply
+from strategies.secagg_settings import SecAggFailed, SecAggSettings
 from strategies.stats import Rejection, RoundStats
 from wire import PAYLOAD_FIELD, UPDATE_RECORD_KEY, RejectReason, UpdateRejected
 from wire.secagg import (
     KEY_BYTES,
+    SIGNATURE_BYTES_MAX,
+    SIGNING_KEY_BYTES_MAX,
     agree_each,
     combine_shares,
     mask_stream,
+    signature_valid,
     usable_public_key,
 )
 from wire.secagg_protocol import (
     MASK_PURPOSE,
-    PRIVATE_METRICS,
     SECAGG_RECORD_KEY,
     SHARE_METRICS_FIELD,
     STAGE_KEYS,
     STAGE_MASKED,
     STAGE_SHARES,
     STAGE_UNMASK,
-    check_graph,
     field_bytes,
     harary_neighbours,
     harary_offsets,
     ids_bytes,
+    key_statement,
     shares_reply,
     threshold_core,
     unmask_reply,
+    view_statement,
 )
 from wire.secagg_vector import SecAggVectorSpec
 
@@ -63,57 +67,6 @@ __all__ = [
     "secure_mean_reply",
     "threshold_core",
 ]
-
-
-class SecAggFailed(RuntimeError):
-    """The round's secure aggregation cannot finish (too few clients or shares)."""
-
-
-@dataclass(frozen=True)
-class SecAggSettings:
-    """``degree`` 0: every other client up to 24, else 3 log2(N) neighbours (O(log N) as in
-    Bell et al.; small federations get a complete graph, which survives 30% dropouts);
-    ``threshold`` 0: half the degree + 1. ``share_metrics``: masked uploads also carry the
-    client's plaintext train-loss, clipped-fraction and partition-id (off: only the sum is
-    learnt, as secure aggregation promises)."""
-
-    degree: int = 0
-    threshold: int = 0
-    bits: int = 8
-    clip: float = 1.0
-    max_weight: int = 256
-    timeout: float = 600.0
-    share_metrics: bool = False
-
-    def graph(self, clients: int) -> tuple[int, int]:
-        """(degree, threshold) for ``clients`` nodes; a threshold must exceed half the degree.
-
-        An automatic degree is kept between an explicit threshold t and 2t - 1, so the pair
-        stays valid. A degree-regular graph on an odd number of nodes needs an even degree
-        (the handshake lemma: degree x nodes is twice the edges), so an odd degree with an odd
-        ``clients`` becomes the even degree next to it that keeps the threshold valid (one
-        above when it can: more holders per secret). Raises ValueError when no valid pair
-        exists for ``clients`` (fewer than 3, or a threshold the degree cannot carry).
-        """
-        most = clients - 1
-        degree = self.degree
-        if not degree:
-            degree = max(24, 3 * math.ceil(math.log2(max(clients, 2))))
-            if self.threshold:
-                degree = min(max(degree, self.threshold), 2 * self.threshold - 1)
-        degree = min(degree, most)
-        if degree * clients % 2:
-            for even in (degree + 1, degree - 1):
-                t = self.threshold or even // 2 + 1
-                if even <= most and even // 2 < t <= even:
-                    degree = even
-                    break
-        threshold = self.threshold or degree // 2 + 1
-        try:
-            check_graph(degree, threshold)
-        except ValueError as err:
-            raise ValueError(f"{err} (with {clients} clients)") from None
-        return degree, threshold
 
 
 @dataclass
@@ -136,6 +89,9 @@ class SecAggSession:
     alive: list[int] = field(default_factory=list)
     sealed: dict[int, dict[int, bytes]] = field(default_factory=dict)  # dst -> src -> box
     spec: SecAggVectorSpec | None = None
+    # signed rounds (client_sdk.secagg_auth): each node's public signing key, its key signature
+    sig_keys: dict[int, bytes] = field(default_factory=dict)
+    key_sigs: dict[int, bytes] = field(default_factory=dict)
 
     # ----------------------------------------------------------------- messages
     def _record(self, **fields: object) -> ConfigRecord:
@@ -202,6 +158,7 @@ class SecAggSession:
         nodes = sorted(nodes)
         keys = self._ask(STAGE_KEYS, {v: self._record() for v in nodes})
         pk_c: dict[int, bytes] = {}
+        signed = any("sig-key" in record for record in keys.values())  # then all must be
         for node, record in keys.items():
             try:
                 c = field_bytes(record, "pk-c", size=KEY_BYTES)
@@ -212,6 +169,11 @@ class SecAggSession:
                         "a public key is a low-order X25519 point (e.g. all zeros): every "
                         "neighbour's key agreement with it would fail",
                     )
+                if signed:  # a bad signature is its sender's fault, not its neighbours'
+                    statement = key_statement(self.nonce, self.server_round, node, c, s)
+                    sig_key = field_bytes(record, "sig-key", most=SIGNING_KEY_BYTES_MAX)
+                    sig = self._signature(record, "key-sig", sig_key, statement)
+                    self.sig_keys[node], self.key_sigs[node] = sig_key, sig
             except UpdateRejected as err:
                 self.reject(node, err, STAGE_KEYS)
                 continue
@@ -229,6 +191,7 @@ class SecAggSession:
                 **{
                     "pk-c": b"".join(pk_c[u] for u in self.neighbours[v]),
                     "pk-s": b"".join(self.pk_s[u] for u in self.neighbours[v]),
+                    **self._signed_keys(self.neighbours[v]),
                 },
             )
             for v in ready
@@ -286,7 +249,8 @@ class SecAggSession:
                 if not isinstance(update, ConfigRecord):
                     raise UpdateRejected(RejectReason.MISSING_PAYLOAD, "no masked upload record")
                 payload = field_bytes(update, PAYLOAD_FIELD)
-                self._check_metrics(reply)
+                if self.settings.share_metrics:
+                    check_shared_metrics(reply)
                 total += self.spec.unpack(payload, count)  # masked: wrap-around is the point
             except UpdateRejected as err:
                 self.reject(node, err, STAGE_MASKED)
@@ -305,20 +269,6 @@ class SecAggSession:
         self.stats.accepted = len(survivors)
         return total
 
-    def _check_metrics(self, reply: Message) -> None:
-        """A masked reply's plaintext metrics, when the round opted in to them, are finite
-        numbers (else the client is rejected); without the opt-in the server reads none."""
-        metrics = reply.content.get("metrics")
-        if metrics is None or not self.settings.share_metrics:
-            return
-        if not isinstance(metrics, MetricRecord):
-            raise UpdateRejected(RejectReason.BAD_SECAGG, "'metrics' is not a MetricRecord")
-        for key in PRIVATE_METRICS:
-            if key in metrics and finite_number(metrics[key]) is None:
-                raise UpdateRejected(
-                    RejectReason.BAD_SECAGG, f"metric {key!r} is not a finite number"
-                )
-
     @staticmethod
     def _check_sum(spec: SecAggVectorSpec, total: np.ndarray, uploads: int) -> None:
         """Honest vectors sum to a weight in [1, uploads x max-weight] and coordinates at most
@@ -336,13 +286,21 @@ class SecAggSession:
         requests, senders_of = {}, {}
         survivor_ids, dropped_ids = ids_bytes(survivors), ids_bytes(dropped)  # once, not per node
         known = set(survivors) | set(dropped)
-        for v in survivors:
+        view_sigs = self._consistency(survivors, survivor_ids, dropped_ids)
+        for v in survivors if view_sigs is None else sorted(view_sigs):
+            if view_sigs is not None:  # the neighbours' signatures of the same view
+                signers = [u for u in self.neighbours[v] if u in view_sigs]
+                confirmed = {
+                    "view-signers": ids_bytes(signers),
+                    "view-sigs": [view_sigs[u] for u in signers],
+                }
             senders_of[v] = senders = sorted(u for u in self.sealed.get(v, {}) if u in known)
             requests[v] = self._record(
                 survivors=survivor_ids,
                 dropped=dropped_ids,
                 sealed=b"".join(self.sealed[v][u] for u in senders),
                 **{"from": ids_bytes(senders)},
+                **({} if view_sigs is None else confirmed),
             )
         answers = self._ask(STAGE_UNMASK, requests)
         seed_shares: dict[int, dict[int, bytes]] = {}
@@ -376,6 +334,39 @@ class SecAggSession:
                 else:
                     total += stream
 
+    # ----------------------------------------------------------------- signed rounds
+    @staticmethod
+    def _signature(record: ConfigRecord, key: str, sig_key: bytes, statement: bytes) -> bytes:
+        sig = field_bytes(record, key, most=SIGNATURE_BYTES_MAX)
+        if not signature_valid(sig_key, sig, statement):
+            raise UpdateRejected(RejectReason.BAD_SECAGG, f"{key} is not its signing key's")
+        return sig
+
+    def _signed_keys(self, peers: list[int]) -> dict[str, list[bytes]]:
+        if not self.sig_keys:
+            return {}
+        return {
+            "sig-keys": [self.sig_keys[u] for u in peers],
+            "key-sigs": [self.key_sigs[u] for u in peers],
+        }
+
+    def _consistency(
+        self, survivors: list[int], survivor_ids: bytes, dropped_ids: bytes
+    ) -> dict[int, bytes] | None:
+        """Bonawitz et al.'s ConsistencyCheck in a signed round: each survivor signs the
+        survivor and dropped sets; the valid signatures by node (None: an unsigned round)."""
+        if not self.sig_keys:
+            return None
+        view = self._record(survivors=survivor_ids, dropped=dropped_ids)
+        statement = view_statement(self.nonce, self.server_round, survivor_ids, dropped_ids)
+        signed: dict[int, bytes] = {}
+        for node, record in self._ask(STAGE_UNMASK, {v: view for v in survivors}).items():
+            try:
+                signed[node] = self._signature(record, "view-sig", self.sig_keys[node], statement)
+            except UpdateRejected as err:
+                self.reject(node, err, STAGE_UNMASK)
+        return signed
+
     def _reconstruct(self, shares: dict[int, dict[int, bytes]], owner: int, what: str) -> bytes:
         held = shares.get(owner, {})
         if len(held) < self.threshold:
@@ -387,36 +378,3 @@ class SecAggSession:
             return combine_shares(held, self.threshold)
         except UpdateRejected as err:  # shares that are not one polynomial's: a lying holder
             raise SecAggFailed(f"the {what} of node {owner} cannot be rebuilt: {err}") from None
-
-
-def finite_number(value: object) -> float | None:
-    """``value`` as a float if it is an int or float (not a bool) and finite, else None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None
-
-
-def secure_mean_reply(
-    replies: list[Message], model: dict[str, np.ndarray], weight_key: str, weight: float
-) -> Message:
-    """The first surviving masked reply, now holding the unmasked weighted mean ``model`` of
-    total ``weight``, with the survivors' mean train loss when they shared it (opt-in
-    ``share_metrics``; a value that is not a finite number is left out): the one reply a mean
-    strategy needs."""
-    survivors = [m for m in replies if not m.has_error() and SECAGG_RECORD_KEY in m.content]
-    losses = []
-    for m in survivors:
-        metrics = m.content.get("metrics")
-        if isinstance(metrics, MetricRecord) and "train-loss" in metrics:
-            loss = finite_number(metrics["train-loss"])
-            if loss is not None:
-                losses.append(loss)
-    metrics = MetricRecord({weight_key: weight})
-    if losses:
-        metrics["train-loss"] = float(np.mean(losses))
-    carrier = survivors[0]
-    carrier.content = RecordDict(
-        {"arrays": ArrayRecord({k: Array(v) for k, v in model.items()}), "metrics": metrics}
-    )
-    return carrier

@@ -22,8 +22,9 @@ import secrets
 from collections.abc import Mapping
 
 import numpy as np
-from cryptography.exceptions import InvalidTag
+from cryptography.exceptions import InvalidSignature, InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -217,3 +218,59 @@ def modulus_bits(clients: int, max_value: int) -> int:
             f"{MAX_MODULUS_BITS} are supported: lower the weight cap, the bits or the clients"
         )
     return bits
+
+
+# ---------------------------------------------------------------- signatures (node identity)
+SIGNATURE_BYTES_MAX = 160  # a DER ECDSA signature on P-384 is at most 104 bytes
+SIGNING_KEY_BYTES_MAX = 512  # an OpenSSH public key line of P-384 is about 180 bytes
+_SSH, _SSH_PUB = serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+
+
+def load_signing_key(data: bytes) -> ec.EllipticCurvePrivateKey:
+    """An EC private key (OpenSSH or PEM): the key a SuperNode authenticates with (Flower's
+    ``--auth-supernode-private-key``, P-384); ValueError for anything else."""
+    try:
+        if data.lstrip().startswith(b"-----BEGIN OPENSSH"):
+            key = serialization.load_ssh_private_key(data, password=None)
+        else:
+            key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as err:
+        raise ValueError(f"not an unencrypted EC private key: {err}") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"not an EC private key: {type(key).__name__}")
+    return key
+
+
+def canonical_public_key(data: bytes) -> bytes:
+    """An OpenSSH public key line reduced to ``type base64`` (no comment), the form in which
+    signing keys travel and are compared; ValueError if it is not an EC public key."""
+    try:
+        key = serialization.load_ssh_public_key(data.strip())
+    except (ValueError, UnsupportedAlgorithm) as err:
+        raise ValueError(f"not an OpenSSH public key: {err}") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise ValueError(f"not an EC public key: {type(key).__name__}")
+    return key.public_bytes(_SSH, _SSH_PUB)
+
+
+def signing_public_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.public_key().public_bytes(_SSH, _SSH_PUB)
+
+
+def sign(key: ec.EllipticCurvePrivateKey, statement: bytes) -> bytes:
+    """ECDSA over ``statement`` with SHA-384 (the hash that matches P-384)."""
+    return key.sign(statement, ec.ECDSA(hashes.SHA384()))
+
+
+def signature_valid(public: bytes, signature: object, statement: bytes) -> bool:
+    """True when ``signature`` (bytes) is ``public``'s ECDSA-SHA384 over ``statement``."""
+    if not isinstance(signature, bytes) or len(signature) > SIGNATURE_BYTES_MAX:
+        return False
+    try:
+        key = serialization.load_ssh_public_key(public)
+        if not isinstance(key, ec.EllipticCurvePublicKey):
+            return False
+        key.verify(signature, statement, ec.ECDSA(hashes.SHA384()))
+    except (InvalidSignature, ValueError, UnsupportedAlgorithm):
+        return False
+    return True

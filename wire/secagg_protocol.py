@@ -13,6 +13,7 @@ deviates is dropped from the round, it does not end it).
 from __future__ import annotations
 
 import functools
+import hashlib
 import struct
 from collections.abc import Iterable, Mapping
 
@@ -145,6 +146,19 @@ def field_flag(record: Mapping[str, object], key: str) -> bool:
     return value
 
 
+def field_byte_list(
+    record: Mapping[str, object], key: str, *, count: int, most: int
+) -> list[bytes]:
+    """``record[key]`` if it is a list of exactly ``count`` bytes values of at most ``most``
+    bytes each (signing keys, signatures)."""
+    value = record.get(key)
+    if not isinstance(value, list) or len(value) != count:
+        raise _bad(f"field {key!r} must be a list of {count} bytes values")
+    if not all(isinstance(v, bytes) and len(v) <= most for v in value):
+        raise _bad(f"field {key!r} holds a value that is not bytes of at most {most}")
+    return value
+
+
 def field_ids(
     record: Mapping[str, object], key: str, *, most: int = MAX_NODES, exact: int | None = None
 ) -> list[int]:
@@ -179,6 +193,29 @@ def ids_bytes(ids: list[int] | set[int]) -> bytes:
 def share_context(nonce: bytes, server_round: int, src: int, dst: int) -> bytes:
     """AES-GCM associated data of a share: replay across rounds or nodes fails the tag."""
     return b"pollen/secagg/share" + nonce + struct.pack("<QQQ", server_round, src, dst)
+
+
+def key_statement(nonce: bytes, server_round: int, node: int, pk_c: bytes, pk_s: bytes) -> bytes:
+    """What a node signs of its stage-1 keys: a substituted key no longer matches it."""
+    return (
+        b"pollen/secagg/keys"
+        + struct.pack("<BQQ", len(nonce), server_round, node)
+        + nonce
+        + pk_c
+        + pk_s
+    )
+
+
+def view_statement(nonce: bytes, server_round: int, survivors: bytes, dropped: bytes) -> bytes:
+    """What a node signs of the stage-4 outcome it was shown (Bonawitz et al. CCS 2017,
+    ConsistencyCheck): the round's survivor and dropped sets, as sorted uint64 ids."""
+    return (
+        b"pollen/secagg/view"
+        + struct.pack("<BQ", len(nonce), server_round)
+        + nonce
+        + hashlib.sha256(survivors).digest()
+        + hashlib.sha256(dropped).digest()
+    )
 
 
 def chunks(raw: bytes, size: int, count: int, what: str) -> list[bytes]:
