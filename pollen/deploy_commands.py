@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +36,19 @@ def server_start(
     if insecure:
         overrides.update(insecure=True, node_auth=False)
         typer.echo("pollen server start: warning: --insecure: updates travel unencrypted", err=True)
+    # TERM (a service manager, `timeout`) unwinds like Ctrl-C: start_server then stops the
+    # SuperLink it launched instead of leaving it running without a server.json
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         settings = load_server_config(config, **overrides)
         state = start_server(settings, state_dir=state_dir, app_dir=app_dir.resolve())
-    except DeploymentError as err:
+    except (DeploymentError, OSError) as err:
         _fail("server start", err)
+    except KeyboardInterrupt:
+        typer.echo("pollen server start: interrupted; stopped what it had started", err=True)
+        raise typer.Exit(130) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     typer.echo(
         f"SuperLink {state['address']} (pid {state['pid']}), run {state['run_id']} submitted"
     )

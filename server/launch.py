@@ -4,15 +4,26 @@
 server already running from the same state folder), starts ``flower-superlink`` in its own
 process group with TLS, SuperNode authentication and ``--database``, waits for ``/health``,
 registers the SuperNodes' public keys, submits the ServerApp with ``flwr run`` and records all
-of it in ``STATE_DIR/server.json``. ``status`` reads the SuperLink's health, the run's status
-(``flwr ls``; ``flwr run`` itself exits 0 even when a run fails) and the last metrics row;
-``stop`` sends TERM to the process group and KILL to what is left (see shared/FLOWER_NOTES.md).
+of it in ``STATE_DIR/server.json``. That file is written as soon as the SuperLink exists; any
+failure or interruption after that (TERM or Ctrl-C included) stops the SuperLink and removes
+the file again, so no SuperLink outlives a failed start. ``status`` reads the SuperLink's
+health, the run's status (``flwr ls``; ``flwr run`` itself exits 0 even when a run fails) and
+the last metrics row; ``stop`` sends TERM to the process group and KILL to what is left (see
+shared/FLOWER_NOTES.md).
+
+The SuperLink listens on ``[superlink] host`` (``--host``): 127.0.0.1 by default, reachable from
+this machine only; a LAN/public address, or 0.0.0.0 / ``::`` (every interface), lets remote
+SuperNodes connect. For a wildcard host this machine's CLI talks to it on loopback
+(``local_address``), so the certificate must name 127.0.0.1 (or ::1) too.
 """
 
 from __future__ import annotations
 
+import errno
+import ipaddress
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -24,6 +35,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from server.certs import CertificateError, check_certificates
 from server.config import RunSettings
 from server.deploy_config import DeploymentError, ServerConfig
 from server.metrics import read_metrics
@@ -41,14 +53,45 @@ def flower_binary(name: str) -> str:
     return found
 
 
+WILDCARD_HOSTS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
+
+
+def local_address(host: str, port: int) -> str:
+    """HOST:PORT at which this machine reaches a SuperLink listening on ``host``: loopback for a
+    wildcard (0.0.0.0, ``::``), IPv6 literals in brackets."""
+    host = WILDCARD_HOSTS.get(host.strip("[]"), host.strip("[]"))
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def check_port_free(host: str, port: int) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """Refuse a host this machine cannot listen on, or a port already taken there."""
+    host = host.strip("[]")
+    try:
+        family = (
+            socket.AF_INET6
+            if isinstance(ipaddress.ip_address(host), ipaddress.IPv6Address)
+            else socket.AF_INET
+        )
+    except ValueError:  # a host name: what it resolves to here
+        try:
+            family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        except (OSError, UnicodeError) as err:
+            raise DeploymentError(f"host {host!r} does not resolve here ({err})") from None
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # as the SuperLink's server does: a port whose last SuperLink just stopped (its
+        # connections in TIME_WAIT) is free, one with a listener is not
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise DeploymentError(
+                    f"port {port} on {host} is in use ({err.strerror}); another SuperLink may be "
+                    "running there: stop it or choose another --port"
+                ) from None
             raise DeploymentError(
-                f"port {port} on {host} is in use ({err.strerror}); another SuperLink may be "
-                "running there: stop it or choose another --port"
+                f"cannot listen on {host} port {port} ({err.strerror}): host must be an address "
+                "of this machine, or 0.0.0.0 / :: for all of them"
             ) from None
 
 
@@ -77,7 +120,8 @@ def _flwr_home(state_dir: Path, config: ServerConfig) -> Path:
     )
     (home / "config.toml").write_text(
         f'[superlink]\ndefault = "{CONNECTION}"\n\n'
-        f'[superlink.{CONNECTION}]\naddress = "{config.address}"\n{security}'
+        f'[superlink.{CONNECTION}]\naddress = "{local_address(config.host, config.port)}"\n'
+        f"{security}"
     )
     return home
 
@@ -120,17 +164,18 @@ def _superlink_args(config: ServerConfig) -> list[str]:
         args.append("--enable-supernode-auth")
     if config.database is not None:
         args += ["--database", str(config.database)]
-    return [*args, "--port", str(config.port)]
+    return [*args, "--host", config.host.strip("[]"), "--port", str(config.port)]
 
 
 def health(config_address: str, ca_cert: Path | None, timeout_s: float = 2.0) -> bool:
+    """Whether the SuperLink at HOST:PORT answers ``/health``; never raises."""
     scheme = "http" if ca_cert is None else "https"
-    context = None if ca_cert is None else ssl.create_default_context(cafile=str(ca_cert))
     try:
+        context = None if ca_cert is None else ssl.create_default_context(cafile=str(ca_cert))
         url = f"{scheme}://{config_address}/health"
         with urllib.request.urlopen(url, timeout=timeout_s, context=context) as response:
             return response.status == 200
-    except OSError:
+    except (OSError, ValueError):
         return False
 
 
@@ -157,8 +202,17 @@ def _alive(pid: int) -> bool:
 def start_server(
     config: ServerConfig, *, state_dir: Path, app_dir: Path, wait_s: float = 60.0
 ) -> dict[str, Any]:
-    """Start the SuperLink, register node keys, submit the ServerApp; return the saved state."""
+    """Start the SuperLink, register node keys, submit the ServerApp; return the saved state.
+
+    Whatever fails (or interrupts) after the SuperLink was launched stops it and removes
+    ``server.json`` before the error goes on."""
     config.check()
+    address = local_address(config.host, config.port)
+    if config.certs is not None and not config.insecure:  # config.check(): certs given
+        try:
+            check_certificates(config.certs, address.rpartition(":")[0].strip("[]"))
+        except CertificateError as err:
+            raise DeploymentError(str(err)) from None
     state = read_state(state_dir)
     if state is not None and _alive(state["pid"]):
         raise DeploymentError(
@@ -168,52 +222,119 @@ def start_server(
     if not (app_dir / "pyproject.toml").is_file():
         raise DeploymentError(f"{app_dir} has no pyproject.toml: give --app the Pollen checkout")
     check_port_free(config.host, config.port)
+    settings = RunSettings.from_run_config(config.run_config)
     state_dir.mkdir(parents=True, exist_ok=True)
     _flwr_home(state_dir, config)
     log_path = state_dir / "superlink.log"
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(
-            _superlink_args(config),
-            env=_env(state_dir),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    ca = None if config.insecure else config.certs / "ca.crt"
-    deadline = time.monotonic() + wait_s
-    while not health(config.address, ca):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            _stop_group(proc.pid)
-            tail = log_path.read_text(errors="replace")[-2000:]
-            raise DeploymentError(f"the SuperLink did not come up; its log ends:\n{tail}")
-        time.sleep(0.3)
-    ca_text = str(ca.resolve()) if ca is not None else ""
-    state = {"pid": proc.pid, "address": config.address, "ca_cert": ca_text, "nodes": {}}
+    ca = None if config.insecure or config.certs is None else config.certs / "ca.crt"
+    proc: subprocess.Popen | None = None
     try:
+        with log_path.open("ab") as log:
+            proc = subprocess.Popen(
+                _superlink_args(config),
+                env=_env(state_dir),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        state = {
+            "pid": proc.pid,
+            "address": address,
+            "ca_cert": str(ca.resolve()) if ca is not None else "",
+            "nodes": {},
+            "run_id": None,
+            "out_dir": settings.out_dir,
+        }
+        _write_state(state_dir, state)  # from here on, `stop` finds the SuperLink
+        deadline = time.monotonic() + wait_s
+        while not health(address, ca):
+            if (code := proc.poll()) is not None:
+                raise DeploymentError(
+                    f"the SuperLink exited (code {code}) before answering at {address}; "
+                    f"see {log_path}: {_last_line(log_path)}"
+                )
+            if time.monotonic() > deadline:
+                raise DeploymentError(
+                    f"the SuperLink did not answer at {address} within {wait_s:.0f} s; "
+                    f"see {log_path}: {_last_line(log_path)}"
+                )
+            time.sleep(0.3)
         for key in config.node_keys:
             done = _flwr(
                 state_dir, "supernode", "register", str(key), CONNECTION, "--format", "json"
             )
             if done.returncode != 0:
-                raise DeploymentError(f"registering {key} failed: {done.stdout}{done.stderr}")
-            state["nodes"][str(key)] = json.loads(done.stdout).get("node-id")
-        settings = RunSettings.from_run_config(config.run_config)
+                raise DeploymentError(
+                    f"registering {key} failed: {_one_line(done.stdout or done.stderr)}"
+                )
+            try:
+                state["nodes"][str(key)] = json.loads(done.stdout).get("node-id")
+            except (ValueError, AttributeError):
+                raise DeploymentError(
+                    f"registering {key}: unexpected reply {_one_line(done.stdout)}"
+                ) from None
         done = _flwr(
             state_dir, "run", str(app_dir), CONNECTION, "--format", "json",
             *(["--run-config", run_config_text(config.run_config)] if config.run_config else []),
         )  # fmt: skip
         try:
             state["run_id"] = int(json.loads(done.stdout)["run-id"])
-        except (ValueError, KeyError):
+        except (ValueError, KeyError, TypeError):
             raise DeploymentError(
-                f"flwr run gave no run id:\n{done.stdout}\n{done.stderr}"
+                f"flwr run gave no run id: {_one_line(done.stdout or done.stderr)}"
             ) from None
+        _write_state(state_dir, state)
     except BaseException:
-        _stop_group(proc.pid)
+        # interrupted inside Popen, the SuperLink may run with no `proc` yet
+        for pid in [proc.pid] if proc is not None else _launched_by_us(state_dir):
+            _stop_group(pid)
+        (state_dir / STATE_FILE).unlink(missing_ok=True)
         raise
-    state["out_dir"] = settings.out_dir
-    (state_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
     return state
+
+
+def _launched_by_us(state_dir: Path) -> list[int]:
+    """Our child processes started for ``state_dir`` (their environment names its FLWR_HOME)."""
+    marker = f"FLWR_HOME={state_dir / 'flwr-home'}".encode()
+    found = []
+    for pid in _descendants(os.getpid()):
+        try:
+            if marker in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                found.append(pid)
+        except OSError:
+            pass
+    return found
+
+
+def _write_state(state_dir: Path, state: dict[str, Any]) -> None:
+    """Replace ``server.json`` atomically (a reader never sees half a file)."""
+    tmp = state_dir / f".{STATE_FILE}.tmp"
+    tmp.write_text(json.dumps(state, indent=2))
+    tmp.replace(state_dir / STATE_FILE)
+
+
+def _one_line(text: str, limit: int = 400) -> str:
+    """A tool's output as one line for an error: ``--format json``'s ``error-message`` when
+    there is one, else its lines joined (colours and "For more information" links dropped)."""
+    try:
+        reply = json.loads(text)
+        text = str(reply.get("error-message", text)) if isinstance(reply, dict) else text
+    except ValueError:
+        pass
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    lines = [line for line in lines if not line.startswith("For more information")]
+    joined = " ".join(lines) or "(no output)"
+    return joined if len(joined) <= limit else joined[: limit - 3] + "..."
+
+
+def _last_line(path: Path) -> str:
+    try:  # the last line: the log is plain text
+        return _one_line(path.read_text(errors="replace")[-4000:].strip().splitlines()[-1])
+    except IndexError:
+        return "(empty)"
+    except OSError:
+        return "(no log)"
 
 
 def server_status(state_dir: Path) -> dict[str, Any]:
@@ -256,8 +377,40 @@ def stop_server(state_dir: Path, timeout_s: float = 15.0) -> bool:
     return was_running
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux ``/proc``; empty elsewhere). The SuperLink starts
+    ``flower-superexec`` in a session of its own, and that one the ServerApp, so signalling the
+    SuperLink's process group alone leaves them running for a while."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(entry.read_text().rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 def _stop_group(pid: int, timeout_s: float = 15.0) -> None:
+    """TERM, then KILL, the SuperLink's process group and the groups of its descendants."""
+    groups = [pid]
+    for child in _descendants(pid):
+        try:
+            if (group := os.getpgid(child)) not in groups:
+                groups.append(group)
+        except ProcessLookupError:
+            pass
     for sig in (signal.SIGTERM, signal.SIGKILL):
+        for group in groups[1:]:
+            try:
+                os.killpg(group, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
         try:
             os.killpg(pid, sig)
         except (ProcessLookupError, PermissionError):

@@ -8,7 +8,15 @@ from typer.testing import CliRunner
 from pollen.cli import app
 from server.certs import create_certificates
 from server.deploy_config import DeploymentError, ServerConfig, load_server_config
-from server.launch import check_port_free, check_reachable, run_config_text, supernode_args
+from server.launch import (
+    _superlink_args,
+    check_port_free,
+    check_reachable,
+    local_address,
+    run_config_text,
+    start_server,
+    supernode_args,
+)
 
 
 def test_config_file_paths_are_read_against_its_folder_and_flags_override(tmp_path):
@@ -100,3 +108,40 @@ def test_supernode_command_and_run_config_text():
     assert run_config_text({"task": "digits", "resume": True, "lr": 0.1}) == (
         'task="digits" resume=true lr=0.1'
     )
+
+
+def test_the_superlink_listens_on_the_host_from_server_toml(tmp_path):
+    for host, connect in (
+        ("10.20.30.40", "10.20.30.40:9100"),
+        ("0.0.0.0", "127.0.0.1:9100"),
+        ("::", "[::1]:9100"),
+        ("::1", "[::1]:9100"),
+    ):
+        (tmp_path / "s.toml").write_text(
+            f'[superlink]\nhost = "{host}"\nport = 9100\ninsecure = true\nnode-auth = false\n'
+        )
+        config = load_server_config(tmp_path / "s.toml")
+        args = _superlink_args(config)
+        assert args[args.index("--host") + 1] == host, args
+        assert args[args.index("--port") + 1] == "9100"
+        assert local_address(config.host, config.port) == connect  # this machine's CLI
+    assert "--host" in _superlink_args(ServerConfig(insecure=True, node_auth=False))
+
+
+def test_a_host_that_is_not_this_machines_is_named_not_called_busy():
+    with pytest.raises(DeploymentError, match=r"cannot listen on 192\.0\.2\.1 port 9 .*0\.0\.0\.0"):
+        check_port_free("192.0.2.1", 9)  # TEST-NET-1: on no interface here
+    check_port_free("::1", 0)  # IPv6 hosts are bound as IPv6
+
+
+def test_server_start_names_a_garbage_ca_before_starting_anything(tmp_path):
+    paths = create_certificates(tmp_path / "certs", nodes=1)
+    paths.ca_cert.write_bytes(b"garbage\n")
+    (tmp_path / "s.toml").write_text(
+        '[superlink]\ncerts = "certs"\nnode-keys = ["certs/node-0.pub"]\nport = 1\n'
+    )
+    config = load_server_config(tmp_path / "s.toml")
+    with pytest.raises(DeploymentError, match=r"ca\.crt is not a PEM certificate") as caught:
+        start_server(config, state_dir=tmp_path / "state", app_dir=tmp_path)
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "state").exists()  # refused before anything was made or started
