@@ -145,3 +145,18 @@ def test_server_start_names_a_garbage_ca_before_starting_anything(tmp_path):
         start_server(config, state_dir=tmp_path / "state", app_dir=tmp_path)
     assert "\n" not in str(caught.value)
     assert not (tmp_path / "state").exists()  # refused before anything was made or started
+
+
+def test_a_port_whose_superlink_just_stopped_is_free_again():
+    """Connections the server side closed first linger in TIME_WAIT for a minute; the SuperLink
+    (uvicorn, SO_REUSEADDR) can listen there at once, so `pollen server start` must agree."""
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn's does
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            accepted, _ = listener.accept()
+            accepted.close()  # server side first: its end goes to TIME_WAIT
+            client.recv(1)
+    check_port_free("127.0.0.1", port)
