@@ -25,7 +25,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -39,6 +38,7 @@ from server.certs import CertificateError, check_certificates
 from server.config import RunSettings
 from server.deploy_config import DeploymentError, ServerConfig
 from server.metrics import read_metrics
+from server.processes import alive, launched_for, stop_group
 
 CONNECTION = "pollen"
 STATE_FILE = "server.json"
@@ -189,16 +189,6 @@ def read_state(state_dir: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def start_server(
     config: ServerConfig, *, state_dir: Path, app_dir: Path, wait_s: float = 60.0
 ) -> dict[str, Any]:
@@ -214,7 +204,7 @@ def start_server(
         except CertificateError as err:
             raise DeploymentError(str(err)) from None
     state = read_state(state_dir)
-    if state is not None and _alive(state["pid"]):
+    if state is not None and alive(state["pid"]):
         raise DeploymentError(
             f"a Pollen server from {state_dir} is already running (pid {state['pid']}, "
             f"{state['address']}); `pollen server stop --state-dir {state_dir}` first"
@@ -286,24 +276,11 @@ def start_server(
         _write_state(state_dir, state)
     except BaseException:
         # interrupted inside Popen, the SuperLink may run with no `proc` yet
-        for pid in [proc.pid] if proc is not None else _launched_by_us(state_dir):
-            _stop_group(pid)
+        for pid in [proc.pid] if proc is not None else launched_for(state_dir):
+            stop_group(pid)
         (state_dir / STATE_FILE).unlink(missing_ok=True)
         raise
     return state
-
-
-def _launched_by_us(state_dir: Path) -> list[int]:
-    """Our child processes started for ``state_dir`` (their environment names its FLWR_HOME)."""
-    marker = f"FLWR_HOME={state_dir / 'flwr-home'}".encode()
-    found = []
-    for pid in _descendants(os.getpid()):
-        try:
-            if marker in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
-                found.append(pid)
-        except OSError:
-            pass
-    return found
 
 
 def _write_state(state_dir: Path, state: dict[str, Any]) -> None:
@@ -344,7 +321,7 @@ def server_status(state_dir: Path) -> dict[str, Any]:
         return {"running": False, "why": f"no {STATE_FILE} in {state_dir}"}
     ca = Path(state["ca_cert"]) if state["ca_cert"] else None
     status: dict[str, Any] = {
-        "running": _alive(state["pid"]),
+        "running": alive(state["pid"]),
         "address": state["address"],
         "healthy": health(state["address"], ca),
         "run_id": state.get("run_id"),
@@ -371,59 +348,10 @@ def stop_server(state_dir: Path, timeout_s: float = 15.0) -> bool:
     state = read_state(state_dir)
     if state is None:
         return False
-    was_running = _alive(state["pid"])
-    _stop_group(state["pid"], timeout_s)
+    was_running = alive(state["pid"])
+    stop_group(state["pid"], timeout_s)
     (state_dir / STATE_FILE).unlink(missing_ok=True)
     return was_running
-
-
-def _descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (Linux ``/proc``; empty elsewhere). The SuperLink starts
-    ``flower-superexec`` in a session of its own, and that one the ServerApp, so signalling the
-    SuperLink's process group alone leaves them running for a while."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = int(entry.read_text().rpartition(")")[2].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(int(entry.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def _stop_group(pid: int, timeout_s: float = 15.0) -> None:
-    """TERM, then KILL, the SuperLink's process group and the groups of its descendants."""
-    groups = [pid]
-    for child in _descendants(pid):
-        try:
-            if (group := os.getpgid(child)) not in groups:
-                groups.append(group)
-        except ProcessLookupError:
-            pass
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for group in groups[1:]:
-            try:
-                os.killpg(group, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
-        try:
-            os.killpg(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            return
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                    return
-            except ChildProcessError:  # not our child (stopped from another `pollen` call)
-                if not _alive(pid):
-                    return
-            time.sleep(0.2)
 
 
 def supernode_args(
