@@ -266,6 +266,7 @@ def simulate(
         f"{rounds} rounds, seed {seed}, {resolve_engine(settings.engine)} engine -> {out_dir}"
     )
     from server.checkpoint import ResumeError
+    from server.federation import RunAborted
 
     with round_progress(console) as progress:
         bar = progress.add_task("rounds", total=rounds, accuracy="-", upload="-")
@@ -280,6 +281,10 @@ def simulate(
 
         try:
             summary = run_simulation(settings, on_round=on_round)
+        except RunAborted as err:
+            progress.stop()
+            typer.echo(f"pollen simulate: run aborted: {err}", err=True)
+            raise typer.Exit(1) from None
         except ResumeError as err:
             progress.stop()
             typer.echo(f"pollen simulate: error: --resume: {err}", err=True)

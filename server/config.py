@@ -91,6 +91,10 @@ class RunSettings:
     secagg_max_weight: int = 256  # a client's weight is min(num-examples, this)
     secagg_share_metrics: bool = False  # masked uploads also carry train-loss, partition-id...
     dropout_rate: float = 0.0  # simulation: fraction of clients vanishing after key sharing
+    # ---- what the server accepts from a client (see strategies.validation)
+    max_update_value: float = 1e6  # a decoded update coordinate beyond this is refused
+    max_num_examples: int = 1_000_000_000  # a reply claiming more examples is refused
+    max_failed_rounds: int = 3  # abort after this many rounds in a row with no update; 0: never
 
     def __post_init__(self) -> None:
         bad = RunConfigError
@@ -112,6 +116,12 @@ class RunSettings:
             raise bad("round-timeout", f"must be > 0 seconds, got {self.round_timeout}")
         if not 0 <= self.trim_beta < 0.5:
             raise bad("trim-beta", f"must be in [0, 0.5), got {self.trim_beta}")
+        if not self.max_update_value > 0:
+            raise bad("max-update-value", f"must be > 0, got {self.max_update_value}")
+        if self.max_num_examples < 1:
+            raise bad("max-num-examples", f"must be >= 1, got {self.max_num_examples}")
+        if self.max_failed_rounds < 0:
+            raise bad("max-failed-rounds", f"must be >= 0, got {self.max_failed_rounds}")
         for key in (
             "num_malicious",
             "multikrum_select",

@@ -32,12 +32,13 @@ from server.checkpoint import (
 )
 from server.config import RunSettings
 from server.metrics import MetricsLog
-from strategies import StrategySettings, build_strategy
+from strategies import ReplyLimits, StrategySettings, build_strategy, stall_reason
 
 log = logging.getLogger(__name__)
 
 RoundCallback = Callable[[dict[str, Any]], None]
 MODEL_FILE = "final_model.npz"
+ABORT_FILE = "aborted.txt"  # why the run stopped early (absent when it did not)
 INT8_MODEL_FILE = "final_model_int8.npz"
 EXPORT_FILE = "export.json"
 
@@ -47,6 +48,10 @@ class RoundReporter(Protocol):
     """A Grid that has figures of its own for the round just trained (e.g. a simulated clock)."""
 
     def round_metrics(self) -> dict[str, Any]: ...
+
+
+class RunAborted(RuntimeError):
+    """The run stopped early: no update was accepted in ``max-failed-rounds`` rounds in a row."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,7 @@ def run_federation(
     elif settings.resume:
         log.info("no checkpoint in %s: starting from round 1", out_dir)
     (out_dir / "run_config.json").write_text(json.dumps(asdict(settings), indent=2))
+    (out_dir / ABORT_FILE).unlink(missing_ok=True)
     task = get_task(settings.task)
     model = task.build_model(seed=settings.seed)
     initial = model_arrays(model) if checkpoint is None else checkpoint.arrays
@@ -119,6 +125,10 @@ def run_federation(
             multikrum_select=settings.multikrum_select,
             clip_norm=settings.clip_norm,
             secure=settings.secure_aggregation(),
+            limits=ReplyLimits(
+                max_update_value=settings.max_update_value,
+                max_weight=settings.max_num_examples,
+            ),
         )
     )
     if checkpoint is not None:
@@ -161,6 +171,12 @@ def run_federation(
             save_checkpoint(out_dir, state)
         if on_round is not None:
             on_round(row)
+        stalled = stall_reason(strategy.rounds, server_round, settings.max_failed_rounds)
+        if stalled is not None:
+            why = f"{stalled}; stopped (max-failed-rounds = {settings.max_failed_rounds})"
+            (out_dir / ABORT_FILE).write_text(why + "\n")
+            log.error("run aborted: %s", why)
+            raise RunAborted(why)
         return MetricRecord({"accuracy": accuracy, "loss": loss})
 
     config = client_config(settings, num_partitions)

@@ -21,7 +21,7 @@ from client_sdk.tasks import get_task, natural_partition
 from server import EXPORT_FILE, MODEL_FILE, RunSettings, read_metrics
 from server.app import build_server_app
 from server.checkpoint import check_resumable, load_checkpoint
-from server.federation import RoundCallback
+from server.federation import ABORT_FILE, RoundCallback, RunAborted
 from simulations.app import clientapp, simulated_client_data
 from simulations.attacks import simulated_attack
 from simulations.heterogeneity import Heterogeneity, HeterogeneousGrid, load_tiers
@@ -145,6 +145,8 @@ def simulate(settings: SimulationSettings, on_round: RoundCallback | None = None
         _run_flower(server_app, settings)
         engine_summary = {"engine": "flower"}
     wall = time.perf_counter() - started
+    if (out / ABORT_FILE).exists():  # Flower's engine logs a ServerApp's error and returns
+        raise RunAborted((out / ABORT_FILE).read_text().strip())
     metrics_path = out / "metrics.jsonl"
     if not (out / MODEL_FILE).exists() or not metrics_path.exists():
         raise RuntimeError(f"the simulation ended without a model in {out}; see the log above")

@@ -11,7 +11,8 @@ from strategies.registry import (
 )
 from strategies.sampling import FixedNodesGrid, SeededSampler
 from strategies.secagg import SecAggFailed, SecAggSession, SecAggSettings
-from strategies.stats import Rejection, RoundStats
+from strategies.stats import Rejection, RoundStats, stall_reason
+from strategies.validation import ReplyLimits
 from strategies.wire_adapter import WireStrategy
 
 __all__ = [
@@ -27,10 +28,12 @@ __all__ = [
     "SecAggSettings",
     "FixedNodesGrid",
     "Rejection",
+    "ReplyLimits",
     "RoundStats",
     "SeededSampler",
     "StrategySettings",
     "UnknownStrategy",
     "WireStrategy",
     "build_strategy",
+    "stall_reason",
 ]

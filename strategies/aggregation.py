@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 import numpy as np
-from flwr.app import MetricRecord
 
 
 def clip_update(deltas: dict[str, np.ndarray], max_norm: float) -> dict[str, np.ndarray]:
@@ -61,27 +64,39 @@ class StreamingMean:
         }
 
 
-def weighted_metrics(records: list[MetricRecord], weight_key: str) -> MetricRecord:
-    """Flower's ``aggregate_metricrecords`` on bare MetricRecords, with the same arithmetic.
+def weighted_metrics(records: Sequence[Mapping[str, Any]], weights: Sequence[float]) -> dict:
+    """Flower's ``aggregate_metricrecords`` on checked metric values, with the same arithmetic.
 
     Flower's takes one RecordDict per reply, copies its records on every access and writes each
     partial sum back through MetricRecord's type checks: about 100 us per reply on this
     machine, a second per round at 10,000 simulated clients. This sums plain floats in the same
-    order (value * (w / total), reply by reply), so the result is bit-for-bit Flower's.
+    order (value * (w / total), reply by reply), so when every reply sends the same metrics the
+    result is bit-for-bit Flower's. Where replies disagree (a key some lack, a list of another
+    length: Flower raises), each key is averaged over the replies that send it in the shape
+    most of them use, so one client cannot make the others' metrics unusable.
     """
-    weights = [float(r[weight_key]) for r in records]
-    total = sum(weights)
-    sums: dict[str, float | list[float]] = {}
-    for record, factor in zip(records, [w / total for w in weights], strict=True):
+    shapes: dict[str, Counter] = {}
+    for record in records:
         for key, value in record.items():
-            if key == weight_key:
+            shapes.setdefault(key, Counter())[len(value) if isinstance(value, list) else -1] += 1
+    chosen = {key: counts.most_common(1)[0][0] for key, counts in shapes.items()}
+    totals: dict[str, float] = {}
+    for record, weight in zip(records, weights, strict=True):
+        for key, value in record.items():
+            if (len(value) if isinstance(value, list) else -1) == chosen[key]:
+                totals[key] = totals.get(key, 0.0) + weight
+    sums: dict[str, Any] = {}
+    for record, weight in zip(records, weights, strict=True):
+        for key, value in record.items():
+            if (len(value) if isinstance(value, list) else -1) != chosen[key]:
                 continue
+            factor = weight / totals[key]
             if isinstance(value, list):
                 prior = sums.get(key)
                 scaled = [v * factor for v in value]
                 sums[key] = (
-                    scaled if prior is None else [c + s for c, s in zip(prior, scaled, strict=True)]  # type: ignore[arg-type]
+                    scaled if prior is None else [c + s for c, s in zip(prior, scaled, strict=True)]
                 )
             else:
-                sums[key] = value * factor if key not in sums else sums[key] + value * factor  # type: ignore[operator]
-    return MetricRecord(sums)  # type: ignore[arg-type]
+                sums[key] = value * factor if key not in sums else sums[key] + value * factor
+    return sums

@@ -13,8 +13,9 @@ import math
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from flwr.app import ConfigRecord, Message, MetricRecord
+from flwr.app import ConfigRecord, Message
 
+from strategies.validation import ReplyLimits, checked_weight
 from wire import (
     PAYLOAD_FIELD,
     POOL_ID_FIELD,
@@ -77,10 +78,12 @@ def group_pools(replies: list[Message]) -> list[Message | Pool]:
     return units
 
 
-def check_pool(pool: Pool, metrics: list[MetricRecord | None], weight_key: str, *, allowed: bool):
+def check_pool(
+    pool: Pool, metrics: list[dict], weight_key: str, *, allowed: bool, limits: ReplyLimits
+) -> tuple[Message, float]:
     """The pool's carrier and total weight; :class:`UpdateRejected` (``bad-pool``) if unusable.
 
-    ``metrics`` are the pool's replies' metric records, in ``pool.replies`` order.
+    ``metrics`` are the pool's replies' checked metrics, in ``pool.replies`` order.
     """
 
     def refuse(detail: str) -> UpdateRejected:
@@ -106,14 +109,15 @@ def check_pool(pool: Pool, metrics: list[MetricRecord | None], weight_key: str, 
         )
     weights = []
     for msg, record_metrics in zip(pool.replies, metrics, strict=True):
-        weight = None if record_metrics is None else record_metrics.get(weight_key)
-        if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not weight > 0:
-            raise refuse(
-                f"member node {msg.metadata.src_node_id} needs a positive {weight_key!r} "
-                f"metric, got {weight!r}"
-            )
-        weights.append(float(weight))
-    if not isinstance(total, (int, float)) or not math.isclose(total, math.fsum(weights)):
+        try:
+            weights.append(checked_weight(record_metrics.get(weight_key), weight_key, limits))
+        except UpdateRejected as err:
+            raise refuse(f"member node {msg.metadata.src_node_id}: {err.detail}") from None
+    if (
+        not isinstance(total, (int, float))
+        or isinstance(total, bool)
+        or not math.isclose(total, math.fsum(weights))
+    ):
         raise refuse(
             f"{POOL_WEIGHT_FIELD} {total!r} is not the sum of the members' {weight_key!r} "
             f"({math.fsum(weights)})"

@@ -19,6 +19,7 @@ from flwr.serverapp.strategy import (
 from strategies.compression import CompressionSettings
 from strategies.sampling import SeededSampler
 from strategies.secagg import SecAggSettings
+from strategies.validation import ReplyLimits
 from strategies.wire_adapter import WireStrategy
 
 STRATEGY_NAMES = (
@@ -62,6 +63,7 @@ class StrategySettings:
     clip_norm: float = 0.0  # clip each client's update to this L2 norm (0: off)
     compression: CompressionSettings = field(default_factory=CompressionSettings)
     secure: SecAggSettings | None = None  # SecAgg+: the server sees only the sum of updates
+    limits: ReplyLimits = field(default_factory=ReplyLimits)  # what one reply may hold
 
 
 def _inner(settings: StrategySettings) -> Strategy:
@@ -111,4 +113,5 @@ def build_strategy(settings: StrategySettings) -> WireStrategy:
         compression=settings.compression,
         clip_norm=settings.clip_norm,
         secure=settings.secure,
+        limits=settings.limits,
     )

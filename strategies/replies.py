@@ -3,36 +3,37 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
-from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Message
 
-from strategies.sampling import UNKNOWN_PARTITION
 from strategies.stats import Rejection, RoundStats
+from strategies.validation import (
+    ReplyLimits,
+    as_rejection,
+    checked_metrics,
+    checked_weight,
+    partition_of,
+)
 from wire import PAYLOAD_FIELD, UPDATE_RECORD_KEY, RejectReason, UpdateRejected
 
 log = logging.getLogger(__name__)
 
+WEIGHT_KEY = "num-examples"
 # Metrics the adapter keeps for itself instead of passing to the weighted average.
 ADAPTER_METRICS = ("partition-id", "upload-bytes")
+_EXEMPT = (WEIGHT_KEY, *ADAPTER_METRICS)  # checked where they are read, with their own reason
 
 
-def metrics_of(content: RecordDict) -> MetricRecord | None:
-    """The reply's first MetricRecord (``RecordDict.metric_records`` copies them all each call)."""
-    return next((v for v in content.values() if isinstance(v, MetricRecord)), None)
-
-
-def strip_adapter_metrics(metrics: MetricRecord) -> None:
+def strip_adapter_metrics(metrics: dict) -> None:
     for key in ADAPTER_METRICS:  # not averaged: the adapter accounts for them itself
-        if key in metrics:
-            del metrics[key]
+        metrics.pop(key, None)
 
 
-def order_key(msg: Message, metrics: MetricRecord | None) -> tuple[int, int]:
+def order_key(msg: Message, metrics: dict) -> tuple[int, int]:
     """Replies are summed in partition-id order (node ids are random per simulation run);
-    ``metrics``: the reply's (:func:`metrics_of`)."""
-    pid = -1 if metrics is None else metrics.get("partition-id", -1)
-    pid = int(pid) if isinstance(pid, (int, float)) and pid >= 0 else UNKNOWN_PARTITION
-    return pid, msg.metadata.src_node_id
+    ``metrics``: the reply's checked metrics (:func:`checked_metrics`)."""
+    return partition_of(metrics.get("partition-id", -1)), msg.metadata.src_node_id
 
 
 def reject(server_round: int, stats: RoundStats, replies: list[Message], err: UpdateRejected):
@@ -64,15 +65,60 @@ def reply_payload(msg: Message) -> bytes:
 
 
 def reply_weight(
-    msg: Message, weight_key: str, pool_weight: float = 0.0
-) -> tuple[MetricRecord, float]:
-    """The reply's metrics and its weight: ``pool_weight`` for a pool's carrier, else the
-    ``weight_key`` metric; :class:`UpdateRejected` (``bad-header``) when it is not positive."""
-    metrics = metrics_of(msg.content)
-    weight = pool_weight or (None if metrics is None else metrics.get(weight_key))
-    if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not weight > 0:
-        raise UpdateRejected(
-            RejectReason.BAD_HEADER,
-            f"reply needs a positive {weight_key!r} metric to be weighted, got {weight!r}",
-        )
-    return metrics, float(weight)  # type: ignore[return-value]  # a weight implies metrics
+    metrics: dict, weight_key: str, limits: ReplyLimits, pool_weight: float = 0.0
+) -> float:
+    """The reply's weight: ``pool_weight`` for a pool's carrier, else its checked
+    ``weight_key`` metric; :class:`UpdateRejected` (``bad-weight``) when unusable."""
+    return checked_weight(pool_weight or metrics.get(weight_key), weight_key, limits)
+
+
+def checked_replies(
+    replies: Iterable[Message], server_round: int, stats: RoundStats, limits: ReplyLimits
+) -> tuple[list[Message], dict[int, dict], int]:
+    """The train replies whose metrics pass the checks, in summing order, their checked metrics
+    (by ``id`` of the reply) and how many replies came; error replies count as failures."""
+    candidates: list[tuple[tuple[int, int], Message]] = []
+    metrics_by_reply: dict[int, dict] = {}
+    received = 0
+    for msg in replies:
+        received += 1
+        node = msg.metadata.src_node_id
+        if msg.has_error():
+            reason = str(msg.error.reason)[: limits.max_detail_chars]
+            stats.failures.append(Rejection(node, "client-error", reason))
+            log.warning("round %d: node %d failed: %s", server_round, node, reason)
+            continue
+        try:
+            metrics_by_reply[id(msg)] = metrics = checked_metrics(msg, limits, _EXEMPT)
+        except Exception as err:  # noqa: BLE001 - any fault of one reply is its rejection
+            reject(server_round, stats, [msg], as_rejection(err, limits))
+            continue
+        candidates.append((order_key(msg, metrics), msg))
+    # A fixed order makes the floating-point sum, hence the model, reproducible.
+    candidates.sort(key=lambda item: item[0])
+    return [msg for _, msg in candidates], metrics_by_reply, received
+
+
+def checked_evaluate_replies(
+    replies: Iterable[Message], stats: RoundStats, limits: ReplyLimits, weight_key: str = WEIGHT_KEY
+) -> tuple[list[dict], list[float]]:
+    """The evaluation replies' checked metrics (without the weight) and weights; a reply that
+    fails a check is counted in ``stats.evaluate_rejected`` and left out."""
+    records, weights = [], []
+    for msg in replies:
+        if msg.has_error():
+            continue
+        try:
+            metrics = checked_metrics(msg, limits, _EXEMPT)
+            weight = reply_weight(metrics, weight_key, limits)
+        except Exception as err:  # noqa: BLE001 - any fault of one reply is its rejection
+            why = as_rejection(err, limits)
+            stats.evaluate_rejected.append(
+                Rejection(msg.metadata.src_node_id, why.reason.value, why.detail)
+            )
+            continue
+        metrics.pop(weight_key)
+        strip_adapter_metrics(metrics)
+        records.append(metrics)
+        weights.append(weight)
+    return records, weights

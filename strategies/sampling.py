@@ -14,12 +14,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-log = logging.getLogger(__name__)
+from strategies.validation import UNKNOWN_PARTITION, partition_of
 
-UNKNOWN_PARTITION = 2**62
+log = logging.getLogger(__name__)
 
 
 class FixedNodesGrid:
@@ -103,7 +103,11 @@ def query_partitions(grid: Grid, node_ids: list[int], timeout: float) -> dict[in
 
 def reported_partition(reply: Message) -> int:
     """The ``partition-id`` a QUERY reply's ``node-info`` holds; UNKNOWN_PARTITION without one."""
-    if reply.has_error() or "node-info" not in reply.content.metric_records:
+    if reply.has_error():
         return UNKNOWN_PARTITION
-    pid = int(reply.content.metric_records["node-info"].get("partition-id", -1))
-    return pid if pid >= 0 else UNKNOWN_PARTITION
+    info = reply.content.get("node-info")
+    return (
+        partition_of(info.get("partition-id"))
+        if isinstance(info, MetricRecord)
+        else (UNKNOWN_PARTITION)
+    )

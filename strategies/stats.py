@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+MAX_DETAIL_CHARS = 300  # a client writes the detail (an error reason, a bad field): cut it
 
 
 @dataclass
@@ -11,6 +14,11 @@ class Rejection:
     node_id: int
     reason: str
     detail: str
+
+    def __post_init__(self) -> None:
+        self.detail = str(self.detail)
+        if len(self.detail) > MAX_DETAIL_CHARS:
+            self.detail = self.detail[:MAX_DETAIL_CHARS] + "..."
 
 
 @dataclass
@@ -31,6 +39,8 @@ class RoundStats:
     train_metrics: dict[str, float] = field(default_factory=dict)
     aggregate_s: float = 0.0  # server seconds in aggregate_train (decoding, checks, the mean)
     secagg_failure: str = ""  # why secure aggregation could not finish this round ("" = fine)
+    aggregation_failure: str = ""  # why the server step produced no model ("" = fine)
+    evaluate_rejected: list[Rejection] = field(default_factory=list)  # bad evaluation replies
 
     @property
     def download_bytes_total(self) -> int:
@@ -57,7 +67,50 @@ class RoundStats:
             "aggregate_s": round(self.aggregate_s, 4),
             "rejections": [asdict(r) for r in self.rejected],
             **({"secagg_failure": self.secagg_failure} if self.secagg_failure else {}),
+            **(
+                {"aggregation_failure": self.aggregation_failure}
+                if self.aggregation_failure
+                else {}
+            ),
+            **(
+                {"evaluate_rejections": [asdict(r) for r in self.evaluate_rejected]}
+                if self.evaluate_rejected
+                else {}
+            ),
             "failures": [asdict(r) for r in self.failures],
             **{f"federated_{k}": v for k, v in self.federated_evaluation.items()},
             **{f"train_{k}": v for k, v in self.train_metrics.items()},
         }
+
+
+def stall_reason(rounds: dict[int, RoundStats], upto: int, limit: int) -> str | None:
+    """Why the ``limit`` rounds up to ``upto`` all ended with no accepted update, naming the
+    most common reason; None while any of them accepted one (or ``limit`` is 0)."""
+    if limit <= 0 or upto < limit:
+        return None
+    last = [rounds.get(r) for r in range(upto - limit + 1, upto + 1)]
+    if any(stats is None or stats.accepted for stats in last):
+        return None
+    reasons: Counter[str] = Counter()
+    examples: dict[str, str] = {}
+    for stats in last:
+        for item in stats.rejected + stats.failures:  # type: ignore[union-attr]
+            reasons[item.reason] += 1
+            examples.setdefault(item.reason, item.detail)
+        for reason, detail in (
+            ("secagg-failure", stats.secagg_failure),  # type: ignore[union-attr]
+            ("aggregation-failure", stats.aggregation_failure),  # type: ignore[union-attr]
+        ):
+            if detail:
+                reasons[reason] += 1
+                examples.setdefault(reason, detail)
+        if stats.dropped:  # type: ignore[union-attr]
+            reasons["no-reply"] += stats.dropped  # type: ignore[union-attr]
+            examples.setdefault("no-reply", "sampled clients did not reply before the deadline")
+    if not reasons:
+        return f"no client update in the last {limit} rounds (rounds {upto - limit + 1}-{upto})"
+    reason, count = reasons.most_common(1)[0]
+    return (
+        f"no update was accepted in {limit} rounds in a row (rounds {upto - limit + 1}-{upto}); "
+        f"most common reason: {reason} ({count} times), e.g. {examples[reason][:200]!r}"
+    )

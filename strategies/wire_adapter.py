@@ -25,8 +25,9 @@ from strategies.compression import CompressionSettings
 from strategies.pooling import Pool, check_pool, group_pools
 from strategies.pruning import magnitude_masks, prunable_names
 from strategies.replies import (
-    metrics_of,
-    order_key,
+    WEIGHT_KEY,
+    checked_evaluate_replies,
+    checked_replies,
     reject,
     reply_payload,
     reply_weight,
@@ -34,7 +35,13 @@ from strategies.replies import (
 )
 from strategies.sampling import FixedNodesGrid, SeededSampler
 from strategies.secagg import SecAggFailed, SecAggSession, SecAggSettings, secure_mean_reply
-from strategies.stats import Rejection, RoundStats
+from strategies.stats import RoundStats
+from strategies.validation import (
+    ReplyLimits,
+    as_rejection,
+    check_update,
+    is_finite_model,
+)
 from wire import (
     DOWNLOAD_RECORD_KEY,
     MASK_FIELD,
@@ -43,7 +50,6 @@ from wire import (
     CodecSpec,
     MaskSet,
     TensorSpec,
-    UpdateRejected,
     decode_update,
     encode_update,
 )
@@ -52,7 +58,6 @@ from wire.secagg_vector import kept_count, unflatten_kept
 
 log = logging.getLogger(__name__)
 
-WEIGHT_KEY = "num-examples"
 # Flower strategies whose aggregate_train is the weighted mean of the replies' arrays (then, for
 # FedOpt, a server-optimizer step): the adapter streams the mean instead of holding every model.
 _MEAN_STRATEGIES = (FedAvg, FedProx, FedAdam, FedYogi, FedAdagrad)
@@ -75,6 +80,7 @@ class WireStrategy(Strategy):
         compression: CompressionSettings | None = None,
         clip_norm: float = 0.0,
         secure: SecAggSettings | None = None,
+        limits: ReplyLimits | None = None,
     ) -> None:
         if secure is not None and type(inner) not in _MEAN_STRATEGIES:
             raise ValueError(
@@ -88,6 +94,8 @@ class WireStrategy(Strategy):
                 "clients clip each coordinate (secagg clip) instead"
             )
         self.inner = inner
+        self.limits = limits or ReplyLimits()
+        self.needs_mean_only = type(inner) in _MEAN_STRATEGIES
         self.secure = secure
         self._session: SecAggSession | None = None
         self.compression = compression or CompressionSettings()
@@ -105,7 +113,7 @@ class WireStrategy(Strategy):
         self.masks: MaskSet | None = None  # this round's pruning mask (the server owns it)
         self._reference: dict[str, np.ndarray] = {}  # the model clients start from this round
         # Only the weighted mean is needed: a host running many clients may pool their updates.
-        self.pooling = type(inner) in _MEAN_STRATEGIES and secure is None and not clip_norm > 0
+        self.pooling = self.needs_mean_only and secure is None and not clip_norm > 0
 
     # ----------------------------------------------------------------- Strategy interface
     def summary(self) -> None:
@@ -180,9 +188,10 @@ class WireStrategy(Strategy):
             record = self._session.setup(
                 (m.metadata.dst_node_id for m in messages), np.random.default_rng()
             )
-        except SecAggFailed as err:
-            log.warning("round %d: secure aggregation failed: %s; no update", server_round, err)
-            stats.secagg_failure = str(err)
+        except Exception as err:  # noqa: BLE001 - SecAggFailed, or a fault no check foresaw
+            why = str(err) if isinstance(err, SecAggFailed) else f"{type(err).__name__}: {err}"
+            log.warning("round %d: secure aggregation failed: %s; no update", server_round, why)
+            stats.secagg_failure = why[:300]
             self._session = None
             return []
         alive = set(self._session.alive)
@@ -207,41 +216,40 @@ class WireStrategy(Strategy):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         if self.secure is not None:
             return self._aggregate_secure(server_round, list(replies), stats)
-        candidates: list[tuple[tuple[int, int], Message]] = []
-        metrics_by_reply: dict[int, MetricRecord | None] = {}  # read once per reply
-        received = 0
-        for msg in replies:
-            received += 1
-            node = msg.metadata.src_node_id
-            if msg.has_error():
-                stats.failures.append(Rejection(node, "client-error", str(msg.error.reason)))
-                log.warning("round %d: node %d failed: %s", server_round, node, msg.error.reason)
-                continue
-            metrics_by_reply[id(msg)] = metrics = metrics_of(msg.content)
-            candidates.append((order_key(msg, metrics), msg))
-        # A fixed order makes the floating-point sum, hence the model, reproducible.
-        candidates.sort(key=lambda item: item[0])
-        mean = StreamingMean(self._reference) if type(self.inner) in _MEAN_STRATEGIES else None
+        ordered, metrics_by_reply, received = checked_replies(
+            replies, server_round, stats, self.limits
+        )
+        mean = StreamingMean(self._reference) if self.needs_mean_only else None
         accepted: list[Message] = []
-        for unit in group_pools([msg for _, msg in candidates]):
-            if isinstance(unit, Pool):
-                members = [metrics_by_reply[id(m)] for m in unit.replies]
-                accepted += self._add_pool(unit, members, server_round, stats, mean)
-                continue
+        weights: dict[int, float] = {}
+        for unit in group_pools(ordered):
+            members = unit.replies if isinstance(unit, Pool) else [unit]
             try:
-                deltas, weight, metrics = self._decode(unit, server_round, stats)
-            except UpdateRejected as err:
-                reject(server_round, stats, [unit], err)
+                if isinstance(unit, Pool):
+                    self._add_pool(unit, [metrics_by_reply[id(m)] for m in members], mean, stats)
+                else:
+                    deltas, weight = self._decode(unit, metrics_by_reply[id(unit)], stats)
+                    if mean is not None:  # O(model) memory however many clients reply
+                        mean.add(deltas, weight)
+                    else:
+                        local = {
+                            name: Array(ref + deltas[name] if name in deltas else ref)
+                            for name, ref in self._reference.items()
+                        }
+                        unit.content = RecordDict(
+                            {
+                                "arrays": ArrayRecord(local),
+                                "metrics": MetricRecord({WEIGHT_KEY: weight}),
+                            }
+                        )
+            except Exception as err:  # noqa: BLE001 - any fault of one reply is its rejection
+                reject(server_round, stats, members, as_rejection(err, self.limits))
                 continue
-            if mean is not None:  # O(model) memory however many clients reply
-                mean.add(deltas, weight)
-            else:
-                local = {
-                    name: Array(ref + deltas[name] if name in deltas else ref)
-                    for name, ref in self._reference.items()
-                }
-                unit.content = RecordDict({"arrays": ArrayRecord(local), "metrics": metrics})
-            accepted.append(unit)
+            for msg in members:
+                weights[id(msg)] = float(metrics_by_reply[id(msg)][WEIGHT_KEY])
+                strip_adapter_metrics(metrics_by_reply[id(msg)])
+            stats.pooled += len(members) if isinstance(unit, Pool) else 0
+            accepted += members
         stats.accepted = len(accepted)
         stats.dropped = max(stats.sampled - received, 0)  # no reply before the round deadline
         if stats.dropped:
@@ -251,29 +259,51 @@ class WireStrategy(Strategy):
         if not accepted:
             log.warning("round %d: no valid update; the global model stays as it was", server_round)
             return None, None
+        averaged = weighted_metrics(
+            [metrics_by_reply[id(m)] for m in accepted], [weights[id(m)] for m in accepted]
+        )
+        averaged.pop(WEIGHT_KEY, None)
         if mean is not None:
             # Flower's strategy averages one reply that carries the mean and the total weight:
             # its weighted mean of one record is that record; FedAdam/FedYogi step from it.
-            averaged = weighted_metrics([metrics_by_reply[id(m)] for m in accepted], WEIGHT_KEY)
             carrier = accepted[0]
             carrier.content = RecordDict(
                 {
                     "arrays": ArrayRecord({k: Array(v) for k, v in mean.result().items()}),
-                    "metrics": MetricRecord({**dict(averaged), WEIGHT_KEY: mean.total}),
+                    "metrics": MetricRecord({**averaged, WEIGHT_KEY: mean.total}),
                 }
             )
             accepted = [carrier]
-        arrays, metrics = self.inner.aggregate_train(server_round, accepted)
-        if arrays is not None and self.compression.frozen:
-            # averaging equal values can move the last bit; frozen layers stay exactly as sent
-            for name, ref in self._reference.items():
-                if name.startswith(self.compression.frozen):
-                    arrays[name] = Array(ref)
+        arrays, _ = self._server_step(server_round, accepted, stats)
+        metrics = MetricRecord(averaged) if arrays is not None else None
         if metrics is not None:
-            stats.train_metrics = {
-                k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))
-            }
+            stats.train_metrics = {k: float(v) for k, v in averaged.items() if _is_scalar(v)}
         return arrays, metrics
+
+    def _server_step(
+        self, server_round: int, replies: list[Message], stats: RoundStats
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """The inner strategy's new model and metrics from the accepted replies; (None, None)
+        (the model stays) when its step fails or its model is not finite."""
+        try:
+            arrays, metrics = self.inner.aggregate_train(server_round, replies)
+        except Exception as err:  # noqa: BLE001 - a round fails, the run goes on
+            stats.aggregation_failure = f"{type(err).__name__}: {str(err)[:300]}"
+        else:
+            if arrays is None or is_finite_model(arrays):
+                if arrays is not None and self.compression.frozen:
+                    # averaging equal values can move the last bit; frozen layers stay as sent
+                    for name, ref in self._reference.items():
+                        if name.startswith(self.compression.frozen):
+                            arrays[name] = Array(ref)
+                return arrays, metrics
+            stats.aggregation_failure = "the aggregated model is not finite"
+        log.warning(
+            "round %d: %s; the global model stays as it was",
+            server_round,
+            stats.aggregation_failure,
+        )
+        return None, None
 
     def _aggregate_secure(
         self, server_round: int, replies: list[Message], stats: RoundStats
@@ -287,24 +317,24 @@ class WireStrategy(Strategy):
         try:
             total = session.aggregate(replies, kept_count(shapes, self.masks) + 1)
             mean, weight = session.spec.weighted_mean(total)
-        except SecAggFailed as err:
-            log.warning("round %d: secure aggregation failed: %s; no update", server_round, err)
-            stats.secagg_failure = str(err)
+            deltas = unflatten_kept(mean, shapes, self.masks)
+            check_update(deltas, self.limits)
+            model = {
+                name: (ref + deltas[name]).astype(np.float32) if name in deltas else ref
+                for name, ref in self._reference.items()
+            }
+            carrier = secure_mean_reply(replies, model, WEIGHT_KEY, weight)
+        except Exception as err:  # noqa: BLE001 - SecAggFailed, or a fault no check foresaw
+            why = str(err) if isinstance(err, SecAggFailed) else f"{type(err).__name__}: {err}"
+            log.warning("round %d: secure aggregation failed: %s; no update", server_round, why)
+            stats.secagg_failure = why[:300]
             stats.accepted = 0
             stats.dropped = max(stats.sampled - len(replies), 0)
             return None, None
         stats.dropped = max(stats.sampled - len(replies), 0)
-        deltas = unflatten_kept(mean, shapes, self.masks)
-        model = {
-            name: (ref + deltas[name]).astype(np.float32) if name in deltas else ref
-            for name, ref in self._reference.items()
-        }
-        carrier = secure_mean_reply(replies, model, WEIGHT_KEY, weight)
-        arrays, metrics = self.inner.aggregate_train(server_round, [carrier])
+        arrays, metrics = self._server_step(server_round, [carrier], stats)
         if metrics is not None:
-            stats.train_metrics = {
-                k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))
-            }
+            stats.train_metrics = {k: float(v) for k, v in metrics.items() if _is_scalar(v)}
         return arrays, metrics
 
     def configure_evaluate(
@@ -323,63 +353,53 @@ class WireStrategy(Strategy):
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
+        """The weighted mean of the evaluation replies' checked metrics (Flower's arithmetic);
+        a reply whose metrics or weight fail the checks is left out and counted."""
         server_round += self.round_offset
-        metrics = self.inner.aggregate_evaluate(server_round, replies)
-        if metrics is not None:
-            stats = self.rounds.setdefault(server_round, RoundStats(server_round=server_round))
-            stats.federated_evaluation = {
-                k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))
-            }
-        return metrics
+        stats = self.rounds.setdefault(server_round, RoundStats(server_round=server_round))
+        records, weights = checked_evaluate_replies(replies, stats, self.limits)
+        if not records:
+            return None
+        averaged = weighted_metrics(records, weights)
+        stats.federated_evaluation = {k: float(v) for k, v in averaged.items() if _is_scalar(v)}
+        return MetricRecord(averaged)
 
     # ----------------------------------------------------------------- decoding
 
     def _decode(
-        self, msg: Message, server_round: int, stats: RoundStats, pool_weight: float = 0.0
-    ) -> tuple[dict[str, np.ndarray], float, MetricRecord]:
-        """The reply's decoded (and clipped) update, its weight and the metrics to average
-        (a pool's carrier, ``pool_weight`` > 0, holds its pool's mean of that total weight)."""
+        self, msg: Message, metrics: dict, stats: RoundStats, pool_weight: float = 0.0
+    ) -> tuple[dict[str, np.ndarray], float]:
+        """The reply's checked, decoded (and clipped) update and its weight (a pool's carrier,
+        ``pool_weight`` > 0, holds its pool's mean of that total weight)."""
         payload = reply_payload(msg)
         if not pool_weight:  # a pool's bytes are counted for all its members at once
             stats.upload_bytes.append(len(payload))
-        metrics, weight = reply_weight(msg, WEIGHT_KEY, pool_weight)
+        weight = reply_weight(metrics, WEIGHT_KEY, self.limits, pool_weight)
         specs, model_bytes = self._expected_layout()
         update = decode_update(
             payload,
             expected=specs,
             masks=self.masks,
-            expected_round=server_round,
+            expected_round=stats.server_round,
             max_bytes=model_bytes + _PAYLOAD_SLACK_BYTES,
         )
         deltas = update.as_dict()
+        check_update(deltas, self.limits)
         if self.clip_norm > 0:
             deltas = clip_update(deltas, self.clip_norm)
-        strip_adapter_metrics(metrics)
-        return deltas, float(weight), metrics
+        return deltas, weight
 
     def _add_pool(
-        self,
-        pool: Pool,
-        metrics: list[MetricRecord | None],
-        server_round: int,
-        stats: RoundStats,
-        mean: StreamingMean | None,
-    ) -> list[Message]:
-        """Add a pool's mean with its total weight; the accepted replies (all or none).
-        ``metrics``: each reply's metric record, in ``pool.replies`` order."""
+        self, pool: Pool, metrics: list[dict], mean: StreamingMean | None, stats: RoundStats
+    ) -> None:
+        """Add a pool's mean with its total weight (all members or none: a rejection raises).
+        ``metrics``: each reply's checked metrics, in ``pool.replies`` order."""
         stats.upload_bytes += [pool.payload_bytes()] * len(pool.replies)
-        try:
-            carrier, weight = check_pool(pool, metrics, WEIGHT_KEY, allowed=self.pooling)
-            deltas, _, _ = self._decode(carrier, server_round, stats, pool_weight=weight)
-        except UpdateRejected as err:
-            reject(server_round, stats, pool.replies, err)
-            return []
-        assert mean is not None  # pooling is allowed for the mean strategies only
-        mean.add(deltas, weight)
-        for record in metrics:  # check_pool saw a MetricRecord in each
-            strip_adapter_metrics(record)  # type: ignore[arg-type]
-        stats.pooled += len(pool.replies)
-        return pool.replies
+        carrier, weight = check_pool(
+            pool, metrics, WEIGHT_KEY, allowed=self.pooling and mean is not None, limits=self.limits
+        )
+        deltas, _ = self._decode(carrier, metrics[pool.replies.index(carrier)], stats, weight)
+        mean.add(deltas, weight)  # type: ignore[union-attr]  # allowed only with a mean
 
     def _expected_layout(self) -> tuple[list[TensorSpec], int]:
         """The trained tensors' specs and float32 size for this round (built once per round)."""
@@ -394,3 +414,7 @@ class WireStrategy(Strategy):
             self._layout = (specs, sum(a.nbytes for a in trained.values()))
             self._layout_key = key
         return self._layout
+
+
+def _is_scalar(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

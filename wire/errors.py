@@ -26,6 +26,10 @@ class RejectReason(StrEnum):
     BAD_INDICES = "bad-indices"
     STAGE_ORDER = "stage-order"
     BAD_POOL = "bad-pool"  # a pooled upload that is incomplete, mis-weighted or not allowed
+    BAD_METRICS = "bad-metrics"  # a metric of the wrong type, size or value
+    BAD_WEIGHT = "bad-weight"  # num-examples missing, not a number, <= 0 or above the bound
+    OUT_OF_BOUNDS = "out-of-bounds"  # a decoded coordinate beyond the operator's bound
+    MALFORMED = "malformed"  # handling the reply raised an error no check foresaw
     # secure aggregation
     BAD_SECAGG = "bad-secagg"
     SHARE_TAMPERED = "share-tampered"

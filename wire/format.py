@@ -15,7 +15,6 @@ so no payload can make the server allocate more than ``MAX_HEADER_BYTES`` for it
 
 from __future__ import annotations
 
-import functools
 import json
 import struct
 import zlib
@@ -27,6 +26,7 @@ import numpy as np
 
 from wire.codec import CodecSpec
 from wire.errors import RejectReason, UpdateRejected
+from wire.header_cache import HeaderCache
 from wire.mask import MaskSet
 from wire.stages import (
     TensorSpec,
@@ -179,7 +179,9 @@ def decode_update(
             RejectReason.TOO_SHORT,
             f"header claims {header_len} bytes but only {len(view) - _PREFIX.size} follow",
         )
-    header, specs = _parsed_header(bytes(view[_PREFIX.size : _PREFIX.size + header_len]))
+    raw = bytes(view[_PREFIX.size : _PREFIX.size + header_len])
+    cached = HEADER_CACHE.get(raw)
+    header, specs, text_bytes = cached or _parsed_header(raw)
     if expected_round is not None and header["round"] != expected_round:
         raise UpdateRejected(
             RejectReason.ROUND_MISMATCH,
@@ -187,6 +189,8 @@ def decode_update(
         )
     if expected is not None:
         _check_expected(specs, expected)
+        if cached is None:  # only headers that matched the model are kept
+            HEADER_CACHE.put(raw, (header, specs, text_bytes))
     if masks is not None:
         _check_mask_shapes(specs, masks)
     lengths = segment_lengths(specs, masks)
@@ -223,17 +227,16 @@ def read_header(payload: bytes) -> dict[str, Any]:
     return json.loads(zlib.decompress(payload[_PREFIX.size : _PREFIX.size + header_len]))
 
 
-@functools.lru_cache(maxsize=64)
-def _parsed_header(raw: bytes) -> tuple[dict[str, Any], tuple[TensorSpec, ...]]:
-    """Header and tensor specs; cached, since every client of a round sends the same header.
-
-    Only successful parses are cached (a rejection raises), and callers never mutate the result.
-    """
-    header = _parse_header(raw)
-    return header, tuple(_tensor_specs(header))
+HEADER_CACHE = HeaderCache()
 
 
-def _parse_header(raw: bytes) -> dict[str, Any]:
+def _parsed_header(raw: bytes) -> tuple[dict[str, Any], tuple[TensorSpec, ...], int]:
+    """Header, tensor specs and the inflated JSON's size in bytes."""
+    header, text_bytes = _parse_header(raw)
+    return header, tuple(_tensor_specs(header)), text_bytes
+
+
+def _parse_header(raw: bytes) -> tuple[dict[str, Any], int]:
     inflater = zlib.decompressobj()
     try:
         text = inflater.decompress(raw, MAX_HEADER_BYTES)
@@ -241,8 +244,10 @@ def _parse_header(raw: bytes) -> dict[str, Any]:
             why = f"header is truncated or inflates past {MAX_HEADER_BYTES} bytes"
             raise UpdateRejected(RejectReason.BAD_HEADER, why)
         header = json.loads(text.decode("utf-8"))
-    except (zlib.error, UnicodeDecodeError, json.JSONDecodeError) as err:
-        why = f"header is not zlib-compressed UTF-8 JSON ({err})"
+    except RecursionError:
+        raise UpdateRejected(RejectReason.BAD_HEADER, "header JSON nests too deeply") from None
+    except (zlib.error, ValueError) as err:  # bad UTF-8 or JSON, or an int too long to parse
+        why = f"header is not zlib-compressed UTF-8 JSON ({str(err)[:200]})"
         raise UpdateRejected(RejectReason.BAD_HEADER, why) from None
     if not isinstance(header, dict):
         raise UpdateRejected(RejectReason.BAD_HEADER, "header must be a JSON object")
@@ -257,7 +262,7 @@ def _parse_header(raw: bytes) -> dict[str, Any]:
         raise UpdateRejected(
             RejectReason.UNSUPPORTED_VERSION, f"header format {header['format']} is not supported"
         )
-    return header
+    return header, len(text)
 
 
 def _stage_chain(raw: list[Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -337,10 +342,11 @@ def _tensor_specs(header: dict[str, Any]) -> list[TensorSpec]:
                 RejectReason.BAD_TENSOR_SPEC,
                 f"tensor {name!r} has shape {shape}; dimensions must be ints in [0, 2^31)",
             )
-        if dtype not in ALLOWED_DTYPES:
+        if not isinstance(dtype, str) or dtype not in ALLOWED_DTYPES:
             raise UpdateRejected(
                 RejectReason.BAD_TENSOR_SPEC,
-                f"tensor {name!r} has dtype {dtype!r}; allowed: {sorted(ALLOWED_DTYPES)}",
+                f"tensor {name[:100]!r} has dtype {str(dtype)[:100]}; "
+                f"allowed: {sorted(ALLOWED_DTYPES)}",
             )
         specs.append(TensorSpec(name=name, shape=tuple(shape), dtype=dtype))
     if len({spec.name for spec in specs}) != len(specs):

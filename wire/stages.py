@@ -93,7 +93,7 @@ def check_select(params: Mapping[str, Any], masks: MaskSet | None, count: int) -
             RejectReason.MASK_MISMATCH,
             f"update was made under mask {params.get('mask')!r}, this round's mask is {want!r}",
         )
-    if params.get("count") != count:
+    if type(params.get("count")) is not int or params.get("count") != count:
         raise _reject(
             RejectReason.LENGTH_MISMATCH,
             f"select stage says {params.get('count')} values, the mask keeps {count}",
@@ -172,11 +172,11 @@ def values_sections(stage: str, params: Mapping[str, Any], count: int) -> list[t
     if stage == "float32":
         return [("values", 4 * count)]
     bits, chunk = params.get("bits"), params.get("chunk")
-    if bits not in ALLOWED_BITS:
+    if type(bits) is not int or bits not in ALLOWED_BITS:  # 4.0 == 4 and True == 1
         raise _reject(
             RejectReason.BAD_BIT_WIDTH, f"bit width {bits!r} is not one of {ALLOWED_BITS}"
         )
-    if not isinstance(chunk, int) or not 1 <= chunk <= 1 << 24:
+    if type(chunk) is not int or not 1 <= chunk <= 1 << 24:
         raise _reject(RejectReason.BAD_HEADER, f"quantization chunk {chunk!r} is not in [1, 2^24]")
     return [("scales", 8 * num_chunks(count, chunk)), ("codes", packed_size(count, bits))]
 
@@ -193,5 +193,8 @@ def decode_values(
     scales = np.frombuffer(sections["scales"], dtype="<f4").reshape(-1, 2)
     if not np.isfinite(scales).all() or (scales[:, 0] > scales[:, 1]).any():
         raise _reject(RejectReason.BAD_SCALE, "a chunk range is NaN/Inf or has min > max")
+    with np.errstate(over="ignore"):  # dequantize steps by (max - min) in float32
+        if not np.isfinite(scales[:, 1] - scales[:, 0]).all():
+            raise _reject(RejectReason.BAD_SCALE, "a chunk range (max - min) overflows float32")
     codes = unpack_uint(sections["codes"], bits, count)
     return dequantize(Quantized(codes, scales[:, 0].copy(), scales[:, 1].copy()), bits, chunk)

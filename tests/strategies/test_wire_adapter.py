@@ -98,7 +98,7 @@ def test_non_positive_weight_is_rejected():
     strategy, _ = _configured()
     arrays, metrics = strategy.aggregate_train(1, [_reply(1, {"w": np.ones(3, np.float32)}, n=0)])
     assert arrays is None and metrics is None
-    assert strategy.rounds[1].rejected[0].reason == "bad-header"
+    assert strategy.rounds[1].rejected[0].reason == "bad-weight"
 
 
 def test_aggregate_is_bitwise_independent_of_reply_order():
