@@ -24,6 +24,11 @@ class TaskConfigError(ValueError):
     """A Task, optimizer or data request was configured with an impossible value."""
 
 
+def has_natural_partition(data: object) -> bool:
+    """Whether a data source comes split per client already (``natural_partition = True``)."""
+    return getattr(data, "natural_partition", False) is True
+
+
 def check_partition_id(partition_id: int, num_partitions: int) -> None:
     """Refuse a partition id outside [0, num_partitions)."""
     if not 0 <= partition_id < num_partitions:
@@ -59,7 +64,13 @@ class ClientData:
 
 
 class FederatedData(Protocol):
-    """Where a Task's data comes from: a client's partition and the server's test set."""
+    """Where a Task's data comes from: a client's partition and the server's test set.
+
+    A source whose clients each hold (or generate) their own data sets a class attribute
+    ``natural_partition = True``: it is then run with partition ``natural``, never split by a
+    partitioner. Arrays: ``x`` float32 (any feature shape the model takes), ``y`` int64 class
+    labels (or float32 targets for a regression Task).
+    """
 
     def client_data(
         self,

@@ -14,6 +14,7 @@ nothing is downloaded.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 from torch import nn
@@ -34,6 +35,7 @@ DIM, CLASSES = 60, 10
 class SyntheticData:
     """Synthetic(alpha, beta): a natural partition, one generated dataset per client."""
 
+    natural_partition: ClassVar[bool] = True  # each client generates its own data
     alpha: float = 1.0
     beta: float = 1.0
     max_samples: int = 1000

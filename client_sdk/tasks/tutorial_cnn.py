@@ -11,6 +11,7 @@ measures throughput, not learning.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -61,6 +62,7 @@ def _images(seed: int, count: int) -> tuple[np.ndarray, np.ndarray]:
 class GeneratedImages:
     """A natural partition: each client generates its own ``samples`` images from its id."""
 
+    natural_partition: ClassVar[bool] = True  # each client generates its own data
     samples: int = 50
 
     def __post_init__(self) -> None:
