@@ -40,12 +40,13 @@ def get_task(name: str) -> Task:
     if base == "tutorial-cnn":
         if not args:
             return tutorial_cnn_task()
-        if not args.isdigit():
+        samples, _, sizes = args.partition(":")
+        if not samples.isdigit():
             raise TaskConfigError(
                 f"task {name!r}: write tutorial-cnn:SAMPLES with a whole number, e.g. "
-                "tutorial-cnn:50"
+                "tutorial-cnn:50 (or tutorial-cnn:50:dirichlet:0.3 for skewed client sizes)"
             )
-        return tutorial_cnn_task(int(args))
+        return tutorial_cnn_task(int(samples), sizes)
     raise TaskConfigError(
         f"unknown task {name!r}; built-in tasks: {', '.join(BUILTIN_TASKS)}, or your own as "
         "package.module:attr or path/to/file.py:attr"

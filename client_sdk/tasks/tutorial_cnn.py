@@ -4,8 +4,9 @@ The model is the CNN of Flower's PyTorch tutorial (LeCun-style: two 5x5 convolut
 linear layers, 62,006 parameters). Each client holds ``samples`` random 3x32x32 images with
 random labels drawn from ``torch.Generator().manual_seed(partition_id)`` when the run seed is 0,
 exactly the data of ``shared/bench/flower_baseline.py``, so simulation engines can be compared
-with plain Flower on the same work. Labels are random: accuracy stays near 10 %; the task
-measures throughput, not learning.
+with plain Flower on the same work. With ``sizes`` (``dirichlet:ALPHA`` or ``pareto:A``, see
+:mod:`client_sdk.tasks.sizes`) client i holds its own skewed count instead, ``samples`` on
+average. Labels are random: accuracy stays near 10 %; the task measures throughput, not learning.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from client_sdk.task import (
     TaskConfigError,
     check_natural_partition,
 )
+from client_sdk.tasks.sizes import SizeSpecError, client_sizes, parse_sizes
 
 CLASSES, TEST_SAMPLES, CENTRAL_TEST_SAMPLES = 10, 10, 500
 
@@ -64,10 +66,16 @@ class GeneratedImages:
 
     natural_partition: ClassVar[bool] = True  # each client generates its own data
     samples: int = 50
+    sizes: str = ""  # "": every client ``samples``; else a skewed distribution (.sizes)
 
     def __post_init__(self) -> None:
         if self.samples < 1:
             raise TaskConfigError(f"tutorial-cnn needs >= 1 sample per client, got {self.samples}")
+        if self.sizes:
+            try:
+                parse_sizes(self.sizes)
+            except SizeSpecError as err:
+                raise TaskConfigError(str(err)) from None
 
     def client_data(
         self,
@@ -78,7 +86,10 @@ class GeneratedImages:
         seed: int,
     ) -> ClientData:
         check_natural_partition("tutorial-cnn", partitioner, partition_id, num_partitions)
-        x, y = _images(partition_id + (seed << 32), self.samples)
+        count = self.samples
+        if self.sizes:
+            count = int(client_sizes(self.sizes, self.samples, num_partitions, seed)[partition_id])
+        x, y = _images(partition_id + (seed << 32), count)
         x_test, y_test = _images(-(partition_id + 1) - (seed << 32), TEST_SAMPLES)
         return ClientData(x_train=x, y_train=y, x_test=x_test, y_test=y_test)
 
@@ -86,11 +97,11 @@ class GeneratedImages:
         return _images((1 << 62) + seed, CENTRAL_TEST_SAMPLES)
 
 
-def tutorial_cnn_task(samples: int = 50) -> Task:
+def tutorial_cnn_task(samples: int = 50, sizes: str = "") -> Task:
     return Task(
-        name=f"tutorial-cnn-{samples}",
+        name=f"tutorial-cnn-{samples}" + (f"-{sizes.replace(':', '-')}" if sizes else ""),
         model_fn=TutorialCNN,
-        data=GeneratedImages(samples=samples),
+        data=GeneratedImages(samples=samples, sizes=sizes),
         optimizer=OptimizerSpec(name="sgd", lr=0.01, momentum=0.9),
         local_epochs=1,
         batch_size=10,
