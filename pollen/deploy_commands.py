@@ -41,6 +41,12 @@ def server_start(
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         settings = load_server_config(config, **overrides)
+        if settings.insecure and not insecure:  # the same warning when the file asks for it
+            typer.echo(
+                f"pollen server start: warning: insecure = true in {config}: updates travel "
+                "unencrypted",
+                err=True,
+            )
         state = start_server(settings, state_dir=state_dir, app_dir=app_dir.resolve())
     except (DeploymentError, OSError) as err:
         _fail("server start", err)
@@ -62,9 +68,13 @@ def server_status_cmd(
     """Is the SuperLink up, how is the run doing, what did the last round measure."""
     import json
 
+    from server.deploy_config import DeploymentError
     from server.launch import server_status
 
-    status = server_status(state_dir)
+    try:
+        status = server_status(state_dir)
+    except DeploymentError as err:  # e.g. a corrupt server.json
+        _fail("server status", err)
     if as_json:
         typer.echo(json.dumps(status, default=str))
         return
@@ -75,9 +85,13 @@ def server_status_cmd(
 @server_app.command("stop")
 def server_stop(state_dir: Path = _STATE) -> None:
     """Stop the SuperLink and everything it started."""
+    from server.deploy_config import DeploymentError
     from server.launch import stop_server
 
-    stopped = stop_server(state_dir)
+    try:
+        stopped = stop_server(state_dir)
+    except DeploymentError as err:  # e.g. a corrupt server.json: signal nothing
+        _fail("server stop", err)
     typer.echo("stopped" if stopped else f"no Pollen server was running from {state_dir}")
 
 

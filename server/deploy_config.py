@@ -20,6 +20,8 @@ Relative paths are read against the config file's folder.
 
 from __future__ import annotations
 
+import json
+import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -84,45 +86,157 @@ class ServerConfig:
             raise DeploymentError(f"[run] {err.key}: {err.why}") from None
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a server.toml or server.json is a few hundred bytes
+MAX_NODE_KEYS = 100_000
+# [superlink] key -> (type it must have, how the error names it)
+_LINK_TYPES: dict[str, tuple[type, str]] = {
+    "host": (str, "a string"),
+    "port": (int, "a int"),
+    "certs": (str, "a folder path (string)"),
+    "database": (str, "a file path (string)"),
+    "node-auth": (bool, "a bool"),
+    "node-keys": (list, "a list of .pub file paths"),
+    "insecure": (bool, "a bool"),
+}
+
+
+def _show(value: Any) -> str:
+    """A hostile value, shown on one short line."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def read_text_file(path: Path, what: str) -> str:
+    """A small UTF-8 text file, or a :class:`DeploymentError` naming it: never a traceback for
+    a folder, a device, a huge file or bytes that are not UTF-8."""
+    try:
+        if not path.is_file():
+            raise DeploymentError(f"{what} {path} is not a file")
+        with path.open("rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)
+    except OSError as err:
+        raise DeploymentError(f"cannot read {what} {path}: {err.strerror}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise DeploymentError(f"{what} {path} is larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DeploymentError(
+            f"{what} {path} is not UTF-8 text (byte {err.start} is "
+            f"{data[err.start : err.start + 1]!r}); save it as UTF-8"
+        ) from None
+
+
 def load_server_config(path: Path | None, **overrides: Any) -> ServerConfig:
-    """Read ``path`` (optional) and apply flag ``overrides`` (None values are ignored)."""
+    """Read ``path`` (optional) and apply flag ``overrides`` (None values are ignored).
+
+    Every value of the file is type-checked before use (``bool`` is not a port, a string is not
+    a list of keys); a bad one is a :class:`DeploymentError` naming the file and the key."""
     raw: dict[str, Any] = {}
     base = Path(".")
+    where = "flags"
     if path is not None:
+        text = read_text_file(path, "server config")
         try:
-            raw = tomllib.loads(path.read_text())
-        except OSError as err:
-            raise DeploymentError(f"cannot read server config {path}: {err.strerror}") from None
+            raw = tomllib.loads(text)
         except tomllib.TOMLDecodeError as err:
             raise DeploymentError(f"server config {path} is not valid TOML: {err}") from None
+        except RecursionError:
+            raise DeploymentError(f"server config {path} nests too deeply") from None
         base = path.parent
+        where = str(path)
     if unknown := set(raw) - {"superlink", "run"}:
-        raise DeploymentError(f"unknown table(s) {sorted(unknown)}; use [superlink] and [run]")
+        raise DeploymentError(
+            f"{where}: unknown table(s) {_show(sorted(unknown))}; use [superlink] and [run]"
+        )
+    for table in ("superlink", "run"):
+        if not isinstance(raw.get(table, {}), dict):
+            raise DeploymentError(
+                f"{where}: {table} must be a table ([{table}]), got {_show(raw[table])}"
+            )
     link: Mapping[str, Any] = raw.get("superlink", {})
     if unknown := set(link) - _LINK_KEYS:
         raise DeploymentError(
-            f"[superlink] unknown key(s) {sorted(unknown)}; known: {sorted(_LINK_KEYS)}"
+            f"{where}: [superlink] unknown key(s) {_show(sorted(unknown))}; "
+            f"known: {sorted(_LINK_KEYS)}"
         )
+    for key, value in link.items():
+        kind, what = _LINK_TYPES[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise DeploymentError(f"{where}: [superlink] {key} must be {what}, got {_show(value)}")
     values: dict[str, Any] = {k.replace("-", "_"): v for k, v in link.items()}
 
-    def path_of(value: Any) -> Path | None:  # file values are relative to the file's folder
-        if value in (None, ""):
+    def path_of(key: str, value: str) -> Path | None:  # relative to the file's folder
+        if value == "":
             return None
-        p = Path(value).expanduser()
+        if "\x00" in value:
+            raise DeploymentError(f"{where}: [superlink] {key} holds a NUL character")
+        try:
+            p = Path(value).expanduser()
+        except RuntimeError:  # ~user that does not exist here
+            raise DeploymentError(
+                f"{where}: [superlink] {key}: cannot expand {_show(value)}"
+            ) from None
         return p if p.is_absolute() else base / p
 
     for key in ("certs", "database"):
         if key in values:
-            values[key] = path_of(values[key])
+            values[key] = path_of(key, values[key])
     if "node_keys" in values:
-        values["node_keys"] = tuple(path_of(v) for v in values["node_keys"])
+        keys = values["node_keys"]
+        if len(keys) > MAX_NODE_KEYS or not all(isinstance(k, str) and k for k in keys):
+            raise DeploymentError(
+                f"{where}: [superlink] node-keys must be a list of .pub file paths, "
+                f"got {_show(keys)}"
+            )
+        values["node_keys"] = tuple(path_of("node-keys", k) for k in keys)
     values.update({k: v for k, v in overrides.items() if v is not None})  # flags: as given
     run = dict(raw.get("run", {}))
     try:
-        config = ServerConfig(**values, run_config=run)
-    except TypeError as err:
-        raise DeploymentError(f"[superlink]: {err}") from None
+        RunSettings.from_run_config(run)
+    except RunConfigError as err:
+        raise DeploymentError(f"{where}: [run] {err.key}: {err.why}") from None
+    config = ServerConfig(**values, run_config=run)
     for key, kind in (("port", int), ("host", str), ("node_auth", bool), ("insecure", bool)):
-        if not isinstance(getattr(config, key), kind):
-            raise DeploymentError(f"[superlink] {key.replace('_', '-')} must be a {kind.__name__}")
+        value = getattr(config, key)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise DeploymentError(f"{key.replace('_', '-')} must be a {kind.__name__}")
     return config
+
+
+# server.json (written by `pollen server start`): key -> the types its value may have
+_STATE_TYPES: dict[str, tuple[type, ...]] = {
+    "pid": (int,),
+    "address": (str,),
+    "ca_cert": (str,),
+    "nodes": (dict,),
+    "run_id": (int, type(None)),
+    "out_dir": (str,),
+}
+
+
+def read_server_state(path: Path) -> dict[str, Any] | None:
+    """``server.json``, checked before anything acts on it (``stop`` signals its ``pid``'s
+    process group: a pid of 0, 1, our own or a string must never get that far)."""
+    if not path.exists():
+        return None
+    hint = "; if no server is running, delete it"
+    text = read_text_file(path, "server state")
+    try:
+        state = json.loads(text)
+    except (ValueError, RecursionError):
+        raise DeploymentError(f"server state {path} is not valid JSON{hint}") from None
+    if not isinstance(state, dict):
+        raise DeploymentError(f"server state {path} is not a JSON object{hint}")
+    for key in ("pid", "address"):
+        if key not in state:
+            raise DeploymentError(f"server state {path} has no {key!r}{hint}")
+    for key, kinds in _STATE_TYPES.items():
+        if key in state and (not isinstance(state[key], kinds) or isinstance(state[key], bool)):
+            raise DeploymentError(f"server state {path}: {key!r} is {_show(state[key])}{hint}")
+    pid = state["pid"]
+    if not 1 < pid < 2**31 or pid in (os.getpid(), os.getpgrp()):
+        raise DeploymentError(
+            f"server state {path}: 'pid' {pid} is not a SuperLink process id{hint}"
+        )
+    return state

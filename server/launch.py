@@ -36,7 +36,7 @@ from typing import Any
 
 from server.certs import CertificateError, check_certificates
 from server.config import RunSettings
-from server.deploy_config import DeploymentError, ServerConfig
+from server.deploy_config import DeploymentError, ServerConfig, read_server_state
 from server.metrics import read_metrics
 from server.processes import alive, launched_for, stop_group
 
@@ -185,8 +185,7 @@ def run_config_text(run_config: dict[str, Any]) -> str:
 
 
 def read_state(state_dir: Path) -> dict[str, Any] | None:
-    path = state_dir / STATE_FILE
-    return json.loads(path.read_text()) if path.exists() else None
+    return read_server_state(state_dir / STATE_FILE)  # type-checked: corrupt is a clear error
 
 
 def start_server(
