@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,11 +66,13 @@ def simulation_settings(
     **run: Any,
 ) -> SimulationSettings:
     """Validate the flags into settings, or raise a :class:`FlagError` naming the bad flag."""
+    from client_sdk import TaskConfigError
     from client_sdk.tasks import natural_partition
     from server import RunConfigError, RunSettings
+    from server.checkpoint import ResumeError
     from simulations.heterogeneity import HeterogeneityError
     from simulations.partitioners import PartitionError
-    from simulations.runner import SimulationSettings
+    from simulations.runner import SimulationSettings, check_partition, check_resume
 
     if clients < 1:
         raise FlagError("--clients", f"must be >= 1, got {clients}")
@@ -89,13 +92,17 @@ def simulation_settings(
             resolve_device(device)
         except DeviceError as err:
             raise FlagError("--device", str(err)) from None
-    spec = partition or ("natural" if natural_partition(run["task"]) else "dirichlet:0.5")
+    try:
+        natural = natural_partition(run["task"])
+    except ValueError as err:  # an unknown task or a bad task reference
+        raise FlagError("--task", str(err)) from None
+    spec = partition or ("natural" if natural else "dirichlet:0.5")
     try:
         settings = RunSettings(partition=spec, min_available_nodes=clients, **run)
     except RunConfigError as err:
         raise FlagError(_FLAG_FOR_KEY.get(err.key, f"--{err.key}"), err.why) from None
     try:
-        return SimulationSettings(
+        simulation = SimulationSettings(
             run=settings,
             clients=clients,
             out_dir=out.resolve(),
@@ -115,6 +122,30 @@ def simulation_settings(
         raise FlagError(flag, str(err)) from None
     except PartitionError as err:
         raise FlagError("--partition", str(err)) from None
+    try:  # split the data now: too many clients for it is a flag error, not a traceback later
+        check_partition(simulation)
+    except (PartitionError, TaskConfigError) as err:
+        raise FlagError("--partition", str(err)) from None
+    check_out_dir(simulation.out_dir)
+    try:  # a corrupt checkpoint is one line here, before anything is printed or started
+        check_resume(simulation)
+    except ResumeError as err:
+        raise FlagError("--resume", str(err)) from None
+    return simulation
+
+
+def check_out_dir(out: Path) -> None:
+    """Create ``--out`` (the run would a moment later) and prove a file can be written there,
+    so an unwritable place is a flag error before anything starts, not a traceback after."""
+    if out.exists() and not out.is_dir():
+        raise FlagError("--out", f"{out} is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".pollen-write-test-"):
+            pass
+    except OSError as err:
+        why = err.strerror or type(err).__name__
+        raise FlagError("--out", f"cannot write run files in {out}: {why}") from None
 
 
 @app.command()
@@ -198,6 +229,8 @@ def simulate(
     console = Console()
     out_dir = out or Path("runs") / f"{task.replace(':', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
+        if resume and out is None:
+            raise FlagError("--resume", "name the run directory to continue with --out")
         settings = simulation_settings(
             clients=clients,
             partition=partition,
@@ -250,8 +283,6 @@ def simulate(
             secagg_clip=secagg_clip,
             dropout_rate=dropout_rate,
         )
-        if resume and out is None:
-            raise FlagError("--resume", "name the run directory to continue with --out")
     except FlagError as err:
         typer.echo(f"pollen simulate: error: {err}", err=True)
         raise typer.Exit(2) from None
@@ -267,6 +298,7 @@ def simulate(
     )
     from server.checkpoint import ResumeError
     from server.federation import RunAborted
+    from simulations.partitioners import PartitionError
 
     with round_progress(console) as progress:
         bar = progress.add_task("rounds", total=rounds, accuracy="-", upload="-")
@@ -285,12 +317,14 @@ def simulate(
             progress.stop()
             typer.echo(f"pollen simulate: run aborted: {err}", err=True)
             raise typer.Exit(1) from None
-        except ResumeError as err:
-            progress.stop()
-            typer.echo(f"pollen simulate: error: --resume: {err}", err=True)
+        except (ResumeError, PartitionError) as err:
+            progress.stop()  # e.g. too many clients for the data: found when it is split
+            flag = "--resume" if isinstance(err, ResumeError) else "--partition"
+            typer.echo(f"pollen simulate: error: {flag}: {err}", err=True)
             raise typer.Exit(2) from None
     console.print(summary_table(summary))
-    console.print(f"final accuracy: {summary['final_accuracy']:.4f}")
+    final = summary["final_accuracy"]  # None when a resumed run had no round left to log
+    console.print(f"final accuracy: {'-' if final is None else f'{final:.4f}'}")
     export = summary.get("export", {})
     if export:
         console.print(

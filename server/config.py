@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -35,6 +36,11 @@ class RunConfigError(ValueError):
         self.why = why
 
 
+# A simulated attacker scales its update at most this much: larger factors only overflow float32
+# (1e38 gives Inf) and say nothing more about a robust strategy.
+MAX_ATTACK_SCALE = 1e6
+MAX_SEED = 2**31 - 1
+MAX_BATCH_SIZE = 2**20
 _PRUNE_KEYS = ("prune-initial", "prune-start-round", "prune-schedule", "prune-scope", "prune")
 
 
@@ -97,6 +103,7 @@ class RunSettings:
     max_failed_rounds: int = 3  # abort after this many rounds in a row with no update; 0: never
 
     def __post_init__(self) -> None:
+        self._check_types()
         bad = RunConfigError
         if self.num_server_rounds < 1:
             raise bad("num-server-rounds", f"must be >= 1, got {self.num_server_rounds}")
@@ -108,6 +115,10 @@ class RunSettings:
             raise bad("fraction-evaluate", f"must be in [0, 1], got {self.fraction_evaluate}")
         if self.min_available_nodes < 1:
             raise bad("min-available-nodes", f"must be >= 1, got {self.min_available_nodes}")
+        if not 0 <= self.seed <= MAX_SEED:  # torch.manual_seed takes seed-derived int64s
+            raise bad("seed", f"must be in [0, {MAX_SEED}], got {self.seed}")
+        if self.batch_size > MAX_BATCH_SIZE:  # engines size buffers by it before clipping to data
+            raise bad("batch-size", f"must be at most {MAX_BATCH_SIZE}, got {self.batch_size}")
         if self.attack not in ("", "scale", "sign-flip"):
             raise bad("attack", f"must be scale or sign-flip (or empty), got {self.attack!r}")
         if not 0 <= self.malicious_fraction < 1:
@@ -156,6 +167,28 @@ class RunSettings:
                 (k for k in ("quant-bits", "quant-chunk", "topk") if k in str(err)), "quant-bits"
             )
             raise bad(key, str(err)) from None
+
+    def _check_types(self) -> None:
+        """Each value has its field's type (bool is not an int here) and every float is finite:
+        a NaN passes every ``<``/``>`` range check below, so it is refused first."""
+        for spec in fields(self):
+            value, kind = getattr(self, spec.name), type(spec.default)
+            key = spec.name.replace("_", "-")
+            if kind is float:
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    raise RunConfigError(key, f"expected a number, got {value!r}")
+                if not math.isfinite(value):
+                    raise RunConfigError(key, f"must be a finite number, got {value}")
+            elif kind in (int, str, bool) and (
+                not isinstance(value, kind) or (kind is int and isinstance(value, bool))
+            ):
+                raise RunConfigError(key, f"expected {kind.__name__}, got {value!r}")
+        if abs(self.attack_scale) > MAX_ATTACK_SCALE:
+            raise RunConfigError(
+                "attack-scale",
+                f"must be in [-{MAX_ATTACK_SCALE:g}, {MAX_ATTACK_SCALE:g}], "
+                f"got {self.attack_scale:g}",
+            )
 
     def _check_secure_agg(self) -> None:
         bad = RunConfigError

@@ -14,6 +14,7 @@ checks a minimum number of examples per client.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,8 +53,8 @@ class DirichletPartitioner:
     max_tries: int = 100
 
     def __post_init__(self) -> None:
-        if not self.alpha > 0:
-            raise PartitionError(f"Dirichlet alpha must be > 0, got {self.alpha}")
+        if not (math.isfinite(self.alpha) and self.alpha > 0):  # NaN and Inf draw NaN shares
+            raise PartitionError(f"Dirichlet alpha must be a finite number > 0, got {self.alpha}")
 
     def __call__(self, labels: np.ndarray, n: int, rng: np.random.Generator) -> list[np.ndarray]:
         _check_clients(labels, n)

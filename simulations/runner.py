@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -24,7 +25,12 @@ from server.checkpoint import check_resumable, load_checkpoint
 from server.federation import ABORT_FILE, RoundCallback, RunAborted
 from simulations.app import clientapp, simulated_client_data
 from simulations.attacks import simulated_attack
-from simulations.heterogeneity import Heterogeneity, HeterogeneousGrid, load_tiers
+from simulations.heterogeneity import (
+    Heterogeneity,
+    HeterogeneityError,
+    HeterogeneousGrid,
+    load_tiers,
+)
 from simulations.partitioners import PartitionError, parse_partition
 from simulations.plots import plot_accuracy
 
@@ -98,6 +104,14 @@ class SimulationSettings:
             raise PartitionError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.clients_per_batch < 0:
             raise PartitionError(f"clients-per-batch must be >= 0, got {self.clients_per_batch}")
+        for name, value in (("availability", self.availability), ("deadline", self.deadline_s)):
+            # NaN passes every range check (it compares False), so refuse it and Inf first
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise HeterogeneityError(f"{name} must be a number, got {value!r}")
+            if not math.isfinite(value):
+                raise HeterogeneityError(f"{name} must be a finite number, got {value}")
+        if not (math.isfinite(self.cpus_per_client) and self.cpus_per_client > 0):
+            raise PartitionError(f"cpus-per-client must be > 0, got {self.cpus_per_client}")
         self.heterogeneity()  # refuse a bad tier file, availability or deadline now
         natural = natural_partition(self.run.task)
         spec = parse_partition(self.run.partition)
@@ -120,16 +134,32 @@ def check_partition(settings: SimulationSettings) -> None:
     )
 
 
+def server_settings(settings: SimulationSettings) -> RunSettings:
+    """The ServerApp's settings: the run's, with one partition per client and the out dir."""
+    return RunSettings(
+        **{
+            **settings.run.__dict__,
+            "num_partitions": settings.clients,
+            "out_dir": str(settings.out_dir),
+        }
+    )
+
+
+def check_resume(settings: SimulationSettings) -> None:
+    """With ``resume``, refuse (:class:`~server.checkpoint.ResumeError`, naming the file) a
+    checkpoint in the out dir that is corrupt or cannot continue this run."""
+    run = server_settings(settings)
+    if run.resume and (checkpoint := load_checkpoint(settings.out_dir)) is not None:
+        check_resumable(checkpoint, asdict(run))
+
+
 def simulate(settings: SimulationSettings, on_round: RoundCallback | None = None) -> dict[str, Any]:
     """Run the simulation; return (and write) the summary."""
     check_partition(settings)
     out = settings.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    run = RunSettings(
-        **{**settings.run.__dict__, "num_partitions": settings.clients, "out_dir": str(out)}
-    )
-    if run.resume and (checkpoint := load_checkpoint(out)) is not None:
-        check_resumable(checkpoint, asdict(run))  # fail here, before Ray starts
+    run = server_settings(settings)
+    check_resume(settings)  # fail here, before Ray starts
     devices = settings.heterogeneity()
     server_app = build_server_app(
         run,

@@ -42,9 +42,9 @@ class SyntheticData:
     test_fraction: float = 0.2
 
     def __post_init__(self) -> None:
-        if self.alpha < 0 or self.beta < 0:
+        if not (0 <= self.alpha <= 1e3 and 0 <= self.beta <= 1e3):  # NaN fails too
             raise TaskConfigError(
-                f"Synthetic alpha and beta must be >= 0, got {self.alpha}, {self.beta}"
+                f"Synthetic alpha and beta must be in [0, 1000], got {self.alpha}, {self.beta}"
             )
 
     def generate(self, client: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -91,3 +91,66 @@ def test_report_writes_both_plots(tmp_path):
 def test_report_on_a_directory_without_metrics_is_a_clear_error(tmp_path):
     result = CliRunner().invoke(app, ["report", str(tmp_path)])
     assert result.exit_code == 2 and "metrics.jsonl not found" in result.output
+
+
+FLOAT_FLAGS = [
+    "--availability", "--deadline", "--fraction", "--fraction-evaluate", "--lr",
+    "--proximal-mu", "--server-lr", "--trim-beta", "--clip-norm", "--prune", "--prune-initial",
+    "--topk", "--malicious-fraction", "--attack-scale", "--secagg-clip", "--dropout-rate",
+]  # fmt: skip
+
+
+def test_every_float_flag_of_simulate_is_listed_here():
+    import inspect
+
+    from pollen.cli import simulate
+
+    floats = {
+        "--" + name.replace("_", "-")
+        for name, p in inspect.signature(simulate).parameters.items()
+        if isinstance(p.default.default, float)
+    }
+    assert floats == set(FLOAT_FLAGS)
+
+
+def _one_line_error(args, flag):
+    result = CliRunner().invoke(app, ["simulate", *args])
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1 and lines[0].startswith(f"pollen simulate: error: {flag}:"), lines
+    return lines[0]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "NaN"])
+@pytest.mark.parametrize("flag", FLOAT_FLAGS)
+def test_non_finite_float_flags_are_refused_naming_the_flag(flag, value):
+    line = _one_line_error([flag, value], flag)
+    assert "finite" in line or "must be in" in line
+
+
+@pytest.mark.parametrize(
+    ("args", "flag", "says"),
+    [
+        (["--attack-scale", "1e38"], "--attack-scale", "must be in [-1e+06, 1e+06]"),
+        (["--attack-scale", "-1e7"], "--attack-scale", "must be in"),
+        (["--seed", "-1"], "--seed", "must be in [0, 2147483647]"),
+        (["--seed", str(2**64)], "--seed", "must be in [0, 2147483647]"),
+        (["--batch-size", str(2**31)], "--batch-size", "at most"),
+        (["--partition", "dirichlet:inf"], "--partition", "finite"),
+        (["--partition", "dirichlet:nan"], "--partition", "finite"),
+        (["--task", "synthetic:nan,1", "--partition", "natural"], "--task", "[0, 1000]"),
+        (["--clients", "300", "--partition", "dirichlet:0.05"], "--partition", "300 clients"),
+        (["--clients", "5000", "--partition", "iid"], "--partition", "5000 clients"),
+        (["--out", "/proc/pollen-run"], "--out", "cannot write run files"),
+        (["--resume"], "--resume", "name the run directory"),
+    ],
+)
+def test_hostile_values_are_one_line_flag_errors(args, flag, says):
+    assert says in _one_line_error(args, flag)
+
+
+def test_an_out_dir_below_a_file_or_on_a_file_is_a_flag_error(tmp_path):
+    (tmp_path / "file").write_text("x")
+    line = _one_line_error(["--out", str(tmp_path / "file" / "run")], "--out")
+    assert "Not a directory" in line
+    assert "is a file, not a folder" in _one_line_error(["--out", str(tmp_path / "file")], "--out")

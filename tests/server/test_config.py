@@ -56,3 +56,44 @@ def test_ints_are_accepted_for_floats():
 def test_bad_run_config_names_the_key(config, key):
     with pytest.raises(RunConfigError, match=f"run config {key}:"):
         RunSettings.from_run_config(config)
+
+
+FLOAT_KEYS = sorted(
+    name.replace("_", "-")
+    for name, spec in RunSettings.__dataclass_fields__.items()
+    if isinstance(spec.default, float)
+)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("key", FLOAT_KEYS)
+def test_non_finite_floats_are_refused_for_every_float_key(key, value):
+    """`flwr run --run-config` (TOML: nan, inf) reaches the same check as the CLI flags."""
+    assert len(FLOAT_KEYS) >= 15
+    with pytest.raises(RunConfigError, match=f"run config {key}: .*finite"):
+        RunSettings.from_run_config({key: value})
+
+
+@pytest.mark.parametrize(
+    ("values", "key"),
+    [
+        ({"attack_scale": 1e38}, "attack-scale"),
+        ({"seed": -1}, "seed"),
+        ({"seed": 2**64}, "seed"),
+        ({"batch_size": 2**40}, "batch-size"),
+        ({"seed": True}, "seed"),  # bool is an int in Python, not here
+        ({"lr": True}, "lr"),
+        ({"lr": "0.1"}, "lr"),
+        ({"secure_agg": 1}, "secure-agg"),
+        ({"task": 5}, "task"),
+    ],
+)
+def test_direct_settings_are_type_and_range_checked(values, key):
+    with pytest.raises(RunConfigError, match=f"run config {key}:"):
+        RunSettings(**values)
+
+
+def test_toml_nan_in_a_run_config_file_is_refused():
+    config = tomllib.loads("server-lr = nan\nclip-norm = inf\n")
+    with pytest.raises(RunConfigError, match="run config server-lr: must be a finite number"):
+        RunSettings.from_run_config(config)

@@ -97,3 +97,9 @@ def test_specs_parse():
         IidPartitioner()(LABELS[:5], 6, np.random.default_rng(0))
     with pytest.raises(PartitionError, match="more classes"):
         ShardPartitioner(11)(LABELS, 3, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("spec", ["dirichlet:nan", "dirichlet:inf", "dirichlet:-inf"])
+def test_non_finite_dirichlet_alpha_is_refused(spec):
+    with pytest.raises(PartitionError, match="finite number > 0"):
+        parse_partition(spec)

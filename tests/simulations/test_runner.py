@@ -8,6 +8,7 @@ import pytest
 from client_sdk import model_arrays
 from client_sdk.tasks import get_task
 from server import MODEL_FILE, RunSettings, read_metrics
+from simulations.heterogeneity import HeterogeneityError
 from simulations.partitioners import PartitionError
 from simulations.runner import SimulationSettings, simulate
 
@@ -103,3 +104,10 @@ def test_partition_mismatch_is_refused_before_starting():
         )
     with pytest.raises(PartitionError, match="clients"):
         SimulationSettings(run=RunSettings(), clients=0, out_dir=None)
+
+
+@pytest.mark.parametrize("field", ["availability", "deadline_s"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), True, "1"])
+def test_non_finite_or_mistyped_device_settings_are_refused(field, value):
+    with pytest.raises(HeterogeneityError, match=field.removesuffix("_s")):
+        SimulationSettings(run=RunSettings(), clients=3, out_dir=None, **{field: value})
