@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.console import Console
 
+from pollen import new_project
 from pollen.deploy_commands import client_app, server_app
 from pollen.progress import human_bytes, round_progress, summary_table
 
@@ -35,6 +36,7 @@ class FlagError(ValueError):
 
 app.add_typer(server_app, name="server")
 app.add_typer(client_app, name="client")
+app.command("new")(new_project.new)
 
 
 @app.callback()
