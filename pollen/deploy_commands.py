@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,9 @@ def server_start(
     # TERM (a service manager, `timeout`) unwinds like Ctrl-C: start_server then stops the
     # SuperLink it launched instead of leaving it running without a server.json
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # the app's own modules (a Task named "task:task" in its run config) resolve here as they
+    # do in its ServerApp and ClientApps, where Flower puts the app's folder on sys.path
+    sys.path.insert(0, str(app_dir.resolve()))
     try:
         settings = load_server_config(config, **overrides)
         if settings.insecure and not insecure:  # the same warning when the file asks for it
