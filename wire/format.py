@@ -5,12 +5,13 @@ Layout (all integers little-endian)::
     b"PLNW" | version: u16 | header_len: u32 | header: zlib(UTF-8 JSON) | body sections
 
 The header names the format version, the round, every tensor's name/shape/dtype, the codec
-stages in the order they ran with their parameters (``select`` → [``topk``] → ``quantize`` |
-``float32``), and each body section with its byte count. Decoding checks every field against
-what the server knows (tensor specs, round, pruning mask) before it reads the body, so a
-malformed payload is refused with an :class:`UpdateRejected` reason. The header is
-zlib-compressed (it is often larger than a pruned, quantized body) and inflated with a hard cap,
-so no payload can make the server allocate more than ``MAX_HEADER_BYTES`` for it.
+stages in the order they ran with their parameters (``select`` → [``topk``] → [``rotate``] →
+``quantize`` | ``float32`` | ``eden`` | ``sign``), and each body section with its byte count.
+Decoding checks every field against what the server knows (tensor specs, round, pruning mask)
+before it reads the body, so a malformed payload is refused with an :class:`UpdateRejected`
+reason. The header is zlib-compressed (it is often larger than a pruned, quantized body) and
+inflated with a hard cap, so no payload can make the server allocate more than
+``MAX_HEADER_BYTES`` for it.
 """
 
 from __future__ import annotations
@@ -28,18 +29,23 @@ from wire.codec import CodecSpec
 from wire.errors import RejectReason, UpdateRejected
 from wire.header_cache import HeaderCache
 from wire.mask import MaskSet
+from wire.registry import (
+    TRANSFORMS,
+    check_order,
+    decode_value_stage,
+    encode_tail,
+    known_stages,
+    value_sections,
+)
 from wire.stages import (
     TensorSpec,
     check_select,
     decode_topk,
-    decode_values,
     encode_topk,
-    encode_values,
     parse_topk,
     scatter,
     segment_lengths,
     select,
-    values_sections,
 )
 
 MAGIC = b"PLNW"
@@ -48,7 +54,6 @@ SUPPORTED_VERSIONS = frozenset({1})
 _PREFIX = struct.Struct("<4sHI")
 MAX_HEADER_BYTES = 1 << 20
 ALLOWED_DTYPES = frozenset({"float32"})
-VALUE_STAGES = ("float32", "quantize")
 
 
 @dataclass(frozen=True)
@@ -81,7 +86,8 @@ def encode_update(
 ) -> bytes:
     """Encode named tensors (e.g. local-minus-global deltas) into one payload.
 
-    ``rng`` drives stochastic rounding (required then); masked tensors send kept values only.
+    ``rng`` drives stochastic rounding and draws a per-client rotation's seed (required then);
+    masked tensors send kept values only.
     """
     codec = codec or CodecSpec()
     specs = [TensorSpec(name, tuple(int(d) for d in np.shape(t))) for name, t in tensors.items()]
@@ -99,13 +105,9 @@ def encode_update(
         _, values, params, topk_sections = encode_topk(flat, codec.topk, lengths)
         stages.append({"name": "topk", "params": params})
         sections += topk_sections
-    if codec.quant_bits and codec.stochastic and rng is None:
-        raise ValueError("stochastic quantization needs an rng (numpy Generator)")
-    params, value_sections = encode_values(
-        values, codec.quant_bits, codec.quant_chunk, rng if codec.stochastic else None
-    )
-    stages.append({"name": "quantize" if codec.quant_bits else "float32", "params": params})
-    sections += value_sections
+    tail, tail_sections = encode_tail(values, codec, rng)
+    stages += tail
+    sections += tail_sections
     frame = payload_frame(
         server_round, specs, stages, [(name, _nbytes(buf)) for name, buf in sections]
     )
@@ -142,12 +144,14 @@ def decode_update(
     masks: MaskSet | None = None,
     expected_round: int | None = None,
     max_bytes: int | None = None,
+    rotation_seed: int | None = None,
 ) -> DecodedUpdate:
     """Validate and decode a payload; raise :class:`UpdateRejected` on any inconsistency.
 
     ``expected`` (the tensors the server wants: the global model's trainable ones), ``masks``
     (this round's pruning mask) and ``expected_round`` are what the server knows; an update for
     another model, mask or round is refused. ``max_bytes`` refuses an oversized payload first.
+    ``rotation_seed``: this round's shared rotation; a rotation with another seed is refused.
     """
     if not isinstance(payload, (bytes, bytearray, memoryview)):
         raise UpdateRejected(
@@ -201,10 +205,23 @@ def decode_update(
     if stages[1][0] == "topk":
         count, codes = parse_topk(stages[1][1], lengths)
         layout.append(("indices", sum(c.nbytes for c in codes)))
+    transform = next(((n, p) for n, p in stages if n in TRANSFORMS), None)
+    value_count = count
+    if transform is not None:
+        value_count = TRANSFORMS[transform[0]].check(transform[1], count)
+        layout += TRANSFORMS[transform[0]].sections(transform[1], count)
+        if rotation_seed is not None and transform[1]["seed"] != rotation_seed:
+            raise UpdateRejected(
+                RejectReason.BAD_HEADER,
+                f"update rotated with seed {transform[1]['seed']}, this round's shared "
+                f"rotation is {rotation_seed}",
+            )
     value_stage, value_params = stages[-1]
-    layout += values_sections(value_stage, value_params, count)
+    layout += value_sections(value_stage, value_params, value_count)
     sections = _split_body(header, view[_PREFIX.size + header_len :], layout)
-    values = decode_values(value_stage, value_params, sections, count)
+    values = decode_value_stage(value_stage, value_params, sections, value_count)
+    if transform is not None:
+        values = TRANSFORMS[transform[0]].decode(transform[1], values, count)
     if codes is not None:
         flat = np.zeros(sum(lengths), dtype=np.float32)
         flat[decode_topk(sections["indices"], codes, lengths)] = values
@@ -266,7 +283,8 @@ def _parse_header(raw: bytes) -> tuple[dict[str, Any], int]:
 
 
 def _stage_chain(raw: list[Any]) -> list[tuple[str, dict[str, Any]]]:
-    """The stages as (name, params), checked to be select → [topk] → quantize|float32."""
+    """The stages as (name, params), checked to be select → [topk] → [rotate] → a values stage
+    (quantize | float32 | eden | sign)."""
     chain: list[tuple[str, dict[str, Any]]] = []
     for item in raw:
         if (
@@ -279,18 +297,14 @@ def _stage_chain(raw: list[Any]) -> list[tuple[str, dict[str, Any]]]:
             )
         chain.append((item["name"], item.get("params", {})))
     names = [name for name, _ in chain]
-    known = {"select", "topk", *VALUE_STAGES}
+    known = known_stages()
     if unknown := [n for n in names if n not in known]:
         raise UpdateRejected(
             RejectReason.UNKNOWN_STAGE,
-            f"codec stage(s) {unknown} are not known (known: {sorted(known)})",
+            f"codec stage(s) {[str(n)[:50] for n in unknown]} are not known "
+            f"(known: {sorted(known)})",
         )
-    if names not in (["select", v] for v in VALUE_STAGES) and names not in (
-        ["select", "topk", v] for v in VALUE_STAGES
-    ):
-        raise UpdateRejected(
-            RejectReason.STAGE_ORDER, f"stages {names} are not select → [topk] → quantize|float32"
-        )
+    check_order(names)
     return chain
 
 

@@ -16,6 +16,7 @@ from wire.codec import CodecSpec
 from wire.format import payload_frame
 from wire.mask import MaskSet
 from wire.quantize import num_chunks
+from wire.rotation import ROUNDS, block_for, padded_length
 from wire.stages import TensorSpec, segment_lengths
 
 
@@ -95,4 +96,64 @@ def encode_quantized_rows(
     return [
         b"".join([frame, memoryview(s).cast("B"), memoryview(c)])
         for s, c in zip(scales, codes, strict=True)
+    ]
+
+
+def encode_scaled_sign_rows(
+    scales: np.ndarray,
+    codes: np.ndarray,
+    specs: Sequence[TensorSpec],
+    *,
+    server_round: int,
+    codec: CodecSpec,
+    masks: MaskSet | None = None,
+    rotation_seeds: Sequence[int] | None = None,
+) -> list[bytes]:
+    """Payloads for many clients' ``eden`` or ``sign`` updates (no top-k), one per row.
+
+    Row k of ``scales`` holds client k's float32 scale per chunk and row k of ``codes`` its
+    bit-packed codes, as :func:`encode_update` lays them out. ``rotation_seeds``: each client's
+    rotation seed when ``codec.rotate`` is on (one header per distinct seed, so a shared
+    rotation builds one). The values stage counts the rotated (padded) values.
+    """
+    if codec.topk or codec.scheme not in ("eden", "sign"):
+        raise ValueError("encode_scaled_sign_rows encodes eden or sign updates without top-k")
+    count = sum(segment_lengths(specs, masks))
+    block = block_for(count, codec.rotate_block)
+    values = count if codec.rotate == "none" else padded_length(count, block)
+    chunks, packed = num_chunks(values, codec.quant_chunk), packed_size(values, codec.quant_bits)
+    rotated = codec.rotate != "none"
+    if rotated != (rotation_seeds is not None) or (
+        rotation_seeds is not None and len(rotation_seeds) != len(scales)
+    ):
+        raise ValueError("rotation_seeds: one per row when the codec rotates, else None")
+    if scales.shape[1:] != (chunks,) or codes.shape[1:] != (packed,) or len(scales) != len(codes):
+        raise ValueError(
+            f"rows must be [clients, {chunks}] scales and [clients, {packed}] codes, "
+            f"got {scales.shape} and {codes.shape}"
+        )
+    if codec.scheme == "eden":
+        params = {"bits": codec.quant_bits, "chunk": codec.quant_chunk, "scale": codec.eden_scale}
+    else:
+        params = {"chunk": codec.quant_chunk}
+    select = {"mask": "" if masks is None else masks.digest, "count": count}
+    sections = [("scales", 4 * chunks), ("codes", packed)]
+    frames: dict[int | None, bytes] = {}
+
+    def frame(seed: int | None) -> bytes:
+        if seed not in frames:
+            stages = [{"name": "select", "params": select}]
+            if seed is not None:
+                rotate = {"seed": int(seed), "block": block, "rounds": ROUNDS}
+                stages.append({"name": "rotate", "params": rotate})
+            stages.append({"name": codec.scheme, "params": params})
+            frames[seed] = payload_frame(server_round, specs, stages, sections)
+        return frames[seed]
+
+    scales = np.ascontiguousarray(scales, dtype="<f4")
+    codes = np.ascontiguousarray(codes, dtype=np.uint8)
+    seeds = rotation_seeds if rotation_seeds is not None else [None] * len(scales)
+    return [
+        b"".join([frame(seed), memoryview(s).cast("B"), memoryview(c)])
+        for s, c, seed in zip(scales, codes, seeds, strict=True)
     ]

@@ -1,0 +1,168 @@
+"""Hostile headers and bodies for the rotate, eden and sign stages: each is one typed rejection."""
+
+import json
+import struct
+
+import numpy as np
+import pytest
+
+from tests.wire.test_hostile_headers import _reframe, _with_header
+from wire import CodecSpec, RejectReason, TensorSpec, UpdateRejected, decode_update, encode_update
+from wire.format import read_header
+
+SPECS = [TensorSpec("w", (30, 40))]
+DELTA = {"w": np.random.default_rng(0).normal(size=(30, 40)).astype(np.float32)}
+EDEN = CodecSpec(quant_bits=2, scheme="eden", rotate="client", quant_chunk=512)
+SIGN = CodecSpec(quant_bits=1, scheme="sign", quant_chunk=512)
+
+
+def _payload(codec) -> bytes:
+    return encode_update(DELTA, server_round=1, codec=codec, rng=np.random.default_rng(0))
+
+
+def _reason(payload: bytes, **kw) -> RejectReason:
+    with pytest.raises(UpdateRejected) as err:
+        decode_update(payload, expected=SPECS, expected_round=1, **kw)
+    return err.value.reason
+
+
+def _edit_params(codec, stage: str, **changes):
+    def edit(header):
+        params = next(s["params"] for s in header["stages"] if s["name"] == stage)
+        for key, value in changes.items():
+            if value is _DROP:
+                params.pop(key)
+            else:
+                params[key] = value
+
+    return _with_header(_payload(codec), edit)
+
+
+_DROP = object()
+
+
+def test_honest_payloads_decode():
+    for codec in (EDEN, SIGN, CodecSpec(quant_bits=1, scheme="eden", topk=0.1, rotate="client")):
+        decode_update(_payload(codec), expected=SPECS, expected_round=1)
+
+
+@pytest.mark.parametrize(
+    "seed", [-1, 2**63, 2**64 + 5, 1.0, True, "7", None, [1], {"a": 1}], ids=repr
+)
+def test_a_rotation_seed_that_is_not_an_int_in_range_is_a_bad_header(seed):
+    assert _reason(_edit_params(EDEN, "rotate", seed=seed)) == RejectReason.BAD_HEADER
+
+
+@pytest.mark.parametrize(
+    "block", [0, -4, 3, 1000, 2048, 1 << 19, 1024.0, True, "1024", None, [1024]], ids=repr
+)
+def test_a_rotation_block_that_is_not_a_fitting_power_of_two_is_a_bad_header(block):
+    """1200 values: blocks up to 2048 (the next power of two) fit; a bigger one, a non-power
+    and every non-int are refused. Block 2048 pads 1200 values to 2048 as two blocks of 1024
+    do, so it decodes, to other (finite) values: a layout a client may choose, not a fault."""
+    payload = _edit_params(EDEN, "rotate", block=block)
+    if block == 2048:
+        got = decode_update(payload, expected=SPECS, expected_round=1).tensors[0]
+        honest = decode_update(_payload(EDEN), expected=SPECS, expected_round=1).tensors[0]
+        assert np.isfinite(got).all() and not np.allclose(got, honest)
+    else:
+        assert _reason(payload) == RejectReason.BAD_HEADER
+
+
+@pytest.mark.parametrize("rounds", [0, 4, -1, 2.0, True, "2", None], ids=repr)
+def test_rotation_rounds_outside_one_to_three_is_a_bad_header(rounds):
+    assert _reason(_edit_params(EDEN, "rotate", rounds=rounds)) == RejectReason.BAD_HEADER
+
+
+@pytest.mark.parametrize("stage", ["rotate", "eden", "sign"])
+def test_a_missing_or_extra_param_is_a_bad_header(stage):
+    codec = SIGN if stage == "sign" else EDEN
+    first = "chunk" if stage == "sign" else ("seed" if stage == "rotate" else "bits")
+    assert _reason(_edit_params(codec, stage, extra=1)) == RejectReason.BAD_HEADER
+    missing = _edit_params(codec, stage, **{first: _DROP})
+    assert _reason(missing) in (RejectReason.BAD_HEADER, RejectReason.BAD_BIT_WIDTH)
+
+
+@pytest.mark.parametrize("bits", [0, 3, 8, 2.0, True, "2", None, [2]], ids=repr)
+def test_an_eden_bit_width_outside_one_two_four_is_refused(bits):
+    assert _reason(_edit_params(EDEN, "eden", bits=bits)) == RejectReason.BAD_BIT_WIDTH
+
+
+@pytest.mark.parametrize("stage", ["eden", "sign"])
+@pytest.mark.parametrize("chunk", [0, -1, 2**24 + 1, 512.0, True, "512", None], ids=repr)
+def test_a_chunk_that_is_not_an_int_in_range_is_a_bad_header(stage, chunk):
+    codec = SIGN if stage == "sign" else EDEN
+    assert _reason(_edit_params(codec, stage, chunk=chunk)) == RejectReason.BAD_HEADER
+
+
+@pytest.mark.parametrize("scale", ["biased", "", 1, True, None, ["mse"], "x" * 10_000], ids=str)
+def test_an_eden_scale_kind_that_is_not_unbiased_or_mse_is_a_bad_header(scale):
+    assert _reason(_edit_params(EDEN, "eden", scale=scale)) == RejectReason.BAD_HEADER
+
+
+def test_a_changed_chunk_or_bit_width_is_caught_by_the_section_sizes():
+    assert _reason(_edit_params(EDEN, "eden", chunk=256)) == RejectReason.LENGTH_MISMATCH
+    assert _reason(_edit_params(EDEN, "eden", bits=4)) == RejectReason.LENGTH_MISMATCH
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        ["select", "rotate", "rotate", "eden"],
+        ["select", "eden", "rotate"],
+        ["select", "rotate", "topk", "eden"],
+        ["select", "rotate"],
+        ["select", "eden", "sign"],
+        ["rotate", "select", "eden"],
+    ],
+)
+def test_the_new_stages_in_an_impossible_order_are_refused(order):
+    payload = _payload(EDEN)
+    header = read_header(payload)
+    by_name = {s["name"]: s for s in header["stages"]}
+    by_name["sign"] = {"name": "sign", "params": {"chunk": 512}}
+    by_name["topk"] = {"name": "topk", "params": {"k": 1, "segments": [[0, 1, 1, 150]]}}
+    header["stages"] = [by_name[name] for name in order]
+    assert _reason(_reframe(payload, json.dumps(header).encode())) == RejectReason.STAGE_ORDER
+
+
+def _with_scales(codec, values) -> bytes:
+    payload = _payload(codec)
+    (header_len,) = struct.unpack_from("<I", payload, 6)
+    body = bytearray(payload[10 + header_len :])
+    raw = np.asarray(values, "<f4").tobytes()
+    body[: len(raw)] = raw
+    return payload[: 10 + header_len] + bytes(body)
+
+
+@pytest.mark.parametrize("codec", [EDEN, SIGN], ids=["eden", "sign"])
+@pytest.mark.parametrize("scale", [np.nan, np.inf, -np.inf, -1.0, 3e38])
+def test_a_nan_infinite_negative_or_overflowing_scale_is_a_bad_scale(codec, scale):
+    if codec is SIGN and scale == 3e38:  # 3e38 * 1 is finite: a legal (huge) sign scale
+        decoded = decode_update(_with_scales(codec, [scale]), expected=SPECS, expected_round=1)
+        assert np.isfinite(decoded.tensors[0]).all()
+        return
+    assert _reason(_with_scales(codec, [scale])) == RejectReason.BAD_SCALE
+
+
+def test_a_finite_scale_whose_rotation_back_overflows_is_non_finite():
+    assert _reason(_with_scales(EDEN, [1e38, 1e38, 1e38])) == RejectReason.NON_FINITE
+
+
+def test_a_shared_rotation_round_refuses_a_client_chosen_seed():
+    payload = _payload(EDEN)
+    seed = read_header(payload)["stages"][1]["params"]["seed"]
+    decode_update(payload, expected=SPECS, expected_round=1, rotation_seed=seed)
+    assert _reason(payload, rotation_seed=seed + 1) == RejectReason.BAD_HEADER
+
+
+def test_a_truncated_or_padded_body_is_a_length_mismatch():
+    payload = _payload(EDEN)
+    assert _reason(payload[:-1]) == RejectReason.LENGTH_MISMATCH
+    assert _reason(payload + b"\0") == RejectReason.LENGTH_MISMATCH
+
+
+@pytest.mark.parametrize("name", ["Rotate", "eden ", "rotate2", "drive"])
+def test_an_unknown_stage_name_is_refused(name):
+    payload = _with_header(_payload(EDEN), lambda h: h["stages"][1].__setitem__("name", name))
+    assert _reason(payload) in (RejectReason.UNKNOWN_STAGE,)
