@@ -31,6 +31,7 @@ from wire import (
     MaskSet,
     decode_update,
 )
+from wire.rotation import block_for, rotate
 from wire.secagg_protocol import SECAGG_RECORD_KEY
 from wire.secagg_vector import SecAggVectorSpec, flatten_kept
 
@@ -62,9 +63,20 @@ def codec_from_config(config: ConfigRecord) -> CodecSpec:
             quant_chunk=int(config.get("quant-chunk", 1024)),
             stochastic=config.get("quant-rounding", "stochastic") != "nearest",
             topk=float(config.get("topk", 0.0)),
+            scheme=str(config.get("quant-scheme", "uniform")),
+            eden_scale=str(config.get("eden-scale", "unbiased")),
+            rotate=str(config.get("rotate", "none")),
+            rotate_block=_int(config.get("rotate-block", 1024), "rotate-block"),
+            rotate_seed=_int(config.get("rotate-seed", 0), "rotate-seed"),
         )
     except CodecConfigError as err:
         raise TaskConfigError(f"server config: {err}") from None
+
+
+def _int(value: object, key: str) -> int:
+    if type(value) is not int:
+        raise TaskConfigError(f"server config: {key} must be an int, got {value!r}")
+    return value
 
 
 def resolve_task(task: TaskSource, config: ConfigRecord) -> Task:
@@ -235,6 +247,11 @@ def secure_reply(
         )
     spec = SecAggVectorSpec.from_config(msg.content[SECAGG_RECORD_KEY])
     flat = flatten_kept(delta, list(delta), plan.masks)
+    if plan.codec.rotate == "client":
+        raise TaskConfigError("secure aggregation sums the uploads: rotate must be shared")
+    if plan.codec.rotate == "shared":  # clip and quantize the rotated vector (the sum unrotates)
+        block = block_for(flat.size, plan.codec.rotate_block)
+        flat = rotate(flat, plan.codec.rotate_seed, block)
     rng = np.random.default_rng(plan.seed_for(partition_id_of(context)))
     vector, clipped = spec.quantize(flat, spec.weight_of(stats.num_examples), rng)
     return masked_reply(msg, context, vector, secure_metrics(context, stats, clipped, flat.size))

@@ -207,6 +207,12 @@ def simulate(
     quant_chunk: int = typer.Option(1024, help="Values per quantization range."),
     quant_rounding: str = typer.Option("stochastic", help="stochastic (unbiased) | nearest"),
     topk: float = typer.Option(0.0, help="Send only this fraction of coordinates (0: dense)."),
+    quant_scheme: str = typer.Option(
+        "uniform", help="uniform (min, max) | eden (EDEN/DRIVE, with --rotate) | sign (EF-signSGD)."
+    ),
+    eden_scale: str = typer.Option("unbiased", help="eden: unbiased | mse (biased; with EF)."),
+    rotate: str = typer.Option("none", help="Randomized Hadamard rotation: none|client|shared."),
+    rotate_block: int = typer.Option(1024, help="Values per Hadamard block (a power of two)."),
     error_feedback: bool = typer.Option(False, help="Carry the compression residual over."),
     qat: bool = typer.Option(False, help="Train with fake-quantized int8 weights."),
     download_bits: int = typer.Option(0, help="Global model download: 0 float32, 8 bits."),
@@ -270,6 +276,10 @@ def simulate(
             quant_chunk=quant_chunk,
             quant_rounding=quant_rounding,
             topk=topk,
+            quant_scheme=quant_scheme,
+            eden_scale=eden_scale,
+            rotate=rotate,
+            rotate_block=rotate_block,
             error_feedback=error_feedback,
             qat=qat,
             download_bits=download_bits,

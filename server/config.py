@@ -41,6 +41,16 @@ class RunConfigError(ValueError):
 MAX_ATTACK_SCALE = 1e6
 MAX_SEED = 2**31 - 1
 MAX_BATCH_SIZE = 2**20
+# a codec error names its key; "rotate-block" before "rotate", "quant-scheme" before "quant-bits"
+_CODEC_KEYS = (
+    "quant-scheme",
+    "eden-scale",
+    "rotate-block",
+    "rotate",
+    "quant-bits",
+    "quant-chunk",
+    "topk",
+)
 _PRUNE_KEYS = ("prune-initial", "prune-start-round", "prune-schedule", "prune-scope", "prune")
 
 
@@ -84,6 +94,10 @@ class RunSettings:
     quant_chunk: int = 1024
     quant_rounding: str = "stochastic"  # stochastic | nearest
     topk: float = 0.0  # fraction of coordinates sent; 0: dense
+    quant_scheme: str = "uniform"  # uniform (min, max) | eden (EDEN/DRIVE) | sign (EF-signSGD)
+    eden_scale: str = "unbiased"  # eden: unbiased | mse (least error, biased: use error-feedback)
+    rotate: str = "none"  # randomized Hadamard rotation: none | client | shared (one per round)
+    rotate_block: int = 1024  # values per Hadamard block (a power of two)
     error_feedback: bool = False
     qat: bool = False
     download_bits: int = 0  # 0: float32 global model; 8: 8-bit download
@@ -163,9 +177,7 @@ class RunSettings:
             key = next((k for k in _PRUNE_KEYS if k in str(err)), "prune")
             raise bad(key, str(err)) from None
         except CodecConfigError as err:
-            key = next(
-                (k for k in ("quant-bits", "quant-chunk", "topk") if k in str(err)), "quant-bits"
-            )
+            key = next((k for k in _CODEC_KEYS if k in str(err)), "quant-bits")
             raise bad(key, str(err)) from None
 
     def _check_types(self) -> None:
@@ -209,6 +221,8 @@ class RunSettings:
             raise bad("error-feedback", "cannot be combined with secure-agg")
         if self.quant_bits:
             raise bad("quant-bits", "secure-agg quantizes by itself: set secagg-bits instead")
+        if self.rotate == "client":
+            raise bad("rotate", "secure-agg sums the uploads: use one rotation for all (shared)")
         try:
             if self.secagg_degree:
                 self.secure_aggregation().graph(self.secagg_degree + 1)
@@ -250,6 +264,10 @@ class RunSettings:
                 quant_chunk=self.quant_chunk,
                 stochastic=self.quant_rounding == "stochastic",
                 topk=self.topk,
+                scheme=self.quant_scheme,
+                eden_scale=self.eden_scale,
+                rotate=self.rotate,
+                rotate_block=self.rotate_block,
             ),
             pruning=pruning,
             error_feedback=self.error_feedback,

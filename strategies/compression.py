@@ -11,6 +11,7 @@ from typing import Any
 
 from strategies.pruning import PruningSchedule
 from wire import CodecSpec
+from wire.rotation import shared_rotation_seed
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -26,13 +27,22 @@ class CompressionSettings:
         if self.download_bits not in (0, 8):
             raise ValueError(f"download-bits must be 0 (float32) or 8, got {self.download_bits}")
 
-    def codec_config(self) -> dict[str, Any]:
-        """The round-config entries clients read to compress their update."""
+    def codec_config(self, server_round: int = 0, run_seed: int = 0) -> dict[str, Any]:
+        """The round-config entries clients read to compress their update (a shared rotation's
+        seed for this round, :func:`wire.rotation.shared_rotation_seed`, among them)."""
+        shared = {}
+        if self.codec.rotate == "shared":
+            shared["rotate-seed"] = shared_rotation_seed(run_seed, server_round)
         return {
+            **shared,
             "quant-bits": self.codec.quant_bits,
             "quant-chunk": self.codec.quant_chunk,
             "quant-rounding": "stochastic" if self.codec.stochastic else "nearest",
             "topk": self.codec.topk,
+            "quant-scheme": self.codec.scheme,
+            "eden-scale": self.codec.eden_scale,
+            "rotate": self.codec.rotate,
+            "rotate-block": self.codec.rotate_block,
             "error-feedback": self.error_feedback,
             "qat": self.qat,
             "freeze": ",".join(self.frozen),

@@ -53,6 +53,7 @@ from wire import (
     decode_update,
     encode_update,
 )
+from wire.rotation import block_for, padded_length, unrotate
 from wire.secagg_protocol import SECAGG_RECORD_KEY
 from wire.secagg_vector import kept_count, unflatten_kept
 
@@ -112,6 +113,7 @@ class WireStrategy(Strategy):
         self.rounds: dict[int, RoundStats] = {}
         self.masks: MaskSet | None = None  # this round's pruning mask (the server owns it)
         self._reference: dict[str, np.ndarray] = {}  # the model clients start from this round
+        self._rotation_seed: int | None = None  # this round's shared rotation, if any
         # Only the weighted mean is needed: a host running many clients may pool their updates.
         self.pooling = self.needs_mean_only and secure is None and not clip_norm > 0
 
@@ -140,7 +142,9 @@ class WireStrategy(Strategy):
             master = self.masks.apply(master)
             arrays = ArrayRecord({k: Array(v) for k, v in master.items()})
             mask_bytes = self.masks.encode()
-        round_config = ConfigRecord({**dict(config), **comp.codec_config()})
+        codec_config = comp.codec_config(server_round, self.sampler.seed)
+        self._rotation_seed = codec_config.get("rotate-seed")
+        round_config = ConfigRecord({**dict(config), **codec_config})
         if self.pooling:
             round_config[POOLING_CONFIG_KEY] = True
         if mask_bytes:
@@ -315,8 +319,15 @@ class WireStrategy(Strategy):
         specs, _ = self._expected_layout()
         shapes = {s.name: s.shape for s in specs}
         try:
-            total = session.aggregate(replies, kept_count(shapes, self.masks) + 1)
+            kept = kept_count(shapes, self.masks)
+            block = block_for(kept, self.compression.codec.rotate_block)
+            rotated = self._rotation_seed is not None  # a shared rotation: unrotate the mean
+            total = session.aggregate(
+                replies, (padded_length(kept, block) if rotated else kept) + 1
+            )
             mean, weight = session.spec.weighted_mean(total)
+            if rotated:
+                mean = unrotate(mean, self._rotation_seed, block, kept)
             deltas = unflatten_kept(mean, shapes, self.masks)
             check_update(deltas, self.limits)
             model = {
@@ -382,6 +393,7 @@ class WireStrategy(Strategy):
             masks=self.masks,
             expected_round=stats.server_round,
             max_bytes=model_bytes + _PAYLOAD_SLACK_BYTES,
+            rotation_seed=self._rotation_seed,
         )
         deltas = update.as_dict()
         check_update(deltas, self.limits)
