@@ -155,13 +155,27 @@ class _QuantizedBlock:
     hi: torch.Tensor
 
 
-def _quantize_block(
+@dataclass
+class BlockTargets:
+    """What a block of clients uploads before any codec runs: delta (+ residual), masked."""
+
+    names: list[str]
+    specs: list[TensorSpec]
+    targets: list[torch.Tensor]  # [k, numel] per tensor, in its own dtype
+    keeps: list[torch.Tensor | None]
+    kept: torch.Tensor  # [k, n] float32: the kept coordinates, in select's order
+    carried: list[float]  # norms of the residuals carried in (0.0 without error feedback)
+
+
+def block_targets(
     plan: RoundPlan,
     contexts: list[Context],
     local: dict[str, torch.Tensor],
     device: torch.device,
-) -> _QuantizedBlock | None:
-    codec, feedback = plan.codec, plan.error_feedback
+) -> BlockTargets:
+    """Each client's ``local - global`` (+ its stored residual under error feedback), masked as
+    ``MaskSet.apply`` does, and its kept coordinates as one [k, n] float32 matrix."""
+    feedback = plan.error_feedback
     names, specs, targets, keeps = [], [], [], []
     loaded = [load_residual(c.state) for c in contexts] if feedback else []
     stored = [tensors for _, tensors in loaded]
@@ -185,14 +199,43 @@ def _quantize_block(
         ],
         dim=1,
     )
+    carried = [flat_norm(flat) for flat, _ in loaded] if feedback else [0.0] * len(contexts)
+    return BlockTargets(names, specs, targets, keeps, kept, carried)
+
+
+def store_residuals(
+    contexts: list[Context], block: BlockTargets, sent: torch.Tensor
+) -> list[float | None]:
+    """Each node's residual ``target - sent`` ([k, n] what the server decodes) is stored; the
+    new residuals' norms."""
+    return _store_residuals(contexts, block.names, block.specs, block.targets, block.keeps, sent)
+
+
+def _quantize_block(
+    plan: RoundPlan,
+    contexts: list[Context],
+    local: dict[str, torch.Tensor],
+    device: torch.device,
+) -> _QuantizedBlock | None:
+    codec = plan.codec
+    targets = block_targets(plan, contexts, local, device)
+    kept = targets.kept
     noise = None
     if codec.stochastic:
         noise = _noise(plan, contexts, kept.shape[1], device)
     codes, lo, hi = quantize_rows(kept, codec.quant_bits, codec.quant_chunk, noise)
     if not bool(torch.isfinite(lo).all() and torch.isfinite(hi).all()):  # min/max keep NaN, inf
         return None
-    carried = [flat_norm(flat) for flat, _ in loaded] if feedback else [0.0] * len(contexts)
-    return _QuantizedBlock(names, specs, targets, keeps, carried, codes, lo, hi)
+    return _QuantizedBlock(
+        targets.names,
+        targets.specs,
+        targets.targets,
+        targets.keeps,
+        targets.carried,
+        codes,
+        lo,
+        hi,
+    )
 
 
 def _payloads(plan: RoundPlan, block: _QuantizedBlock, rows: slice = slice(None)) -> list[bytes]:

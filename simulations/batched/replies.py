@@ -8,7 +8,8 @@ Five ways, from the most to the least per-client work:
   quantized, masked and packed for the K clients at once, byte-for-byte the SDK's;
 - :func:`quantized_replies`: quantized updates (with or without error feedback) are quantized
   and bit-packed for the K clients at once on the device (:mod:`.codec`), byte-for-byte the
-  SDK's payloads;
+  SDK's payloads; EDEN/DRIVE and EF-signSGD updates, rotated or not, likewise (:mod:`.rotated`;
+  never pooled; a rotation before uniform quantization or float32 goes to the SDK's encoder);
 - :func:`vectorized_replies`: uncompressed updates, every payload cut from one [K, kept]
   matrix with one shared header (byte-for-byte what the SDK would send);
 - :func:`pooled_replies`: when the server's train config allows pooling (its strategy needs
@@ -24,6 +25,7 @@ Five ways, from the most to the least per-client work:
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -32,7 +34,9 @@ from flwr.common.constant import ErrorCode
 
 from client_sdk.records import reply
 from client_sdk.rounds import RoundPlan, UpdateHook, reply_message, reply_metrics, upload_reply
-from simulations.batched.codec import decode_chunk, encode_chunk
+from simulations.batched.codec import EncodedBlock, decode_chunk, encode_chunk
+from simulations.batched.rotated import encode_rotated_chunk
+from simulations.batched.rotated import handles as handles_rotated
 from simulations.batched.secure import SecureRound, secure_replies
 from simulations.batched.training import TrainedChunk, flat_deltas, pooled_delta, weighted_mean
 from wire import (
@@ -71,7 +75,14 @@ def chunk_replies(
     pool, how many the SDK's encoder built one by one). ``secure``: what the engine keeps of
     the secure round (agreements, the round's masks); None: a fresh one for this chunk.
     ``pool_quantized``: pool quantized updates too (:func:`pooled_replies`)."""
-    if hook is None and not plan.codec.topk and SECAGG_RECORD_KEY not in messages[0].content:
+    plain = SECAGG_RECORD_KEY not in messages[0].content
+    if hook is None and plain and on_device and handles_rotated(plan):  # eden, sign
+        replies, by_sdk = quantized_replies(
+            plan, messages, contexts, trained, device, encode_rotated_chunk
+        )
+        return replies, 0, by_sdk
+    rotates = plan.codec.rotate != "none" or plan.codec.scheme != "uniform"  # the SDK's then
+    if hook is None and not plan.codec.topk and plain and not rotates:
         if plan.codec.quant_bits == 0 and not plan.error_feedback:  # float32: the plain delta
             if pool and plan.config.get(POOLING_CONFIG_KEY) is True:
                 pooled = pooled_replies(plan, messages, contexts, trained, device)
@@ -126,12 +137,14 @@ def quantized_replies(
     contexts: list[Context],
     trained: TrainedChunk,
     device: torch.device,
+    encoder: Callable[..., Iterator[tuple[slice, EncodedBlock | None]]] = encode_chunk,
 ) -> tuple[list[Message], int]:
-    """Quantized updates of the chunk from the device codec, and how many clients the SDK's
+    """Quantized updates of the chunk from the device codec (``encoder``: uniform
+    quantization, or :func:`.rotated.encode_rotated_chunk`), and how many clients the SDK's
     encoder took instead (a block of the codec holding an update that is not finite)."""
     replies: list[Message] = []
     by_sdk = 0
-    for rows, encoded in encode_chunk(plan, contexts, trained, device):
+    for rows, encoded in encoder(plan, contexts, trained, device):
         if encoded is None:
             part = TrainedChunk(
                 {name: tensor[rows] for name, tensor in trained.local.items()},

@@ -201,8 +201,8 @@ def secure_replies(
         spec = SecAggVectorSpec.from_config(record)
     except (KeyError, TypeError, ValueError):
         return {}, everyone
-    if plan.error_feedback or plan.codec.topk:
-        return {}, everyone
+    if plan.error_feedback or plan.codec.topk or plan.codec.rotate != "none":
+        return {}, everyone  # a shared rotation: the SDK's numpy rotation, client by client
     deltas = kept_deltas(trained, plan, device)
     finite = torch.isfinite(deltas).all(dim=1).tolist()  # the SDK refuses the others
     count = deltas.shape[1] + 1  # [w * q, w]
