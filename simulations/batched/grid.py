@@ -8,7 +8,9 @@ buffers, dropout, a loss that is not a per-sample mean) goes through the SDK's o
 one client at a time, with the reason logged once. Replies are built by the same SDK code as
 on a device (:func:`client_sdk.rounds.upload_reply`), or byte-for-byte what it would build; when
 the server's strategy needs only the weighted mean, a chunk's uncompressed updates travel as
-one pool (:mod:`.replies`, :mod:`wire.pooling`), unless ``pool_uploads`` is off. Secure
+one pool (:mod:`.replies`, :mod:`wire.pooling`), unless ``pool_uploads`` is off. Chunks are
+formed in descending order of client size, so clients of unequal sizes train beside others of
+about their own step count (:func:`.training.train_clients` drops each one as it finishes). Secure
 aggregation's share and unmask stages run the SDK's own functions with each pair's keys agreed
 once (:mod:`.agreements`), and a secure round's masks are computed for all its clients before
 the first chunk trains (:mod:`.secure`).
@@ -36,6 +38,7 @@ from client_sdk.rounds import (
     partition_id_of,
     plan_round,
 )
+from simulations.batched.layouts import cudnn_benchmark, pick_layout
 from simulations.batched.memory import MemoryPlanner
 from simulations.batched.replies import chunk_replies, error_reply
 from simulations.batched.secure import SecureRound, round_masks
@@ -44,9 +47,7 @@ from simulations.batched.training import (
     ClientBatch,
     NotVectorizable,
     check_sample_mean_loss,
-    cudnn_benchmark,
     default_layout,
-    pick_layout,
     stack_clients,
     train_clients,
     vectorization_blocker,
@@ -267,9 +268,15 @@ class BatchedGrid(Grid):
         self.memory.estimate(
             plan.task.build_model(seed=0), first.x_train, plan.schedule.batch_size, n_max
         )
-        # partition order, so that a chunk of the same clients finds its data cached on device
+        # the largest clients first (so each chunk holds clients of about the same step count,
+        # whose shorter members training drops as they finish), then partition order: a
+        # chunk of the same clients finds its data cached on device in the next round
         ready = sorted(
-            ready, key=lambda item: partition_id_of(self._contexts[item[0].metadata.dst_node_id])
+            ready,
+            key=lambda item: (
+                -len(item[1].y_train),
+                partition_id_of(self._contexts[item[0].metadata.dst_node_id]),
+            ),
         )
         if self.encode_on_device and self._hook is None:  # secure: the round's masks at once
             started = time.perf_counter()

@@ -9,8 +9,17 @@ steps are laid out first to last, so at global step s the clients still training
 those with more than s steps: all of them have taken s steps, and one ``torch.optim`` optimizer
 over the stacked ``[K, ...]`` parameters keeps exact per-client SGD-momentum or AdamW state
 (both are elementwise; AdamW's shared step count equals every active client's). A client's
-parameters are saved when its last step is done. Image models run in one of four activation
-layouts (:data:`LAYOUTS`); two swap in Pollen's kernels (:mod:`.packed`, :mod:`.unfold`).
+parameters are saved when its last step is done.
+
+Unequal sizes: the clients are trained in descending order of their step counts, so the ones
+still training at step s are a prefix of the rows, and when a client finishes, the parameters
+and the optimizer's state shrink to the clients left (:func:`_keep_first`). Compute then
+follows the real client steps instead of K times the largest client's: with Dirichlet(0.3)
+sizes the padded layout computed about three steps for every real one. The padded layout
+(``shrink=False``: every client computed at every step, finished ones with zero weight) stays
+as the reference the shrinking one is tested against. Image models run in one of four
+activation layouts (:data:`LAYOUTS`); two swap in Pollen's kernels (:mod:`.packed`,
+:mod:`.unfold`).
 """
 
 from __future__ import annotations
@@ -18,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,7 +38,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from client_sdk.local_model import FakeQuantInt8
 from client_sdk.rounds import RoundPlan
 from client_sdk.task import ClientData, Task
-from client_sdk.training import TrainStats
+from client_sdk.training import TrainStats, targets_tensor
 from simulations.batched.packed import PackedKernels
 from simulations.batched.schedule import batch_schedule
 from simulations.batched.unfold import UnfoldKernels
@@ -86,7 +94,8 @@ def stack_clients(
         raise NotVectorizable("a client has no training examples")
     first = np.asarray(data[0].x_train, dtype=np.float32)
     x = np.zeros((len(data), int(sizes.max()), *first.shape[1:]), dtype=np.float32)
-    y = np.zeros((len(data), int(sizes.max())), dtype=np.int64)
+    kind = targets_tensor(data[0].y_train[:1]).numpy().dtype  # float32 targets or int64 labels
+    y = np.zeros((len(data), int(sizes.max())), dtype=kind)
     for k, d in enumerate(data):
         x[k, : sizes[k]] = d.x_train
         y[k, : sizes[k]] = d.y_train
@@ -114,7 +123,7 @@ def check_sample_mean_loss(task: Task, x: np.ndarray, y: np.ndarray) -> None:
     model = task.build_model(seed=0)
     with torch.no_grad():
         logits = model(torch.from_numpy(np.asarray(x[:4], dtype=np.float32)))
-        target = torch.from_numpy(np.asarray(y[:4], dtype=np.int64))
+        target = targets_tensor(y[:4])  # float32 regression targets, else int64 labels
         whole = float(task.loss_fn(logits, target))
         each = [
             float(task.loss_fn(logits[i : i + 1], target[i : i + 1])) for i in range(len(y[:4]))
@@ -161,8 +170,12 @@ def train_clients(
     device: torch.device,
     *,
     layout: str = "",
+    shrink: bool = True,
 ) -> TrainedChunk:
-    """Train K clients from ``plan.global_arrays`` at once; one result per client, in order."""
+    """Train K clients from ``plan.global_arrays`` at once; one result per client, in order.
+
+    ``shrink``: compute only the clients still training at each step (the default); False
+    computes all K at every step, as the engine did before (the reference for tests)."""
     task, schedule = plan.task, plan.schedule
     model = task.build_model(seed=0).to(device).train()
     names = [name for name, _ in model.named_parameters()]
@@ -225,38 +238,75 @@ def train_clients(
         step = vmap(grad_and_value(client_loss))
     optimizer = task.optimizer.build(iter(params.values()), lr=schedule.lr)
     index, weight, steps = batch_schedule(batch.sizes, seeds, schedule.epochs, schedule.batch_size)
-    index_t, weight_t = torch.from_numpy(index).to(device), torch.from_numpy(weight).to(device)
-    active = torch.from_numpy(steps).to(device)
-    rows = torch.arange(k, device=device).unsqueeze(1)
+    # rows in descending order of steps: the clients still training are always a prefix
+    order = np.argsort(-steps, kind="stable") if shrink else np.arange(k)
+    left = steps[order]  # steps of each row, in training order
+    index_t = torch.from_numpy(np.ascontiguousarray(index[:, order])).to(device)
+    weight_t = torch.from_numpy(np.ascontiguousarray(weight[:, order])).to(device)
+    rows_of = torch.from_numpy(order).to(device).unsqueeze(1)
     finals = {n: torch.empty_like(p) for n, p in params.items()}
     relayout = batch.x.dim() == 5 and layout == "channels-last"
     mode = kernels() if kernels is not None else contextlib.nullcontext()
     loss_sum = torch.zeros(k, dtype=torch.float64, device=device)
+    rows = k  # rows computed at this step: every client (padded) or those still training
     for s in range(index.shape[0]):
-        xb, yb = batch.x[rows, index_t[s]], batch.y[rows, index_t[s]]
+        pick = index_t[s, :rows]
+        xb, yb = batch.x[rows_of[:rows], pick], batch.y[rows_of[:rows], pick]
         if relayout:
             xb = _images_channels_last(xb)
         with mode:
-            grads, losses = step(params, xb, yb, weight_t[s])
+            grads, losses = step(params, xb, yb, weight_t[s, :rows])
         for n, p in params.items():
             p.grad = grads[n]
         optimizer.step()
-        loss_sum += torch.where(active > s, losses.double(), 0.0)
-        done = np.flatnonzero(steps == s + 1)
-        if len(done) == k:
-            finals = {n: p.detach() for n, p in params.items()}
-        elif len(done):
-            where = torch.from_numpy(done).to(device)
+        if shrink:
+            loss_sum[:rows] += losses.double()
+        else:
+            loss_sum += torch.where(torch.from_numpy(left > s).to(device), losses.double(), 0.0)
+        still = int(np.count_nonzero(left > s + 1))  # rows [still, training) finish here
+        training = int(np.count_nonzero(left > s))
+        if still < training:
+            done = torch.from_numpy(np.flatnonzero(left == s + 1)).to(device)
             for n, p in params.items():
-                finals[n][where] = p.detach()[where]
+                finals[n][done] = p.detach()[done]
+        if shrink and 0 < still < rows:
+            params, optimizer = _keep_first(params, optimizer, still, task, schedule.lr)
+            rows = still
+    back = torch.from_numpy(np.argsort(order)).to(device)  # training order -> chunk order
     with torch.no_grad():
-        local = vmap(trained_weights)(finals)
-    mean_loss = (loss_sum.cpu().numpy() / steps).tolist()
+        local = vmap(trained_weights)({n: f[back] for n, f in finals.items()})
+    mean_loss = (loss_sum[back].cpu().numpy() / steps).tolist()
     stats = [
         TrainStats(mean_loss=mean_loss[i], num_examples=int(batch.sizes[i]), steps=int(steps[i]))
         for i in range(k)
     ]
     return TrainedChunk(local=local, stats=stats)
+
+
+def _keep_first(
+    params: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    count: int,
+    task: Task,
+    lr: float,
+) -> tuple[dict[str, torch.Tensor], torch.optim.Optimizer]:
+    """The first ``count`` clients' parameters and optimizer: each parameter's rows, and every
+    state tensor shaped like its parameter (momentum, AdamW's moments) cut to the same rows;
+    other state (AdamW's step count, shared by the clients left) carries over as it is. SGD's
+    and AdamW's updates are elementwise, so the clients left continue exactly as before."""
+    kept = {
+        n: p.detach()[:count].clone().requires_grad_(p.requires_grad) for n, p in params.items()
+    }
+    rebuilt = task.optimizer.build(iter(kept.values()), lr=lr)
+    for old, new in zip(params.values(), kept.values(), strict=True):
+        state = optimizer.state.get(old, {})
+        rebuilt.state[new] = {
+            key: value[:count].clone()
+            if isinstance(value, torch.Tensor) and value.shape == old.shape
+            else value
+            for key, value in state.items()
+        }
+    return kept, rebuilt
 
 
 def trained_tensors(plan: RoundPlan, device: torch.device):
@@ -326,72 +376,3 @@ def pooled_delta(
         specs.append(spec)
         means.append(mean if keep is None else mean[keep])
     return torch.cat(means).cpu().numpy(), specs, float(sum(counts))
-
-
-# layouts whose convolutions are cuDNN's on CUDA (unfold's are cuBLAS matrix products)
-CUDNN_LAYOUTS = ("grouped", "channels-last", "packed")
-BENCHMARK_SUFFIX = "+cudnn-benchmark"
-
-
-@contextlib.contextmanager
-def cudnn_benchmark(on: bool):
-    """``torch.backends.cudnn.benchmark`` set to ``on`` for the block, then restored."""
-    saved = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = on
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.benchmark = saved
-
-
-# Clients pick_layout trains per candidate (CPU, CUDA). On a GPU a few hundred tutorial-CNN
-# clients (2560 images a step) leave it mostly waiting on kernel launches, which would favour
-# the layout with the fewest kernels, not the fastest one at the thousands of clients a round
-# holds. 1024 took about 0.35 s per candidate at the last H100 run's speed (70 ms a step for
-# 1000 clients), run twice each (warm-up) in round 1 only.
-PROBE_CLIENTS = (256, 1024)
-
-
-def pick_layout(
-    plan: RoundPlan, batch: ClientBatch, seeds: list[int], device: torch.device
-) -> tuple[str, bool, dict[str, float]]:
-    """Time up to :data:`PROBE_CLIENTS` clients in every layout on ``device``: the fastest
-    layout, whether it ran with cuDNN's benchmark mode, and every time.
-
-    cuDNN's (or oneDNN's) speed for vmap's grouped convolutions depends on the memory layout,
-    the device and the algorithm cuDNN's heuristics choose (its benchmark mode times them all
-    per shape instead, which pays with these static shapes when the heuristics choose badly),
-    and im2col + GEMM (:mod:`.unfold`) trades memory for dense matrix products, so the engine
-    measures instead of guessing (once per run; every candidate gives the same training up to
-    float rounding). On CUDA the cuDNN layouts are timed with benchmark mode on too, named
-    ``layout + BENCHMARK_SUFFIX``. A layout that cannot run the model has no time.
-    """
-    k = min(len(seeds), PROBE_CLIENTS[device.type == "cuda"])
-    part = ClientBatch(batch.x[:k], batch.y[:k], batch.sizes[:k])
-    candidates = [(layout, False) for layout in LAYOUTS]
-    if device.type == "cuda":
-        candidates += [(layout, True) for layout in CUDNN_LAYOUTS]
-    times: dict[str, float] = {}
-    failed: dict[str, Exception] = {}
-    for layout, benchmark in candidates + candidates:  # the first pass of each warms up
-        name = layout + (BENCHMARK_SUFFIX if benchmark else "")
-        if layout in failed:
-            continue
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        started = time.perf_counter()
-        try:
-            with cudnn_benchmark(benchmark):
-                train_clients(plan, part, seeds[:k], device, layout=layout)
-        except (RuntimeError, TypeError, ValueError) as err:  # e.g. a model that .view()s
-            if isinstance(err, torch.cuda.OutOfMemoryError):
-                raise
-            failed[layout] = err
-            continue
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times[name] = time.perf_counter() - started
-    if not times:
-        raise failed["grouped"]
-    best = min(times, key=times.__getitem__)
-    return best.removesuffix(BENCHMARK_SUFFIX), best.endswith(BENCHMARK_SUFFIX), times
