@@ -13,6 +13,11 @@
 #   4. with SECURE=1 only (about 1.5 more minutes, past the 5-minute budget): secure
 #      aggregation's per-client host path at 1000 clients, masks expanded on the GPU against the
 #      SDK's stages client by client (benchmarks/host_path.py --only secagg).
+#   5. with SKEWED=1 only: unequal client sizes (Dirichlet(0.3) and Pareto(2) sizes, 50 images on
+#      average) at 100, 1000 and 10,000 clients per round: Pollen batched on CUDA against Flower's
+#      engine running the same Task (up to 1000 clients), benchmarks/simulation.py --skewed
+#      --with-10k; PFL=1 adds pfl-research's rows (needs pfl importable by $PFL_PYTHON, e.g. a
+#      venv made by benchmarks/pfl_env.sh; its wheels are not in gpu_wheels.sh yet).
 # SIMULATION_ARGS / FIDELITY_ARGS add flags (e.g. --skip-pollen-flower, --case 2, or
 # --per-client-uploads for unpooled batched rows: about 1.5 more minutes).
 # Run from the repository root on a machine with a CUDA GPU and torch. Packages the machine lacks
@@ -51,4 +56,12 @@ if [ "${SECURE:-0}" = 1 ]; then
   echo "== secure aggregation host path ==" | tee -a "$OUT/log.txt"
   timeout 150 python3 benchmarks/host_path.py --device cuda --clients 1000 --only secagg \
     --json "$OUT/host-path-secagg.json" 2>&1 | grep -v INFO | tail -4 | tee -a "$OUT/log.txt"
+fi
+if [ "${SKEWED:-0}" = 1 ]; then
+  echo "== unequal client sizes ==" | tee -a "$OUT/log.txt"
+  pfl_args=""
+  [ "${PFL:-0}" = 1 ] && pfl_args="--pfl --pfl-python ${PFL_PYTHON:-.venv-pfl/bin/python}"
+  timeout 600 python3 benchmarks/simulation.py --device cuda --skewed --with-10k --rounds 3 \
+    $pfl_args --json "$OUT/simulation-skewed.json" 2>&1 | grep -E "clients \|" \
+    | tee -a "$OUT/log.txt"
 fi
