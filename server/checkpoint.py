@@ -6,6 +6,10 @@ FedYogi / FedAdagrad moments ``m_t``, ``v_t``), the round number and the run set
 else is needed: client sampling, pruning masks and client seeds are functions of (seed, round),
 so a resumed run continues exactly where the crashed one stopped. Client-side state (error
 feedback residuals) lives on the clients; in simulation it is lost with the crashed process.
+
+A checkpoint is read as hostile input: no pickle, nothing allocated beyond the file's own size,
+every entry's type, shape and finiteness checked, and on resume its round and arrays checked
+against the run and the task's model; any fault is a :class:`ResumeError` naming the file.
 """
 
 from __future__ import annotations
@@ -109,7 +113,7 @@ def _read_entries(path: Path) -> dict[str, np.ndarray]:
         raise ResumeError("is not a file")
     size = path.stat().st_size
     if size == 0:
-        raise ResumeError("is empty (0 bytes); the run stopped while writing it or it was cut")
+        raise ResumeError("is empty (0 bytes): it was cut or overwritten (writes are atomic)")
     entries: dict[str, np.ndarray] = {}
     with zipfile.ZipFile(path) as archive:
         infos = archive.infolist()
