@@ -11,6 +11,7 @@ server which partition this node holds, so the server can sample clients reprodu
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 
 import torch
@@ -31,7 +32,7 @@ from client_sdk.rounds import (
 )
 from client_sdk.seeding import client_seed
 from client_sdk.task import ClientData
-from client_sdk.training import evaluate_model, train_local
+from client_sdk.training import evaluate_metrics, train_local
 from client_sdk.weights import load_arrays, model_arrays
 
 log = logging.getLogger(__name__)
@@ -76,9 +77,12 @@ def build_client_app(
         model = the_task.build_model(seed=0)
         load_arrays(model, named_arrays(msg))
         client_data = data(context, config)
-        loss, acc = evaluate_model(model, the_task, client_data.x_test, client_data.y_test)
+        found = evaluate_metrics(model, the_task, client_data.x_test, client_data.y_test)
         metrics = MetricRecord(
-            {"num-examples": len(client_data.y_test), "eval-loss": loss, "eval-accuracy": acc}
+            {
+                "num-examples": len(client_data.y_test),
+                **{f"eval-{k}": v for k, v in found.items() if math.isfinite(v)},
+            }
         )
         return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
 

@@ -56,11 +56,15 @@ def from_arrays(
     y_test: Any = None,
     test_fraction: float = 0.2,
     split_seed: int = 0,
+    labels: Any = None,
 ) -> PooledData:
     """Clients' data from in-memory arrays, split by the run's partitioner on the labels ``y``.
 
     Without ``x_test``/``y_test`` a seeded ``test_fraction`` of the examples is held out as the
-    server's test set (and dealt out to clients for federated evaluation).
+    server's test set (and dealt out to clients for federated evaluation). ``labels`` (one int
+    per training example) is what a partitioner splits by instead of ``y``; for float targets
+    (regression) it defaults to the target's deciles, so dirichlet/shards skew the clients'
+    target ranges.
     """
     features = _features(x, "x")
     targets = _targets(y, len(features), "y")
@@ -78,6 +82,15 @@ def from_arrays(
         pool = Pool(features, targets, test_x, _targets(y_test, len(test_x), "y_test"))
     if len(pool.y_train) == 0 or len(pool.y_test) == 0:
         raise TaskConfigError("from_arrays needs at least one training and one test example")
+    if labels is not None:
+        if x_test is None:
+            raise TaskConfigError("labels need x_test/y_test (they label the training examples)")
+        split = _targets(labels, len(pool.y_train), "labels")
+        pool = Pool(pool.x_train, pool.y_train, pool.x_test, pool.y_test, split.astype(np.int64))
+    elif pool.y_train.dtype == np.float32:
+        edges = np.quantile(pool.y_train, np.linspace(0, 1, 11)[1:-1])
+        bins = np.searchsorted(edges, pool.y_train).astype(np.int64)
+        pool = Pool(pool.x_train, pool.y_train, pool.x_test, pool.y_test, bins)
     return PooledData(load=lambda: pool)
 
 

@@ -16,6 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from client_sdk import metrics
+from client_sdk.metrics import MetricsFn
+
 # labels, number of partitions, rng -> one index array per partition
 Partitioner = Callable[[np.ndarray, int, np.random.Generator], list[np.ndarray]]
 
@@ -121,6 +124,11 @@ class Task:
     model_fn: Callable[[], nn.Module]
     data: FederatedData
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy
+    # (outputs, targets) of a whole evaluation set -> {name: value}; client_sdk.metrics has
+    # classification (accuracy, top-k), regression (mse, mae) and next_token (perplexity)
+    metrics_fn: MetricsFn = metrics.accuracy
+    primary_metric: str = "accuracy"  # what summaries and plots follow (or "loss")
+    higher_is_better: bool = True
     optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
     local_epochs: int = 1
     batch_size: int = 32

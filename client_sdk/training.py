@@ -49,7 +49,7 @@ def train_local(
 ) -> TrainStats:
     """Train ``model`` in place for ``schedule.epochs`` epochs over ``data``'s train split."""
     x = torch.from_numpy(np.asarray(data.x_train, dtype=np.float32))
-    y = torch.from_numpy(np.asarray(data.y_train, dtype=np.int64))
+    y = targets_tensor(data.y_train)
     n = len(y)
     if n == 0:
         raise TaskConfigError("client has no training examples; check the partition guard")
@@ -76,20 +76,38 @@ def train_local(
     return TrainStats(mean_loss=total / max(steps, 1), num_examples=n, steps=steps)
 
 
+def targets_tensor(y: np.ndarray) -> torch.Tensor:
+    """Targets as torch wants them: float32 for a regression Task's float targets, else int64
+    class labels (or token ids)."""
+    array = np.asarray(y)
+    dtype = np.float32 if np.issubdtype(array.dtype, np.floating) else np.int64
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=dtype))
+
+
 @torch.no_grad()
+def evaluate_metrics(
+    model: nn.Module, task: Task, x: np.ndarray, y: np.ndarray, batch_size: int = 1024
+) -> dict[str, float]:
+    """``loss`` (the Task's ``loss_fn``, mean over examples) and the Task's ``metrics_fn`` on
+    (x, y); NaN for each when there is nothing to evaluate."""
+    if len(y) == 0:
+        return {"loss": float("nan"), task.primary_metric: float("nan")}
+    model.eval()
+    xt = torch.from_numpy(np.asarray(x, dtype=np.float32))
+    yt = targets_tensor(y)
+    loss_sum, outputs = 0.0, []
+    for start in range(0, len(yt), batch_size):
+        out = model(xt[start : start + batch_size])
+        target = yt[start : start + batch_size]
+        loss_sum += float(task.loss_fn(out, target)) * len(target)
+        outputs.append(out)
+    found = {name: float(value) for name, value in task.metrics_fn(torch.cat(outputs), yt).items()}
+    return {"loss": loss_sum / len(yt), **found}
+
+
 def evaluate_model(
     model: nn.Module, task: Task, x: np.ndarray, y: np.ndarray, batch_size: int = 1024
 ) -> tuple[float, float]:
-    """Mean loss and accuracy of ``model`` on (x, y)."""
-    if len(y) == 0:
-        return float("nan"), float("nan")
-    model.eval()
-    xt = torch.from_numpy(np.asarray(x, dtype=np.float32))
-    yt = torch.from_numpy(np.asarray(y, dtype=np.int64))
-    loss_sum, correct = 0.0, 0
-    for start in range(0, len(yt), batch_size):
-        logits = model(xt[start : start + batch_size])
-        target = yt[start : start + batch_size]
-        loss_sum += float(task.loss_fn(logits, target)) * len(target)
-        correct += int((logits.argmax(dim=1) == target).sum())
-    return loss_sum / len(yt), correct / len(yt)
+    """Mean loss and the Task's primary metric (accuracy for a classifier) of ``model``."""
+    found = evaluate_metrics(model, task, x, y, batch_size)
+    return found["loss"], found.get(task.primary_metric, float("nan"))

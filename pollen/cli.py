@@ -312,13 +312,19 @@ def simulate(
     from server.federation import RunAborted
     from simulations.partitioners import PartitionError
 
-    with round_progress(console) as progress:
-        bar = progress.add_task("rounds", total=rounds, accuracy="-", upload="-")
+    metric = _primary_metric(settings.run.task)
+    uploaded = [0]
+    with round_progress(console, metric) as progress:
+        bar = progress.add_task("rounds", total=rounds, score="-", train_loss="-", upload="-")
 
         def on_round(row: dict[str, Any]) -> None:
-            fields = {"accuracy": f"{row['accuracy']:.4f}"}
+            score = row.get(metric)
+            fields = {"score": "-" if score is None else f"{score:.4f}"}
             if row["round"] > 0:
-                fields["upload"] = human_bytes(row.get("upload_bytes_total", 0))
+                uploaded[0] += row.get("upload_bytes_total", 0)
+                fields["upload"] = human_bytes(uploaded[0])
+                if isinstance(row.get("train_loss"), float):
+                    fields["train_loss"] = f"{row['train_loss']:.4f}"
                 progress.update(bar, completed=row["round"], **fields)
             else:
                 progress.update(bar, **fields)
@@ -335,13 +341,14 @@ def simulate(
             typer.echo(f"pollen simulate: error: {flag}: {err}", err=True)
             raise typer.Exit(2) from None
     console.print(summary_table(summary))
-    final = summary["final_accuracy"]  # None when a resumed run had no round left to log
-    console.print(f"final accuracy: {'-' if final is None else f'{final:.4f}'}")
+    final = summary[f"final_{metric}"]  # None when a resumed run had no round left to log
+    console.print(f"final {metric}: {'-' if final is None else f'{final:.4f}'}")
     export = summary.get("export", {})
     if export:
         console.print(
             f"model on disk: float32 {human_bytes(export['float32_model_bytes'])}, int8 "
-            f"{human_bytes(export['int8_model_bytes'])} (accuracy {export['int8_accuracy']:.4f})"
+            f"{human_bytes(export['int8_model_bytes'])} ({metric} "
+            f"{export[f'int8_{metric}']:.4f})"
         )
     console.print(
         f"wrote {out_dir}/summary.json, metrics.jsonl, accuracy.png, final_model.npz, "
@@ -378,17 +385,27 @@ def certs(
 
 
 @app.command()
-def report(run_dir: Path = typer.Argument(..., help="A run directory with metrics.jsonl.")) -> None:
-    """Write PNG plots (accuracy vs round, accuracy vs cumulative upload) for a run."""
+def report(
+    run_dirs: list[Path] = typer.Argument(..., help="Run directories with metrics.jsonl."),
+    out: Path = typer.Option(Path("."), help="Where an overlay of several runs is written."),
+) -> None:
+    """Plot runs: one directory gets its metric and loss per round and its metric against
+    cumulative upload; several are overlaid in OUT/report.png."""
     from simulations.plots import write_report
 
     try:
-        written = write_report(run_dir)
+        written = write_report(run_dirs, out)
     except (FileNotFoundError, ValueError) as err:
         typer.echo(f"pollen report: error: {err}", err=True)
         raise typer.Exit(2) from None
     for path in written:
         typer.echo(f"wrote {path}")
+
+
+def _primary_metric(task: str) -> str:
+    from client_sdk.tasks import get_task
+
+    return get_task(task).primary_metric
 
 
 def _quiet_logs(verbose: bool) -> None:

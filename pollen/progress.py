@@ -1,22 +1,35 @@
-"""A rich progress display for a running simulation: rounds done, accuracy, bytes moved."""
+"""A rich progress display for a running simulation: rounds, the Task's metric, bytes moved."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 
-def round_progress(console: Console) -> Progress:
+def round_progress(console: Console, metric: str = "accuracy") -> Progress:
+    """Rounds done, the Task's metric, the clients' mean train loss, the upload so far (all
+    rounds), elapsed time and an estimate of the time left."""
+    short = {"accuracy": "acc", "perplexity": "ppl"}.get(metric, metric)
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("acc {task.fields[accuracy]}"),
-        TextColumn("up {task.fields[upload]}"),
+        TextColumn(short + " {task.fields[score]}"),
+        TextColumn("train loss {task.fields[train_loss]}"),
+        TextColumn("uploaded {task.fields[upload]}"),
         TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
         console=console,
         transient=False,
     )
@@ -38,8 +51,9 @@ def summary_table(summary: dict[str, Any]) -> Table:
         "partition",
         "clients",
         "rounds",
-        "final_accuracy",
-        "best_accuracy",
+        "primary_metric",
+        f"final_{summary.get('primary_metric', 'accuracy')}",
+        f"best_{summary.get('primary_metric', 'accuracy')}",
         "upload_bytes_total",
         "upload_bytes_per_client_round",
         "download_bytes_total",

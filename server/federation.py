@@ -22,6 +22,7 @@ from flwr.serverapp import Grid
 from client_sdk import evaluate_model, load_arrays, model_arrays
 from client_sdk.export import load_int8_model, quantize_int8, save_npz
 from client_sdk.tasks import get_task
+from client_sdk.training import evaluate_metrics
 from server.checkpoint import (
     Checkpoint,
     check_resumable,
@@ -139,7 +140,7 @@ def run_federation(
     metrics_log = MetricsLog(out_dir / "metrics.jsonl", keep_until=done if checkpoint else None)
     clock = {"start": time.perf_counter(), "last": time.perf_counter()}
 
-    def _accuracy(arrays: dict[str, np.ndarray]) -> float:
+    def _score(arrays: dict[str, np.ndarray]) -> float:
         load_arrays(model, arrays)
         return evaluate_model(model, task, x_test, y_test)[1]
 
@@ -147,14 +148,13 @@ def run_federation(
         server_round = loop_round + done
         named = {name: a.numpy() for name, a in arrays.items()}
         load_arrays(model, named)
-        loss, accuracy = evaluate_model(model, task, x_test, y_test)
+        found = evaluate_metrics(model, task, x_test, y_test)  # loss and the Task's metrics
         if loop_round == 0 and done:  # the resumed model: its row is already in the log
-            return MetricRecord({"accuracy": accuracy, "loss": loss})
+            return MetricRecord(found)
         now = time.perf_counter()
         row: dict[str, Any] = {
             "round": server_round,
-            "accuracy": accuracy,
-            "loss": loss,
+            **found,
             "round_wall_s": now - clock["last"],
             "elapsed_s": now - clock["start"],
         }
@@ -177,7 +177,7 @@ def run_federation(
             (out_dir / ABORT_FILE).write_text(why + "\n")
             log.error("run aborted: %s", why)
             raise RunAborted(why)
-        return MetricRecord({"accuracy": accuracy, "loss": loss})
+        return MetricRecord(found)
 
     config = client_config(settings, num_partitions)
     result = strategy.start(
@@ -192,7 +192,7 @@ def run_federation(
     final = {name: a.numpy() for name, a in result.arrays.items()} if result.arrays else initial
     if strategy.masks is not None:  # a server optimizer's momentum may touch pruned weights
         final = strategy.masks.apply(final)
-    export = export_models(final, out_dir, evaluate=lambda arrays: _accuracy(arrays))
+    export = export_models(final, out_dir, evaluate=_score, metric=task.primary_metric)
     log.info(
         "run finished: %d rounds, models saved to %s: %s",
         settings.num_server_rounds,
@@ -203,17 +203,22 @@ def run_federation(
 
 
 def export_models(
-    final: dict[str, np.ndarray], out_dir: Path, evaluate: Callable[[dict[str, np.ndarray]], float]
+    final: dict[str, np.ndarray],
+    out_dir: Path,
+    evaluate: Callable[[dict[str, np.ndarray]], float],
+    metric: str = "accuracy",
 ) -> dict[str, Any]:
-    """Write the float32 and int8 models, and what each weighs and scores, to ``export.json``."""
+    """Write the float32 and int8 models, and what each weighs and scores on the Task's
+    primary ``metric``, to ``export.json``."""
     float_bytes = save_npz(out_dir / MODEL_FILE, final)
     int8_bytes = save_npz(out_dir / INT8_MODEL_FILE, quantize_int8(final))
     export = {
         "float32_model_bytes": float_bytes,
         "int8_model_bytes": int8_bytes,
         "int8_size_ratio": float_bytes / int8_bytes,
-        "float32_accuracy": evaluate(final),
-        "int8_accuracy": evaluate(load_int8_model(out_dir / INT8_MODEL_FILE)),
+        "metric": metric,
+        f"float32_{metric}": evaluate(final),
+        f"int8_{metric}": evaluate(load_int8_model(out_dir / INT8_MODEL_FILE)),
         "nonzero_weights": int(sum(np.count_nonzero(a) for a in final.values())),
         "total_weights": int(sum(a.size for a in final.values())),
     }

@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from client_sdk.tasks import get_task, natural_partition
+from client_sdk import Task
+from client_sdk.tasks import get_task, natural_partition, portable_task_name
 from server import EXPORT_FILE, MODEL_FILE, RunSettings, read_metrics
 from server.app import build_server_app
 from server.checkpoint import check_resumable, load_checkpoint
@@ -32,7 +33,7 @@ from simulations.heterogeneity import (
     load_tiers,
 )
 from simulations.partitioners import PartitionError, parse_partition
-from simulations.plots import plot_accuracy
+from simulations.plots import plot_run, settings_label
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,7 @@ def server_settings(settings: SimulationSettings) -> RunSettings:
     return RunSettings(
         **{
             **settings.run.__dict__,
+            "task": portable_task_name(settings.run.task),  # a task file, for Ray workers too
             "num_partitions": settings.clients,
             "out_dir": str(settings.out_dir),
         }
@@ -180,14 +182,17 @@ def simulate(settings: SimulationSettings, on_round: RoundCallback | None = None
     metrics_path = out / "metrics.jsonl"
     if not (out / MODEL_FILE).exists() or not metrics_path.exists():
         raise RuntimeError(f"the simulation ended without a model in {out}; see the log above")
-    summary = summarize(read_metrics(metrics_path), run, settings.clients, wall)
+    task = get_task(run.task)
+    summary = summarize(read_metrics(metrics_path), run, settings.clients, wall, task)
     summary.update(engine_summary)
     summary["export"] = json.loads((out / EXPORT_FILE).read_text())
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    plot_accuracy(
+    plot_run(
         read_metrics(metrics_path),
         out / "accuracy.png",
-        title=f"{run.task}, {settings.clients} clients, {run.partition}, {run.strategy}",
+        metric=task.primary_metric,
+        title=f"{task.name}, {settings.clients} clients, {run.partition}, "
+        f"{settings_label(run, engine_summary['engine'])}",
     )
     return summary
 
@@ -251,20 +256,36 @@ def _run_flower(server_app, settings: SimulationSettings) -> None:
     )
 
 
+def effective_settings(run: RunSettings, task: Task) -> dict[str, Any]:
+    """Every setting the run used: the run config, with the Task's own values where the run
+    config left them at 0 ("the Task's")."""
+    used = asdict(run)
+    used["lr"] = run.lr or task.optimizer.lr
+    used["local_epochs"] = run.local_epochs or task.local_epochs
+    used["batch_size"] = run.batch_size or task.batch_size
+    used["optimizer"] = task.optimizer.name
+    return used
+
+
 def summarize(
-    rows: list[dict[str, Any]], run: RunSettings, clients: int, wall_s: float
+    rows: list[dict[str, Any]], run: RunSettings, clients: int, wall_s: float, task: Task
 ) -> dict[str, Any]:
     trained = [r for r in rows if r["round"] > 0]
+    metric = task.primary_metric
+    scores = [r[metric] for r in rows if isinstance(r.get(metric), (int, float))]
+    best = max if task.higher_is_better else min
     return {
         "task": run.task,
+        "primary_metric": metric,
+        f"final_{metric}": scores[-1] if scores else None,
+        f"best_{metric}": best(scores, default=None),
+        "settings": effective_settings(run, task),
         "strategy": run.strategy,
         "partition": run.partition,
         "seed": run.seed,
         "clients": clients,
         "fraction_train": run.fraction_train,
         "rounds": len(trained),
-        "final_accuracy": rows[-1]["accuracy"] if rows else None,
-        "best_accuracy": max((r["accuracy"] for r in rows), default=None),
         "final_loss": rows[-1]["loss"] if rows else None,
         "wall_s": round(wall_s, 3),
         "upload_bytes_total": sum(r.get("upload_bytes_total", 0) for r in trained),

@@ -78,8 +78,12 @@ class RoundStats:
                 else {}
             ),
             "failures": [asdict(r) for r in self.failures],
-            **{f"federated_{k}": v for k, v in self.federated_evaluation.items()},
-            **{f"train_{k}": v for k, v in self.train_metrics.items()},
+            # clients name their metrics eval-X / train-X: one prefix in the log, not two
+            **{
+                f"federated_{k.removeprefix('eval-')}": v
+                for k, v in self.federated_evaluation.items()
+            },
+            **{f"train_{k.removeprefix('train-')}": v for k, v in self.train_metrics.items()},
         }
 
 

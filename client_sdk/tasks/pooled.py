@@ -18,6 +18,7 @@ class Pool:
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+    split_labels: np.ndarray | None = None  # what a partitioner splits by (default: y_train)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,7 +45,8 @@ class PooledData:
             raise TaskConfigError("a pooled dataset needs a partitioner (iid, dirichlet, shards)")
         check_partition_id(partition_id, num_partitions)
         pool = self.load()
-        parts = partitioner(pool.y_train, num_partitions, np.random.default_rng([seed, 1]))
+        labels = pool.y_train if pool.split_labels is None else pool.split_labels
+        parts = partitioner(labels, num_partitions, np.random.default_rng([seed, 1]))
         train = np.asarray(parts[partition_id])
         n_test = len(pool.y_test)
         order = np.random.default_rng([seed, 2]).permutation(n_test)

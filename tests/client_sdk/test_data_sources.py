@@ -121,3 +121,12 @@ def test_a_hugging_face_dataset_split_by_a_flwr_datasets_partitioner():
     parts = _clients(pollen_split, "dirichlet:0.5")
     assert sum(p.num_train for p in parts) == 320 and not has_natural_partition(pollen_split)
     assert len(pollen_split.central_test(num_partitions=CLIENTS, seed=0)[1]) == 80
+
+
+def test_float_targets_are_split_by_their_deciles():
+    x, y = _xy()
+    target = (y + np.random.default_rng(1).normal(size=N) * 0.1).astype(np.float32)
+    data = from_arrays(x, target)
+    parts = _clients(data, "shards:1")  # one decile per client: narrow target ranges
+    assert all(np.ptp(p.y_train) < np.ptp(target) / 2 for p in parts)
+    assert parts[0].y_train.dtype == np.float32

@@ -77,4 +77,4 @@ def test_pooled_uploads_give_the_model_per_client_uploads_give(tmp_path):
         assert single_row["pooled_updates"] == 0
         assert row["upload_bytes_total"] == single_row["upload_bytes_total"]
         # the models differ by float rounding of the sums, so later rounds' losses do too
-        assert row["train_train-loss"] == pytest.approx(single_row["train_train-loss"], rel=1e-6)
+        assert row["train_loss"] == pytest.approx(single_row["train_loss"], rel=1e-6)

@@ -54,7 +54,7 @@ def test_simulation_writes_summary_metrics_plot_and_model(digits_run):
     rows = read_metrics(out / "metrics.jsonl")
     assert [r["round"] for r in rows] == [0, 1, 2]
     assert all(r["sampled_clients"] == 3 and r["accepted_updates"] == 3 for r in rows[1:])
-    assert all("federated_eval-accuracy" in r for r in rows[1:])
+    assert all("federated_accuracy" in r for r in rows[1:])
     assert summary["rounds"] == 2 and summary["clients"] == 6 and summary["rejected_updates"] == 0
     model_bytes = sum(a.nbytes for a in model_arrays(get_task("digits").build_model(0)).values())
     assert summary["download_bytes_total"] == 2 * 3 * model_bytes

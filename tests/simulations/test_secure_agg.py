@@ -83,9 +83,9 @@ def test_pruned_secure_updates_send_only_kept_coordinates(tmp_path):
 def test_masked_uploads_share_no_per_client_metrics_unless_the_run_opts_in(tmp_path):
     """B6: by default the server learns the sum and nothing per client (no train-loss)."""
     _, rows = _run("batched", tmp_path / "private")
-    assert all("train_train-loss" not in row for row in rows[1:])
+    assert all("train_loss" not in row for row in rows[1:])
     _, rows = _run("batched", tmp_path / "shared", secagg_share_metrics=True)
-    assert all(np.isfinite(row["train_train-loss"]) for row in rows[1:])
+    assert all(np.isfinite(row["train_loss"]) for row in rows[1:])
 
 
 def test_device_heterogeneity_finds_partitions_without_them_in_masked_uploads(tmp_path):

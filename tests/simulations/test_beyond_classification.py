@@ -1,0 +1,54 @@
+"""Tasks that are not classifiers (examples/): their own loss and metrics, reported per round by
+central and federated evaluation, summarized by their primary metric, on both engines."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from server import RunSettings
+from simulations.runner import SimulationSettings, simulate
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(tmp_path, task, engine, **run):
+    settings = SimulationSettings(
+        run=RunSettings(
+            task=str(ROOT / "examples" / task), num_server_rounds=3, partition="iid",
+            fraction_evaluate=0.5, **run,
+        ),
+        clients=6,
+        engine=engine,
+        out_dir=tmp_path / engine,
+    )  # fmt: skip
+    summary = simulate(settings)
+    rows = [json.loads(line) for line in (tmp_path / engine / "metrics.jsonl").open()]
+    return summary, rows
+
+
+@pytest.mark.parametrize(
+    "task, metric, keys",
+    [
+        ("regression_task.py:task", "mse", {"mse", "mae", "loss"}),
+        ("next_token_task.py:task", "perplexity", {"perplexity", "top5-accuracy", "accuracy"}),
+    ],
+)
+def test_own_metrics_on_both_engines(tmp_path, task, metric, keys):
+    results = {engine: _run(tmp_path, task, engine) for engine in ("batched", "flower")}
+    for summary, rows in results.values():
+        assert summary["primary_metric"] == metric
+        assert keys <= set(rows[-1]) and rows[-1][metric] < rows[0][metric]  # lower is better
+        assert summary[f"best_{metric}"] == min(r[metric] for r in rows)
+        assert f"federated_{metric}" in rows[-1]  # clients report the Task's metrics too
+        assert summary["export"]["metric"] == metric and f"int8_{metric}" in summary["export"]
+        assert summary["settings"]["lr"] > 0  # the Task's own rate, not 0
+    batched, flower = (results[e][1][-1][metric] for e in ("batched", "flower"))
+    assert batched == pytest.approx(flower, rel=1e-4)  # the engines agree
+
+
+def test_regression_under_compression(tmp_path):
+    summary, rows = _run(
+        tmp_path, "regression_task.py:task", "batched", quant_bits=4, error_feedback=True
+    )
+    assert rows[-1]["mse"] < rows[0]["mse"] and summary["settings"]["quant_bits"] == 4
