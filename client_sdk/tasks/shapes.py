@@ -4,9 +4,10 @@ Each image is one of ten shapes drawn at a random position, size, stroke width a
 on a noisy background: a horizontal bar, a vertical bar, two diagonals, a square outline, a
 filled square, a ring, a disc, a plus and an X. Telling a ring from a disc or a plus from an X
 at varying positions needs convolutions, so the task behaves like a small image benchmark: a
-21,546-parameter CNN reaches ~90% and more in a few federated rounds, while a linear model does
-not. A fixed seed generates a 6,000-image training pool (split among clients by the run's
-partitioner) and a 1,000-image central test set, so accuracies compare across runs.
+22,618-parameter CNN learns it (~90% trained centrally for two epochs on the larger 21.5K model
+we tried first), a linear model on the pixels stops near 64%. A fixed seed generates a
+3,000-image training pool (split among clients by the run's partitioner) and a 600-image central
+test set, so accuracies compare across runs; the sizes keep a 2-core CPU benchmark affordable.
 
 Use it by reference: ``--task client_sdk.tasks.shapes:shapes_task``.
 """
@@ -22,7 +23,7 @@ from client_sdk.task import OptimizerSpec, Task
 from client_sdk.tasks.pooled import Pool, PooledData
 
 SIDE, CLASSES = 16, 10
-TRAIN_SAMPLES, TEST_SAMPLES, SEED = 6000, 1000, 20
+TRAIN_SAMPLES, TEST_SAMPLES, SEED = 3000, 600, 20
 
 
 def draw_shapes(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -68,18 +69,18 @@ def load_shapes_pool() -> Pool:
 
 
 def shapes_cnn() -> nn.Module:
-    """conv 3x3 (1->16) / pool / conv 3x3 (16->32) / pool / 512->32->10: 21,546 parameters."""
+    """conv 3x3 (1->8) / pool / conv 3x3 (8->16) / pool / 256->80->10: 22,618 parameters."""
     return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1),
+        nn.Conv2d(1, 8, 3, padding=1),
         nn.ReLU(),
         nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1),
+        nn.Conv2d(8, 16, 3, padding=1),
         nn.ReLU(),
         nn.MaxPool2d(2),
         nn.Flatten(),
-        nn.Linear(32 * 4 * 4, 32),
+        nn.Linear(16 * 4 * 4, 80),
         nn.ReLU(),
-        nn.Linear(32, CLASSES),
+        nn.Linear(80, CLASSES),
     )
 
 
@@ -89,6 +90,6 @@ def shapes_task() -> Task:
         model_fn=shapes_cnn,
         data=PooledData(load=load_shapes_pool),
         optimizer=OptimizerSpec(name="sgd", lr=0.05, momentum=0.9),
-        local_epochs=1,
+        local_epochs=5,
         batch_size=20,
     )
