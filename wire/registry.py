@@ -95,12 +95,21 @@ def decode_value_stage(
     return decode_values(stage, params, sections, count)
 
 
+def scale_chunk(codec: CodecSpec, block: int) -> int:
+    """Values per eden/sign scale after a rotation in blocks of ``block``: at most one block.
+    Each block is rotated on its own, so a scale spanning blocks of unequal energy is no longer
+    rotation-equivariant and EDEN's unbiased scale turns biased (300 values with 5 spikes in
+    blocks of 64 under one scale: the mean of 1000 estimates missed x by 1.2 ||x||)."""
+    return min(codec.quant_chunk, block)
+
+
 def encode_tail(
     values: np.ndarray, codec: CodecSpec, rng: np.random.Generator | None
 ) -> tuple[list[dict[str, Any]], Sections]:
     """The stages after select/topk for ``codec``: [rotate] then the values stage."""
     stages: list[dict[str, Any]] = []
     sections: Sections = []
+    chunk = codec.quant_chunk
     if codec.rotate != "none":
         if codec.rotate == "shared":
             seed = codec.rotate_seed
@@ -110,13 +119,14 @@ def encode_tail(
             seed = int(rng.integers(0, MAX_SEED))
         values, params, _ = ROTATE.encode(values, seed=seed, block=codec.rotate_block)
         stages.append({"name": ROTATE.name, "params": params})
+        chunk = scale_chunk(codec, params["block"])
     if codec.scheme == "eden":
         params, value_sections_ = EDEN.encode(
-            values, bits=codec.quant_bits, chunk=codec.quant_chunk, scale=codec.eden_scale
+            values, bits=codec.quant_bits, chunk=chunk, scale=codec.eden_scale
         )
         stages.append({"name": EDEN.name, "params": params})
     elif codec.scheme == "sign":
-        params, value_sections_ = SIGN.encode(values, chunk=codec.quant_chunk)
+        params, value_sections_ = SIGN.encode(values, chunk=chunk)
         stages.append({"name": SIGN.name, "params": params})
     else:
         if codec.quant_bits and codec.stochastic and rng is None:

@@ -32,6 +32,7 @@ from wire.errors import RejectReason, UpdateRejected
 
 MAX_BLOCK = 1 << 18  # three factors of 2^6
 MAX_FACTOR_LOG2 = 6
+MIN_BLOCK = 64
 MAX_SEED = 1 << 63  # seeds are in [0, 2^63)
 # passes of H D: one leaves a spiky vector's 1-bit EDEN estimate biased (a few random-signed
 # terms per coordinate are far from Gaussian; 0.22 of ||x|| on 300 values with 5 spikes, 2000
@@ -45,8 +46,13 @@ def next_pow2(n: int) -> int:
 
 
 def block_for(count: int, block: int) -> int:
-    """The block actually used for ``count`` values: ``block``, or less for a short vector."""
-    return max(1, min(block, next_pow2(count)))
+    """The block used for ``count`` values: the largest power of two up to ``block`` (and to the
+    count's next power of two) whose padding stays within 1/8 of the count, but not below 64
+    (a smaller block mixes too few values): 610 values -> 128 (640), 9,610 -> 1024 (10,240)."""
+    used = max(1, min(block, next_pow2(count)))
+    while used > MIN_BLOCK and padded_length(count, used) > count + count // 8:
+        used //= 2
+    return used
 
 
 def padded_length(count: int, block: int) -> int:

@@ -120,9 +120,10 @@ def encode_scaled_sign_rows(
         raise ValueError("encode_scaled_sign_rows encodes eden or sign updates without top-k")
     count = sum(segment_lengths(specs, masks))
     block = block_for(count, codec.rotate_block)
-    values = count if codec.rotate == "none" else padded_length(count, block)
-    chunks, packed = num_chunks(values, codec.quant_chunk), packed_size(values, codec.quant_bits)
     rotated = codec.rotate != "none"
+    values = padded_length(count, block) if rotated else count
+    chunk = min(codec.quant_chunk, block) if rotated else codec.quant_chunk  # scale_chunk
+    chunks, packed = num_chunks(values, chunk), packed_size(values, codec.quant_bits)
     if rotated != (rotation_seeds is not None) or (
         rotation_seeds is not None and len(rotation_seeds) != len(scales)
     ):
@@ -133,9 +134,9 @@ def encode_scaled_sign_rows(
             f"got {scales.shape} and {codes.shape}"
         )
     if codec.scheme == "eden":
-        params = {"bits": codec.quant_bits, "chunk": codec.quant_chunk, "scale": codec.eden_scale}
+        params = {"bits": codec.quant_bits, "chunk": chunk, "scale": codec.eden_scale}
     else:
-        params = {"chunk": codec.quant_chunk}
+        params = {"chunk": chunk}
     select = {"mask": "" if masks is None else masks.digest, "count": count}
     sections = [("scales", 4 * chunks), ("codes", packed)]
     frames: dict[int | None, bytes] = {}

@@ -31,6 +31,7 @@ from simulations.batched.codec import (
 )
 from simulations.batched.training import TrainedChunk
 from wire.eden import boundaries, table
+from wire.registry import scale_chunk
 from wire.rotation import (
     MAX_SEED,
     ROUNDS,
@@ -193,10 +194,11 @@ def _encode_block(
     if seeds is not None:
         signs = _signs(seeds, padded_length(count, rblock), device)
         values = rotate_rows(kept, signs, rblock)
+    chunk = codec.quant_chunk if seeds is None else scale_chunk(codec, rblock)
     if codec.scheme == "eden":
-        codes, scales = eden_rows(values, codec.quant_bits, codec.quant_chunk, codec.eden_scale)
+        codes, scales = eden_rows(values, codec.quant_bits, chunk, codec.eden_scale)
     else:
-        codes, scales = sign_rows(values, codec.quant_chunk)
+        codes, scales = sign_rows(values, chunk)
     payloads = encode_scaled_sign_rows(
         scales.cpu().numpy(),
         pack_rows(codes, codec.quant_bits).cpu().numpy(),
@@ -209,9 +211,9 @@ def _encode_block(
     if not plan.error_feedback:
         return payloads, targets.carried, [None] * len(contexts)
     if codec.scheme == "eden":
-        sent = eden_values(codes, scales, codec.quant_bits, codec.quant_chunk)
+        sent = eden_values(codes, scales, codec.quant_bits, chunk)
     else:
-        sent = sign_values(codes, scales, codec.quant_chunk)
+        sent = sign_values(codes, scales, chunk)
     if signs is not None:
         sent = unrotate_rows(sent, signs, rblock, count)
     return payloads, targets.carried, store_residuals(contexts, targets, sent)

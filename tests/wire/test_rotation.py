@@ -79,6 +79,26 @@ def test_rotation_is_orthogonal_and_inverts_within_float_error(n, log_block, see
     np.testing.assert_allclose(back, x, atol=1e-5 * max(float(np.abs(x).max(initial=0)), 1e-38))
 
 
+@pytest.mark.parametrize(
+    "count,block,want",
+    [
+        (0, 1024, 1),
+        (1, 1024, 1),
+        (40, 1024, 64),
+        (610, 1024, 128),
+        (9610, 1024, 1024),
+        (2100, 1024, 256),
+        (22618, 1024, 1024),
+        (5000, 4096, 1024),
+        (100, 64, 64),
+    ],
+)
+def test_block_for_keeps_padding_within_an_eighth(count, block, want):
+    assert block_for(count, block) == want
+    if want >= 64:
+        assert padded_length(count, want) <= count + max(count // 8, want - 1)
+
+
 def test_rotation_spreads_a_spike_evenly():
     x = np.zeros(1000, np.float32)
     x[17] = 10.0
@@ -94,8 +114,8 @@ def test_rotate_stage_costs_no_body_bytes_and_round_trips_float32():
     names = [s["name"] for s in header["stages"]]
     assert names == ["select", "rotate", "float32"]
     assert ROTATE.sections(header["stages"][1]["params"], 2100) == []
-    assert header["stages"][1]["params"]["block"] == 1024
-    assert header["sections"] == [["values", 4 * 3072]]  # 2100 values padded to 3 blocks
+    assert header["stages"][1]["params"]["block"] == 256  # 3 blocks of 1024 would pad 46%
+    assert header["sections"] == [["values", 4 * 2304]]  # 2100 values padded to 9 blocks
     decoded = decode_update(payload, expected=[TensorSpec("w", (30, 70))], expected_round=2)
     np.testing.assert_allclose(decoded.tensors[0], update["w"], atol=1e-5)
 
