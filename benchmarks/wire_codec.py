@@ -3,7 +3,8 @@
 Baseline (measured in the same run): ``flwr.app.Array`` from numpy and back (np.save/np.load
 under the hood), the path a plain Flower client's ArrayRecord takes. Prints, per codec, the
 payload size, its ratio to float32, the median encode+decode milliseconds and the ratio of that
-time to the baseline's. Target (issue #3): every codec under 50 ms on a 2-core CPU.
+time to the baseline's. Target (issues #3 and #20): every codec under 50 ms on a 2-core CPU,
+the rotation rows (randomized Hadamard + EDEN/DRIVE, EF-signSGD) included.
 
     .venv/bin/python benchmarks/wire_codec.py [PARAMS]
 """
@@ -46,6 +47,23 @@ def main(params: int = 1_000_000) -> None:
         ("90% masked + 4-bit", CodecSpec(quant_bits=4), mask),
         ("top-1% float32", CodecSpec(topk=0.01), None),
         ("top-1% + 8-bit", CodecSpec(topk=0.01, quant_bits=8), None),
+        # issue 20: randomized Hadamard rotation, EDEN/DRIVE, EF-signSGD
+        ("rot float32", CodecSpec(rotate="client"), None),
+        ("rot + 1-bit EDEN", CodecSpec(quant_bits=1, scheme="eden", rotate="client"), None),
+        ("rot + 2-bit EDEN", CodecSpec(quant_bits=2, scheme="eden", rotate="client"), None),
+        ("rot + 4-bit EDEN", CodecSpec(quant_bits=4, scheme="eden", rotate="client"), None),
+        ("1-bit EDEN, no rot", CodecSpec(quant_bits=1, scheme="eden"), None),
+        ("EF-signSGD (sign)", CodecSpec(quant_bits=1, scheme="sign", quant_chunk=1 << 24), None),
+        (
+            "top-5% + rot + 1-bit",
+            CodecSpec(topk=0.05, quant_bits=1, scheme="eden", rotate="client"),
+            None,
+        ),
+        (
+            "90% masked + rot + 1b",
+            CodecSpec(quant_bits=1, scheme="eden", rotate="client"),
+            mask,
+        ),
     ]
 
     def flower() -> None:
@@ -54,7 +72,7 @@ def main(params: int = 1_000_000) -> None:
 
     base_ms = median_ms(flower)
     print(f"params={params}; baseline flower Array round trip: {base_ms:.2f} ms (median)")
-    print(f"{'codec':<20} {'bytes':>10} {'vs f32':>7} {'enc+dec ms':>11} {'vs flower':>10}")
+    print(f"{'codec':<22} {'bytes':>10} {'vs f32':>7} {'enc+dec ms':>11} {'vs flower':>10}")
     for name, codec, masks in codecs:
         payload = encode_update(update, server_round=1, codec=codec, masks=masks, rng=rng)
 
@@ -64,7 +82,7 @@ def main(params: int = 1_000_000) -> None:
 
         ms = median_ms(round_trip)
         print(
-            f"{name:<20} {len(payload):>10} {4 * params / len(payload):>6.1f}x "
+            f"{name:<22} {len(payload):>10} {4 * params / len(payload):>6.1f}x "
             f"{ms:>11.2f} {ms / base_ms:>9.2f}x"
         )
 

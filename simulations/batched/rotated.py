@@ -115,8 +115,9 @@ def eden_rows(
         norm2 > 0, counts.sqrt() / norm2.sqrt(), torch.zeros((), dtype=torch.float64, device=device)
     ).to(torch.float32)
     z = blocks * factor[:, :, None]
-    bounds = torch.from_numpy(boundaries(bits)).to(device)
-    codes = torch.searchsorted(bounds, z.contiguous(), right=True).to(torch.uint8)
+    codes = torch.zeros(z.shape, dtype=torch.uint8, device=device)
+    for bound in boundaries(bits).tolist():  # float32 values, compared as float32
+        codes += z >= torch.tensor(bound, dtype=torch.float32, device=device)
     q = torch.from_numpy(table(bits)).to(device)[codes.long()]
     q.view(k, -1)[:, n:] = 0
     dot = (blocks.to(torch.float64) * q.to(torch.float64)).sum(dim=2)
