@@ -7,7 +7,7 @@ and the local schedule. Frozen, keyword-only dataclasses, one per component (nan
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -129,6 +129,9 @@ class Task:
     metrics_fn: MetricsFn = metrics.accuracy
     primary_metric: str = "accuracy"  # what summaries and plots follow (or "loss")
     higher_is_better: bool = True
+    # the server's central evaluation of the global model, replacing the default (loss and
+    # metrics_fn on data.central_test): model -> {name: value}
+    evaluate_fn: Callable[[nn.Module], Mapping[str, float]] | None = None
     optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
     local_epochs: int = 1
     batch_size: int = 32

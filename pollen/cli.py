@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -14,9 +13,7 @@ from rich.console import Console
 from pollen import new_project
 from pollen.deploy_commands import client_app, server_app
 from pollen.progress import human_bytes, round_progress, summary_table
-
-if TYPE_CHECKING:
-    from simulations.runner import SimulationSettings
+from pollen.settings import FlagError, simulation_settings
 
 app = typer.Typer(
     add_completion=False,
@@ -24,14 +21,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Pollen: federated learning on Flower with compact client updates.",
 )
-
-
-class FlagError(ValueError):
-    """A command-line flag has a value Pollen cannot run with; the message names the flag."""
-
-    def __init__(self, flag: str, why: str) -> None:
-        super().__init__(f"{flag}: {why}")
-        self.flag = flag
 
 
 app.add_typer(server_app, name="server")
@@ -44,123 +33,20 @@ def _root() -> None:
     """Pollen: federated learning on Flower with compact client updates."""
 
 
-# Which flag sets each run-config key, to name the flag when RunSettings refuses a value.
-_FLAG_FOR_KEY = {
-    "num-server-rounds": "--rounds",
-    "fraction-train": "--fraction",
-    "min-available-nodes": "--clients",
-}
-
-
-def simulation_settings(
-    *,
-    clients: int,
-    partition: str | None,
-    out: Path,
-    verbose: bool,
-    engine: str = "auto",
-    device: str = "auto",
-    clients_per_batch: int = 0,
-    pool_uploads: bool = True,
-    device_tiers: str = "",
-    availability: float = 1.0,
-    deadline: float = 0.0,
-    **run: Any,
-) -> SimulationSettings:
-    """Validate the flags into settings, or raise a :class:`FlagError` naming the bad flag."""
-    from client_sdk import TaskConfigError
-    from client_sdk.tasks import natural_partition
-    from server import RunConfigError, RunSettings
-    from server.checkpoint import ResumeError
-    from simulations.heterogeneity import HeterogeneityError
-    from simulations.partitioners import PartitionError
-    from simulations.runner import SimulationSettings, check_partition, check_resume
-
-    if clients < 1:
-        raise FlagError("--clients", f"must be >= 1, got {clients}")
-    if engine not in ("auto", "flower", "batched"):
-        raise FlagError("--engine", f"must be auto, flower or batched, got {engine!r}")
-    if clients_per_batch < 0:
-        raise FlagError("--clients-per-batch", f"must be >= 0, got {clients_per_batch}")
-    if engine == "flower" and (device != "auto" or clients_per_batch or not pool_uploads):
-        raise FlagError(
-            "--engine",
-            "--device, --clients-per-batch and --no-pool-uploads apply to --engine batched",
-        )
-    if device != "auto":
-        from simulations.runner import DeviceError, resolve_device
-
-        try:
-            resolve_device(device)
-        except DeviceError as err:
-            raise FlagError("--device", str(err)) from None
-    try:
-        natural = natural_partition(run["task"])
-    except ValueError as err:  # an unknown task or a bad task reference
-        raise FlagError("--task", str(err)) from None
-    spec = partition or ("natural" if natural else "dirichlet:0.5")
-    try:
-        settings = RunSettings(partition=spec, min_available_nodes=clients, **run)
-    except RunConfigError as err:
-        raise FlagError(_FLAG_FOR_KEY.get(err.key, f"--{err.key}"), err.why) from None
-    try:
-        simulation = SimulationSettings(
-            run=settings,
-            clients=clients,
-            out_dir=out.resolve(),
-            ray_logs=verbose,
-            engine=engine,
-            device=device,
-            clients_per_batch=clients_per_batch,
-            pool_uploads=pool_uploads,
-            device_tiers=device_tiers,
-            availability=availability,
-            deadline_s=deadline,
-        )
-    except HeterogeneityError as err:
-        flag = "--availability" if "availability" in str(err) else "--deadline"
-        if "tier" in str(err):
-            flag = "--device-tiers"
-        raise FlagError(flag, str(err)) from None
-    except PartitionError as err:
-        raise FlagError("--partition", str(err)) from None
-    try:  # split the data now: too many clients for it is a flag error, not a traceback later
-        check_partition(simulation)
-    except (PartitionError, TaskConfigError) as err:
-        raise FlagError("--partition", str(err)) from None
-    check_out_dir(simulation.out_dir)
-    try:  # a corrupt checkpoint is one line here, before anything is printed or started
-        check_resume(simulation)
-    except ResumeError as err:
-        raise FlagError("--resume", str(err)) from None
-    return simulation
-
-
-def check_out_dir(out: Path) -> None:
-    """Create ``--out`` (the run would a moment later) and prove a file can be written there,
-    so an unwritable place is a flag error before anything starts, not a traceback after."""
-    if out.exists() and not out.is_dir():
-        raise FlagError("--out", f"{out} is a file, not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".pollen-write-test-"):
-            pass
-    except OSError as err:
-        why = err.strerror or type(err).__name__
-        raise FlagError("--out", f"cannot write run files in {out}: {why}") from None
-
-
 @app.command()
 def simulate(
     task: str = typer.Option(
         "digits",
-        help="digits | synthetic[:ALPHA,BETA] | tutorial-cnn[:SAMPLES]",
+        help="Built-in digits | synthetic[:ALPHA,BETA] | tutorial-cnn[:SAMPLES], or your own "
+        "Task: package.module:attr or path/to/file.py:attr.",
     ),
     clients: int = typer.Option(50, help="Number of virtual clients (SuperNodes)."),
     engine: str = typer.Option(
         "auto", help="flower (Ray) | batched (K clients per vmapped kernel) | auto (batched on GPU)"
     ),
     device: str = typer.Option("auto", help="Batched engine device: auto | cpu | cuda[:N]."),
+    client_cpus: float = typer.Option(1.0, help="Flower's engine: Ray CPUs per client."),
+    client_gpus: float = typer.Option(0.0, help="Flower's engine: Ray GPU share per client."),
     clients_per_batch: int = typer.Option(
         0, help="Batched engine: clients per kernel (0: planned from free memory)."
     ),
@@ -183,7 +69,8 @@ def simulate(
     ),
     strategy: str = typer.Option(
         "fedavg",
-        help="fedavg | fedprox | fedadam | fedyogi | fedmedian | fedtrimmedavg | krum | multikrum",
+        help="fedavg | fedprox | fedadam | fedyogi | fedadagrad | fedavgm | fedmedian | "
+        "fedtrimmedavg | krum | multikrum | bulyan | qfedavg",
     ),
     seed: int = typer.Option(0, help="Seed for init, partition, sampling and local shuffling."),
     out: Path = typer.Option(None, help="Output directory (default: runs/<task>-<time>)."),
@@ -192,7 +79,14 @@ def simulate(
     local_epochs: int = typer.Option(0, help="Local epochs (0: the Task's)."),
     batch_size: int = typer.Option(0, help="Local batch size (0: the Task's)."),
     proximal_mu: float = typer.Option(0.01, help="FedProx proximal term mu."),
-    server_lr: float = typer.Option(0.1, help="FedAdam/FedYogi server learning rate."),
+    server_lr: float = typer.Option(
+        0.1, help="FedAdam/FedYogi/FedAdagrad eta; FedAvgM server learning rate."
+    ),
+    server_momentum: float = typer.Option(0.9, help="FedAvgM server momentum."),
+    qffl_q: float = typer.Option(0.1, help="QFedAvg (q-FFL) fairness exponent q."),
+    lr_schedule: str = typer.Option(
+        "constant", help="Clients' lr by round: constant | cosine | step:EVERY:GAMMA | exp:GAMMA."
+    ),
     trim_beta: float = typer.Option(0.2, help="FedTrimmedAvg: fraction cut at each end."),
     num_malicious: int = typer.Option(0, help="Krum/MultiKrum: assumed malicious clients."),
     multikrum_select: int = typer.Option(0, help="MultiKrum: updates averaged (0: one)."),
@@ -248,6 +142,8 @@ def simulate(
             device=device,
             clients_per_batch=clients_per_batch,
             pool_uploads=pool_uploads,
+            client_cpus=client_cpus,
+            client_gpus=client_gpus,
             device_tiers=device_tiers,
             availability=availability,
             deadline=deadline,
@@ -262,6 +158,9 @@ def simulate(
             batch_size=batch_size,
             proximal_mu=proximal_mu,
             server_lr=server_lr,
+            server_momentum=server_momentum,
+            qffl_q=qffl_q,
+            lr_schedule=lr_schedule,
             trim_beta=trim_beta,
             num_malicious=num_malicious,
             multikrum_select=multikrum_select,

@@ -9,7 +9,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from server.config import RunSettings
-from server.federation import RoundCallback, default_out_dir, run_federation
+from server.federation import RoundCallback, ServerHooks, default_out_dir, run_federation
 
 
 def build_server_app(
@@ -18,6 +18,7 @@ def build_server_app(
     out_dir: Path | None = None,
     on_round: RoundCallback | None = None,
     wrap_grid: Callable[[Grid], Grid] | None = None,
+    hooks: ServerHooks | None = None,
 ) -> ServerApp:
     """A ServerApp with fixed settings (simulations), or one reading the run config (``None``).
 
@@ -34,7 +35,7 @@ def build_server_app(
         )
         if wrap_grid is not None:
             grid = wrap_grid(grid)
-        run_federation(grid, run_settings, out_dir=target, on_round=on_round)
+        run_federation(grid, run_settings, out_dir=target, on_round=on_round, hooks=hooks)
 
     return server_app
 

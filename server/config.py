@@ -16,6 +16,7 @@ from strategies import (
     PruningSchedule,
     SecAggSettings,
 )
+from strategies.schedules import ScheduleError, parse_schedule
 from wire import CodecConfigError, CodecSpec
 from wire.secagg_vector import SecAggVectorSpec
 
@@ -78,7 +79,10 @@ class RunSettings:
     local_epochs: int = 0  # 0: the Task's own
     batch_size: int = 0  # 0: the Task's own
     proximal_mu: float = 0.01  # FedProx only
-    server_lr: float = 0.1  # FedAdam/FedYogi only
+    server_lr: float = 0.1  # FedAdam/FedYogi/FedAdagrad eta, FedAvgM's server learning rate
+    server_momentum: float = 0.9  # FedAvgM only
+    qffl_q: float = 0.1  # QFedAvg (q-FFL) only: larger q favours the worse-off clients
+    lr_schedule: str = "constant"  # clients' lr by round: constant | cosine | step:N:G | exp:G
     trim_beta: float = 0.2  # FedTrimmedAvg only: fraction trimmed at each end
     num_malicious: int = 0  # Krum/MultiKrum only
     multikrum_select: int = 0  # MultiKrum only (0: one)
@@ -139,6 +143,14 @@ class RunSettings:
             raise bad("malicious-fraction", f"must be in [0, 1), got {self.malicious_fraction}")
         if not self.round_timeout > 0:
             raise bad("round-timeout", f"must be > 0 seconds, got {self.round_timeout}")
+        if not 0 <= self.server_momentum < 1:
+            raise bad("server-momentum", f"must be in [0, 1), got {self.server_momentum}")
+        if not 0 <= self.qffl_q <= 100:
+            raise bad("qffl-q", f"must be in [0, 100], got {self.qffl_q}")
+        try:
+            parse_schedule(self.lr_schedule)
+        except ScheduleError as err:
+            raise bad("lr-schedule", str(err)) from None
         if not 0 <= self.trim_beta < 0.5:
             raise bad("trim-beta", f"must be in [0, 0.5), got {self.trim_beta}")
         if not self.max_update_value > 0:

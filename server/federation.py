@@ -18,8 +18,10 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+from torch import nn
 
-from client_sdk import evaluate_model, load_arrays, model_arrays
+from client_sdk import Task, load_arrays, model_arrays
 from client_sdk.export import load_int8_model, quantize_int8, save_npz
 from client_sdk.tasks import get_task
 from client_sdk.training import evaluate_metrics
@@ -34,6 +36,7 @@ from server.checkpoint import (
 from server.config import RunSettings
 from server.metrics import MetricsLog
 from strategies import ReplyLimits, StrategySettings, build_strategy, stall_reason
+from strategies.schedules import MetricsAggregation, parse_schedule
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,17 @@ class RoundReporter(Protocol):
 
 class RunAborted(RuntimeError):
     """The run stopped early: no update was accepted in ``max-failed-rounds`` rounds in a row."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerHooks:
+    """What a Python caller may add to a run besides its settings: any Flower Message-API
+    strategy object (used instead of the ``strategy`` name) and metric aggregation functions
+    ``(each reply's metrics, their weights) -> metrics``."""
+
+    strategy: Strategy | None = None
+    train_metrics_aggr_fn: MetricsAggregation | None = None
+    evaluate_metrics_aggr_fn: MetricsAggregation | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +106,7 @@ def run_federation(
     *,
     out_dir: Path,
     on_round: RoundCallback | None = None,
+    hooks: ServerHooks | None = None,
 ) -> FederationResult:
     """Train ``settings.task`` for ``settings.num_server_rounds`` rounds over ``grid``.
 
@@ -119,6 +134,13 @@ def run_federation(
             seed=settings.seed,
             proximal_mu=settings.proximal_mu,
             server_lr=settings.server_lr,
+            momentum=settings.server_momentum,
+            q=settings.qffl_q,
+            lr_schedule=parse_schedule(settings.lr_schedule),
+            num_rounds=settings.num_server_rounds,
+            inner=hooks.strategy if hooks else None,
+            train_metrics_aggr_fn=hooks.train_metrics_aggr_fn if hooks else None,
+            evaluate_metrics_aggr_fn=hooks.evaluate_metrics_aggr_fn if hooks else None,
             client_lr=settings.lr or task.optimizer.lr,
             compression=settings.compression(),
             trim_beta=settings.trim_beta,
@@ -136,19 +158,19 @@ def run_federation(
         restore_optimizer_state(strategy.inner, checkpoint.optimizer)
         strategy.round_offset = done
     num_partitions = settings.num_partitions or len(strategy.sampler.wait_for_nodes(grid))
-    x_test, y_test = task.data.central_test(num_partitions=num_partitions, seed=settings.seed)
+    central = central_evaluation(task, num_partitions, settings.seed)
     metrics_log = MetricsLog(out_dir / "metrics.jsonl", keep_until=done if checkpoint else None)
     clock = {"start": time.perf_counter(), "last": time.perf_counter()}
 
     def _score(arrays: dict[str, np.ndarray]) -> float:
         load_arrays(model, arrays)
-        return evaluate_model(model, task, x_test, y_test)[1]
+        return central(model).get(task.primary_metric, float("nan"))
 
     def evaluate_fn(loop_round: int, arrays: ArrayRecord) -> MetricRecord:
         server_round = loop_round + done
         named = {name: a.numpy() for name, a in arrays.items()}
         load_arrays(model, named)
-        found = evaluate_metrics(model, task, x_test, y_test)  # loss and the Task's metrics
+        found = central(model)  # the Task's metrics (and loss) on the central test set
         if loop_round == 0 and done:  # the resumed model: its row is already in the log
             return MetricRecord(found)
         now = time.perf_counter()
@@ -200,6 +222,18 @@ def run_federation(
         export,
     )
     return FederationResult(final_arrays=final, rows=metrics_log.rows, out_dir=out_dir)
+
+
+def central_evaluation(
+    task: Task, num_partitions: int, seed: int
+) -> Callable[[nn.Module], dict[str, float]]:
+    """The server's evaluation of a model: the Task's ``evaluate_fn``, or its loss and
+    ``metrics_fn`` on the data source's central test set."""
+    if task.evaluate_fn is not None:
+        own = task.evaluate_fn
+        return lambda model: {str(k): float(v) for k, v in own(model).items()}
+    x_test, y_test = task.data.central_test(num_partitions=num_partitions, seed=seed)
+    return lambda model: evaluate_metrics(model, task, x_test, y_test)
 
 
 def export_models(

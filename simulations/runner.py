@@ -23,7 +23,7 @@ from client_sdk.tasks import get_task, natural_partition, portable_task_name
 from server import EXPORT_FILE, MODEL_FILE, RunSettings, read_metrics
 from server.app import build_server_app
 from server.checkpoint import check_resumable, load_checkpoint
-from server.federation import ABORT_FILE, RoundCallback, RunAborted
+from server.federation import ABORT_FILE, RoundCallback, RunAborted, ServerHooks
 from simulations.app import clientapp, simulated_client_data
 from simulations.attacks import simulated_attack
 from simulations.heterogeneity import (
@@ -77,7 +77,8 @@ class SimulationSettings:
     run: RunSettings
     clients: int
     out_dir: Path
-    cpus_per_client: float = 1.0
+    cpus_per_client: float = 1.0  # Flower's engine: Ray CPUs per client (--client-cpus)
+    gpus_per_client: float = 0.0  # Flower's engine: Ray GPU share per client (--client-gpus)
     ray_logs: bool = False  # forward Ray workers' output (Flower's client logs) to this console
     engine: str = "auto"  # auto (batched with a CUDA GPU, else flower) | flower | batched
     device: str = "auto"  # batched engine: auto | cpu | cuda | cuda:N
@@ -112,7 +113,11 @@ class SimulationSettings:
             if not math.isfinite(value):
                 raise HeterogeneityError(f"{name} must be a finite number, got {value}")
         if not (math.isfinite(self.cpus_per_client) and self.cpus_per_client > 0):
-            raise PartitionError(f"cpus-per-client must be > 0, got {self.cpus_per_client}")
+            raise PartitionError(
+                f"client-cpus must be a finite number > 0, got {self.cpus_per_client}"
+            )
+        if not (math.isfinite(self.gpus_per_client) and 0 <= self.gpus_per_client <= 64):
+            raise PartitionError(f"client-gpus must be in [0, 64], got {self.gpus_per_client}")
         self.heterogeneity()  # refuse a bad tier file, availability or deadline now
         natural = natural_partition(self.run.task)
         spec = parse_partition(self.run.partition)
@@ -155,7 +160,11 @@ def check_resume(settings: SimulationSettings) -> None:
         check_resumable(checkpoint, asdict(run))
 
 
-def simulate(settings: SimulationSettings, on_round: RoundCallback | None = None) -> dict[str, Any]:
+def simulate(
+    settings: SimulationSettings,
+    on_round: RoundCallback | None = None,
+    hooks: ServerHooks | None = None,
+) -> dict[str, Any]:
     """Run the simulation; return (and write) the summary."""
     check_partition(settings)
     out = settings.out_dir
@@ -167,6 +176,7 @@ def simulate(settings: SimulationSettings, on_round: RoundCallback | None = None
         run,
         out_dir=out,
         on_round=on_round,
+        hooks=hooks,
         wrap_grid=None if devices is None else (lambda grid: HeterogeneousGrid(grid, devices)),
     )
     engine = resolve_engine(settings.engine)
@@ -241,19 +251,34 @@ def _run_flower(server_app, settings: SimulationSettings) -> None:
 
     # Ray >= 2.5x warns on every start unless told how to treat CUDA_VISIBLE_DEVICES.
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    run_simulation(
-        server_app=server_app,
-        client_app=clientapp,
-        num_supernodes=settings.clients,
-        backend_config={
-            "client_resources": {"num_cpus": settings.cpus_per_client, "num_gpus": 0.0},
-            "init_args": {
-                "include_dashboard": False,
-                "num_cpus": os.cpu_count() or 1,
-                "log_to_driver": settings.ray_logs,
+    resources = {"num_cpus": settings.cpus_per_client, "num_gpus": settings.gpus_per_client}
+    flower_log = logging.getLogger("flwr")
+    hide = _HideRunSimulationDeprecation()  # the user never called run_simulation: we did
+    flower_log.addFilter(hide)
+    try:
+        run_simulation(
+            server_app=server_app,
+            client_app=clientapp,
+            num_supernodes=settings.clients,
+            backend_config={
+                "client_resources": resources,
+                "init_args": {
+                    "include_dashboard": False,
+                    "num_cpus": os.cpu_count() or 1,
+                    "log_to_driver": settings.ray_logs,
+                },
             },
-        },
-    )
+        )
+    finally:
+        flower_log.removeFilter(hide)
+
+
+class _HideRunSimulationDeprecation(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            str(record.msg).startswith("DEPRECATED FEATURE")
+            and "run_simulation" in record.getMessage()
+        )
 
 
 def effective_settings(run: RunSettings, task: Task) -> dict[str, Any]:

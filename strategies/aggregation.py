@@ -100,3 +100,14 @@ def weighted_metrics(records: Sequence[Mapping[str, Any]], weights: Sequence[flo
             else:
                 sums[key] = value * factor if key not in sums else sums[key] + value * factor
     return sums
+
+
+def common_scalars(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The metric keys every record holds as a single number (what a strategy that reads each
+    reply's metrics, e.g. q-FFL's loss, may rely on: Flower refuses replies whose keys differ)."""
+    if not records:
+        return []
+    shared = set(records[0])
+    for record in records[1:]:
+        shared &= set(record)
+    return sorted(k for k in shared if all(not isinstance(r[k], list) for r in records))

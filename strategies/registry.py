@@ -5,19 +5,25 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from flwr.serverapp.strategy import (
+    Bulyan,
+    FedAdagrad,
     FedAdam,
     FedAvg,
+    FedAvgM,
     FedMedian,
     FedProx,
     FedTrimmedAvg,
     FedYogi,
     Krum,
     MultiKrum,
+    QFedAvg,
     Strategy,
 )
 
 from strategies.compression import CompressionSettings
+from strategies.replies import LOSS
 from strategies.sampling import SeededSampler
+from strategies.schedules import LrSchedule, MetricsAggregation, RoundHooks
 from strategies.secagg import SecAggSettings
 from strategies.validation import ReplyLimits
 from strategies.wire_adapter import WireStrategy
@@ -27,15 +33,21 @@ STRATEGY_NAMES = (
     "fedprox",
     "fedadam",
     "fedyogi",
+    "fedadagrad",
+    "fedavgm",
     "fedmedian",
     "fedtrimmedavg",
     "krum",
     "multikrum",
+    "bulyan",
+    "qfedavg",
 )
 # Robust aggregators look at individual updates (so they cannot run under secure aggregation).
-ROBUST_STRATEGIES = ("fedmedian", "fedtrimmedavg", "krum", "multikrum")
+ROBUST_STRATEGIES = ("fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan")
+# Strategies that read each update (robust ones, and q-FFL's loss-weighted updates).
+PER_UPDATE_STRATEGIES = (*ROBUST_STRATEGIES, "qfedavg")
 # What secure aggregation can feed: strategies that need only the (weighted) sum of updates.
-SUM_STRATEGIES = tuple(name for name in STRATEGY_NAMES if name not in ROBUST_STRATEGIES)
+SUM_STRATEGIES = tuple(name for name in STRATEGY_NAMES if name not in PER_UPDATE_STRATEGIES)
 
 
 class UnknownStrategy(ValueError):
@@ -62,28 +74,50 @@ class StrategySettings:
     multikrum_select: int = 0  # MultiKrum: lowest-score updates averaged (0: one, i.e. Krum)
     clip_norm: float = 0.0  # clip each client's update to this L2 norm (0: off)
     compression: CompressionSettings = field(default_factory=CompressionSettings)
+    momentum: float = 0.9  # FedAvgM's server momentum (Hsu et al. 2019)
+    q: float = 0.1  # q-FFL's fairness exponent (Li et al., ICLR 2020)
     secure: SecAggSettings | None = None  # SecAgg+: the server sees only the sum of updates
     limits: ReplyLimits = field(default_factory=ReplyLimits)  # what one reply may hold
+    lr_schedule: LrSchedule = field(default_factory=LrSchedule)  # per-round client lr
+    num_rounds: int = 0  # planned rounds (a cosine schedule anneals over them)
+    # any Flower Message-API strategy object, used instead of ``name`` (Python API only)
+    inner: Strategy | None = None
+    # (each reply's metrics, their weights) -> aggregated metrics (default: weighted mean)
+    train_metrics_aggr_fn: MetricsAggregation | None = None
+    evaluate_metrics_aggr_fn: MetricsAggregation | None = None
+
+
+_SAMPLE_ALL = {
+    "fraction_train": 1.0,
+    "fraction_evaluate": 1.0,
+    "min_train_nodes": 1,
+    "min_evaluate_nodes": 1,
+    "min_available_nodes": 1,
+}
 
 
 def _inner(settings: StrategySettings) -> Strategy:
     # The adapter samples (and skips evaluation when its fraction is 0); the wrapped strategy
     # takes every node it is shown.
-    common = {
-        "fraction_train": 1.0,
-        "fraction_evaluate": 1.0,
-        "min_train_nodes": 1,
-        "min_evaluate_nodes": 1,
-        "min_available_nodes": 1,
-    }
+    common = dict(_SAMPLE_ALL)
     name = settings.name.lower()
     if name == "fedavg":
         return FedAvg(**common)
     if name == "fedprox":
         return FedProx(**common, proximal_mu=settings.proximal_mu)
-    if name in ("fedadam", "fedyogi"):
-        cls = FedAdam if name == "fedadam" else FedYogi
+    if name in ("fedadam", "fedyogi", "fedadagrad"):
+        cls = {"fedadam": FedAdam, "fedyogi": FedYogi, "fedadagrad": FedAdagrad}[name]
         return cls(**common, eta=settings.server_lr, eta_l=settings.client_lr, tau=settings.tau)
+    if name == "fedavgm":  # Hsu et al. 2019: server momentum on the averaged update
+        return FedAvgM(
+            **common, server_learning_rate=settings.server_lr, server_momentum=settings.momentum
+        )
+    if name == "bulyan":  # El Mhamdi et al., ICML 2018
+        return Bulyan(**common, num_malicious_nodes=settings.num_malicious)
+    if name == "qfedavg":  # Li et al., ICLR 2020 (q-FFL): fairer across clients
+        return QFedAvg(
+            **common, client_learning_rate=settings.client_lr, q=settings.q, train_loss_key=LOSS
+        )
     if name == "fedmedian":
         return FedMedian(**common)
     if name == "fedtrimmedavg":
@@ -101,10 +135,19 @@ def _inner(settings: StrategySettings) -> Strategy:
     )
 
 
+def _takes_every_node(inner: Strategy) -> Strategy:
+    """A strategy object given by the user, set to take every node the adapter shows it (the
+    adapter samples reproducibly; Flower's own sampling would wait for its minimums)."""
+    for name, value in _SAMPLE_ALL.items():
+        if hasattr(inner, name):
+            setattr(inner, name, value)
+    return inner
+
+
 def build_strategy(settings: StrategySettings) -> WireStrategy:
-    """The named Flower strategy inside Pollen's wire adapter."""
+    """The named Flower strategy (or ``settings.inner``) inside Pollen's wire adapter."""
     return WireStrategy(
-        _inner(settings),
+        _takes_every_node(settings.inner) if settings.inner is not None else _inner(settings),
         sampler=SeededSampler(seed=settings.seed, min_available=settings.min_available_nodes),
         fraction_train=settings.fraction_train,
         fraction_evaluate=settings.fraction_evaluate,
@@ -114,4 +157,11 @@ def build_strategy(settings: StrategySettings) -> WireStrategy:
         clip_norm=settings.clip_norm,
         secure=settings.secure,
         limits=settings.limits,
+        hooks=RoundHooks(
+            client_lr=settings.client_lr,
+            lr_schedule=settings.lr_schedule,
+            num_rounds=settings.num_rounds,
+            train_metrics_aggr_fn=settings.train_metrics_aggr_fn,
+            evaluate_metrics_aggr_fn=settings.evaluate_metrics_aggr_fn,
+        ),
     )

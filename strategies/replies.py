@@ -20,6 +20,7 @@ from wire import PAYLOAD_FIELD, UPDATE_RECORD_KEY, RejectReason, UpdateRejected
 log = logging.getLogger(__name__)
 
 WEIGHT_KEY = "num-examples"
+LOSS = "train-loss"  # a train reply's mean local loss (what q-FFL weighs updates by)
 # Metrics the adapter keeps for itself instead of passing to the weighted average.
 ADAPTER_METRICS = ("partition-id", "upload-bytes")
 _EXEMPT = (WEIGHT_KEY, *ADAPTER_METRICS)  # checked where they are read, with their own reason

@@ -18,22 +18,30 @@ from collections.abc import Iterable
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedProx, FedYogi, Strategy
+from flwr.serverapp.strategy import (
+    FedAdagrad,
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedProx,
+    FedYogi,
+    Strategy,
+)
 
-from strategies.aggregation import StreamingMean, clip_update, weighted_metrics
+from strategies.aggregation import StreamingMean, common_scalars, weighted_metrics
 from strategies.compression import CompressionSettings
-from strategies.pooling import Pool, check_pool, group_pools
+from strategies.decoding import RoundDecoder
+from strategies.pooling import Pool, group_pools
 from strategies.pruning import magnitude_masks, prunable_names
 from strategies.replies import (
     WEIGHT_KEY,
     checked_evaluate_replies,
     checked_replies,
     reject,
-    reply_payload,
-    reply_weight,
     strip_adapter_metrics,
 )
 from strategies.sampling import FixedNodesGrid, SeededSampler
+from strategies.schedules import RoundHooks
 from strategies.secagg import SecAggFailed, SecAggSession, SecAggSettings, secure_mean_reply
 from strategies.stats import RoundStats
 from strategies.validation import (
@@ -49,7 +57,6 @@ from wire import (
     POOLING_CONFIG_KEY,
     CodecSpec,
     MaskSet,
-    TensorSpec,
     decode_update,
     encode_update,
 )
@@ -61,9 +68,7 @@ log = logging.getLogger(__name__)
 
 # Flower strategies whose aggregate_train is the weighted mean of the replies' arrays (then, for
 # FedOpt, a server-optimizer step): the adapter streams the mean instead of holding every model.
-_MEAN_STRATEGIES = (FedAvg, FedProx, FedAdam, FedYogi, FedAdagrad)
-# Header and codec slack allowed above the float32 size of the model before refusing a payload.
-_PAYLOAD_SLACK_BYTES = 1 << 16
+_MEAN_STRATEGIES = (FedAvg, FedProx, FedAdam, FedYogi, FedAdagrad, FedAvgM)
 
 
 class WireStrategy(Strategy):
@@ -82,6 +87,7 @@ class WireStrategy(Strategy):
         clip_norm: float = 0.0,
         secure: SecAggSettings | None = None,
         limits: ReplyLimits | None = None,
+        hooks: RoundHooks | None = None,
     ) -> None:
         if secure is not None and type(inner) not in _MEAN_STRATEGIES:
             raise ValueError(
@@ -96,6 +102,8 @@ class WireStrategy(Strategy):
             )
         self.inner = inner
         self.limits = limits or ReplyLimits()
+        self.hooks = hooks or RoundHooks()
+        self._decoder = RoundDecoder(reference={}, limits=self.limits)
         self.needs_mean_only = type(inner) in _MEAN_STRATEGIES
         self.secure = secure
         self._session: SecAggSession | None = None
@@ -145,6 +153,8 @@ class WireStrategy(Strategy):
         codec_config = comp.codec_config(server_round, self.sampler.seed)
         self._rotation_seed = codec_config.get("rotate-seed")
         round_config = ConfigRecord({**dict(config), **codec_config})
+        if (lr := self.hooks.round_lr(server_round)) is not None:
+            round_config["lr"] = lr
         if self.pooling:
             round_config[POOLING_CONFIG_KEY] = True
         if mask_bytes:
@@ -174,6 +184,14 @@ class WireStrategy(Strategy):
             for msg in messages:
                 msg.content = content
             download = len(payload)
+        self._decoder = RoundDecoder(
+            reference=self._reference,
+            masks=self.masks,
+            frozen=comp.frozen,
+            clip_norm=self.clip_norm,
+            limits=self.limits,
+            rotation_seed=self._rotation_seed,
+        )
         stats = self.rounds.setdefault(server_round, RoundStats(server_round=server_round))
         stats.sampled = len(messages)
         stats.download_bytes_per_client = download + len(mask_bytes)
@@ -230,9 +248,15 @@ class WireStrategy(Strategy):
             members = unit.replies if isinstance(unit, Pool) else [unit]
             try:
                 if isinstance(unit, Pool):
-                    self._add_pool(unit, [metrics_by_reply[id(m)] for m in members], mean, stats)
+                    self._decoder.add_pool(
+                        unit,
+                        [metrics_by_reply[id(m)] for m in members],
+                        mean,
+                        stats,
+                        allowed=self.pooling,
+                    )
                 else:
-                    deltas, weight = self._decode(unit, metrics_by_reply[id(unit)], stats)
+                    deltas, weight = self._decoder.decode(unit, metrics_by_reply[id(unit)], stats)
                     if mean is not None:  # O(model) memory however many clients reply
                         mean.add(deltas, weight)
                     else:
@@ -263,10 +287,19 @@ class WireStrategy(Strategy):
         if not accepted:
             log.warning("round %d: no valid update; the global model stays as it was", server_round)
             return None, None
-        averaged = weighted_metrics(
-            [metrics_by_reply[id(m)] for m in accepted], [weights[id(m)] for m in accepted]
-        )
+        records = [metrics_by_reply[id(m)] for m in accepted]
+        aggregate = self.hooks.train_metrics_aggr_fn or weighted_metrics
+        averaged = aggregate(records, [weights[id(m)] for m in accepted])
         averaged.pop(WEIGHT_KEY, None)
+        if mean is None:  # each update goes to the strategy, with the metrics all replies share
+            shared = common_scalars(records)
+            for msg in accepted:
+                msg.content["metrics"] = MetricRecord(
+                    {
+                        **{k: metrics_by_reply[id(msg)][k] for k in shared},
+                        WEIGHT_KEY: weights[id(msg)],
+                    }
+                )
         if mean is not None:
             # Flower's strategy averages one reply that carries the mean and the total weight:
             # its weighted mean of one record is that record; FedAdam/FedYogi step from it.
@@ -316,7 +349,7 @@ class WireStrategy(Strategy):
         session, self._session = self._session, None
         if session is None:  # setup failed: nothing was sent
             return None, None
-        specs, _ = self._expected_layout()
+        specs = self._decoder.specs
         shapes = {s.name: s.shape for s in specs}
         try:
             kept = kept_count(shapes, self.masks)
@@ -371,61 +404,9 @@ class WireStrategy(Strategy):
         records, weights = checked_evaluate_replies(replies, stats, self.limits)
         if not records:
             return None
-        averaged = weighted_metrics(records, weights)
+        averaged = (self.hooks.evaluate_metrics_aggr_fn or weighted_metrics)(records, weights)
         stats.federated_evaluation = {k: float(v) for k, v in averaged.items() if _is_scalar(v)}
         return MetricRecord(averaged)
-
-    # ----------------------------------------------------------------- decoding
-
-    def _decode(
-        self, msg: Message, metrics: dict, stats: RoundStats, pool_weight: float = 0.0
-    ) -> tuple[dict[str, np.ndarray], float]:
-        """The reply's checked, decoded (and clipped) update and its weight (a pool's carrier,
-        ``pool_weight`` > 0, holds its pool's mean of that total weight)."""
-        payload = reply_payload(msg)
-        if not pool_weight:  # a pool's bytes are counted for all its members at once
-            stats.upload_bytes.append(len(payload))
-        weight = reply_weight(metrics, WEIGHT_KEY, self.limits, pool_weight)
-        specs, model_bytes = self._expected_layout()
-        update = decode_update(
-            payload,
-            expected=specs,
-            masks=self.masks,
-            expected_round=stats.server_round,
-            max_bytes=model_bytes + _PAYLOAD_SLACK_BYTES,
-            rotation_seed=self._rotation_seed,
-        )
-        deltas = update.as_dict()
-        check_update(deltas, self.limits)
-        if self.clip_norm > 0:
-            deltas = clip_update(deltas, self.clip_norm)
-        return deltas, weight
-
-    def _add_pool(
-        self, pool: Pool, metrics: list[dict], mean: StreamingMean | None, stats: RoundStats
-    ) -> None:
-        """Add a pool's mean with its total weight (all members or none: a rejection raises).
-        ``metrics``: each reply's checked metrics, in ``pool.replies`` order."""
-        stats.upload_bytes += [pool.payload_bytes()] * len(pool.replies)
-        carrier, weight = check_pool(
-            pool, metrics, WEIGHT_KEY, allowed=self.pooling and mean is not None, limits=self.limits
-        )
-        deltas, _ = self._decode(carrier, metrics[pool.replies.index(carrier)], stats, weight)
-        mean.add(deltas, weight)  # type: ignore[union-attr]  # allowed only with a mean
-
-    def _expected_layout(self) -> tuple[list[TensorSpec], int]:
-        """The trained tensors' specs and float32 size for this round (built once per round)."""
-        key = (id(self._reference), self.compression.frozen)
-        if getattr(self, "_layout_key", None) != key:
-            trained = {
-                k: v
-                for k, v in self._reference.items()
-                if not k.startswith(self.compression.frozen)
-            }
-            specs = [TensorSpec(name=k, shape=tuple(v.shape)) for k, v in trained.items()]
-            self._layout = (specs, sum(a.nbytes for a in trained.values()))
-            self._layout_key = key
-        return self._layout
 
 
 def _is_scalar(value: object) -> bool:

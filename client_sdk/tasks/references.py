@@ -140,3 +140,40 @@ def _import_file(target: str):
             f"task file {target!r} failed to load: {type(err).__name__}: {err}"
         ) from None
     return module
+
+
+IN_PROCESS = "__pollen_in_process__"  # the module part of a Task known to this process only
+
+
+def reference_to(task: Task) -> str:
+    """A name :func:`load_task` resolves to ``task`` (a Task object from Python code).
+
+    Where the Task is an attribute of an importable module it is ``module:attr`` (a task file's
+    path), which other processes (Ray workers) resolve too; otherwise (a script's own Task, or
+    one made in a function) it is an in-process name only this process knows (the batched
+    engine runs it; Flower's engine would re-run a script in every worker).
+    """
+    found = _module_attribute(task)
+    with _LOCK:
+        reference = found or f"{IN_PROCESS}:task_{id(task)}"
+        _LOADED[reference] = task
+    return reference
+
+
+def _module_attribute(task: Task) -> str | None:
+    for name, module in list(sys.modules.items()):
+        namespace = getattr(module, "__dict__", None)
+        if not isinstance(namespace, dict):
+            continue
+        attr = next((a for a, v in list(namespace.items()) if v is task), None)
+        if attr is None:
+            continue
+        if name in ("__main__", "__mp_main__"):  # importing a script elsewhere runs it again
+            continue
+        path = getattr(module, "__file__", None)
+        if name.startswith("pollen_user_task_"):
+            if path:
+                return f"{Path(path).resolve()}:{attr}"
+            continue
+        return f"{name}:{attr}"
+    return None

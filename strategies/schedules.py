@@ -1,0 +1,82 @@
+"""Per-round client learning-rate schedules, sent to clients in each round's config (``lr``).
+
+``constant`` keeps the Task's (or the run's) rate; ``step:EVERY:GAMMA`` multiplies it by GAMMA
+every EVERY rounds; ``cosine`` anneals it to 0 over the planned rounds (Loshchilov & Hutter,
+ICLR 2017, without restarts); ``exp:GAMMA`` multiplies it by GAMMA each round. Every client
+(device, Flower's engine, the batched engine) reads the rate from the round config, so the
+schedule lives on the server alone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+class ScheduleError(ValueError):
+    """A learning-rate schedule spec is malformed."""
+
+
+@dataclass(frozen=True)
+class LrSchedule:
+    kind: str = "constant"  # constant | step | cosine | exp
+    every: int = 1
+    gamma: float = 1.0
+
+    def factor(self, server_round: int, total_rounds: int) -> float:
+        """The multiplier of the base rate in round ``server_round`` (1-based)."""
+        done = max(server_round - 1, 0)
+        if self.kind == "step":
+            return self.gamma ** (done // self.every)
+        if self.kind == "exp":
+            return self.gamma**done
+        if self.kind == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * done / max(total_rounds, 1)))
+        return 1.0
+
+
+def parse_schedule(spec: str) -> LrSchedule:
+    """``constant`` | ``step:EVERY:GAMMA`` | ``cosine`` | ``exp:GAMMA``."""
+    name, _, args = spec.partition(":")
+    parts = args.split(":") if args else []
+    try:
+        if name == "constant" and not parts:
+            return LrSchedule()
+        if name == "cosine" and not parts:
+            return LrSchedule(kind="cosine")
+        if name == "step" and len(parts) == 2:
+            every, gamma = int(parts[0]), float(parts[1])
+            if every >= 1 and math.isfinite(gamma) and 0 < gamma <= 1:
+                return LrSchedule(kind="step", every=every, gamma=gamma)
+        if name == "exp" and len(parts) == 1:
+            gamma = float(parts[0])
+            if math.isfinite(gamma) and 0 < gamma <= 1:
+                return LrSchedule(kind="exp", gamma=gamma)
+    except ValueError:
+        pass
+    raise ScheduleError(
+        f"{spec!r} is not a schedule: constant, cosine, step:EVERY:GAMMA (e.g. step:10:0.5) or "
+        "exp:GAMMA (GAMMA in (0, 1])"
+    )
+
+
+# (each accepted reply's checked metrics, their weights) -> the round's metrics
+MetricsAggregation = Callable[[list[dict], list[float]], dict]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoundHooks:
+    """What a run may change round by round: the clients' learning rate (``client_lr`` times
+    the schedule's factor, sent as ``lr``) and how reply metrics are aggregated."""
+
+    client_lr: float = 0.0  # the base rate (the run's, or the Task's); 0: never sent
+    lr_schedule: LrSchedule = field(default_factory=LrSchedule)
+    num_rounds: int = 0
+    train_metrics_aggr_fn: MetricsAggregation | None = None
+    evaluate_metrics_aggr_fn: MetricsAggregation | None = None
+
+    def round_lr(self, server_round: int) -> float | None:
+        if self.lr_schedule.kind == "constant" or not self.client_lr > 0:
+            return None
+        return self.client_lr * self.lr_schedule.factor(server_round, self.num_rounds)
