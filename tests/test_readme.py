@@ -46,6 +46,28 @@ def test_readme_simulate_flags_exist():
     from pollen.cli import app
 
     help_text = CliRunner().invoke(app, ["simulate", "--help"], terminal_width=200).output
-    section = README.split("## Run simulations", 1)[1].split("## Deploy a server", 1)[0]
+    section = README.split("## Run simulations", 1)[1].split("\n## ", 1)[0]
     for flag in re.findall(r"`(--[a-z-]+)", section):
         assert flag in help_text or flag.startswith(("--stream", "--format", "--run-config")), flag
+
+
+def _section(title: str) -> str:
+    return README.split(f"## {title}", 1)[1].split("\n## ", 1)[0]
+
+
+def test_bring_your_own_flags_and_python_api_run(tmp_path, monkeypatch):
+    """Every flag the section names exists, and its Python example runs as written."""
+    from typer.testing import CliRunner
+
+    from pollen.cli import app
+
+    section = _section("Bring your own model and data")
+    help_text = CliRunner().invoke(app, ["simulate", "--help"], terminal_width=200).output
+    for flag in re.findall(r"(?<![\w-])(--[a-z][a-z-]+)", section.split("```python")[0]):
+        assert flag in help_text or flag == "--app", flag
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    code = code.replace('out="runs/api"', f'out="{tmp_path}"')
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - our own documentation
+    assert scope["summary"]["rounds"] == 3 and scope["summary"]["primary_metric"] == "mse"

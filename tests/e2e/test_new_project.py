@@ -35,12 +35,34 @@ def project(tmp_path):
     return root
 
 
-@pytest.mark.parametrize("engine, clients", [("batched", 8), ("flower", 3)])
-def test_pollen_simulate_runs_the_generated_task(project, engine, clients):
+COMPRESSED = ["--quant-bits", "4", "--error-feedback"]
+
+
+@pytest.mark.parametrize(
+    "engine, clients, extra",
+    [
+        ("batched", 8, []),
+        ("flower", 3, []),
+        ("batched", 8, COMPRESSED),
+        ("flower", 3, COMPRESSED),
+        ("batched", 8, ["--secure-agg"]),
+        ("flower", 4, ["--secure-agg"]),
+    ],
+    ids=[
+        "batched",
+        "flower",
+        "batched-4bit-ef",
+        "flower-4bit-ef",
+        "batched-secagg",
+        "flower-secagg",
+    ],
+)
+def test_pollen_simulate_runs_the_generated_task(project, engine, clients, extra):
+    """Its arrays split Dirichlet(0.5) (the generated default), plain, compressed and secure."""
     out = project.parent / f"out-{engine}"
     done = _run(
         [POLLEN, "simulate", "--task", "myproj/task.py:task", "--engine", engine]
-        + ["--clients", str(clients), "--rounds", "2", "--out", str(out)],
+        + ["--clients", str(clients), "--rounds", "2", "--out", str(out), *extra],
         cwd=project.parent,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
@@ -49,6 +71,12 @@ def test_pollen_simulate_runs_the_generated_task(project, engine, clients):
     rows = read_metrics(out / "metrics.jsonl")
     assert [r["round"] for r in rows] == [0, 1, 2] and rows[-1]["accepted_updates"] == clients
     assert rows[-1]["accuracy"] > rows[0]["accuracy"]
+    float_bytes = 4 * (8 * 9 + 8 + 128 * 10 + 10)  # the generated CNN's update in float32
+    if extra == COMPRESSED:
+        assert rows[-1]["upload_bytes_per_client"] < float_bytes / 4
+        assert rows[-1]["train_residual-carried"] > 0
+    if extra == ["--secure-agg"]:
+        assert "train_loss" not in rows[-1]  # masked uploads carry no per-client loss
 
 
 def _leftovers(flwr_home: Path) -> list[int]:
