@@ -12,7 +12,7 @@ gradient methods use (Goodfellow 2015, "Efficient Per-Example Gradient Computati
 Yousefpour et al. 2021) applied per client. It trades memory (the columns are C*kh*kw times the
 input) for arithmetic intensity; on a CPU it is about 2x slower than the grouped convolution
 (50 clients, 10 images of 32x32: 139 against 75 ms forward + backward), so the engine measures it
-among the other layouts on CUDA only (:func:`simulations.batched.training.pick_layout`).
+among the other layouts on CUDA only (:func:`simulations.batched.layouts.pick_layout`).
 
 Activations stay client-major ([K, B, C, H, W], contiguous), so vmap's own rules for pooling,
 ReLU and ``.view()`` fold K into the batch without copies. As in :mod:`.packed`, the engine runs
