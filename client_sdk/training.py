@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from client_sdk.task import ClientData, Task, TaskConfigError
@@ -49,7 +50,7 @@ def train_local(
 ) -> TrainStats:
     """Train ``model`` in place for ``schedule.epochs`` epochs over ``data``'s train split."""
     x = torch.from_numpy(np.asarray(data.x_train, dtype=np.float32))
-    y = targets_tensor(data.y_train)
+    y = targets_tensor(data.y_train, task)
     n = len(y)
     if n == 0:
         raise TaskConfigError("client has no training examples; check the partition guard")
@@ -76,12 +77,23 @@ def train_local(
     return TrainStats(mean_loss=total / max(steps, 1), num_examples=n, steps=steps)
 
 
-def targets_tensor(y: np.ndarray) -> torch.Tensor:
-    """Targets as torch wants them: float32 for a regression Task's float targets, else int64
-    class labels (or token ids)."""
+def targets_tensor(y: np.ndarray, task: Task | None = None) -> torch.Tensor:
+    """Targets as torch wants them: int64 class labels (or token ids), or float32 for a
+    regression Task's float targets. Float labels (from pandas or ``np.loadtxt``) of a Task
+    whose loss takes class indices (cross-entropy, NLL) stay labels."""
     array = np.asarray(y)
-    dtype = np.float32 if np.issubdtype(array.dtype, np.floating) else np.int64
+    regression = np.issubdtype(array.dtype, np.floating) and not _takes_class_indices(task)
+    dtype = np.float32 if regression else np.int64
     return torch.from_numpy(np.ascontiguousarray(array, dtype=dtype))
+
+
+def _takes_class_indices(task: Task | None) -> bool:
+    if task is None:
+        return False
+    loss = task.loss_fn
+    return loss in (F.cross_entropy, F.nll_loss) or isinstance(
+        loss, nn.CrossEntropyLoss | nn.NLLLoss
+    )
 
 
 @torch.no_grad()
@@ -94,7 +106,7 @@ def evaluate_metrics(
         return {"loss": float("nan"), task.primary_metric: float("nan")}
     model.eval()
     xt = torch.from_numpy(np.asarray(x, dtype=np.float32))
-    yt = targets_tensor(y)
+    yt = targets_tensor(y, task)
     loss_sum, outputs = 0.0, []
     for start in range(0, len(yt), batch_size):
         out = model(xt[start : start + batch_size])

@@ -11,6 +11,7 @@ row of ``metrics.jsonl`` as it is written.
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -69,7 +70,11 @@ def simulate(
                 "'path/file.py:attr'), or use engine='batched'",
             )
         engine = "batched"  # "auto": the engine that runs a Task object in this process
-    strategy_object = None if isinstance(strategy, str) else strategy
+    # a copy per run: a strategy object keeps state (momentum, the last model) between runs
+    strategy_object = None if isinstance(strategy, str) else copy.deepcopy(strategy)
+    for key, value in (("clients", clients), ("rounds", rounds)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise SettingsError(key, f"must be a whole number, got {value!r}")
     engine_keys = (
         "device",
         "clients_per_batch",
@@ -97,12 +102,12 @@ def simulate(
     except FlagError as err:
         key = _KEYWORD_FOR_FLAG.get(err.flag, err.flag.removeprefix("--").replace("-", "_"))
         raise SettingsError(key, str(err).split(": ", 1)[-1]) from None
-    except TypeError as err:  # an unknown keyword
-        unknown = re.search(r"keyword argument '(\w+)'", str(err))
-        key = unknown.group(1) if unknown else "settings"
-        raise SettingsError(
-            key, "not a setting of pollen.simulate (see server.RunSettings)"
-        ) from None
+    except TypeError as err:
+        unknown = re.search(r"unexpected keyword argument '(\w+)'", str(err))
+        if unknown is None:
+            raise
+        why = "not a setting of pollen.simulate (see server.RunSettings)"
+        raise SettingsError(unknown.group(1), why) from None
     hooks = ServerHooks(
         strategy=strategy_object,
         train_metrics_aggr_fn=train_metrics_aggr_fn,

@@ -129,7 +129,8 @@ def simulate(
 ) -> None:
     """Run a Task with N virtual clients (Flower's engine or Pollen's batched engine)."""
     console = Console()
-    out_dir = out or Path("runs") / f"{task.replace(':', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    short = Path(task.rpartition(":")[0]).stem if ".py:" in task or "/" in task else task
+    out_dir = out or Path("runs") / f"{short.replace(':', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
         if resume and out is None:
             raise FlagError("--resume", "name the run directory to continue with --out")

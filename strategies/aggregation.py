@@ -72,23 +72,29 @@ def weighted_metrics(records: Sequence[Mapping[str, Any]], weights: Sequence[flo
     machine, a second per round at 10,000 simulated clients. This sums plain floats in the same
     order (value * (w / total), reply by reply), so when every reply sends the same metrics the
     result is bit-for-bit Flower's. Where replies disagree (a key some lack, a list of another
-    length: Flower raises), each key is averaged over the replies that send it in the shape
-    most of them use, so one client cannot make the others' metrics unusable.
+    length: Flower raises), each key at least half the replies send is averaged over those
+    that send it in the shape most of them use; the rest are dropped, so one client can neither
+    make the others' metrics unusable nor grow them.
     """
     shapes: dict[str, Counter] = {}
     for record in records:
         for key, value in record.items():
             shapes.setdefault(key, Counter())[len(value) if isinstance(value, list) else -1] += 1
-    chosen = {key: counts.most_common(1)[0][0] for key, counts in shapes.items()}
+    # a key only a minority sends is dropped: one client cannot grow every round's metrics
+    chosen = {
+        key: counts.most_common(1)[0][0]
+        for key, counts in shapes.items()
+        if 2 * sum(counts.values()) >= len(records)
+    }
     totals: dict[str, float] = {}
     for record, weight in zip(records, weights, strict=True):
         for key, value in record.items():
-            if (len(value) if isinstance(value, list) else -1) == chosen[key]:
+            if key in chosen and (len(value) if isinstance(value, list) else -1) == chosen[key]:
                 totals[key] = totals.get(key, 0.0) + weight
     sums: dict[str, Any] = {}
     for record, weight in zip(records, weights, strict=True):
         for key, value in record.items():
-            if (len(value) if isinstance(value, list) else -1) != chosen[key]:
+            if key not in chosen or (len(value) if isinstance(value, list) else -1) != chosen[key]:
                 continue
             factor = weight / totals[key]
             if isinstance(value, list):

@@ -8,17 +8,28 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import Message
+from flwr.app import ConfigRecord, Message, RecordDict
 
 from strategies.aggregation import StreamingMean, clip_update
 from strategies.pooling import Pool, check_pool
-from strategies.replies import WEIGHT_KEY, reply_payload, reply_weight
+from strategies.replies import LOSS, WEIGHT_KEY, reply_payload, reply_weight
 from strategies.stats import RoundStats
 from strategies.validation import ReplyLimits, check_update
-from wire import MaskSet, TensorSpec, decode_update
+from wire import (
+    DOWNLOAD_RECORD_KEY,
+    PAYLOAD_FIELD,
+    CodecSpec,
+    MaskSet,
+    RejectReason,
+    TensorSpec,
+    UpdateRejected,
+    decode_update,
+    encode_update,
+)
 
 # Header and codec slack allowed above the float32 size of the model before refusing a payload.
 PAYLOAD_SLACK_BYTES = 1 << 16
+MAX_LOSS = 1e6  # q-FFL raises the loss to the power q: a larger one only overflows
 
 
 @dataclass
@@ -32,6 +43,7 @@ class RoundDecoder:
     clip_norm: float = 0.0
     limits: ReplyLimits = field(default_factory=ReplyLimits)
     rotation_seed: int | None = None  # a shared rotation's seed this round (issue 20)
+    needs_loss: bool = False  # the strategy weighs each update by its train loss (q-FFL)
     specs: list[TensorSpec] = field(init=False)
     model_bytes: int = field(init=False)
 
@@ -48,7 +60,18 @@ class RoundDecoder:
         payload = reply_payload(msg)
         if not pool_weight:  # a pool's bytes are counted for all its members at once
             stats.upload_bytes.append(len(payload))
-        weight = reply_weight(metrics, WEIGHT_KEY, self.limits, pool_weight)
+        if pool_weight:  # each member's num-examples was checked against the bound
+            weight = pool_weight
+        else:
+            weight = reply_weight(metrics, WEIGHT_KEY, self.limits)
+        if self.needs_loss:
+            loss = metrics.get(LOSS)
+            if not (isinstance(loss, (int, float)) and 0 <= loss <= MAX_LOSS):
+                raise UpdateRejected(
+                    RejectReason.BAD_METRICS,
+                    f"this strategy weighs updates by {LOSS!r}: it must be a number in "
+                    f"[0, {MAX_LOSS:g}], got {str(loss)[:40]}",
+                )
         update = decode_update(
             payload,
             expected=self.specs,
@@ -81,3 +104,29 @@ class RoundDecoder:
         )
         deltas, _ = self.decode(carrier, metrics[pool.replies.index(carrier)], stats, weight)
         mean.add(deltas, weight)  # type: ignore[union-attr]  # allowed only with a mean
+
+
+def quantized_download(
+    messages: list[Message],
+    master: dict[str, np.ndarray],
+    server_round: int,
+    bits: int,
+    masks: MaskSet | None,
+) -> tuple[dict[str, np.ndarray], int]:
+    """Send ``master`` to ``messages``' clients as one ``bits``-bit payload instead of float32
+    arrays; returns what the clients decode from it (their reference) and its size."""
+    payload = encode_update(
+        master,
+        server_round=server_round,
+        codec=CodecSpec(quant_bits=bits, stochastic=False),
+        masks=masks,
+    )
+    content = RecordDict(
+        {
+            "config": messages[0].content["config"],
+            DOWNLOAD_RECORD_KEY: ConfigRecord({PAYLOAD_FIELD: payload}),
+        }
+    )
+    for msg in messages:
+        msg.content = content
+    return decode_update(payload, masks=masks).as_dict(), len(payload)

@@ -9,9 +9,12 @@ schedule lives on the server alone.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
 
 
 class ScheduleError(ValueError):
@@ -75,6 +78,27 @@ class RoundHooks:
     num_rounds: int = 0
     train_metrics_aggr_fn: MetricsAggregation | None = None
     evaluate_metrics_aggr_fn: MetricsAggregation | None = None
+
+    def aggregate_metrics(
+        self, phase: str, records: list[dict], weights: list[float], default: MetricsAggregation
+    ) -> dict:
+        """The user's aggregation of ``phase`` metrics; the default (a weighted mean) when
+        there is none, or when it raises or returns something that is not a dict of numbers
+        (it sees what clients sent: a round must not end on it)."""
+        own = self.train_metrics_aggr_fn if phase == "train" else self.evaluate_metrics_aggr_fn
+        if own is not None:
+            try:
+                found = own(records, weights)
+                if isinstance(found, dict) and all(
+                    isinstance(k, str) and isinstance(v, (int, float, list))
+                    for k, v in found.items()
+                ):
+                    return dict(found)
+                why = f"returned {type(found).__name__}, not a dict of numbers"
+            except Exception as err:  # noqa: BLE001 - the user's function on clients' values
+                why = f"{type(err).__name__}: {str(err)[:200]}"
+            log.warning("%s metrics aggregation failed (%s); using the weighted mean", phase, why)
+        return default(records, weights)
 
     def round_lr(self, server_round: int) -> float | None:
         if self.lr_schedule.kind == "constant" or not self.client_lr > 0:

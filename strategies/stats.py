@@ -88,12 +88,13 @@ class RoundStats:
 
 
 def stall_reason(rounds: dict[int, RoundStats], upto: int, limit: int) -> str | None:
-    """Why the ``limit`` rounds up to ``upto`` all ended with no accepted update, naming the
-    most common reason; None while any of them accepted one (or ``limit`` is 0)."""
+    """Why the ``limit`` rounds up to ``upto`` all ended with no new model (no accepted update,
+    or a server step that failed), naming the most common reason; None while any of them
+    produced one (or ``limit`` is 0)."""
     if limit <= 0 or upto < limit:
         return None
     last = [rounds.get(r) for r in range(upto - limit + 1, upto + 1)]
-    if any(stats is None or stats.accepted for stats in last):
+    if any(stats is None or (stats.accepted and not stats.aggregation_failure) for stats in last):
         return None
     reasons: Counter[str] = Counter()
     examples: dict[str, str] = {}

@@ -25,12 +25,13 @@ from flwr.serverapp.strategy import (
     FedAvgM,
     FedProx,
     FedYogi,
+    QFedAvg,
     Strategy,
 )
 
 from strategies.aggregation import StreamingMean, common_scalars, weighted_metrics
 from strategies.compression import CompressionSettings
-from strategies.decoding import RoundDecoder
+from strategies.decoding import RoundDecoder, quantized_download
 from strategies.pooling import Pool, group_pools
 from strategies.pruning import magnitude_masks, prunable_names
 from strategies.replies import (
@@ -51,14 +52,9 @@ from strategies.validation import (
     is_finite_model,
 )
 from wire import (
-    DOWNLOAD_RECORD_KEY,
     MASK_FIELD,
-    PAYLOAD_FIELD,
     POOLING_CONFIG_KEY,
-    CodecSpec,
     MaskSet,
-    decode_update,
-    encode_update,
 )
 from wire.rotation import block_for, padded_length, unrotate
 from wire.secagg_protocol import SECAGG_RECORD_KEY
@@ -159,6 +155,8 @@ class WireStrategy(Strategy):
             round_config[POOLING_CONFIG_KEY] = True
         if mask_bytes:
             round_config[MASK_FIELD] = mask_bytes
+        if isinstance(self.inner, FedAvgM):  # its momentum steps from the model clients get
+            self.inner.current_arrays = arrays
         nodes = self.sampler.sample(grid, server_round, self.fraction_train, self.min_train_nodes)
         messages = list(
             self.inner.configure_train(
@@ -168,22 +166,9 @@ class WireStrategy(Strategy):
         download = sum(a.nbytes for a in master.values())
         self._reference = master
         if comp.download_bits and messages:
-            payload = encode_update(
-                master,
-                server_round=server_round,
-                codec=CodecSpec(quant_bits=comp.download_bits, stochastic=False),
-                masks=self.masks,
+            self._reference, download = quantized_download(
+                messages, master, server_round, comp.download_bits, self.masks
             )
-            self._reference = decode_update(payload, masks=self.masks).as_dict()
-            content = RecordDict(
-                {
-                    "config": messages[0].content["config"],
-                    DOWNLOAD_RECORD_KEY: ConfigRecord({PAYLOAD_FIELD: payload}),
-                }
-            )
-            for msg in messages:
-                msg.content = content
-            download = len(payload)
         self._decoder = RoundDecoder(
             reference=self._reference,
             masks=self.masks,
@@ -191,6 +176,7 @@ class WireStrategy(Strategy):
             clip_norm=self.clip_norm,
             limits=self.limits,
             rotation_seed=self._rotation_seed,
+            needs_loss=isinstance(self.inner, QFedAvg),
         )
         stats = self.rounds.setdefault(server_round, RoundStats(server_round=server_round))
         stats.sampled = len(messages)
@@ -288,8 +274,9 @@ class WireStrategy(Strategy):
             log.warning("round %d: no valid update; the global model stays as it was", server_round)
             return None, None
         records = [metrics_by_reply[id(m)] for m in accepted]
-        aggregate = self.hooks.train_metrics_aggr_fn or weighted_metrics
-        averaged = aggregate(records, [weights[id(m)] for m in accepted])
+        averaged = self.hooks.aggregate_metrics(
+            "train", records, [weights[id(m)] for m in accepted], weighted_metrics
+        )
         averaged.pop(WEIGHT_KEY, None)
         if mean is None:  # each update goes to the strategy, with the metrics all replies share
             shared = common_scalars(records)
@@ -404,7 +391,7 @@ class WireStrategy(Strategy):
         records, weights = checked_evaluate_replies(replies, stats, self.limits)
         if not records:
             return None
-        averaged = (self.hooks.evaluate_metrics_aggr_fn or weighted_metrics)(records, weights)
+        averaged = self.hooks.aggregate_metrics("evaluate", records, weights, weighted_metrics)
         stats.federated_evaluation = {k: float(v) for k, v in averaged.items() if _is_scalar(v)}
         return MetricRecord(averaged)
 

@@ -21,7 +21,8 @@ from typing import Any
 
 from client_sdk.task import Task, TaskConfigError
 
-_LOCK = threading.Lock()
+_LOCK = threading.RLock()
+_LOADING: set[str] = set()  # references being loaded now (a nested load of one is a loop)
 _LOADED: dict[str, Task] = {}  # reference -> Task: a factory runs once per process
 
 
@@ -41,7 +42,16 @@ def load_task(reference: str) -> Task:
     """The Task ``reference`` names (cached: the same object for the same reference)."""
     with _LOCK:
         if reference not in _LOADED:
-            _LOADED[reference] = _load(reference)
+            if reference in _LOADING:
+                raise TaskConfigError(
+                    f"task {reference!r} loads itself while loading (a script that calls "
+                    "pollen on import: guard it with `if __name__ == '__main__':`)"
+                )
+            _LOADING.add(reference)
+            try:
+                _LOADED[reference] = _load(reference)
+            finally:
+                _LOADING.discard(reference)
         return _LOADED[reference]
 
 
@@ -128,10 +138,10 @@ def _import_file(target: str):
         raise TaskConfigError(f"task file {target!r} is not a Python module")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    # the file's own directory first, so it can import its neighbours (as `python file.py` can)
+    # the file's own directory on the path, so it can import its neighbours
     folder = str(path.parent)
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
+    if folder not in sys.path:  # appended: a neighbour never shadows an installed package
+        sys.path.append(folder)
     try:
         spec.loader.exec_module(module)
     except Exception as err:  # noqa: BLE001 - the user's file: say which and why
@@ -155,9 +165,14 @@ def reference_to(task: Task) -> str:
     """
     found = _module_attribute(task)
     with _LOCK:
-        reference = found or f"{IN_PROCESS}:task_{id(task)}"
-        _LOADED[reference] = task
-    return reference
+        if found is None:  # named after the Task, so a resumed run in a new process matches
+            stem = "".join(c if c.isalnum() else "_" for c in task.name) or "task"
+            found, n = f"{IN_PROCESS}:{stem}", 1
+            while _LOADED.get(found, task) is not task:
+                n += 1
+                found = f"{IN_PROCESS}:{stem}_{n}"
+        _LOADED[found] = task
+    return found
 
 
 def _module_attribute(task: Task) -> str | None:

@@ -381,7 +381,7 @@ class BatchedGrid(Grid):
         key = (*self._data_key(plan), channels_last, *pids)
         if key in self._batch_cache:
             return self._batch_cache[key]
-        batch = stack_clients(data, self.device, channels_last=channels_last)
+        batch = stack_clients(data, self.device, channels_last=channels_last, task=plan.task)
         budget = self._cache_budget
         if budget is None:
             budget = int(

@@ -79,7 +79,11 @@ class TrainedChunk:
 
 
 def stack_clients(
-    data: list[ClientData], device: torch.device, *, channels_last: bool = False
+    data: list[ClientData],
+    device: torch.device,
+    *,
+    channels_last: bool = False,
+    task: Task | None = None,
 ) -> ClientBatch:
     """Pad every client's train split to the largest one and move the stack to ``device``.
 
@@ -94,7 +98,7 @@ def stack_clients(
         raise NotVectorizable("a client has no training examples")
     first = np.asarray(data[0].x_train, dtype=np.float32)
     x = np.zeros((len(data), int(sizes.max()), *first.shape[1:]), dtype=np.float32)
-    kind = targets_tensor(data[0].y_train[:1]).numpy().dtype  # float32 targets or int64 labels
+    kind = targets_tensor(data[0].y_train[:1], task).numpy().dtype  # float32 or int64
     y = np.zeros((len(data), int(sizes.max())), dtype=kind)
     for k, d in enumerate(data):
         x[k, : sizes[k]] = d.x_train
@@ -123,7 +127,7 @@ def check_sample_mean_loss(task: Task, x: np.ndarray, y: np.ndarray) -> None:
     model = task.build_model(seed=0)
     with torch.no_grad():
         logits = model(torch.from_numpy(np.asarray(x[:4], dtype=np.float32)))
-        target = targets_tensor(y[:4])  # float32 regression targets, else int64 labels
+        target = targets_tensor(y[:4], task)  # float32 regression targets, else labels
         whole = float(task.loss_fn(logits, target))
         each = [
             float(task.loss_fn(logits[i : i + 1], target[i : i + 1])) for i in range(len(y[:4]))

@@ -95,3 +95,23 @@ def test_another_process_resolves_the_portable_name(task_dir):
         [sys.executable, "-c", code], capture_output=True, text=True, cwd="/", check=True
     )
     assert out.stdout.strip() == "mine"
+
+
+def test_a_file_that_loads_itself_on_import_is_one_error_not_a_hang(task_dir):
+    (task_dir / "loops.py").write_text(
+        "from client_sdk.tasks import get_task\ntask = get_task('loops.py:task')\n"
+    )
+    with pytest.raises(TaskConfigError, match="__name__"):
+        get_task("loops.py:task")
+
+
+def test_float_labels_of_a_cross_entropy_task_stay_labels():
+    import numpy as np
+    import torch.nn.functional as F
+
+    from client_sdk.training import targets_tensor
+
+    task = get_task("digits")
+    assert targets_tensor(np.array([1.0, 2.0]), task).dtype.is_floating_point is False
+    regression = Task(name="r", model_fn=task.model_fn, data=task.data, loss_fn=F.mse_loss)
+    assert targets_tensor(np.array([1.5, 2.0]), regression).dtype.is_floating_point

@@ -66,7 +66,7 @@ def test_bad_keywords_raise_one_settings_error_naming_them(tmp_path, kwargs, key
 
 def test_a_task_made_in_a_function_runs_in_process_only(tmp_path):
     local = Task(name="local", model_fn=lambda: nn.Linear(10, 3), data=from_arrays(X, Y))
-    assert reference_to(local).startswith(IN_PROCESS)
+    assert reference_to(local) == f"{IN_PROCESS}:local"  # stable: a new process can resume it
     with pytest.raises(pollen.SettingsError, match="engine='batched'"):
         pollen.simulate(local, clients=4, rounds=1, out=tmp_path, engine="flower")
     summary = pollen.simulate(local, clients=4, rounds=1, out=tmp_path)  # auto: batched

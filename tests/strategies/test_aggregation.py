@@ -29,14 +29,16 @@ def test_weighted_metrics_are_bit_for_bit_flowers_aggregate_metricrecords():
 
 def test_weighted_metrics_follow_the_shape_most_replies_send():
     """Flower raises on lists of different lengths; here the odd reply is left out of that key,
-    and a key only some replies send is averaged over those replies."""
+    and a key only a minority sends is dropped (one client cannot grow the round's metrics)."""
     records = [
         {"loss": 1.0, "per-class": [1.0, 2.0]},
         {"loss": 3.0, "per-class": [3.0, 4.0], "extra": 5.0},
         {"loss": [9.0, 9.0], "per-class": [1.0, 2.0, 3.0]},
     ]
     ours = weighted_metrics(records, [1.0, 1.0, 2.0])
-    assert ours == {"loss": 2.0, "per-class": [2.0, 3.0], "extra": 5.0}
+    assert ours == {"loss": 2.0, "per-class": [2.0, 3.0]}
+    half = weighted_metrics(records[:2], [1.0, 1.0])  # "extra": one of two replies, kept
+    assert half["extra"] == 5.0
 
 
 def test_streaming_mean_over_many_blocks_matches_float64():

@@ -176,3 +176,31 @@ def test_a_query_reply_with_a_hostile_partition_id_is_unknown():
         message_type=MessageType.QUERY,
     )
     assert reported_partition(reply) == 2**62
+
+
+def test_a_failed_server_step_counts_toward_a_stall():
+    rounds = {r: RoundStats(server_round=r, accepted=3) for r in (1, 2)}
+    for stats in rounds.values():
+        stats.aggregation_failure = "the aggregated model is not finite"
+    assert "aggregation-failure (2 times)" in stall_reason(rounds, 2, 2)
+
+
+def test_qfedavg_refuses_a_reply_whose_loss_it_cannot_use():
+    strategy, _ = _configured(name="qfedavg", nodes=4)
+    replies = [_reply(i, GOOD, n=1) for i in (1, 2)]
+    no_loss = _reply(3, GOOD, n=1)
+    no_loss.content["metrics"] = MetricRecord({"num-examples": 1, "partition-id": 3})
+    negative = _with_metrics(4, {"num-examples": 1, "train-loss": -1.0, "partition-id": 4})
+    arrays, _ = strategy.aggregate_train(1, [*replies, no_loss, negative])
+    assert _reasons(strategy) == ["bad-metrics", "bad-metrics"]
+    assert strategy.rounds[1].accepted == 2 and not strategy.rounds[1].aggregation_failure
+    assert arrays is not None and np.isfinite(arrays["w"].numpy()).all()
+
+
+def test_a_metrics_function_that_fails_falls_back_to_the_weighted_mean():
+    def broken(records, weights):
+        raise KeyError("train-loss")
+
+    strategy, _ = _configured(nodes=2, train_metrics_aggr_fn=broken)
+    _, metrics = strategy.aggregate_train(1, [_reply(1, GOOD, n=1), _reply(2, GOOD, n=3)])
+    assert metrics["train-loss"] == pytest.approx(0.5)
