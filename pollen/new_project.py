@@ -88,8 +88,8 @@ task = Task(
     name="{name}",
     model_fn=model,
     data=data(),
-    optimizer=OptimizerSpec(name="sgd", lr=0.05, momentum=0.9),
-    local_epochs=1,
+    optimizer=OptimizerSpec(name="sgd", lr=0.1, momentum=0.9),
+    local_epochs=2,
     batch_size=32,
 )
 '''
