@@ -125,6 +125,15 @@ def simulate(
     dropout_rate: float = typer.Option(
         0.0, help="Fraction of clients that vanish each round after sharing keys."
     ),
+    max_update_value: float = typer.Option(
+        1e6, help="Refuse a client update with a coordinate beyond this (out-of-bounds)."
+    ),
+    max_num_examples: int = typer.Option(
+        1_000_000_000, help="Refuse a reply claiming more examples than this (bad-weight)."
+    ),
+    max_failed_rounds: int = typer.Option(
+        3, help="Stop after this many rounds in a row with no accepted update (0: never)."
+    ),
     verbose: bool = typer.Option(False, help="Show Flower's and Ray's own logs."),
 ) -> None:
     """Run a Task with N virtual clients (Flower's engine or Pollen's batched engine)."""
@@ -194,6 +203,9 @@ def simulate(
             secagg_bits=secagg_bits,
             secagg_clip=secagg_clip,
             dropout_rate=dropout_rate,
+            max_update_value=max_update_value,
+            max_num_examples=max_num_examples,
+            max_failed_rounds=max_failed_rounds,
         )
     except FlagError as err:
         typer.echo(f"pollen simulate: error: {err}", err=True)

@@ -97,7 +97,7 @@ FLOAT_FLAGS = [
     "--availability", "--deadline", "--fraction", "--fraction-evaluate", "--lr",
     "--proximal-mu", "--server-lr", "--trim-beta", "--clip-norm", "--prune", "--prune-initial",
     "--topk", "--malicious-fraction", "--attack-scale", "--secagg-clip", "--dropout-rate",
-    "--server-momentum", "--qffl-q", "--client-cpus", "--client-gpus",
+    "--server-momentum", "--qffl-q", "--client-cpus", "--client-gpus", "--max-update-value",
 ]  # fmt: skip
 
 
