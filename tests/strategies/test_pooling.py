@@ -7,9 +7,12 @@ import pytest
 from flwr.app import ConfigRecord, MessageType, MetricRecord, RecordDict
 
 from strategies import SecAggSettings, StrategySettings, build_strategy
+from tests.helpers.replies import GLOBAL
+from tests.helpers.replies import configured as _configured
+from tests.helpers.replies import float32_arrays as _arrays
+from tests.helpers.replies import train_reply as _reply
 from tests.messages import message
 from tests.strategies.fake_grid import QueryAnsweringGrid
-from tests.strategies.test_wire_adapter import GLOBAL, _arrays, _configured, _reply
 from wire import (
     PAYLOAD_FIELD,
     POOL_ID_FIELD,

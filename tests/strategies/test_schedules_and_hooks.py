@@ -13,9 +13,11 @@ from server.app import build_server_app
 from simulations.batched import run_server_app
 from strategies import StrategySettings, build_strategy
 from strategies.schedules import LrSchedule, ScheduleError, parse_schedule
+from tests.helpers.replies import GLOBAL
+from tests.helpers.replies import float32_arrays as _arrays
+from tests.helpers.replies import train_reply as _reply
 from tests.hostile import HostileGrid
 from tests.strategies.fake_grid import QueryAnsweringGrid
-from tests.strategies.test_wire_adapter import GLOBAL, _arrays, _reply
 
 
 def test_schedules_by_round():

@@ -8,8 +8,10 @@ from flwr.app import ConfigRecord, MessageType, MetricRecord, RecordDict
 from strategies import ReplyLimits
 from strategies.stats import RoundStats, stall_reason
 from strategies.validation import checked_weight, partition_of
+from tests.helpers.replies import GLOBAL
+from tests.helpers.replies import configured as _configured
+from tests.helpers.replies import train_reply as _reply
 from tests.messages import message
-from tests.strategies.test_wire_adapter import GLOBAL, _configured, _reply
 from wire import CodecSpec, UpdateRejected, encode_update
 
 GOOD = {"w": np.array([0.1, -0.1, 0.2], np.float32)}

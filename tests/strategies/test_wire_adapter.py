@@ -3,51 +3,21 @@ import logging
 import numpy as np
 import pytest
 from flwr.app import (
-    Array,
-    ArrayRecord,
     ConfigRecord,
     Error,
     Message,
     MessageType,
-    MetricRecord,
     RecordDict,
 )
 
 from strategies import StrategySettings, build_strategy
+from tests.helpers.replies import GLOBAL
+from tests.helpers.replies import configured as _configured
+from tests.helpers.replies import float32_arrays as _arrays
+from tests.helpers.replies import train_reply as _reply
 from tests.messages import message
 from tests.strategies.fake_grid import QueryAnsweringGrid
-from wire import PAYLOAD_FIELD, UPDATE_RECORD_KEY, encode_update
-
-GLOBAL = {"w": np.array([1.0, 2.0, 3.0], np.float32)}
-
-
-def _arrays(named):
-    return ArrayRecord({k: Array(np.asarray(v, np.float32)) for k, v in named.items()})
-
-
-def _reply(node, delta, n, server_round=1, partition=None, payload=None):
-    payload = payload if payload is not None else encode_update(delta, server_round=server_round)
-    metrics = {
-        "num-examples": n,
-        "train-loss": 0.5,
-        "partition-id": node if partition is None else partition,
-    }
-    content = RecordDict(
-        {
-            UPDATE_RECORD_KEY: ConfigRecord({PAYLOAD_FIELD: payload}),
-            "metrics": MetricRecord(metrics),
-        }
-    )
-    return message(content, src=node, dst=1, message_type=MessageType.TRAIN)
-
-
-def _configured(name="fedavg", nodes=2, **kw):
-    strategy = build_strategy(StrategySettings(name=name, **kw))
-    grid = QueryAnsweringGrid({n: n for n in range(1, nodes + 1)})
-    msgs = list(
-        strategy.configure_train(1, _arrays(GLOBAL), ConfigRecord({"task": "digits"}), grid)
-    )
-    return strategy, msgs
+from wire import PAYLOAD_FIELD, UPDATE_RECORD_KEY
 
 
 def test_golden_fedavg_of_two_clients():

@@ -2,11 +2,12 @@
 
 import json
 import struct
-import zlib
 
 import numpy as np
 import pytest
 
+from tests.helpers.payloads import reframe as _reframe
+from tests.helpers.payloads import with_header as _with_header
 from wire import CodecSpec, RejectReason, TensorSpec, UpdateRejected, decode_update, encode_update
 from wire.format import HEADER_CACHE, read_header
 from wire.header_cache import HeaderCache
@@ -17,19 +18,6 @@ DELTA = {"w": np.linspace(-1, 1, 32, dtype=np.float32).reshape(8, 4)}
 
 def _payload(codec=None) -> bytes:
     return encode_update(DELTA, server_round=1, codec=codec, rng=np.random.default_rng(0))
-
-
-def _reframe(payload: bytes, header_json: bytes, body: bytes | None = None) -> bytes:
-    (header_len,) = struct.unpack_from("<I", payload, 6)
-    body = payload[10 + header_len :] if body is None else body
-    compressed = zlib.compress(header_json)
-    return payload[:6] + struct.pack("<I", len(compressed)) + compressed + body
-
-
-def _with_header(payload: bytes, edit) -> bytes:
-    header = read_header(payload)
-    edit(header)
-    return _reframe(payload, json.dumps(header).encode())
 
 
 def _reason(payload: bytes) -> RejectReason:

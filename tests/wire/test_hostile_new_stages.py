@@ -6,7 +6,8 @@ import struct
 import numpy as np
 import pytest
 
-from tests.wire.test_hostile_headers import _reframe, _with_header
+from tests.helpers.payloads import reframe as _reframe
+from tests.helpers.payloads import with_header as _with_header
 from wire import CodecSpec, RejectReason, TensorSpec, UpdateRejected, decode_update, encode_update
 from wire.format import read_header
 

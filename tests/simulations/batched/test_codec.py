@@ -14,8 +14,10 @@ from simulations.batched import codec
 from simulations.batched.codec import dequantize_rows, encode_chunk, pack_rows, quantize_rows
 from simulations.batched.replies import quantized_replies
 from simulations.batched.training import stack_clients, train_clients
+from tests.helpers.batched import CPU
+from tests.helpers.batched import client_data as _clients
+from tests.helpers.batched import round_plan as _plan
 from tests.messages import message, node_context
-from tests.simulations.batched.test_training import CPU, _clients, _plan
 from wire import PAYLOAD_FIELD, UPDATE_RECORD_KEY
 from wire.bitpack import pack_uint
 from wire.quantize import Quantized, dequantize, quantize
@@ -156,3 +158,10 @@ def test_a_block_with_a_non_finite_update_is_left_to_the_sdk_encoder(monkeypatch
         assert payload == ref[UPDATE_RECORD_KEY][PAYLOAD_FIELD]
         mine, expected = stored_residual(ours.state), stored_residual(theirs.state)
         assert all(mine[n].tobytes() == expected[n].tobytes() for n in expected)
+
+
+@pytest.mark.parametrize("case", ["8-bit stochastic", "2-bit stochastic + EF, pruned"])
+def test_the_device_codec_with_device_draws_sends_the_sdks_bytes(case, monkeypatch):
+    """The engine computes the noise on the device on CUDA only; forced here on the CPU."""
+    monkeypatch.setattr(codec, "DEVICE_DRAWS", {"cpu", "cuda"})
+    test_device_payloads_and_residuals_are_the_sdks_over_two_rounds(case, CPU)

@@ -15,8 +15,10 @@ from simulations.batched.training import (
     stack_clients,
     train_clients,
 )
+from tests.helpers.batched import CPU
+from tests.helpers.batched import client_data as _clients
+from tests.helpers.batched import round_plan as _plan
 from tests.messages import message, node_context
-from tests.simulations.batched.test_training import CPU, _clients, _plan
 from wire import (
     PAYLOAD_FIELD,
     POOL_ID_FIELD,

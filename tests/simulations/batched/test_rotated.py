@@ -26,8 +26,10 @@ from simulations.batched.rotated import (
     unrotate_rows,
 )
 from simulations.batched.training import stack_clients, train_clients
+from tests.helpers.batched import CPU
+from tests.helpers.batched import client_data as _clients
+from tests.helpers.batched import round_plan as _plan
 from tests.messages import message, node_context
-from tests.simulations.batched.test_training import CPU, _clients, _plan
 from wire import PAYLOAD_FIELD, UPDATE_RECORD_KEY, decode_update
 from wire.eden import eden_dequantize, eden_quantize, sign_quantize
 from wire.format import read_header

@@ -18,8 +18,10 @@ from simulations.batched.replies import chunk_replies
 from simulations.batched.training import TrainedChunk, stack_clients, train_clients
 from strategies.secagg import SecAggSession, SecAggSettings
 from strategies.stats import RoundStats
+from tests.helpers.batched import CPU
+from tests.helpers.batched import client_data as _clients
+from tests.helpers.batched import round_plan as _plan
 from tests.messages import message, node_context
-from tests.simulations.batched.test_training import CPU, _clients, _plan
 from tests.strategies.secagg_grid import SecAggGrid
 from wire.secagg import mask_stream, new_private_key, public_key
 from wire.secagg_protocol import SECAGG_RECORD_KEY, chunks
@@ -174,3 +176,9 @@ def test_a_nan_client_is_dropped_and_the_server_unmasks_the_others_sum():
     assert [(f.node_id, f.reason) for f in session.stats.failures] == [
         (contexts[4].node_id, "client-error")
     ]
+
+
+def test_secure_uploads_with_device_draws_are_the_sdks(monkeypatch):
+    monkeypatch.setattr("simulations.batched.codec.DEVICE_DRAWS", {"cpu", "cuda"})
+    monkeypatch.setattr("simulations.batched.secure.DEVICE_DRAWS", {"cpu", "cuda"})
+    test_masked_uploads_are_the_sdks("plain", CPU)

@@ -6,12 +6,10 @@ import time
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, MessageType, RecordDict
 from torch import nn
 
 from client_sdk import OptimizerSpec, model_arrays
 from client_sdk.local_model import finish_local_model, int8_scale, prepare_local_model
-from client_sdk.rounds import plan_round
 from client_sdk.tasks import get_task
 from client_sdk.training import train_local
 from client_sdk.weights import load_arrays
@@ -26,34 +24,10 @@ from simulations.batched.training import (
     train_clients,
     vectorization_blocker,
 )
-from simulations.partitioners import parse_partition
-from tests.messages import message
-from wire import MASK_FIELD, MaskSet, encode_float32_rows, encode_update
-
-CPU = torch.device("cpu")
-
-
-def _plan(task, config, prune=False):
-    arrays = model_arrays(task.build_model(seed=1))
-    if prune:
-        masks = MaskSet(
-            {n: np.abs(a) > np.median(np.abs(a)) for n, a in arrays.items() if a.ndim >= 2}
-        )
-        arrays = masks.apply(arrays)
-        config = {**config, MASK_FIELD: masks.encode()}
-    content = RecordDict(
-        {
-            "arrays": ArrayRecord({k: Array(v) for k, v in arrays.items()}),
-            "config": ConfigRecord({"server-round": 2, "seed": 3, **config}),
-        }
-    )
-    return plan_round(task, message(content, src=0, dst=5, message_type=MessageType.TRAIN))
-
-
-def _clients(task, k=5):
-    pooled = task.name == "digits"
-    partitioner = parse_partition("dirichlet:0.5", min_samples=2) if pooled else None
-    return [task.data.client_data(i, 12, partitioner=partitioner, seed=0) for i in range(k)]
+from tests.helpers.batched import CPU
+from tests.helpers.batched import client_data as _clients
+from tests.helpers.batched import round_plan as _plan
+from wire import encode_float32_rows, encode_update
 
 
 def _reference(plan, data, seed):

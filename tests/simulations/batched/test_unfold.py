@@ -11,7 +11,10 @@ from torch.func import vmap
 
 from simulations.batched import unfold
 from simulations.batched.unfold import UnfoldKernels
-from tests.simulations.batched.test_packed import CONVS, POOLS, _loss, _reference, _setup
+from tests.helpers.packed import CONVS, POOLS
+from tests.helpers.packed import conv_pool_inputs as _setup
+from tests.helpers.packed import conv_pool_loss as _loss
+from tests.helpers.packed import per_client_grads as _reference
 
 _lowered = unfold.unfold_conv2d
 # on a GPU (benchmarks/gpu_check.sh) the kernel also runs on CUDA against the CPU reference
