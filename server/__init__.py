@@ -1,4 +1,8 @@
-"""Pollen's server side: the ServerApp, run settings, metrics log and (later) deployment helpers."""
+"""Pollen's server side: the ServerApp, run settings, checkpoints and the metrics log.
+
+Also the deployment helpers: certificates (``pollen certs``) and a SuperLink's start, status and
+stop (``pollen server``).
+"""
 
 from server.config import RunConfigError, RunSettings
 from server.federation import (

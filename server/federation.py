@@ -1,7 +1,8 @@
 """One federated run on any Flower Grid: strategy loop, central evaluation, metrics, model file.
 
 The same function runs under ``flwr run`` against a real SuperLink, inside Flower's simulation
-engine, and (later) on Pollen's batched engine, since all of them hand the ServerApp a Grid.
+engine, and on Pollen's batched engine (``simulations.batched.BatchedGrid``), since all of them
+hand the ServerApp a Grid.
 """
 
 from __future__ import annotations
