@@ -30,6 +30,7 @@ from wire import (
     CodecSpec,
     MaskSet,
     decode_update,
+    keys,
 )
 from wire.rotation import block_for, rotate
 from wire.secagg_protocol import SECAGG_RECORD_KEY
@@ -43,7 +44,7 @@ UpdateHook = Callable[[dict[str, np.ndarray], Context, ConfigRecord], dict[str, 
 
 def partition_id_of(context: Context) -> int:
     """The node's ``partition-id`` (simulation sets it; deployments pass ``--node-config``)."""
-    value = context.node_config.get("partition-id", -1)
+    value = context.node_config.get(keys.PARTITION_ID, -1)
     return int(value) if isinstance(value, (int, float)) else -1
 
 
@@ -55,19 +56,24 @@ def round_config(msg: Message) -> ConfigRecord:
     return msg.content.config_records.get("config", ConfigRecord())
 
 
+_CODEC = CodecSpec()  # the defaults of a key the server left out
+
+
 def codec_from_config(config: ConfigRecord) -> CodecSpec:
     """The update compression the server asked for in this round's config."""
     try:
         return CodecSpec(
-            quant_bits=int(config.get("quant-bits", 0)),
-            quant_chunk=int(config.get("quant-chunk", 1024)),
-            stochastic=config.get("quant-rounding", "stochastic") != "nearest",
-            topk=float(config.get("topk", 0.0)),
-            scheme=str(config.get("quant-scheme", "uniform")),
-            eden_scale=str(config.get("eden-scale", "unbiased")),
-            rotate=str(config.get("rotate", "none")),
-            rotate_block=_int(config.get("rotate-block", 1024), "rotate-block"),
-            rotate_seed=_int(config.get("rotate-seed", 0), "rotate-seed"),
+            quant_bits=int(config.get(keys.QUANT_BITS, _CODEC.quant_bits)),
+            quant_chunk=int(config.get(keys.QUANT_CHUNK, _CODEC.quant_chunk)),
+            stochastic=config.get(keys.QUANT_ROUNDING, "stochastic") != "nearest",
+            topk=float(config.get(keys.TOPK, _CODEC.topk)),
+            scheme=str(config.get(keys.QUANT_SCHEME, _CODEC.scheme)),
+            eden_scale=str(config.get(keys.EDEN_SCALE, _CODEC.eden_scale)),
+            rotate=str(config.get(keys.ROTATE, _CODEC.rotate)),
+            rotate_block=_int(
+                config.get(keys.ROTATE_BLOCK, _CODEC.rotate_block), keys.ROTATE_BLOCK
+            ),
+            rotate_seed=_int(config.get(keys.ROTATE_SEED, _CODEC.rotate_seed), keys.ROTATE_SEED),
         )
     except CodecConfigError as err:
         raise TaskConfigError(f"server config: {err}") from None
@@ -82,7 +88,7 @@ def _int(value: object, key: str) -> int:
 def resolve_task(task: TaskSource, config: ConfigRecord) -> Task:
     if isinstance(task, Task):
         return task
-    name = config.get("task")
+    name = config.get(keys.TASK)
     if not isinstance(name, str):
         raise TaskConfigError("the server's config has no 'task' name for this client to run")
     return task(name)
@@ -96,10 +102,10 @@ def local_schedule(task: Task, config: ConfigRecord) -> LocalSchedule:
         return value if isinstance(value, (int, float)) and value > 0 else default
 
     return LocalSchedule(
-        lr=float(pick("lr", task.optimizer.lr)),
-        epochs=int(pick("local-epochs", task.local_epochs)),
-        batch_size=int(pick("batch-size", task.batch_size)),
-        proximal_mu=float(config.get("proximal-mu", 0.0) or 0.0),
+        lr=float(pick(keys.LR, task.optimizer.lr)),
+        epochs=int(pick(keys.LOCAL_EPOCHS, task.local_epochs)),
+        batch_size=int(pick(keys.BATCH_SIZE, task.batch_size)),
+        proximal_mu=float(config.get(keys.PROXIMAL_MU, 0.0) or 0.0),
     )
 
 
@@ -142,19 +148,19 @@ def plan_round(task: TaskSource, msg: Message) -> RoundPlan:
         ).as_dict()
     else:
         global_arrays = named_arrays(msg)
-    extra = tuple(p for p in str(config.get("freeze", "")).split(",") if p)
+    extra = tuple(p for p in str(config.get(keys.FREEZE, "")).split(",") if p)
     return RoundPlan(
         task=the_task,
         config=config,
-        server_round=int(config.get("server-round", 0)),
-        run_seed=int(config.get("seed", 0)),
+        server_round=int(config.get(keys.SERVER_ROUND, 0)),
+        run_seed=int(config.get(keys.SEED, 0)),
         global_arrays=global_arrays,
         masks=masks,
         frozen=tuple(the_task.frozen) + extra,
-        qat=bool(config.get("qat", False)),
+        qat=bool(config.get(keys.QAT, False)),
         schedule=local_schedule(the_task, config),
         codec=codec_from_config(config),
-        error_feedback=bool(config.get("error-feedback", False)),
+        error_feedback=bool(config.get(keys.ERROR_FEEDBACK, False)),
     )
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from strategies.pruning import PruningSchedule
-from wire import CodecSpec
+from wire import CodecSpec, keys
 from wire.rotation import shared_rotation_seed
 
 
@@ -32,18 +32,18 @@ class CompressionSettings:
         seed for this round, :func:`wire.rotation.shared_rotation_seed`, among them)."""
         shared = {}
         if self.codec.rotate == "shared":
-            shared["rotate-seed"] = shared_rotation_seed(run_seed, server_round)
+            shared[keys.ROTATE_SEED] = shared_rotation_seed(run_seed, server_round)
         return {
             **shared,
-            "quant-bits": self.codec.quant_bits,
-            "quant-chunk": self.codec.quant_chunk,
-            "quant-rounding": "stochastic" if self.codec.stochastic else "nearest",
-            "topk": self.codec.topk,
-            "quant-scheme": self.codec.scheme,
-            "eden-scale": self.codec.eden_scale,
-            "rotate": self.codec.rotate,
-            "rotate-block": self.codec.rotate_block,
-            "error-feedback": self.error_feedback,
-            "qat": self.qat,
-            "freeze": ",".join(self.frozen),
+            keys.QUANT_BITS: self.codec.quant_bits,
+            keys.QUANT_CHUNK: self.codec.quant_chunk,
+            keys.QUANT_ROUNDING: "stochastic" if self.codec.stochastic else "nearest",
+            keys.TOPK: self.codec.topk,
+            keys.QUANT_SCHEME: self.codec.scheme,
+            keys.EDEN_SCALE: self.codec.eden_scale,
+            keys.ROTATE: self.codec.rotate,
+            keys.ROTATE_BLOCK: self.codec.rotate_block,
+            keys.ERROR_FEEDBACK: self.error_feedback,
+            keys.QAT: self.qat,
+            keys.FREEZE: ",".join(self.frozen),
         }

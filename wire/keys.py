@@ -1,0 +1,37 @@
+"""Round-config keys: the names the server writes in each round's ``ConfigRecord`` and clients read.
+
+One constant per key, shared by the writer (``strategies.compression``, the ServerApp's client
+config) and the reader (``client_sdk.rounds``), the way Flower shares ``KEY_CLIPPING_NORM``
+between its DP mod and wrapper. A run-config setting sent to clients keeps its run-config name.
+"""
+
+from __future__ import annotations
+
+# Written by Flower's strategies themselves (``configure_train``), read by clients.
+SERVER_ROUND = "server-round"
+PROXIMAL_MU = "proximal-mu"  # FedProx
+
+# The task and the local schedule (the ServerApp's client config; ``lr`` per round by the adapter).
+TASK = "task"
+SEED = "seed"
+LR = "lr"
+LOCAL_EPOCHS = "local-epochs"
+BATCH_SIZE = "batch-size"
+NUM_PARTITIONS = "num-partitions"
+
+# Update compression (``strategies.compression.CompressionSettings.codec_config``).
+QUANT_BITS = "quant-bits"
+QUANT_CHUNK = "quant-chunk"
+QUANT_ROUNDING = "quant-rounding"
+TOPK = "topk"
+QUANT_SCHEME = "quant-scheme"
+EDEN_SCALE = "eden-scale"
+ROTATE = "rotate"
+ROTATE_BLOCK = "rotate-block"
+ROTATE_SEED = "rotate-seed"  # a shared rotation's seed for this round
+ERROR_FEEDBACK = "error-feedback"
+QAT = "qat"
+FREEZE = "freeze"
+
+# Node config (set by Flower's simulation, ``--node-config`` in a deployment).
+PARTITION_ID = "partition-id"
