@@ -42,11 +42,11 @@ class PrivacyError(ValueError):
     """Privacy settings that are malformed or cannot meet their target; the message says which."""
 
 
-def _is_int(value: object) -> bool:
+def is_int(value: object) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
-def _is_real(value: object) -> bool:
+def is_real(value: object) -> bool:
     return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
 
 
@@ -62,7 +62,7 @@ class RoundPlan:
 
     def __post_init__(self) -> None:
         for name in ("population", "per_round", "rounds"):
-            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+            if not is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise PrivacyError(f"dp {name} must be an int >= 1, got {getattr(self, name)!r}")
         if self.per_round > self.population:
             raise PrivacyError(
@@ -70,7 +70,7 @@ class RoundPlan:
             )
         if self.rounds > MAX_ROUNDS:
             raise PrivacyError(f"dp rounds must be <= {MAX_ROUNDS}, got {self.rounds}")
-        if not _is_real(self.delta) or not 0 < self.delta < 1 / self.population:
+        if not is_real(self.delta) or not 0 < self.delta < 1 / self.population:
             raise PrivacyError(
                 f"dp-target-delta must be a number in (0, 1/N = {1 / self.population:.3g}) for "
                 f"N = {self.population} clients, got {self.delta!r}"
@@ -84,7 +84,7 @@ class RoundPlan:
 
 
 def _check_noise(noise_multiplier: object) -> float:
-    if not _is_real(noise_multiplier) or not math.isfinite(noise_multiplier):
+    if not is_real(noise_multiplier) or not math.isfinite(noise_multiplier):
         raise PrivacyError(f"dp-noise-multiplier must be a finite number, got {noise_multiplier!r}")
     if noise_multiplier < 0:
         raise PrivacyError(f"dp-noise-multiplier must be >= 0, got {noise_multiplier!r}")
@@ -130,7 +130,7 @@ def epsilon_of(curve: np.ndarray, delta: float) -> float:
 def epsilon(noise_multiplier: float, plan: RoundPlan, rounds: int | None = None) -> float:
     """Epsilon after ``rounds`` (default: the plan's) rounds at the plan's delta."""
     count = plan.rounds if rounds is None else rounds
-    if not _is_int(count) or count < 0:
+    if not is_int(count) or count < 0:
         raise PrivacyError(f"rounds must be an int >= 0, got {count!r}")
     if count == 0:
         return 0.0
@@ -146,7 +146,7 @@ def epsilon_by_round(noise_multiplier: float, plan: RoundPlan) -> list[float]:
 def calibrate_noise(target_epsilon: float, plan: RoundPlan, tolerance: float = 1e-3) -> float:
     """The smallest noise multiplier (to ``tolerance``, relative) whose epsilon after the plan's
     rounds is at most ``target_epsilon``; refuses a target no multiplier up to 1000 meets."""
-    if not _is_real(target_epsilon) or not (math.isfinite(target_epsilon) and target_epsilon > 0):
+    if not is_real(target_epsilon) or not (math.isfinite(target_epsilon) and target_epsilon > 0):
         raise PrivacyError(f"dp-target-epsilon must be a positive number, got {target_epsilon!r}")
     if epsilon(MAX_NOISE, plan) > target_epsilon:
         raise PrivacyError(
@@ -173,7 +173,7 @@ def adaptive_clip_noise(noise_multiplier: float, count_stddev: float) -> float:
     ``z_delta = (z^-2 - (2 sigma_b)^-2)^(-1/2)``; the two Gaussian queries together have the
     privacy of one with multiplier ``z``). Refuses a count noise that leaves none."""
     z = _check_noise(noise_multiplier)
-    if not _is_real(count_stddev) or not (math.isfinite(count_stddev) and count_stddev > 0):
+    if not is_real(count_stddev) or not (math.isfinite(count_stddev) and count_stddev > 0):
         raise PrivacyError(f"dp-clip-count-stddev must be a positive number, got {count_stddev!r}")
     if z == 0:
         raise PrivacyError("adaptive clipping needs dp-noise-multiplier > 0")

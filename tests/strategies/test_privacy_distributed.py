@@ -1,0 +1,138 @@
+"""Distributed discrete Gaussian accounting (Kairouz, Liu & Steinke 2021) and its sampling bound.
+
+The paper's bound is checked by the values its statements pin down: Theorem 1's tau and rounding
+bound by hand, the single discrete Gaussian (n = 1, Canonne, Kamath & Steinke 2020 Theorem 4),
+the continuous-Gaussian limit for large shares, and Wang et al.'s Theorem 9 against dp-accounting's
+Theorem 27 (the same expression above order 256, a tighter one below).
+"""
+
+from __future__ import annotations
+
+import math
+
+import dp_accounting as dp
+import numpy as np
+import pytest
+from dp_accounting.rdp import rdp_privacy_accountant as rdp
+
+from strategies.privacy import accounting
+from strategies.privacy.accounting import PrivacyError
+from strategies.privacy.distributed import (
+    DEFAULT_BETA,
+    calibrate_local_stddev,
+    ddg_epsilon,
+    ddg_rdp,
+    ddg_round_rdp,
+    rounded_l2_bound,
+    tau,
+    wor_subsampled_rdp,
+)
+
+
+def test_tau_by_hand():
+    assert tau(0.5, 1) == 0.0
+    assert tau(0.5, 2) == pytest.approx(10 * math.exp(-(math.pi**2) / 4), rel=1e-12)
+    # n = 3: k = 1, 2 -> 10 (exp(-2 pi^2 s^2 / 2) + exp(-2 pi^2 s^2 2/3)) at s = 0.6
+    s2 = 0.36
+    expected = 10 * (math.exp(-(math.pi**2) * s2) + math.exp(-4 * math.pi**2 * s2 / 3))
+    assert tau(0.6, 3) == pytest.approx(expected, rel=1e-12)
+
+
+def test_rounding_bound_by_hand():
+    # scaled clip 100 in 1024 coordinates: plain rounding adds sqrt(d) = 32; conditional rounding
+    # with beta = e^-0.5 (sqrt(2 ln(1/beta)) = 1) gives sqrt(100^2 + 1024/4 + (100 + 16))
+    assert rounded_l2_bound(100.0, 1024, 0.0) == 132.0
+    assert rounded_l2_bound(100.0, 1024, DEFAULT_BETA) == pytest.approx(math.sqrt(10_372), 1e-12)
+    with pytest.raises(PrivacyError):
+        rounded_l2_bound(100.0, 1024, 1.5)
+
+
+def test_one_client_is_the_discrete_gaussian():
+    # Canonne, Kamath & Steinke 2020, Theorem 4: N_Z(0, s^2) on sensitivity D is D^2/(2 s^2)-zCDP
+    orders = np.arange(2, 40)
+    assert np.allclose(ddg_rdp(orders, 3.0, 9.0, 2.0, 1, 100), orders * 9.0 / 8.0, rtol=1e-14)
+
+
+def test_large_shares_reach_the_continuous_gaussian_of_the_summed_variance():
+    orders = np.arange(2, 40)
+    n, s, d2 = 100, 10.0, 50.0
+    assert tau(s, n) < 1e-300
+    assert np.allclose(ddg_rdp(orders, d2, d2 * 10, s, n, 1000), orders * d2**2 / (2 * n * s**2))
+    # small shares pay for the sum not being a discrete Gaussian
+    assert np.all(ddg_rdp(orders, 1.0, 1.0, 0.3, n, 1000) > orders / (2 * n * 0.09))
+
+
+@pytest.mark.parametrize("q", [0.01, 0.2])
+def test_theorem_9_matches_dp_accounting_above_order_256_and_bounds_it_below(q):
+    sigma = 1.5
+    orders = [2, 8, 32, 128, 512]
+    base = np.arange(513) / (2 * sigma**2)  # the Gaussian's replace-one RDP
+    accountant = rdp.RdpAccountant(orders, dp.NeighboringRelation.REPLACE_ONE)
+    accountant.compose(
+        dp.SampledWithoutReplacementDpEvent(1000, int(q * 1000), dp.GaussianDpEvent(sigma))
+    )
+    theirs = accountant.rdp
+    ours = np.array([wor_subsampled_rdp(base, a, q) for a in orders])
+    assert ours[-1] == pytest.approx(theirs[-1], rel=1e-9)
+    assert np.all(ours[:-1] >= theirs[:-1] * (1 - 1e-12))
+    assert np.all(ours <= base[orders])
+
+
+def test_full_participation_with_fine_scale_is_the_gaussian_accounting():
+    # q = 1 and a scale where rounding adds little: the DDG epsilon is the Gaussian's with
+    # z = sqrt(n) s / (clip * scale), up to the inflated norm and integer orders
+    n, clip, scale, dim = 20, 1.0, 1e4, 16
+    s = 4.0 * clip * scale / math.sqrt(n)
+    ours = ddg_epsilon(
+        rounds=10,
+        delta=1e-5,
+        clip=clip,
+        scale=scale,
+        dim=dim,
+        local_stddev=s,
+        clients=n,
+        population=n,
+        sampled=n,
+    )
+    plan = accounting.RoundPlan(population=n, per_round=n, rounds=10, delta=1e-5)
+    assert ours == pytest.approx(accounting.epsilon(4.0, plan), rel=0.02)
+
+
+def test_dropouts_cost_privacy_and_sampling_amplifies():
+    kwargs = dict(clip=1.0, scale=100.0, dim=1024, local_stddev=50.0, population=1000)
+    all_there = ddg_epsilon(rounds=50, delta=1e-5, clients=50, sampled=50, **kwargs)
+    half_left = ddg_epsilon(rounds=50, delta=1e-5, clients=25, sampled=50, **kwargs)
+    assert half_left > all_there
+    everyone = ddg_epsilon(
+        rounds=50, delta=1e-5, clients=50, sampled=50, **kwargs | {"population": 50}
+    )
+    assert everyone > all_there
+
+
+def test_calibration_meets_the_target_and_refuses_the_impossible():
+    kwargs = dict(clip=1.0, scale=100.0, dim=1024, clients=50, population=1000, sampled=50)
+    s = calibrate_local_stddev(3.0, rounds=100, delta=1e-5, **kwargs)
+    assert ddg_epsilon(rounds=100, delta=1e-5, local_stddev=s, **kwargs) <= 3.0
+    assert ddg_epsilon(rounds=100, delta=1e-5, local_stddev=s * 0.99, **kwargs) > 3.0
+    with pytest.raises(PrivacyError, match="cannot be met .* 100 rounds"):
+        calibrate_local_stddev(1e-9, rounds=100, delta=1e-5, max_stddev=1e3, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"clip": float("nan")},
+        {"scale": -1.0},
+        {"local_stddev": "2"},
+        {"dim": 0},
+        {"clients": True},
+        {"sampled": 5000},
+        {"sampled": 10},  # fewer drawn than noise shares summed
+    ],
+)
+def test_hostile_settings_are_typed_errors(bad):
+    kwargs = dict(
+        clip=1.0, scale=100.0, dim=64, local_stddev=5.0, clients=20, population=100, sampled=20
+    )
+    with pytest.raises(PrivacyError):
+        ddg_round_rdp(**(kwargs | bad))
