@@ -7,7 +7,9 @@ Layout (all integers little-endian)::
 The header names the format version, the round, every tensor's name/shape/dtype, the codec
 stages in the order they ran with their parameters (``select`` → [``topk``] → [``rotate``] →
 ``quantize`` | ``float32`` | ``eden`` | ``sign``), and each body section with its byte count.
-Decoding checks every field against what the server knows (tensor specs, round, pruning mask)
+Encoding runs the registered stages (:mod:`wire.registry`) a CodecSpec asks for; decoding
+runs the chain the header names, each stage's ``layout`` first, then its ``decode`` in
+reverse, with no per-stage branches here. Decoding checks every field against what the server knows (tensor specs, round, pruning mask)
 before it reads the body, so a malformed payload is refused with an :class:`UpdateRejected`
 reason. The header is zlib-compressed (it is often larger than a pruned, quantized body) and
 inflated with a hard cap, so no payload can make the server allocate more than
@@ -28,25 +30,10 @@ import numpy as np
 from wire.codec import CodecSpec
 from wire.errors import RejectReason, UpdateRejected
 from wire.header_cache import HeaderCache
+from wire.kept import TensorSpec, scatter_kept, segment_lengths
 from wire.mask import MaskSet
-from wire.registry import (
-    TRANSFORMS,
-    check_order,
-    decode_value_stage,
-    encode_tail,
-    known_stages,
-    value_sections,
-)
-from wire.stages import (
-    TensorSpec,
-    check_select,
-    decode_topk,
-    encode_topk,
-    parse_topk,
-    scatter,
-    segment_lengths,
-    select,
-)
+from wire.registry import encode_chain, parse_chain
+from wire.stage_api import DecodeContext, EncodeContext
 
 MAGIC = b"PLNW"
 FORMAT_VERSION = 1
@@ -91,23 +78,16 @@ def encode_update(
     """
     codec = codec or CodecSpec()
     specs = [TensorSpec(name, tuple(int(d) for d in np.shape(t))) for name, t in tensors.items()]
-    lengths = segment_lengths(specs, masks)
-    flat = select(list(tensors.values()), specs, masks)
-    stages: list[dict[str, Any]] = [
-        {
-            "name": "select",
-            "params": {"mask": "" if masks is None else masks.digest, "count": int(flat.size)},
-        }
-    ]
+    ctx = EncodeContext(
+        specs, masks, segment_lengths(specs, masks), tuple(tensors.values()), rng=rng
+    )
     sections: list[tuple[str, Any]] = []
-    values = flat
-    if codec.topk:
-        _, values, params, topk_sections = encode_topk(flat, codec.topk, lengths)
-        stages.append({"name": "topk", "params": params})
-        sections += topk_sections
-    tail, tail_sections = encode_tail(values, codec, rng)
-    stages += tail
-    sections += tail_sections
+    values = None
+    for stage in encode_chain(codec):
+        values, params, stage_sections = stage.encode(values, codec, ctx)
+        ctx.previous.append((stage.name, params))
+        sections += stage_sections
+    stages = [{"name": name, "params": params} for name, params in ctx.previous]
     frame = payload_frame(
         server_round, specs, stages, [(name, _nbytes(buf)) for name, buf in sections]
     )
@@ -197,41 +177,24 @@ def decode_update(
             HEADER_CACHE.put(raw, (header, specs, text_bytes))
     if masks is not None:
         _check_mask_shapes(specs, masks)
-    lengths = segment_lengths(specs, masks)
-    stages = _stage_chain(header["stages"])
-    check_select(stages[0][1], masks, sum(lengths))
+    ctx = DecodeContext(specs, masks, segment_lengths(specs, masks), rotation_seed)
+    chain = parse_chain(header["stages"])
     layout: list[tuple[str, int]] = []
-    count, codes = sum(lengths), None
-    if stages[1][0] == "topk":
-        count, codes = parse_topk(stages[1][1], lengths)
-        layout.append(("indices", sum(c.nbytes for c in codes)))
-    transform = next(((n, p) for n, p in stages if n in TRANSFORMS), None)
-    value_count = count
-    if transform is not None:
-        value_count = TRANSFORMS[transform[0]].check(transform[1], count)
-        layout += TRANSFORMS[transform[0]].sections(transform[1], count)
-        if rotation_seed is not None and transform[1]["seed"] != rotation_seed:
-            raise UpdateRejected(
-                RejectReason.BAD_HEADER,
-                f"update rotated with seed {transform[1]['seed']}, this round's shared "
-                f"rotation is {rotation_seed}",
-            )
-    value_stage, value_params = stages[-1]
-    layout += value_sections(value_stage, value_params, value_count)
+    counts: list[int] = []  # values entering each stage on encode
+    count = 0
+    for stage, params in chain:  # every parameter checked before any body byte is read
+        counts.append(count)
+        count, stage_sections = stage.layout(params, count, ctx)
+        layout += stage_sections
     sections = _split_body(header, view[_PREFIX.size + header_len :], layout)
-    values = decode_value_stage(value_stage, value_params, sections, value_count)
-    if transform is not None:
-        values = TRANSFORMS[transform[0]].decode(transform[1], values, count)
-    if codes is not None:
-        flat = np.zeros(sum(lengths), dtype=np.float32)
-        flat[decode_topk(sections["indices"], codes, lengths)] = values
-    else:
-        flat = values
+    values = None
+    for (stage, params), count in zip(reversed(chain), reversed(counts), strict=True):
+        values = stage.decode(params, sections, values, count, ctx)
     return DecodedUpdate(
         server_round=header["round"],
         names=tuple(spec.name for spec in specs),
-        tensors=tuple(scatter(flat, specs, masks)),
-        stages=tuple({"name": n, "params": p} for n, p in stages),
+        tensors=tuple(scatter_kept(values, specs, masks)),
+        stages=tuple({"name": stage.name, "params": params} for stage, params in chain),
         header_bytes=_PREFIX.size + header_len,
         section_bytes={name: len(buf) for name, buf in sections.items()},
         total_bytes=len(view),
@@ -280,32 +243,6 @@ def _parse_header(raw: bytes) -> tuple[dict[str, Any], int]:
             RejectReason.UNSUPPORTED_VERSION, f"header format {header['format']} is not supported"
         )
     return header, len(text)
-
-
-def _stage_chain(raw: list[Any]) -> list[tuple[str, dict[str, Any]]]:
-    """The stages as (name, params), checked to be select → [topk] → [rotate] → a values stage
-    (quantize | float32 | eden | sign)."""
-    chain: list[tuple[str, dict[str, Any]]] = []
-    for item in raw:
-        if (
-            not isinstance(item, dict)
-            or not isinstance(item.get("name"), str)
-            or not isinstance(item.get("params", {}), dict)
-        ):
-            raise UpdateRejected(
-                RejectReason.BAD_HEADER, "a stage needs a string 'name' and an object 'params'"
-            )
-        chain.append((item["name"], item.get("params", {})))
-    names = [name for name, _ in chain]
-    known = known_stages()
-    if unknown := [n for n in names if n not in known]:
-        raise UpdateRejected(
-            RejectReason.UNKNOWN_STAGE,
-            f"codec stage(s) {[str(n)[:50] for n in unknown]} are not known "
-            f"(known: {sorted(known)})",
-        )
-    check_order(names)
-    return chain
 
 
 def _split_body(

@@ -1,138 +1,90 @@
-"""A small registry of codec stages as encode/decode pairs, and the chain's tail they form.
+"""The registry of codec stages, and the chain a payload runs: built from a CodecSpec on encode,
+read from the header on decode.
 
-The chain is ``select`` → [``topk``] → [a transform] → a values stage. ``select``, ``topk``,
-``quantize`` and ``float32`` are :mod:`wire.stages`' functions; the stages registered here are
-self-contained objects (the shape the redesign gives every stage): a *transform* maps n values
-to ``check(params, n)`` values and back (``rotate``, :mod:`wire.rotation`); a *values* stage
-turns the last vector into body sections and back (``eden``, ``sign``, :mod:`wire.eden`). Each
-states its body ``sections(params, count)`` (name, bytes) before any byte is read, validating
-every header parameter (wrong type, range or an extra key is a typed rejection).
+Every stage is an encode/decode pair with one interface (:mod:`wire.stage_api`), registered
+here by name (the habit of Opacus' ``register_grad_sampler``). The chain is ``select`` ->
+[sparsify: ``topk``] -> [transform: ``rotate``] -> one values stage (``quantize`` | ``float32``
+| ``eden`` | ``sign``): each stage's ``slot`` says where it may stand. A new stage is one file
+with its class and one :func:`register_stage` line below.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Protocol
-
-import numpy as np
+from typing import Any
 
 from wire.codec import CodecSpec
 from wire.eden import EDEN, SIGN
 from wire.errors import RejectReason, UpdateRejected
-from wire.rotation import MAX_SEED, ROTATE
-from wire.stages import decode_values, encode_values, values_sections
+from wire.rotation import ROTATE
+from wire.stage_api import OPTIONAL_SLOTS, SELECT, VALUES, Stage
+from wire.stages import FLOAT32, QUANTIZE, SELECT_STAGE, TOPK
 
-Sections = list[tuple[str, Any]]
-OLD_VALUE_STAGES = ("float32", "quantize")
-
-
-class TransformStage(Protocol):
-    name: str
-
-    def check(self, params: Mapping[str, Any], count: int) -> int: ...
-    def sections(self, params: Mapping[str, Any], count: int) -> list[tuple[str, int]]: ...
-    def decode(self, params: Mapping[str, Any], values: np.ndarray, count: int) -> np.ndarray: ...
+STAGES: dict[str, Stage] = {}
 
 
-class ValuesStage(Protocol):
-    name: str
-
-    def sections(self, params: Mapping[str, Any], count: int) -> list[tuple[str, int]]: ...
-    def decode(
-        self, params: Mapping[str, Any], sections: Mapping[str, memoryview], count: int
-    ) -> np.ndarray: ...
-
-
-TRANSFORMS: dict[str, TransformStage] = {}
-VALUES: dict[str, ValuesStage] = {}
-
-
-def register_transform(stage: TransformStage) -> TransformStage:
-    TRANSFORMS[stage.name] = stage
+def register_stage(stage: Stage) -> Stage:
+    """Make ``stage`` known to encoders (chosen by ``stage.wanted(codec)``) and decoders (by
+    name). Registration order breaks no ties: at most one stage per slot is wanted."""
+    if stage.name in STAGES:
+        raise ValueError(f"a codec stage named {stage.name!r} is already registered")
+    STAGES[stage.name] = stage
     return stage
 
 
-def register_values(stage: ValuesStage) -> ValuesStage:
-    VALUES[stage.name] = stage
-    return stage
-
-
-register_transform(ROTATE)
-register_values(EDEN)
-register_values(SIGN)
+for _stage in (SELECT_STAGE, TOPK, ROTATE, QUANTIZE, FLOAT32, EDEN, SIGN):
+    register_stage(_stage)
 
 
 def known_stages() -> set[str]:
-    return {"select", "topk", *TRANSFORMS, *OLD_VALUE_STAGES, *VALUES}
+    return set(STAGES)
+
+
+def encode_chain(codec: CodecSpec) -> list[Stage]:
+    """The stages ``codec`` runs, in chain order."""
+    chain = sorted((s for s in STAGES.values() if s.wanted(codec)), key=lambda s: s.slot)
+    check_order([s.name for s in chain])
+    return chain
+
+
+def _order_text() -> str:
+    by_slot = [
+        "|".join(s.name for s in STAGES.values() if s.slot == slot)
+        for slot in (SELECT, *OPTIONAL_SLOTS, VALUES)
+    ]
+    optional = "".join(f"[{text}] → " for text in by_slot[1:-1])
+    return f"{by_slot[0]} → {optional}{by_slot[-1]}"
 
 
 def check_order(names: list[str]) -> None:
     """select → [topk] → [one transform] → one values stage, or a STAGE_ORDER rejection."""
-    rest = names[1:]
-    if rest[:1] == ["topk"]:
-        rest = rest[1:]
-    if rest[:1] and rest[0] in TRANSFORMS:
-        rest = rest[1:]
-    if names[:1] != ["select"] or len(rest) != 1 or rest[0] not in (*OLD_VALUE_STAGES, *VALUES):
+    slots = [STAGES[n].slot for n in names]
+    if (
+        slots[:1] != [SELECT]
+        or slots[-1:] != [VALUES]
+        or any(a >= b for a, b in zip(slots, slots[1:], strict=False))
+    ):
+        raise UpdateRejected(RejectReason.STAGE_ORDER, f"stages {names} are not {_order_text()}")
+
+
+def parse_chain(raw: list[Any]) -> list[tuple[Stage, dict[str, Any]]]:
+    """The header's stages as (stage, params), checked to be known and in chain order."""
+    chain: list[tuple[str, dict[str, Any]]] = []
+    for item in raw:
+        if (
+            not isinstance(item, dict)
+            or not isinstance(item.get("name"), str)
+            or not isinstance(item.get("params", {}), dict)
+        ):
+            raise UpdateRejected(
+                RejectReason.BAD_HEADER, "a stage needs a string 'name' and an object 'params'"
+            )
+        chain.append((item["name"], item.get("params", {})))
+    names = [name for name, _ in chain]
+    if unknown := [n for n in names if n not in STAGES]:
         raise UpdateRejected(
-            RejectReason.STAGE_ORDER,
-            f"stages {names} are not select → [topk] → [{'|'.join(TRANSFORMS)}] → "
-            f"{'|'.join((*OLD_VALUE_STAGES, *VALUES))}",
+            RejectReason.UNKNOWN_STAGE,
+            f"codec stage(s) {[str(n)[:50] for n in unknown]} are not known "
+            f"(known: {sorted(STAGES)})",
         )
-
-
-def value_sections(stage: str, params: Mapping[str, Any], count: int) -> list[tuple[str, int]]:
-    if stage in VALUES:
-        return VALUES[stage].sections(params, count)
-    return values_sections(stage, params, count)
-
-
-def decode_value_stage(
-    stage: str, params: Mapping[str, Any], sections: Mapping[str, memoryview], count: int
-) -> np.ndarray:
-    if stage in VALUES:
-        return VALUES[stage].decode(params, sections, count)
-    return decode_values(stage, params, sections, count)
-
-
-def scale_chunk(codec: CodecSpec, block: int) -> int:
-    """Values per eden/sign scale after a rotation in blocks of ``block``: at most one block.
-    Each block is rotated on its own, so a scale spanning blocks of unequal energy is no longer
-    rotation-equivariant and EDEN's unbiased scale turns biased (300 values with 5 spikes in
-    blocks of 64 under one scale: the mean of 1000 estimates missed x by 1.2 ||x||)."""
-    return min(codec.quant_chunk, block)
-
-
-def encode_tail(
-    values: np.ndarray, codec: CodecSpec, rng: np.random.Generator | None
-) -> tuple[list[dict[str, Any]], Sections]:
-    """The stages after select/topk for ``codec``: [rotate] then the values stage."""
-    stages: list[dict[str, Any]] = []
-    sections: Sections = []
-    chunk = codec.quant_chunk
-    if codec.rotate != "none":
-        if codec.rotate == "shared":
-            seed = codec.rotate_seed
-        elif rng is None:
-            raise ValueError("a per-client rotation needs an rng (numpy Generator) for its seed")
-        else:
-            seed = int(rng.integers(0, MAX_SEED))
-        values, params, _ = ROTATE.encode(values, seed=seed, block=codec.rotate_block)
-        stages.append({"name": ROTATE.name, "params": params})
-        chunk = scale_chunk(codec, params["block"])
-    if codec.scheme == "eden":
-        params, value_sections_ = EDEN.encode(
-            values, bits=codec.quant_bits, chunk=chunk, scale=codec.eden_scale
-        )
-        stages.append({"name": EDEN.name, "params": params})
-    elif codec.scheme == "sign":
-        params, value_sections_ = SIGN.encode(values, chunk=chunk)
-        stages.append({"name": SIGN.name, "params": params})
-    else:
-        if codec.quant_bits and codec.stochastic and rng is None:
-            raise ValueError("stochastic quantization needs an rng (numpy Generator)")
-        params, value_sections_ = encode_values(
-            values, codec.quant_bits, codec.quant_chunk, rng if codec.stochastic else None
-        )
-        stages.append({"name": "quantize" if codec.quant_bits else "float32", "params": params})
-    return stages, sections + value_sections_
+    check_order(names)
+    return [(STAGES[name], params) for name, params in chain]

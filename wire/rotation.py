@@ -24,11 +24,15 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from wire.errors import RejectReason, UpdateRejected
+from wire.stage_api import TRANSFORM, DecodeContext, EncodeContext, Encoded, Params
+
+if TYPE_CHECKING:
+    from wire.codec import CodecSpec
 
 MAX_BLOCK = 1 << 18  # three factors of 2^6
 MAX_FACTOR_LOG2 = 6
@@ -166,18 +170,43 @@ def unrotate(
 # ----------------------------------------------------------------------------- the stage
 class RotateStage:
     """Encode/decode pair ``rotate``: params ``{"seed", "block", "rounds"}`` (ints), no body
-    section (0 bytes: the seed travels in the header, the rotated values in the next stage)."""
+    section (0 bytes: the seed travels in the header, the rotated values in the next stage).
+    The seed: a row encoder's given one, else the codec's shared one, else drawn from the
+    codec generator (per client and round)."""
 
-    name = "rotate"
+    name, slot = "rotate", TRANSFORM
 
-    def encode(
-        self, values: np.ndarray, *, seed: int, block: int
-    ) -> tuple[np.ndarray, dict[str, Any], list[tuple[str, bytes]]]:
+    def wanted(self, codec: CodecSpec) -> bool:
+        return codec.rotate != "none"
+
+    def header_params(self, codec: CodecSpec, count: int, ctx: EncodeContext) -> Params:
+        if ctx.rotation_seed is not None:
+            seed = ctx.rotation_seed
+        elif codec.rotate == "shared":
+            seed = codec.rotate_seed
+        elif ctx.rng is None:
+            raise ValueError("a per-client rotation needs an rng (numpy Generator) for its seed")
+        else:
+            seed = int(ctx.rng.integers(0, MAX_SEED))
         if type(seed) is not int or not 0 <= seed < MAX_SEED:
             raise ValueError(f"rotation seed must be an int in [0, 2^63), got {seed!r}")
-        used = block_for(values.size, block)
-        params = {"seed": seed, "block": used, "rounds": ROUNDS}
-        return rotate(values, seed, used, ROUNDS), params, []
+        return {"seed": seed, "block": block_for(count, codec.rotate_block), "rounds": ROUNDS}
+
+    def encode(self, values: np.ndarray, codec: CodecSpec, ctx: EncodeContext) -> Encoded:
+        params = self.header_params(codec, values.size, ctx)
+        return Encoded(rotate(values, params["seed"], params["block"], ROUNDS), params, [])
+
+    def layout(
+        self, params: Mapping[str, Any], count: int, ctx: DecodeContext
+    ) -> tuple[int, list[tuple[str, int]]]:
+        padded = self.check(params, count)
+        if ctx.rotation_seed is not None and params["seed"] != ctx.rotation_seed:
+            raise UpdateRejected(
+                RejectReason.BAD_HEADER,
+                f"update rotated with seed {params['seed']}, this round's shared "
+                f"rotation is {ctx.rotation_seed}",
+            )
+        return padded, []
 
     def check(self, params: Mapping[str, Any], count: int) -> int:
         """Validate the header's params for ``count`` input values; the values that follow."""
@@ -208,10 +237,7 @@ class RotateStage:
             )
         return padded_length(count, block)
 
-    def sections(self, params: Mapping[str, Any], count: int) -> list[tuple[str, int]]:
-        return []
-
-    def decode(self, params: Mapping[str, Any], values: np.ndarray, count: int) -> np.ndarray:
+    def decode(self, params, sections, values, count, ctx) -> np.ndarray:
         with np.errstate(over="ignore", invalid="ignore"):  # refused just below
             out = unrotate(values, params["seed"], params["block"], count, params["rounds"])
         if not np.isfinite(out).all():

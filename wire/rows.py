@@ -1,23 +1,76 @@
 """Payloads for many clients at once (Pollen's batched simulation engine), one per row.
 
 Each payload is byte-for-byte what :func:`wire.format.encode_update` writes for that client's
-tensors; rows share one header, built once, since every client of a round sends the same
-layout (same tensors, mask, codec and section sizes).
+tensors: the header comes from the same registered stages (:mod:`wire.registry`; each stage's
+``header_params`` and ``layout``), built once per distinct rotation seed, since every client of
+a round sends the same layout (same tensors, mask, codec and section sizes); the body sections
+are the caller's rows (the batched engine computes them on its device with the stages' twins).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from wire.bitpack import packed_size
 from wire.codec import CodecSpec
 from wire.format import payload_frame
+from wire.kept import TensorSpec, segment_lengths
 from wire.mask import MaskSet
-from wire.quantize import num_chunks
-from wire.rotation import ROUNDS, block_for, padded_length
-from wire.stages import TensorSpec, segment_lengths
+from wire.registry import encode_chain
+from wire.stage_api import DecodeContext, EncodeContext
+
+
+def row_layout(
+    specs: Sequence[TensorSpec],
+    *,
+    codec: CodecSpec,
+    masks: MaskSet | None = None,
+    rotation_seed: int | None = None,
+) -> tuple[list[dict], list[tuple[str, int]]]:
+    """The header's stages and body sections (name, bytes) of every row's payload for ``codec``
+    (a stage whose params depend on the values, top-k, is refused with a ValueError)."""
+    lengths = segment_lengths(specs, masks)
+    ctx = EncodeContext(specs, masks, lengths, rotation_seed=rotation_seed)
+    check = DecodeContext(specs, masks, lengths)
+    count, sections = sum(lengths), []
+    for stage in encode_chain(codec):
+        params = stage.header_params(codec, count, ctx)
+        ctx.previous.append((stage.name, params))
+        count, stage_sections = stage.layout(params, count, check)
+        sections += stage_sections
+    return [{"name": n, "params": p} for n, p in ctx.previous], sections
+
+
+def encode_rows(
+    sections: Mapping[str, np.ndarray],
+    specs: Sequence[TensorSpec],
+    *,
+    server_round: int,
+    codec: CodecSpec,
+    masks: MaskSet | None = None,
+    rotation_seeds: Sequence[int] | None = None,
+) -> list[bytes]:
+    """One payload per row of the ``sections`` arrays ([clients, ...], C-contiguous, row k's
+    bytes are client k's section as :func:`encode_update` lays it out). ``rotation_seeds``:
+    each client's seed when ``codec`` rotates per client (one header per distinct seed)."""
+    arrays = {name: np.ascontiguousarray(a) for name, a in sections.items()}
+    clients = {len(a) for a in arrays.values()}
+    if len(clients) != 1:
+        raise ValueError(f"section rows disagree on the number of clients: {sorted(clients)}")
+    (k,) = clients
+    if rotation_seeds is not None and len(rotation_seeds) != k:
+        raise ValueError(f"{len(rotation_seeds)} rotation seeds for {k} clients")
+    seeds = list(rotation_seeds) if rotation_seeds is not None else [None] * k
+    frames: dict[int | None, bytes] = {}
+    for seed in dict.fromkeys(seeds):
+        stages, layout = row_layout(specs, codec=codec, masks=masks, rotation_seed=seed)
+        got = [(name, a[0].nbytes if k else 0) for name, a in arrays.items()]
+        if k and got != layout:
+            raise ValueError(f"rows hold sections {got}; the codec's stages need {layout}")
+        frames[seed] = payload_frame(server_round, specs, stages, layout)
+    views = [[memoryview(row).cast("B") for row in a] for a in arrays.values()]
+    return [b"".join([frames[seed], *(rows[i] for rows in views)]) for i, seed in enumerate(seeds)]
 
 
 def encode_float32_rows(
@@ -30,22 +83,15 @@ def encode_float32_rows(
     """Payloads for many clients' uncompressed updates at once, one per row of ``rows``.
 
     Row k holds client k's kept values (``select``'s order: tensors in ``specs`` order, pruned
-    coordinates left out). Every payload is byte-for-byte what :func:`encode_update` writes for
-    that client's tensors with the float32 codec; the header is built once for all of them.
+    coordinates left out).
     """
     count = sum(segment_lengths(specs, masks))
     if rows.ndim != 2 or rows.shape[1] != count:
         raise ValueError(f"rows must be [clients, {count}] kept values, got {rows.shape}")
-    stages = [
-        {
-            "name": "select",
-            "params": {"mask": "" if masks is None else masks.digest, "count": count},
-        },
-        {"name": "float32", "params": {}},
-    ]
-    frame = payload_frame(server_round, specs, stages, [("values", 4 * count)])
-    rows = np.ascontiguousarray(rows, dtype="<f4")
-    return [b"".join([frame, memoryview(row).cast("B")]) for row in rows]
+    values = np.ascontiguousarray(rows, dtype="<f4")
+    return encode_rows(
+        {"values": values}, specs, server_round=server_round, codec=CodecSpec(), masks=masks
+    )
 
 
 def encode_quantized_rows(
@@ -57,46 +103,25 @@ def encode_quantized_rows(
     codec: CodecSpec,
     masks: MaskSet | None = None,
 ) -> list[bytes]:
-    """Payloads for many clients' quantized updates (no top-k), one per row.
+    """Payloads for many clients' quantized updates (no top-k, no rotation), one per row.
 
     Row k of ``scales`` holds client k's (min, max) float32 pairs, chunk by chunk, and row k of
-    ``codes`` its bit-packed codes, as :func:`encode_update` lays them out; quantizing them is the
-    caller's (Pollen's batched engine does it on its device). The header is built once.
+    ``codes`` its bit-packed codes; quantizing them is the caller's.
     """
-    count = sum(segment_lengths(specs, masks))
-    chunks, packed = num_chunks(count, codec.quant_chunk), packed_size(count, codec.quant_bits)
-    if codec.topk or not codec.quant_bits:
+    if codec.topk or not codec.quant_bits or codec.scheme != "uniform" or codec.rotate != "none":
         raise ValueError("encode_quantized_rows encodes quantized updates without top-k")
-    if (
-        scales.shape[1:] != (2 * chunks,)
-        or codes.shape[1:] != (packed,)
-        or len(scales) != len(codes)
-    ):
-        raise ValueError(
-            f"rows must be [clients, {2 * chunks}] scales and [clients, {packed}] codes, "
-            f"got {scales.shape} and {codes.shape}"
-        )
-    stages = [
+    if len(scales) != len(codes):
+        raise ValueError(f"{len(scales)} rows of scales, {len(codes)} of codes")
+    return encode_rows(
         {
-            "name": "select",
-            "params": {"mask": "" if masks is None else masks.digest, "count": count},
+            "scales": np.ascontiguousarray(scales, dtype="<f4"),
+            "codes": np.ascontiguousarray(codes, dtype=np.uint8),
         },
-        {
-            "name": "quantize",
-            "params": {
-                "bits": codec.quant_bits,
-                "chunk": codec.quant_chunk,
-                "rounding": "stochastic" if codec.stochastic else "nearest",
-            },
-        },
-    ]
-    frame = payload_frame(server_round, specs, stages, [("scales", 8 * chunks), ("codes", packed)])
-    scales = np.ascontiguousarray(scales, dtype="<f4")
-    codes = np.ascontiguousarray(codes, dtype=np.uint8)
-    return [
-        b"".join([frame, memoryview(s).cast("B"), memoryview(c)])
-        for s, c in zip(scales, codes, strict=True)
-    ]
+        specs,
+        server_round=server_round,
+        codec=codec,
+        masks=masks,
+    )
 
 
 def encode_scaled_sign_rows(
@@ -109,52 +134,23 @@ def encode_scaled_sign_rows(
     masks: MaskSet | None = None,
     rotation_seeds: Sequence[int] | None = None,
 ) -> list[bytes]:
-    """Payloads for many clients' ``eden`` or ``sign`` updates (no top-k), one per row.
-
-    Row k of ``scales`` holds client k's float32 scale per chunk and row k of ``codes`` its
-    bit-packed codes, as :func:`encode_update` lays them out. ``rotation_seeds``: each client's
-    rotation seed when ``codec.rotate`` is on (one header per distinct seed, so a shared
-    rotation builds one). The values stage counts the rotated (padded) values.
-    """
+    """Payloads for many clients' ``eden`` or ``sign`` updates (no top-k), one per row: row k
+    of ``scales`` holds client k's float32 scale per chunk, of ``codes`` its bit-packed codes.
+    ``rotation_seeds``: each client's rotation seed when ``codec.rotate`` is on."""
     if codec.topk or codec.scheme not in ("eden", "sign"):
         raise ValueError("encode_scaled_sign_rows encodes eden or sign updates without top-k")
-    count = sum(segment_lengths(specs, masks))
-    block = block_for(count, codec.rotate_block)
-    rotated = codec.rotate != "none"
-    values = padded_length(count, block) if rotated else count
-    chunk = min(codec.quant_chunk, block) if rotated else codec.quant_chunk  # scale_chunk
-    chunks, packed = num_chunks(values, chunk), packed_size(values, codec.quant_bits)
-    if rotated != (rotation_seeds is not None) or (
-        rotation_seeds is not None and len(rotation_seeds) != len(scales)
-    ):
+    if (codec.rotate != "none") != (rotation_seeds is not None):
         raise ValueError("rotation_seeds: one per row when the codec rotates, else None")
-    if scales.shape[1:] != (chunks,) or codes.shape[1:] != (packed,) or len(scales) != len(codes):
-        raise ValueError(
-            f"rows must be [clients, {chunks}] scales and [clients, {packed}] codes, "
-            f"got {scales.shape} and {codes.shape}"
-        )
-    if codec.scheme == "eden":
-        params = {"bits": codec.quant_bits, "chunk": chunk, "scale": codec.eden_scale}
-    else:
-        params = {"chunk": chunk}
-    select = {"mask": "" if masks is None else masks.digest, "count": count}
-    sections = [("scales", 4 * chunks), ("codes", packed)]
-    frames: dict[int | None, bytes] = {}
-
-    def frame(seed: int | None) -> bytes:
-        if seed not in frames:
-            stages = [{"name": "select", "params": select}]
-            if seed is not None:
-                rotate = {"seed": int(seed), "block": block, "rounds": ROUNDS}
-                stages.append({"name": "rotate", "params": rotate})
-            stages.append({"name": codec.scheme, "params": params})
-            frames[seed] = payload_frame(server_round, specs, stages, sections)
-        return frames[seed]
-
-    scales = np.ascontiguousarray(scales, dtype="<f4")
-    codes = np.ascontiguousarray(codes, dtype=np.uint8)
-    seeds = rotation_seeds if rotation_seeds is not None else [None] * len(scales)
-    return [
-        b"".join([frame(seed), memoryview(s).cast("B"), memoryview(c)])
-        for s, c, seed in zip(scales, codes, seeds, strict=True)
-    ]
+    if len(scales) != len(codes):
+        raise ValueError(f"{len(scales)} rows of scales, {len(codes)} of codes")
+    return encode_rows(
+        {
+            "scales": np.ascontiguousarray(scales, dtype="<f4"),
+            "codes": np.ascontiguousarray(codes, dtype=np.uint8),
+        },
+        specs,
+        server_round=server_round,
+        codec=codec,
+        masks=masks,
+        rotation_seeds=rotation_seeds,
+    )

@@ -20,6 +20,7 @@ import numpy as np
 
 from wire.bitpack import pack_uint, packed_size, unpack_uint
 from wire.errors import RejectReason, UpdateRejected
+from wire.kept import TensorSpec, gather_kept, scatter_kept, segment_lengths
 from wire.mask import MaskSet
 from wire.secagg import modulus_bits
 
@@ -139,42 +140,23 @@ class SecAggVectorSpec:
 def flatten_kept(
     arrays: Mapping[str, np.ndarray], names: Sequence[str], masks: MaskSet | None
 ) -> np.ndarray:
-    """The kept coordinates of ``names`` (all of a tensor the mask does not cover), in order."""
-    parts = []
-    for name in names:
-        values = np.asarray(arrays[name]).ravel()
-        if masks is not None and name in masks.masks:
-            values = values[masks.masks[name].ravel()]
-        parts.append(values)
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+    """The kept coordinates of ``names`` (all of a tensor the mask does not cover), in
+    :mod:`wire.kept`'s order (the ``select`` stage's), each tensor in its own dtype."""
+    return gather_kept([arrays[name] for name in names], names, masks)
+
+
+def _specs(shapes: Mapping[str, tuple[int, ...]]) -> list[TensorSpec]:
+    return [TensorSpec(name, tuple(int(d) for d in shape)) for name, shape in shapes.items()]
 
 
 def kept_count(shapes: Mapping[str, tuple[int, ...]], masks: MaskSet | None) -> int:
-    total = 0
-    for name, shape in shapes.items():
-        if masks is not None and name in masks.masks:
-            total += int(masks.masks[name].sum())
-        else:
-            total += int(np.prod(shape, dtype=np.int64))
-    return total
+    return sum(segment_lengths(_specs(shapes), masks))
 
 
 def unflatten_kept(
     flat: np.ndarray, shapes: Mapping[str, tuple[int, ...]], masks: MaskSet | None
 ) -> dict[str, np.ndarray]:
-    """Inverse of :func:`flatten_kept`: pruned coordinates come back as exact zeros."""
-    out: dict[str, np.ndarray] = {}
-    offset = 0
-    for name, shape in shapes.items():
-        size = int(np.prod(shape, dtype=np.int64))
-        if masks is not None and name in masks.masks:
-            keep = masks.masks[name].ravel()
-            dense = np.zeros(size, dtype=np.float32)
-            count = int(keep.sum())
-            dense[keep] = flat[offset : offset + count]
-        else:
-            count = size
-            dense = flat[offset : offset + count].astype(np.float32)
-        out[name] = dense.reshape(shape)
-        offset += count
-    return out
+    """Inverse of :func:`flatten_kept`: float32 copies, pruned coordinates exact zeros."""
+    specs = _specs(shapes)
+    tensors = scatter_kept(flat, specs, masks, copy=True)
+    return {spec.name: tensor for spec, tensor in zip(specs, tensors, strict=True)}

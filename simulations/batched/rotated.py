@@ -30,8 +30,7 @@ from simulations.batched.codec import (
     store_residuals,
 )
 from simulations.batched.training import TrainedChunk
-from wire.eden import boundaries, table
-from wire.registry import scale_chunk
+from wire.eden import boundaries, scale_chunk, table
 from wire.rotation import (
     MAX_SEED,
     ROUNDS,

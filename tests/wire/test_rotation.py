@@ -20,6 +20,7 @@ from wire.rotation import (
     shared_rotation_seed,
     unrotate,
 )
+from wire.stage_api import DecodeContext
 
 
 def test_golden_four_point_rotation_by_hand():
@@ -113,7 +114,8 @@ def test_rotate_stage_costs_no_body_bytes_and_round_trips_float32():
     header = read_header(payload)
     names = [s["name"] for s in header["stages"]]
     assert names == ["select", "rotate", "float32"]
-    assert ROTATE.sections(header["stages"][1]["params"], 2100) == []
+    ctx = DecodeContext([TensorSpec("w", (30, 70))], None, [2100])
+    assert ROTATE.layout(header["stages"][1]["params"], 2100, ctx) == (2304, [])
     assert header["stages"][1]["params"]["block"] == 256  # 3 blocks of 1024 would pad 46%
     assert header["sections"] == [["values", 4 * 2304]]  # 2100 values padded to 9 blocks
     decoded = decode_update(payload, expected=[TensorSpec("w", (30, 70))], expected_round=2)
