@@ -1,20 +1,34 @@
-"""Decoding one round's train replies: each payload checked against the model clients started
-from this round (its tensors, pruning mask, round and rotation), its weight and values checked
-(:mod:`strategies.validation`), then clipped if the run asks; a pool's carrier holds its
-members' weighted mean (:mod:`strategies.pooling`)."""
+"""Decoding one round's train replies into accepted updates or counted rejections.
+
+Each reply's metrics are checked first (:mod:`strategies.replies`), then its payload against
+the model clients started from this round (its tensors, pruning mask, round and rotation), its
+weight and values (:mod:`strategies.validation`), then clipped if the run asks; a pool's carrier
+holds its members' weighted mean (:mod:`strategies.pooling`). What comes out is an
+:class:`Update` per client (or per pool) for an aggregator (:mod:`strategies.aggregators`).
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
 
-from strategies.aggregation import StreamingMean, clip_update
-from strategies.pooling import Pool, check_pool
-from strategies.replies import LOSS, WEIGHT_KEY, reply_payload, reply_weight
+from strategies.aggregation import clip_update
+from strategies.pooling import Pool, check_pool, group_pools
+from strategies.replies import (
+    LOSS,
+    WEIGHT_KEY,
+    checked_replies,
+    reject,
+    reply_payload,
+    reply_weight,
+    strip_adapter_metrics,
+)
 from strategies.stats import RoundStats
-from strategies.validation import ReplyLimits, check_update
+from strategies.validation import ReplyLimits, as_rejection, check_update
 from wire import (
     DOWNLOAD_RECORD_KEY,
     PAYLOAD_FIELD,
@@ -27,9 +41,25 @@ from wire import (
     encode_update,
 )
 
+log = logging.getLogger(__name__)
+
 # Header and codec slack allowed above the float32 size of the model before refusing a payload.
 PAYLOAD_SLACK_BYTES = 1 << 16
 MAX_LOSS = 1e6  # q-FFL raises the loss to the power q: a larger one only overflows
+
+
+@dataclass
+class Update:
+    """One accepted contribution: a client's decoded update (``replies`` holds its reply), or a
+    pool's weighted mean (``replies`` holds every member, the mean a pre-summed partial);
+    ``weight`` is the total weight, ``weights`` and ``metrics`` each member's checked weight and
+    metrics (without the adapter's own keys)."""
+
+    replies: list[Message]
+    deltas: dict[str, np.ndarray]
+    weight: float
+    weights: list[float]
+    metrics: list[dict]
 
 
 @dataclass
@@ -87,23 +117,49 @@ class RoundDecoder:
             deltas = clip_update(deltas, self.clip_norm)
         return deltas, weight
 
-    def add_pool(
-        self,
-        pool: Pool,
-        metrics: list[dict],
-        mean: StreamingMean | None,
-        stats: RoundStats,
-        *,
-        allowed: bool,
-    ) -> None:
-        """Add a pool's mean with its total weight (all members or none: a rejection raises).
-        ``metrics``: each reply's checked metrics, in ``pool.replies`` order."""
+    def decode_pool(
+        self, pool: Pool, metrics: list[dict], stats: RoundStats, *, allowed: bool
+    ) -> tuple[dict[str, np.ndarray], float]:
+        """A pool's checked mean update and its total weight (all members or none: a rejection
+        raises). ``metrics``: each reply's checked metrics, in ``pool.replies`` order."""
         stats.upload_bytes += [pool.payload_bytes()] * len(pool.replies)
-        carrier, weight = check_pool(
-            pool, metrics, WEIGHT_KEY, allowed=allowed and mean is not None, limits=self.limits
+        carrier, weight = check_pool(pool, metrics, WEIGHT_KEY, allowed=allowed, limits=self.limits)
+        return self.decode(carrier, metrics[pool.replies.index(carrier)], stats, weight)
+
+    def updates(
+        self, replies: Iterable[Message], stats: RoundStats, *, pools: bool
+    ) -> Iterator[Update]:
+        """Each accepted update of ``replies`` (a pool's as one, where ``pools``), in summing
+        order; every other reply is counted in ``stats`` (failed, rejected or missing) and
+        logged, and the round goes on with the rest."""
+        server_round = stats.server_round
+        ordered, metrics_by_reply, received = checked_replies(
+            replies, server_round, stats, self.limits
         )
-        deltas, _ = self.decode(carrier, metrics[pool.replies.index(carrier)], stats, weight)
-        mean.add(deltas, weight)  # type: ignore[union-attr]  # allowed only with a mean
+        accepted = 0
+        for unit in group_pools(ordered):
+            members = unit.replies if isinstance(unit, Pool) else [unit]
+            metrics = [metrics_by_reply[id(m)] for m in members]
+            try:
+                if isinstance(unit, Pool):
+                    deltas, weight = self.decode_pool(unit, metrics, stats, allowed=pools)
+                else:
+                    deltas, weight = self.decode(unit, metrics[0], stats)
+            except Exception as err:  # noqa: BLE001 - any fault of one reply is its rejection
+                reject(server_round, stats, members, as_rejection(err, self.limits))
+                continue
+            weights = [float(m[WEIGHT_KEY]) for m in metrics]
+            for record in metrics:
+                strip_adapter_metrics(record)
+            stats.pooled += len(members) if isinstance(unit, Pool) else 0
+            accepted += len(members)
+            yield Update(members, deltas, weight, weights, metrics)
+        stats.accepted = accepted
+        stats.dropped = max(stats.sampled - received, 0)  # no reply before the round deadline
+        if stats.dropped:
+            log.warning(
+                "round %d: %d sampled clients did not reply in time", server_round, stats.dropped
+            )
 
 
 def quantized_download(

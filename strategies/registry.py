@@ -20,6 +20,7 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
+from strategies.aggregators import needs_only_mean
 from strategies.compression import CompressionSettings
 from strategies.replies import LOSS
 from strategies.sampling import SeededSampler
@@ -28,26 +29,28 @@ from strategies.secagg import SecAggSettings
 from strategies.validation import ReplyLimits
 from strategies.wire_adapter import WireStrategy
 
-STRATEGY_NAMES = (
-    "fedavg",
-    "fedprox",
-    "fedadam",
-    "fedyogi",
-    "fedadagrad",
-    "fedavgm",
-    "fedmedian",
-    "fedtrimmedavg",
-    "krum",
-    "multikrum",
-    "bulyan",
-    "qfedavg",
-)
-# Robust aggregators look at individual updates (so they cannot run under secure aggregation).
-ROBUST_STRATEGIES = ("fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan")
-# Strategies that read each update (robust ones, and q-FFL's loss-weighted updates).
-PER_UPDATE_STRATEGIES = (*ROBUST_STRATEGIES, "qfedavg")
+# Each name's Flower strategy. Whether it needs only the weighted mean (so that secure
+# aggregation and pooled uploads can feed it) is a capability of its class, decided once in
+# strategies.aggregators.needs_only_mean; the lists below derive from it.
+STRATEGY_CLASSES: dict[str, type[Strategy]] = {
+    "fedavg": FedAvg,
+    "fedprox": FedProx,
+    "fedadam": FedAdam,
+    "fedyogi": FedYogi,
+    "fedadagrad": FedAdagrad,
+    "fedavgm": FedAvgM,
+    "fedmedian": FedMedian,
+    "fedtrimmedavg": FedTrimmedAvg,
+    "krum": Krum,
+    "multikrum": MultiKrum,
+    "bulyan": Bulyan,
+    "qfedavg": QFedAvg,
+}
+STRATEGY_NAMES = tuple(STRATEGY_CLASSES)
 # What secure aggregation can feed: strategies that need only the (weighted) sum of updates.
-SUM_STRATEGIES = tuple(name for name in STRATEGY_NAMES if name not in PER_UPDATE_STRATEGIES)
+SUM_STRATEGIES = tuple(n for n, cls in STRATEGY_CLASSES.items() if needs_only_mean(cls))
+# Strategies that read each update (robust aggregators, and q-FFL's loss-weighted updates).
+PER_UPDATE_STRATEGIES = tuple(n for n in STRATEGY_NAMES if n not in SUM_STRATEGIES)
 
 
 class UnknownStrategy(ValueError):
@@ -96,43 +99,42 @@ _SAMPLE_ALL = {
 }
 
 
+def _options(settings: StrategySettings) -> dict[str, dict]:
+    """Each strategy's own constructor options (the others take Flower's defaults)."""
+    fedopt = {"eta": settings.server_lr, "eta_l": settings.client_lr, "tau": settings.tau}
+    return {
+        "fedprox": {"proximal_mu": settings.proximal_mu},  # Li et al. 2020
+        "fedadam": fedopt,  # FedAdam/FedYogi/FedAdagrad: Reddi et al., ICLR 2021
+        "fedyogi": fedopt,
+        "fedadagrad": fedopt,
+        "fedavgm": {  # Hsu et al. 2019: server momentum on the averaged update
+            "server_learning_rate": settings.server_lr,
+            "server_momentum": settings.momentum,
+        },
+        "bulyan": {"num_malicious_nodes": settings.num_malicious},  # El Mhamdi et al., ICML 2018
+        "qfedavg": {  # Li et al., ICLR 2020 (q-FFL): fairer across clients
+            "client_learning_rate": settings.client_lr,
+            "q": settings.q,
+            "train_loss_key": LOSS,
+        },
+        "fedtrimmedavg": {"beta": settings.trim_beta},  # Yin et al., ICML 2018
+        "krum": {"num_malicious_nodes": settings.num_malicious},  # Blanchard et al. 2017
+        "multikrum": {
+            "num_malicious_nodes": settings.num_malicious,
+            "num_nodes_to_select": settings.multikrum_select or 1,
+        },
+    }
+
+
 def _inner(settings: StrategySettings) -> Strategy:
     # The adapter samples (and skips evaluation when its fraction is 0); the wrapped strategy
     # takes every node it is shown.
-    common = dict(_SAMPLE_ALL)
     name = settings.name.lower()
-    if name == "fedavg":
-        return FedAvg(**common)
-    if name == "fedprox":
-        return FedProx(**common, proximal_mu=settings.proximal_mu)
-    if name in ("fedadam", "fedyogi", "fedadagrad"):
-        cls = {"fedadam": FedAdam, "fedyogi": FedYogi, "fedadagrad": FedAdagrad}[name]
-        return cls(**common, eta=settings.server_lr, eta_l=settings.client_lr, tau=settings.tau)
-    if name == "fedavgm":  # Hsu et al. 2019: server momentum on the averaged update
-        return FedAvgM(
-            **common, server_learning_rate=settings.server_lr, server_momentum=settings.momentum
+    if name not in STRATEGY_CLASSES:
+        raise UnknownStrategy(
+            f"unknown strategy {settings.name!r}; choose one of: {', '.join(STRATEGY_NAMES)}"
         )
-    if name == "bulyan":  # El Mhamdi et al., ICML 2018
-        return Bulyan(**common, num_malicious_nodes=settings.num_malicious)
-    if name == "qfedavg":  # Li et al., ICLR 2020 (q-FFL): fairer across clients
-        return QFedAvg(
-            **common, client_learning_rate=settings.client_lr, q=settings.q, train_loss_key=LOSS
-        )
-    if name == "fedmedian":
-        return FedMedian(**common)
-    if name == "fedtrimmedavg":
-        return FedTrimmedAvg(**common, beta=settings.trim_beta)
-    if name == "krum":
-        return Krum(**common, num_malicious_nodes=settings.num_malicious)
-    if name == "multikrum":
-        return MultiKrum(
-            **common,
-            num_malicious_nodes=settings.num_malicious,
-            num_nodes_to_select=settings.multikrum_select or 1,
-        )
-    raise UnknownStrategy(
-        f"unknown strategy {settings.name!r}; choose one of: {', '.join(STRATEGY_NAMES)}"
-    )
+    return STRATEGY_CLASSES[name](**_SAMPLE_ALL, **_options(settings).get(name, {}))
 
 
 def _takes_every_node(inner: Strategy) -> Strategy:

@@ -22,7 +22,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from strategies.secagg_metrics import check_shared_metrics, secure_mean_reply
+from strategies.secagg_metrics import check_shared_metrics
 from strategies.secagg_settings import SecAggFailed, SecAggSettings
 from strategies.stats import Rejection, RoundStats
 from wire import PAYLOAD_FIELD, UPDATE_RECORD_KEY, RejectReason, UpdateRejected
@@ -64,7 +64,6 @@ __all__ = [
     "SecAggSettings",
     "harary_neighbours",
     "harary_offsets",
-    "secure_mean_reply",
     "threshold_core",
 ]
 

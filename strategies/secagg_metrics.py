@@ -1,4 +1,4 @@
-"""What a masked reply may say in plaintext, and the one reply a mean strategy gets.
+"""What a masked reply may say in plaintext, and the mean train loss the survivors shared.
 
 Secure aggregation (Bonawitz et al. CCS 2017; SecAgg+, Bell et al. CCS 2020) promises the
 server the sum of the updates and nothing about one client. A masked upload therefore carries
@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import Message, MetricRecord
 
 from wire import RejectReason, UpdateRejected
 from wire.secagg_protocol import PRIVATE_METRICS, SECAGG_RECORD_KEY
@@ -39,26 +39,19 @@ def finite_number(value: object) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def secure_mean_reply(
-    replies: list[Message], model: dict[str, np.ndarray], weight_key: str, weight: float
-) -> Message:
-    """The first surviving masked reply, now holding the unmasked weighted mean ``model`` of
-    total ``weight``, with the survivors' mean train loss when they shared it (opt-in
-    ``share_metrics``; a value that is not a finite number is left out): the one reply a mean
-    strategy needs."""
-    survivors = [m for m in replies if not m.has_error() and SECAGG_RECORD_KEY in m.content]
+def masked_replies(replies: list[Message]) -> list[Message]:
+    """The replies of a secure round that carry a masked upload (no error, a SecAgg record)."""
+    return [m for m in replies if not m.has_error() and SECAGG_RECORD_KEY in m.content]
+
+
+def shared_train_loss(replies: list[Message]) -> dict[str, float]:
+    """``{"train-loss": mean}`` over the masked replies that shared a finite loss (opt-in
+    ``share_metrics``; a value that is not a finite number is left out); ``{}`` when none did."""
     losses = []
-    for m in survivors:
+    for m in masked_replies(replies):
         metrics = m.content.get("metrics")
         if isinstance(metrics, MetricRecord) and "train-loss" in metrics:
             loss = finite_number(metrics["train-loss"])
             if loss is not None:
                 losses.append(loss)
-    metrics = MetricRecord({weight_key: weight})
-    if losses:
-        metrics["train-loss"] = float(np.mean(losses))
-    carrier = survivors[0]
-    carrier.content = RecordDict(
-        {"arrays": ArrayRecord({k: Array(v) for k, v in model.items()}), "metrics": metrics}
-    )
-    return carrier
+    return {"train-loss": float(np.mean(losses))} if losses else {}

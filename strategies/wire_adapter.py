@@ -1,12 +1,12 @@
 """Let any Flower Message-API strategy consume Pollen wire payloads.
 
-The adapter wraps a Flower strategy the way Flower's DP wrappers do: it samples clients
-reproducibly, forwards ``configure_*`` to the wrapped strategy, and in ``aggregate_train``
-validates and decodes each reply's payload into the ``ArrayRecord`` + ``MetricRecord`` shape the
-wrapped strategy expects. A payload that fails validation is logged with its reason, counted,
-and left out; the round goes on with the rest. Aggregation itself stays Flower's; for the
-mean-based strategies the adapter hands it one reply holding the streamed weighted mean, so the
-server keeps one model in memory instead of one per client.
+The adapter wraps a Flower strategy the way Flower's DP wrappers do. A round reads:
+sample (reproducibly) -> configure (pruning mask, codec config, the inner strategy's
+``configure_train``) -> decode + validate each reply (:mod:`strategies.decoding`: an update or
+a counted rejection; the round goes on with the rest) -> aggregate (:mod:`strategies.aggregators`:
+the streaming mean, every update, or the secure sum, as the strategy's capability says) -> the
+server step, Flower's own ``aggregate_train`` on fresh messages built for it (no reply that came
+in is changed) -> train metrics (Flower's weighted mean of the checked metrics).
 """
 
 from __future__ import annotations
@@ -16,55 +16,26 @@ import time
 from collections.abc import Iterable
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import (
-    FedAdagrad,
-    FedAdam,
-    FedAvg,
-    FedAvgM,
-    FedProx,
-    FedYogi,
-    QFedAvg,
-    Strategy,
-)
+from flwr.serverapp.strategy import FedAvgM, QFedAvg, Strategy
 
-from strategies.aggregation import StreamingMean, common_scalars, weighted_metrics
+from strategies.aggregation import weighted_metrics
+from strategies.aggregators import SecureSum, aggregator_for, needs_only_mean
 from strategies.compression import CompressionSettings
 from strategies.decoding import RoundDecoder, quantized_download
-from strategies.pooling import Pool, group_pools
 from strategies.pruning import magnitude_masks, prunable_names
-from strategies.replies import (
-    WEIGHT_KEY,
-    checked_evaluate_replies,
-    checked_replies,
-    reject,
-    strip_adapter_metrics,
-)
+from strategies.replies import WEIGHT_KEY, checked_evaluate_replies
 from strategies.sampling import FixedNodesGrid, SeededSampler
 from strategies.schedules import RoundHooks
-from strategies.secagg import SecAggFailed, SecAggSession, SecAggSettings, secure_mean_reply
+from strategies.secagg import SecAggFailed, SecAggSession, SecAggSettings
+from strategies.secagg_metrics import shared_train_loss
 from strategies.stats import RoundStats
-from strategies.validation import (
-    ReplyLimits,
-    as_rejection,
-    check_update,
-    is_finite_model,
-)
-from wire import (
-    MASK_FIELD,
-    POOLING_CONFIG_KEY,
-    MaskSet,
-)
-from wire.rotation import block_for, padded_length, unrotate
+from strategies.validation import ReplyLimits, is_finite_model
+from wire import MASK_FIELD, POOLING_CONFIG_KEY, MaskSet
 from wire.secagg_protocol import SECAGG_RECORD_KEY
-from wire.secagg_vector import kept_count, unflatten_kept
 
 log = logging.getLogger(__name__)
-
-# Flower strategies whose aggregate_train is the weighted mean of the replies' arrays (then, for
-# FedOpt, a server-optimizer step): the adapter streams the mean instead of holding every model.
-_MEAN_STRATEGIES = (FedAvg, FedProx, FedAdam, FedYogi, FedAdagrad, FedAvgM)
 
 
 class WireStrategy(Strategy):
@@ -85,7 +56,7 @@ class WireStrategy(Strategy):
         limits: ReplyLimits | None = None,
         hooks: RoundHooks | None = None,
     ) -> None:
-        if secure is not None and type(inner) not in _MEAN_STRATEGIES:
+        if secure is not None and not needs_only_mean(inner):
             raise ValueError(
                 f"secure aggregation reveals only the sum of updates, but {type(inner).__name__} "
                 "needs each update (robust aggregation): use fedavg, fedprox, fedadam, fedyogi "
@@ -100,7 +71,7 @@ class WireStrategy(Strategy):
         self.limits = limits or ReplyLimits()
         self.hooks = hooks or RoundHooks()
         self._decoder = RoundDecoder(reference={}, limits=self.limits)
-        self.needs_mean_only = type(inner) in _MEAN_STRATEGIES
+        self.needs_mean_only = needs_only_mean(inner)
         self.secure = secure
         self._session: SecAggSession | None = None
         self.compression = compression or CompressionSettings()
@@ -222,151 +193,86 @@ class WireStrategy(Strategy):
     def _aggregate_train(
         self, server_round: int, replies: Iterable[Message], stats: RoundStats
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """decode + validate -> aggregate -> train metrics -> server step."""
         if self.secure is not None:
-            return self._aggregate_secure(server_round, list(replies), stats)
-        ordered, metrics_by_reply, received = checked_replies(
-            replies, server_round, stats, self.limits
-        )
-        mean = StreamingMean(self._reference) if self.needs_mean_only else None
-        accepted: list[Message] = []
-        weights: dict[int, float] = {}
-        for unit in group_pools(ordered):
-            members = unit.replies if isinstance(unit, Pool) else [unit]
-            try:
-                if isinstance(unit, Pool):
-                    self._decoder.add_pool(
-                        unit,
-                        [metrics_by_reply[id(m)] for m in members],
-                        mean,
-                        stats,
-                        allowed=self.pooling,
-                    )
-                else:
-                    deltas, weight = self._decoder.decode(unit, metrics_by_reply[id(unit)], stats)
-                    if mean is not None:  # O(model) memory however many clients reply
-                        mean.add(deltas, weight)
-                    else:
-                        local = {
-                            name: Array(ref + deltas[name] if name in deltas else ref)
-                            for name, ref in self._reference.items()
-                        }
-                        unit.content = RecordDict(
-                            {
-                                "arrays": ArrayRecord(local),
-                                "metrics": MetricRecord({WEIGHT_KEY: weight}),
-                            }
-                        )
-            except Exception as err:  # noqa: BLE001 - any fault of one reply is its rejection
-                reject(server_round, stats, members, as_rejection(err, self.limits))
-                continue
-            for msg in members:
-                weights[id(msg)] = float(metrics_by_reply[id(msg)][WEIGHT_KEY])
-                strip_adapter_metrics(metrics_by_reply[id(msg)])
-            stats.pooled += len(members) if isinstance(unit, Pool) else 0
-            accepted += members
-        stats.accepted = len(accepted)
-        stats.dropped = max(stats.sampled - received, 0)  # no reply before the round deadline
-        if stats.dropped:
-            log.warning(
-                "round %d: %d sampled clients did not reply in time", server_round, stats.dropped
-            )
-        if not accepted:
-            log.warning("round %d: no valid update; the global model stays as it was", server_round)
-            return None, None
-        records = [metrics_by_reply[id(m)] for m in accepted]
-        averaged = self.hooks.aggregate_metrics(
-            "train", records, [weights[id(m)] for m in accepted], weighted_metrics
-        )
-        averaged.pop(WEIGHT_KEY, None)
-        if mean is None:  # each update goes to the strategy, with the metrics all replies share
-            shared = common_scalars(records)
-            for msg in accepted:
-                msg.content["metrics"] = MetricRecord(
-                    {
-                        **{k: metrics_by_reply[id(msg)][k] for k in shared},
-                        WEIGHT_KEY: weights[id(msg)],
-                    }
+            aggregator, metrics = self._secure_sum(server_round, list(replies), stats)
+        else:
+            aggregator = aggregator_for(self.inner, self._reference, pools=self.pooling)
+            records: list[dict] = []
+            weights: list[float] = []
+            for update in self._decoder.updates(replies, stats, pools=aggregator.accepts_pools):
+                aggregator.add(update)  # the mean: O(model) memory however many clients reply
+                records += update.metrics
+                weights += update.weights
+            if not stats.accepted:
+                log.warning(
+                    "round %d: no valid update; the global model stays as it was", server_round
                 )
-        if mean is not None:
-            # Flower's strategy averages one reply that carries the mean and the total weight:
-            # its weighted mean of one record is that record; FedAdam/FedYogi step from it.
-            carrier = accepted[0]
-            carrier.content = RecordDict(
-                {
-                    "arrays": ArrayRecord({k: Array(v) for k, v in mean.result().items()}),
-                    "metrics": MetricRecord({**averaged, WEIGHT_KEY: mean.total}),
-                }
-            )
-            accepted = [carrier]
-        arrays, _ = self._server_step(server_round, accepted, stats)
-        metrics = MetricRecord(averaged) if arrays is not None else None
-        if metrics is not None:
-            stats.train_metrics = {k: float(v) for k, v in averaged.items() if _is_scalar(v)}
-        return arrays, metrics
+                return None, None
+            metrics = self.hooks.aggregate_metrics("train", records, weights, weighted_metrics)
+            metrics.pop(WEIGHT_KEY, None)
+        if aggregator is None:
+            return None, None
+        arrays = self._server_step(server_round, aggregator.strategy_input(metrics), stats)
+        if arrays is None:
+            return None, None
+        stats.train_metrics = {k: float(v) for k, v in metrics.items() if _is_scalar(v)}
+        return arrays, MetricRecord(metrics)
+
+    def _secure_sum(
+        self, server_round: int, replies: list[Message], stats: RoundStats
+    ) -> tuple[SecureSum | None, dict]:
+        """The unmasked sum of the masked uploads (None when the protocol fails) and the train
+        loss the survivors shared (opt-in)."""
+        session, self._session = self._session, None
+        if session is None:  # setup failed: nothing was sent
+            return None, {}
+        stats.dropped = max(stats.sampled - len(replies), 0)
+        aggregator = SecureSum(
+            session,
+            self._reference,
+            shapes={s.name: s.shape for s in self._decoder.specs},
+            masks=self.masks,
+            limits=self.limits,
+            rotation_seed=self._rotation_seed,
+            rotate_block=self.compression.codec.rotate_block,
+        )
+        try:
+            aggregator.sum_replies(replies)
+        except Exception as err:  # noqa: BLE001 - SecAggFailed, or a fault no check foresaw
+            why = str(err) if isinstance(err, SecAggFailed) else f"{type(err).__name__}: {err}"
+            log.warning("round %d: secure aggregation failed: %s; no update", server_round, why)
+            stats.secagg_failure = why[:300]
+            stats.accepted = 0
+            return None, {}
+        return aggregator, shared_train_loss(replies)
 
     def _server_step(
         self, server_round: int, replies: list[Message], stats: RoundStats
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """The inner strategy's new model and metrics from the accepted replies; (None, None)
-        (the model stays) when its step fails or its model is not finite."""
+    ) -> ArrayRecord | None:
+        """The inner strategy's new model from the aggregate; None (the model stays) when its
+        step fails or its model is not finite."""
         try:
-            arrays, metrics = self.inner.aggregate_train(server_round, replies)
+            arrays, _ = self.inner.aggregate_train(server_round, replies)
         except Exception as err:  # noqa: BLE001 - a round fails, the run goes on
             stats.aggregation_failure = f"{type(err).__name__}: {str(err)[:300]}"
         else:
-            if arrays is None or is_finite_model(arrays):
-                if arrays is not None and self.compression.frozen:
+            if arrays is None:
+                return None
+            if is_finite_model(arrays):
+                if self.compression.frozen:
                     # averaging equal values can move the last bit; frozen layers stay as sent
                     for name, ref in self._reference.items():
                         if name.startswith(self.compression.frozen):
                             arrays[name] = Array(ref)
-                return arrays, metrics
+                return arrays
             stats.aggregation_failure = "the aggregated model is not finite"
         log.warning(
             "round %d: %s; the global model stays as it was",
             server_round,
             stats.aggregation_failure,
         )
-        return None, None
-
-    def _aggregate_secure(
-        self, server_round: int, replies: list[Message], stats: RoundStats
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Unmask the sum of the masked uploads and hand the inner strategy its weighted mean."""
-        session, self._session = self._session, None
-        if session is None:  # setup failed: nothing was sent
-            return None, None
-        specs = self._decoder.specs
-        shapes = {s.name: s.shape for s in specs}
-        try:
-            kept = kept_count(shapes, self.masks)
-            block = block_for(kept, self.compression.codec.rotate_block)
-            rotated = self._rotation_seed is not None  # a shared rotation: unrotate the mean
-            total = session.aggregate(
-                replies, (padded_length(kept, block) if rotated else kept) + 1
-            )
-            mean, weight = session.spec.weighted_mean(total)
-            if rotated:
-                mean = unrotate(mean, self._rotation_seed, block, kept)
-            deltas = unflatten_kept(mean, shapes, self.masks)
-            check_update(deltas, self.limits)
-            model = {
-                name: (ref + deltas[name]).astype(np.float32) if name in deltas else ref
-                for name, ref in self._reference.items()
-            }
-            carrier = secure_mean_reply(replies, model, WEIGHT_KEY, weight)
-        except Exception as err:  # noqa: BLE001 - SecAggFailed, or a fault no check foresaw
-            why = str(err) if isinstance(err, SecAggFailed) else f"{type(err).__name__}: {err}"
-            log.warning("round %d: secure aggregation failed: %s; no update", server_round, why)
-            stats.secagg_failure = why[:300]
-            stats.accepted = 0
-            stats.dropped = max(stats.sampled - len(replies), 0)
-            return None, None
-        stats.dropped = max(stats.sampled - len(replies), 0)
-        arrays, metrics = self._server_step(server_round, [carrier], stats)
-        if metrics is not None:
-            stats.train_metrics = {k: float(v) for k, v in metrics.items() if _is_scalar(v)}
-        return arrays, metrics
+        return None
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-from strategies.secagg import SecAggFailed, SecAggSession, SecAggSettings, secure_mean_reply
+from strategies.secagg import SecAggFailed, SecAggSession, SecAggSettings
+from strategies.secagg_metrics import shared_train_loss
 from strategies.stats import RoundStats
 from tests.strategies.secagg_grid import SecAggGrid, plain_sum, run_round, vectors_for
 from wire import PAYLOAD_FIELD, UPDATE_RECORD_KEY, RejectReason
@@ -175,7 +176,7 @@ def test_a_record_of_the_wrong_type_is_a_rejection(stage, record):
 
 @pytest.mark.parametrize("loss", [[0.5, 0.5], math.nan, math.inf, -math.inf, 10**30, [1]])
 def test_a_hostile_train_loss_is_a_rejection_when_metrics_are_shared(loss):
-    """``train-loss = [.5, .5]`` in a secure reply raised TypeError in secure_mean_reply."""
+    """``train-loss = [.5, .5]`` in a secure reply raised TypeError where losses were averaged."""
     vectors = vectors_for(10, SPEC, seed=8)
     grid = SecAggGrid(vectors)
     bad = list(vectors)[0]
@@ -199,11 +200,10 @@ def test_a_hostile_train_loss_is_a_rejection_when_metrics_are_shared(loss):
         return
     _rejected_once(stats, bad)
     assert np.array_equal(total, plain_sum(vectors, list(vectors)[1:], SPEC))
-    carrier = secure_mean_reply(replies, {"w": np.zeros(2, np.float32)}, "num-examples", 9.0)
-    assert carrier.content["metrics"]["train-loss"] == pytest.approx(0.25)
+    assert shared_train_loss(replies)["train-loss"] == pytest.approx(0.25)
 
 
-def test_secure_mean_reply_skips_losses_that_are_not_finite_numbers():
+def test_the_shared_train_loss_skips_losses_that_are_not_finite_numbers():
     replies = []
     for node, loss in enumerate([[0.5, 0.5], math.nan, 0.5, 1.5], start=1):
         content = RecordDict(
@@ -213,8 +213,7 @@ def test_secure_mean_reply_skips_losses_that_are_not_finite_numbers():
             }
         )
         replies.append(Message(content=content, dst_node_id=node, message_type="train"))
-    carrier = secure_mean_reply(replies, {"w": np.zeros(2, np.float32)}, "num-examples", 4.0)
-    assert carrier.content["metrics"]["train-loss"] == pytest.approx(1.0)
+    assert shared_train_loss(replies) == {"train-loss": pytest.approx(1.0)}
 
 
 def test_an_upload_off_the_grid_fails_the_round_instead_of_poisoning_it():
