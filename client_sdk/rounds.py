@@ -15,7 +15,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MetricRecord
 
 from client_sdk.feedback import encode_with_feedback, residual_norm
-from client_sdk.records import config_record, metric_record, reply
+from client_sdk.records import FLOWER_RECORDS, RecordBuilder
 from client_sdk.secagg import masked_reply
 from client_sdk.seeding import client_seed, client_seeds
 from client_sdk.task import Task, TaskConfigError
@@ -171,8 +171,11 @@ def upload_reply(
     local: dict[str, np.ndarray],
     stats: TrainStats,
     update_hook: UpdateHook | None = None,
+    *,
+    records: RecordBuilder = FLOWER_RECORDS,
 ) -> Message:
-    """Encode ``local - global`` (trained parameters only) and wrap it in the reply Message."""
+    """Encode ``local - global`` (trained parameters only) and wrap it in the reply Message
+    (``records``: how its records are built, Flower's checked constructors by default)."""
     delta = {
         name: local[name] - g
         for name, g in plan.global_arrays.items()
@@ -191,7 +194,7 @@ def upload_reply(
         rng=np.random.default_rng(plan.seed_for(partition_id_of(context))),
         state=context.state if plan.error_feedback else None,
     )
-    return reply_message(msg, plan, context, payload, stats, carried)
+    return reply_message(msg, plan, context, payload, stats, carried, records=records)
 
 
 def reply_metrics(
@@ -201,6 +204,8 @@ def reply_metrics(
     upload_bytes: int,
     carried: float = 0.0,
     residual: float | None = None,
+    *,
+    records: RecordBuilder = FLOWER_RECORDS,
 ) -> MetricRecord:
     """What the server weighs (``num-examples``) and logs for one client's train reply
     (``residual``: the stored residual's norm when the caller has it, else read from state)."""
@@ -216,7 +221,7 @@ def reply_metrics(
         values["residual-norm"] = float(
             residual_norm(context.state) if residual is None else residual
         )
-    return metric_record(values)
+    return records.metric(values)
 
 
 def reply_message(
@@ -227,11 +232,15 @@ def reply_message(
     stats: TrainStats,
     carried: float = 0.0,
     residual: float | None = None,
+    *,
+    records: RecordBuilder = FLOWER_RECORDS,
 ) -> Message:
     """The train reply: the encoded update and the metrics the server weighs and logs."""
-    metrics = reply_metrics(plan, context, stats, len(payload), carried, residual)
-    update = config_record({PAYLOAD_FIELD: payload})
-    return reply(msg, {UPDATE_RECORD_KEY: update, "metrics": metrics})
+    metrics = reply_metrics(
+        plan, context, stats, len(payload), carried, residual, records=records
+    )
+    update = records.config({PAYLOAD_FIELD: payload})
+    return records.reply(msg, {UPDATE_RECORD_KEY: update, "metrics": metrics})
 
 
 def secure_reply(

@@ -20,10 +20,16 @@ import numpy as np
 import torch
 from flwr.app import Context
 
-from client_sdk.feedback import flat_norm, load_residual, store_flat_residual
-from client_sdk.rounds import RoundPlan, partition_id_of
+from client_sdk.client_round import (
+    RoundPlan,
+    flat_norm,
+    load_residual,
+    partition_id_of,
+    store_flat_residual,
+)
+from simulations.batched.memory import encode_block
 from simulations.batched.pcg64 import uniform_float32
-from simulations.batched.training import TrainedChunk, trained_tensors
+from simulations.batched.training import TrainedChunk, local_minus_global, trained_tensors
 from wire import TensorSpec, encode_quantized_rows
 from wire.bitpack import packed_size
 from wire.quantize import num_chunks
@@ -100,10 +106,6 @@ EncodedBlock = tuple[list[bytes], list[float], list[float | None]]
 # decoded values [K, kept], specs, one payload's bytes, carried and kept residual norms
 DecodedChunk = tuple[torch.Tensor, list[TensorSpec], int, list[float], list[float | None]]
 
-# Clients encoded together. On this 2-core CPU, 32 tutorial-CNN clients at a time encoded 8-bit
-# updates 1.5x faster than numpy's client-by-client encoder; whole chunks of 500 (large fresh
-# tensors, out of cache) ran 1.5x slower than it, 4-8 at a time about as fast. A GPU takes more.
-CPU_BLOCK, CUDA_BLOCK = 32, 1024
 # devices whose stochastic-rounding noise is computed there (.pcg64); numpy's own loop on the
 # host is faster than the port on a CPU (62k draws: 0.19 ms against 11 ms per client here)
 DEVICE_DRAWS = {"cuda"}
@@ -134,7 +136,7 @@ def encode_chunk(
     each node's stored residual is updated). None for a block with an update that is not
     finite: nothing of it is stored, and the caller lets the SDK's encoder handle those clients
     one by one, so that the server rejects exactly them."""
-    block = CUDA_BLOCK if device.type == "cuda" else CPU_BLOCK
+    block = encode_block(device)
     for start in range(0, len(contexts), block):
         rows = slice(start, start + block)
         local = {name: tensor[rows] for name, tensor in trained.local.items()}
@@ -180,8 +182,7 @@ def block_targets(
     loaded = [load_residual(c.state) for c in contexts] if feedback else []
     stored = [tensors for _, tensors in loaded]
     for name, spec, reference, keep in trained_tensors(plan, device):
-        # local - global in the global model's dtype, as the SDK's numpy does
-        target = local[name].to(reference.dtype) - reference
+        target = local_minus_global(local[name], reference)
         if feedback:
             target = _add_residual(target, name, spec, stored)
         if plan.masks is not None and name in plan.masks.masks:  # MaskSet.apply: float32
@@ -288,7 +289,7 @@ def decode_chunk(
     the payloads: ([K, kept] float32 on ``device``, the specs, one payload's size in bytes,
     carried and kept residual norms); each node's residual is stored as :func:`encode_chunk`
     stores it. None, with nothing stored, when an update is not finite."""
-    step = CUDA_BLOCK if device.type == "cuda" else CPU_BLOCK
+    step = encode_block(device)
     parts = [slice(start, start + step) for start in range(0, len(contexts), step)]
     blocks = []
     for rows in parts:  # every block quantized before any residual is stored

@@ -10,8 +10,8 @@ from flwr.app import Context, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import ServerApp
 from flwr.supercore.run import Run
-from flwr.supercore.task_identity import TaskIdentity
 
+from simulations.batched.flower_private import task_identity
 from simulations.batched.grid import BatchedGrid
 
 # Cyclic-GC thresholds while the engine runs. Each simulated client costs about ten container
@@ -39,12 +39,11 @@ def run_server_app(server_app: ServerApp, grid: BatchedGrid, *, run_id: int = 1)
     """Call ``server_app`` with ``grid`` after setting the run identity Flower's runtime sets.
 
     Messages a ServerApp creates read their run id and source node from ``TaskIdentity``
-    (``flwr.superlink.runtime.run_serverapp`` sets it the same way); it is restored afterwards,
-    as are the garbage collector's thresholds (:func:`fewer_gc_passes`).
+    (``flwr.superlink.runtime.run_serverapp`` sets it the same way,
+    :func:`.flower_private.task_identity`); it is restored afterwards, as are the garbage
+    collector's thresholds (:func:`fewer_gc_passes`).
     """
-    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, run_id, SUPERLINK_NODE_ID
-    try:
+    with task_identity(run_id, SUPERLINK_NODE_ID):
         grid.set_run(Run.create_empty(run_id))
         context = Context(
             run_id=run_id,
@@ -55,5 +54,3 @@ def run_server_app(server_app: ServerApp, grid: BatchedGrid, *, run_id: int = 1)
         )
         with fewer_gc_passes():
             server_app(grid, context)
-    finally:
-        TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved

@@ -1,4 +1,5 @@
-"""Which activation layout trains fastest on this device, measured on the round's first chunk.
+"""Which activation layout trains fastest on this device, measured on the run's first image chunk
+(:class:`LayoutTuner`).
 
 cuDNN's (or oneDNN's) speed for vmap's grouped convolutions depends on the memory layout, the
 device and the algorithm its heuristics choose, and im2col + GEMM (:mod:`.unfold`) trades
@@ -10,13 +11,17 @@ memory for dense matrix products, so the engine times every layout of
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
+from dataclasses import dataclass, field
 
 import torch
 
-from client_sdk.rounds import RoundPlan
+from client_sdk.client_round import RoundPlan
 from simulations.batched import training
-from simulations.batched.training import LAYOUTS, ClientBatch
+from simulations.batched.training import KERNELS, LAYOUTS, ClientBatch, default_layout
+
+log = logging.getLogger(__name__)
 
 # layouts whose convolutions are cuDNN's on CUDA (unfold's are cuBLAS matrix products)
 CUDNN_LAYOUTS = ("grouped", "channels-last", "packed")
@@ -85,3 +90,59 @@ def pick_layout(
         raise failed["grouped"]
     best = min(times, key=times.__getitem__)
     return best.removesuffix(BENCHMARK_SUFFIX), best.endswith(BENCHMARK_SUFFIX), times
+
+
+@dataclass
+class LayoutTuner:
+    """The activation layout the engine trains in, chosen once per run.
+
+    At the first chunk, :func:`~simulations.batched.training.default_layout` (``POLLEN_LAYOUT``,
+    or "packed" on a CPU); where it leaves the choice open (CUDA), ``layout`` stays None until
+    :meth:`layout_for` times every layout on that chunk's images (:func:`pick_layout`), or
+    picks "grouped" for inputs that are not images. :meth:`give_up_kernels` switches to vmap's
+    own rules when Pollen's kernels cannot run the Task.
+    """
+
+    device: torch.device
+    layout: str | None = None  # None: not chosen yet
+    cudnn_benchmark: bool = False  # CUDA: the layout trains fastest in cuDNN's benchmark mode
+    timings: dict[str, float] = field(default_factory=dict)  # pick_layout's, in seconds
+    defaulted: bool = False  # default_layout was read
+
+    def stored_channels_last(self) -> bool:
+        """Whether a chunk's images are stacked channels-last (what the packed kernels read)."""
+        self._default()
+        return self.layout == "packed"
+
+    def layout_for(self, plan: RoundPlan, batch: ClientBatch, seeds: list[int]) -> str:
+        """The layout to train ``batch`` in (timing every layout first, once, on CUDA)."""
+        self._default()
+        if self.layout is None and batch.x.dim() == 5:
+            layout, self.cudnn_benchmark, times = pick_layout(plan, batch, seeds, self.device)
+            self.timings = {name: round(t, 4) for name, t in times.items()}
+            log.info("batched engine: layout %s (timed: %s)", layout, times)
+            self.layout = layout
+        elif self.layout is None:
+            self.layout = "grouped"
+        return self.layout
+
+    def give_up_kernels(self, batch: ClientBatch, err: Exception) -> bool:
+        """After ``err`` from Pollen's kernels on ``batch``'s images: use vmap's own rules
+        ("grouped") and say so (True); False when no kernel of Pollen's ran."""
+        if self.layout not in KERNELS or batch.x.dim() != 5:
+            return False
+        log.warning(
+            "batched engine: the %s kernels could not run the Task (%s: %s); "
+            "using vmap's own batching rules",
+            self.layout,
+            type(err).__name__,
+            err,
+        )
+        self.layout = "grouped"
+        return True
+
+    def _default(self) -> None:
+        if not self.defaulted:
+            # a POLLEN_LAYOUT naming no layout is refused here (ValueError), at every chunk
+            self.layout = default_layout(self.device) or None
+            self.defaulted = True

@@ -1,44 +1,58 @@
 """Train replies of the batched engine, built from one chunk of K trained clients.
 
-Five ways, from the most to the least per-client work:
+:func:`chunk_replies` takes the first path of :data:`REPLY_PATHS` that applies to the chunk
+(and does not decline it), from the least to the most per-client work:
 
-- :func:`each_reply`: top-k or hooked (simulated attacks) updates go through the SDK's
-  own encoder client by client (:func:`client_sdk.rounds.upload_reply`), exactly as on a device;
-- :func:`simulations.batched.secure.secure_replies`: secure aggregation's masked uploads,
-  quantized, masked and packed for the K clients at once, byte-for-byte the SDK's;
-- :func:`quantized_replies`: quantized updates (with or without error feedback) are quantized
-  and bit-packed for the K clients at once on the device (:mod:`.codec`), byte-for-byte the
-  SDK's payloads; EDEN/DRIVE and EF-signSGD updates, rotated or not, likewise (:mod:`.rotated`;
-  never pooled; a rotation before uniform quantization or float32 goes to the SDK's encoder);
-- :func:`vectorized_replies`: uncompressed updates, every payload cut from one [K, kept]
-  matrix with one shared header (byte-for-byte what the SDK would send);
-- :func:`pooled_replies`: when the server's train config allows pooling (its strategy needs
-  only the weighted mean, :mod:`wire.pooling`), the chunk's weighted mean is summed on the
-  device and sent once; the other K-1 replies carry their metrics and the pool's id. This
-  removes the per-client payload copy, the server's per-client decode and its per-client
-  addition, which at 10,000 clients per round cost more than training on a GPU. Quantized
-  updates pool the same way when ``pool_quantized`` (the engine's default on CUDA): the pool
-  carries the weighted mean of what the server would decode from each client's payload (same
-  noise, same residuals), and each member counts the bytes of the payload it would have sent.
+- ``rotated``: EDEN/DRIVE and EF-signSGD updates, rotated or not, quantized and bit-packed for
+  the K clients at once on the device (:mod:`.rotated`), byte-for-byte the SDK's payloads;
+- ``pooled``: when the server's train config allows pooling (its strategy needs only the
+  weighted mean, :mod:`wire.pooling`), the chunk's weighted mean is summed on the device and
+  sent once; the other K-1 replies carry their metrics and the pool's id. This removes the
+  per-client payload copy, the server's per-client decode and its per-client addition, which
+  at 10,000 clients per round cost more than training on a GPU. Quantized updates pool the
+  same way when ``pool_quantized`` (the engine's default on CUDA): the pool carries the
+  weighted mean of what the server would decode from each client's payload (same noise, same
+  residuals), and each member counts the bytes of the payload it would have sent. Declined
+  (None) when the mean or an update is not finite;
+- ``float32``: uncompressed updates, every payload cut from one [K, kept] matrix with one
+  shared header (byte-for-byte what the SDK would send);
+- ``quantized``: uniformly quantized updates (with or without error feedback), quantized and
+  bit-packed for the K clients at once on the device (:mod:`.codec`);
+- ``secure``: secure aggregation's masked uploads, quantized, masked and packed for the K
+  clients at once (:mod:`.secure`), byte-for-byte the SDK's;
+- ``sdk``: everything else (top-k, hooked updates such as simulated attacks, a rotation
+  before uniform quantization) goes through the SDK's own encoder client by client
+  (:func:`client_sdk.client_round.upload_reply`), exactly as on a device.
+
+Replies are built with :data:`.flower_private.FAST_RECORDS`.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
-from flwr.app import ConfigRecord, Context, Error, Message
+from flwr.app import ConfigRecord, Error, Message
 from flwr.common.constant import ErrorCode
 
-from client_sdk.records import reply
-from client_sdk.rounds import RoundPlan, UpdateHook, reply_message, reply_metrics, upload_reply
+from client_sdk.client_round import (
+    RoundPlan,
+    UpdateHook,
+    reply_message,
+    reply_metrics,
+    upload_reply,
+)
+from simulations.batched.chunk_job import ChunkJob
 from simulations.batched.codec import EncodedBlock, decode_chunk, encode_chunk
+from simulations.batched.flower_private import FAST_RECORDS
 from simulations.batched.rotated import encode_rotated_chunk
 from simulations.batched.rotated import handles as handles_rotated
 from simulations.batched.secure import SecureRound, secure_replies
-from simulations.batched.training import TrainedChunk, flat_deltas, pooled_delta, weighted_mean
+from simulations.batched.training import flat_deltas, pooled_delta, weighted_mean
 from wire import (
     PAYLOAD_FIELD,
     POOL_ID_FIELD,
@@ -58,142 +72,146 @@ def error_reply(msg: Message, err: BaseException) -> Message:
     return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
 
 
-def chunk_replies(
-    plan: RoundPlan,
-    messages: list[Message],
-    contexts: list[Context],
-    trained: TrainedChunk,
-    device: torch.device,
-    hook: UpdateHook | None,
-    *,
-    pool: bool,
-    on_device: bool,
-    secure: SecureRound | None = None,
-    pool_quantized: bool = False,
-) -> tuple[list[Message], int, int]:
-    """The chunk's replies, the cheapest way the round allows: (replies, how many travel in a
-    pool, how many the SDK's encoder built one by one). ``secure``: what the engine keeps of
-    the secure round (agreements, the round's masks); None: a fresh one for this chunk.
-    ``pool_quantized``: pool quantized updates too (:func:`pooled_replies`)."""
-    plain = SECAGG_RECORD_KEY not in messages[0].content
-    if hook is None and plain and on_device and handles_rotated(plan):  # eden, sign
-        replies, by_sdk = quantized_replies(
-            plan, messages, contexts, trained, device, encode_rotated_chunk
+@dataclass(frozen=True)
+class ReplyOptions:
+    """How the engine may build a chunk's replies."""
+
+    hook: UpdateHook | None = None  # changes each delta first: the SDK's encoder only
+    pool: bool = True  # pool uncompressed updates when the server allows it
+    on_device: bool = True  # quantized and masked updates encoded for the chunk at once
+    pool_quantized: bool = False  # pool quantized updates too (:func:`pooled_replies`)
+
+
+class ChunkReplies(NamedTuple):
+    replies: list[Message]  # one per row of the chunk, in order
+    pooled: int = 0  # replies sent inside a pool
+    by_sdk: int = 0  # replies the SDK's encoder built one by one
+
+
+@dataclass(frozen=True)
+class ReplyRequest:
+    """:func:`chunk_replies`'s arguments, as every path of :data:`REPLY_PATHS` takes them."""
+
+    job: ChunkJob
+    options: ReplyOptions
+    secure: SecureRound | None  # what the engine keeps of a secure round; None: a fresh one
+
+    @property
+    def plan(self) -> RoundPlan:
+        return self.job.plan
+
+    @property
+    def secure_round(self) -> bool:
+        return SECAGG_RECORD_KEY in self.job.messages[0].content
+
+    @property
+    def pooling_allowed(self) -> bool:
+        return self.options.pool and self.plan.config.get(POOLING_CONFIG_KEY) is True
+
+    @property
+    def vectorized(self) -> bool:
+        """No hook, not secure, on the engine's own uniform codec (or none)."""
+        codec = self.plan.codec
+        return (
+            self.options.hook is None
+            and not self.secure_round
+            and not codec.topk
+            and codec.rotate == "none"
+            and codec.scheme == "uniform"
         )
-        return replies, 0, by_sdk
-    rotates = plan.codec.rotate != "none" or plan.codec.scheme != "uniform"  # the SDK's then
-    if hook is None and not plan.codec.topk and plain and not rotates:
-        if plan.codec.quant_bits == 0 and not plan.error_feedback:  # float32: the plain delta
-            if pool and plan.config.get(POOLING_CONFIG_KEY) is True:
-                pooled = pooled_replies(plan, messages, contexts, trained, device)
-                if pooled is not None:
-                    return pooled, len(pooled), 0
-            # no pooling, or a pool whose mean is not finite: each client's own payload
-            return vectorized_replies(plan, messages, contexts, trained, device), 0, 0
-        if on_device:
-            if pool and pool_quantized and plan.config.get(POOLING_CONFIG_KEY) is True:
-                pooled = pooled_replies(plan, messages, contexts, trained, device)
-                if pooled is not None:
-                    return pooled, len(pooled), 0
-            replies, by_sdk = quantized_replies(plan, messages, contexts, trained, device)
-            return replies, 0, by_sdk
-    if hook is None and on_device and SECAGG_RECORD_KEY in messages[0].content:
-        secure = SecureRound() if secure is None else secure
-        masked, left = secure_replies(plan, messages, contexts, trained, device, secure)
-        if left:
-            rows = torch.tensor(left, device=device)
-            part = TrainedChunk(
-                {name: tensor[rows] for name, tensor in trained.local.items()},
-                [trained.stats[r] for r in left],
-            )
-            picked = [messages[r] for r in left], [contexts[r] for r in left]
-            masked.update(zip(left, each_reply(plan, *picked, part, None), strict=True))
-        return [masked[row] for row in range(len(messages))], 0, len(left)
-    replies = each_reply(plan, messages, contexts, trained, hook)
-    return replies, 0, len(replies)
+
+    @property
+    def float32(self) -> bool:
+        return self.plan.codec.quant_bits == 0 and not self.plan.error_feedback
 
 
-def each_reply(
-    plan: RoundPlan,
-    messages: list[Message],
-    contexts: list[Context],
-    trained: TrainedChunk,
-    hook: UpdateHook | None,
-) -> list[Message]:
+@dataclass(frozen=True)
+class ReplyPath:
+    name: str
+    applies: Callable[[ReplyRequest], bool]
+    build: Callable[[ReplyRequest], ChunkReplies | None]  # None: declined, try the next path
+
+
+def chunk_replies(
+    job: ChunkJob, options: ReplyOptions, secure: SecureRound | None = None
+) -> ChunkReplies:
+    """The chunk's replies, the cheapest way the round allows (:data:`REPLY_PATHS`)."""
+    request = ReplyRequest(job, options, secure)
+    for path in REPLY_PATHS:
+        if path.applies(request) and (built := path.build(request)) is not None:
+            return built
+    raise AssertionError("the last reply path applies to every chunk")  # pragma: no cover
+
+
+def each_reply(job: ChunkJob, hook: UpdateHook | None = None) -> list[Message]:
     """Compressed or hooked updates: the SDK's own encoder, client by client."""
     replies = []
-    models = trained.host_models(plan.global_arrays)
-    for msg, context, local, stats in zip(messages, contexts, models, trained.stats, strict=True):
+    models = job.trained.host_models(job.plan.global_arrays)
+    rows = zip(job.messages, job.contexts, models, job.stats, strict=True)
+    for msg, context, local, stats in rows:
         try:
-            replies.append(upload_reply(msg, plan, context, local, stats, hook))
+            replies.append(
+                upload_reply(msg, job.plan, context, local, stats, hook, records=FAST_RECORDS)
+            )
         except Exception as err:
             replies.append(error_reply(msg, err))
     return replies
 
 
 def quantized_replies(
-    plan: RoundPlan,
-    messages: list[Message],
-    contexts: list[Context],
-    trained: TrainedChunk,
-    device: torch.device,
+    job: ChunkJob,
     encoder: Callable[..., Iterator[tuple[slice, EncodedBlock | None]]] = encode_chunk,
-) -> tuple[list[Message], int]:
+) -> ChunkReplies:
     """Quantized updates of the chunk from the device codec (``encoder``: uniform
-    quantization, or :func:`.rotated.encode_rotated_chunk`), and how many clients the SDK's
-    encoder took instead (a block of the codec holding an update that is not finite)."""
+    quantization, or :func:`.rotated.encode_rotated_chunk`); the SDK's encoder takes a block
+    of the codec holding an update that is not finite."""
     replies: list[Message] = []
     by_sdk = 0
-    for rows, encoded in encoder(plan, contexts, trained, device):
+    for rows, encoded in encoder(job.plan, job.contexts, job.trained, job.device):
         if encoded is None:
-            part = TrainedChunk(
-                {name: tensor[rows] for name, tensor in trained.local.items()},
-                trained.stats[rows],
-            )
-            replies += each_reply(plan, messages[rows], contexts[rows], part, None)
-            by_sdk += len(part.stats)
+            part = job.rows(rows)
+            replies += each_reply(part)
+            by_sdk += len(part)
             continue
         payloads, carried, kept = encoded
         replies += [
-            reply_message(msg, plan, context, payload, stats, carried_norm, kept_norm)
+            reply_message(
+                msg,
+                job.plan,
+                context,
+                payload,
+                stats,
+                carried_norm,
+                kept_norm,
+                records=FAST_RECORDS,
+            )
             for msg, context, payload, stats, carried_norm, kept_norm in zip(
-                messages[rows],
-                contexts[rows],
+                job.messages[rows],
+                job.contexts[rows],
                 payloads,
-                trained.stats[rows],
+                job.stats[rows],
                 carried,
                 kept,
                 strict=True,
             )
         ]
-    return replies, by_sdk
+    return ChunkReplies(replies, 0, by_sdk)
 
 
-def vectorized_replies(
-    plan: RoundPlan,
-    messages: list[Message],
-    contexts: list[Context],
-    trained: TrainedChunk,
-    device: torch.device,
-) -> list[Message]:
+def vectorized_replies(job: ChunkJob) -> list[Message]:
     """Uncompressed updates: every payload from one [K, kept] matrix and one shared header."""
-    rows, specs = flat_deltas(trained, plan, device)
+    plan = job.plan
+    rows, specs = flat_deltas(job.trained, plan, job.device)
     payloads = encode_float32_rows(rows, specs, server_round=plan.server_round, masks=plan.masks)
     return [
-        reply_message(msg, plan, context, payload, stats)
+        reply_message(msg, plan, context, payload, stats, records=FAST_RECORDS)
         for msg, context, payload, stats in zip(
-            messages, contexts, payloads, trained.stats, strict=True
+            job.messages, job.contexts, payloads, job.stats, strict=True
         )
     ]
 
 
-def pooled_replies(
-    plan: RoundPlan,
-    messages: list[Message],
-    contexts: list[Context],
-    trained: TrainedChunk,
-    device: torch.device,
-) -> list[Message] | None:
+def pooled_replies(job: ChunkJob) -> list[Message] | None:
     """One pool: the first reply carries the chunk's weighted mean, the rest their metrics.
 
     Quantized updates: the mean of what the server would decode from each client's payload
@@ -202,12 +220,13 @@ def pooled_replies(
     nothing stored, when the mean or an update is not finite: the caller sends per-client
     payloads instead, so the server rejects exactly the clients whose updates are bad.
     """
+    plan, trained = job.plan, job.trained
     if plan.codec.quant_bits == 0 and not plan.error_feedback:
-        mean, specs, total = pooled_delta(trained, plan, device)
+        mean, specs, total = pooled_delta(trained, plan, job.device)
         if not np.isfinite(mean).all():
             return None
-        return _pool(plan, messages, contexts, trained, mean, specs, total)
-    decoded = decode_chunk(plan, contexts, trained, device)
+        return _pool(job, mean, specs, total)
+    decoded = decode_chunk(plan, job.contexts, trained, job.device)
     if decoded is None:
         return None
     sent, specs, member_bytes, carried, kept = decoded
@@ -215,15 +234,11 @@ def pooled_replies(
     weights = torch.tensor(counts, dtype=torch.float32, device=sent.device)
     mean = weighted_mean(lambda part: sent[part], len(counts), sent.shape[1], weights)
     total = float(sum(counts))
-    pooled = (mean.cpu().numpy(), specs, total, member_bytes, carried, kept)
-    return _pool(plan, messages, contexts, trained, *pooled)
+    return _pool(job, mean.cpu().numpy(), specs, total, member_bytes, carried, kept)
 
 
 def _pool(
-    plan: RoundPlan,
-    messages: list[Message],
-    contexts: list[Context],
-    trained: TrainedChunk,
+    job: ChunkJob,
     mean: np.ndarray,
     specs: list[TensorSpec],
     total: float,
@@ -233,6 +248,7 @@ def _pool(
 ) -> list[Message]:
     """The pool's replies: the float32 ``mean`` on the first, the metrics on every one.
     ``member_bytes``: what each member's own payload weighs (0: the carrier's float32 size)."""
+    plan = job.plan
     payload = encode_float32_rows(
         mean[None], specs, server_round=plan.server_round, masks=plan.masks
     )[0]
@@ -240,20 +256,78 @@ def _pool(
     fields = {
         PAYLOAD_FIELD: payload,
         POOL_ID_FIELD: pool_id,
-        POOL_SIZE_FIELD: len(messages),
+        POOL_SIZE_FIELD: len(job),
         POOL_WEIGHT_FIELD: total,
     }
     if member_bytes:
         fields[POOL_MEMBER_BYTES_FIELD] = member_bytes
     carrier, member = ConfigRecord(fields), ConfigRecord({POOL_ID_FIELD: pool_id})
-    carried = carried or [0.0] * len(messages)
-    kept = kept or [None] * len(messages)
+    carried = carried or [0.0] * len(job)
+    kept = kept or [None] * len(job)
     uploaded = member_bytes or len(payload)  # upload-bytes: the client's own payload's size
     replies = []
-    rows = zip(messages, contexts, trained.stats, carried, kept, strict=True)
+    rows = zip(job.messages, job.contexts, job.stats, carried, kept, strict=True)
     for k, (msg, context, stats, carried_norm, kept_norm) in enumerate(rows):
-        metrics = reply_metrics(plan, context, stats, uploaded, carried_norm, kept_norm)
-        replies.append(
-            reply(msg, {UPDATE_RECORD_KEY: carrier if k == 0 else member, "metrics": metrics})
+        metrics = reply_metrics(
+            plan, context, stats, uploaded, carried_norm, kept_norm, records=FAST_RECORDS
         )
+        update = carrier if k == 0 else member
+        replies.append(FAST_RECORDS.reply(msg, {UPDATE_RECORD_KEY: update, "metrics": metrics}))
     return replies
+
+
+def _pooled(request: ReplyRequest) -> ChunkReplies | None:
+    replies = pooled_replies(request.job)
+    return None if replies is None else ChunkReplies(replies, len(replies), 0)
+
+
+def _secure(request: ReplyRequest) -> ChunkReplies:
+    job = request.job
+    secure = SecureRound() if request.secure is None else request.secure
+    masked, left = secure_replies(job, secure)
+    if left:
+        masked.update(zip(left, each_reply(job.rows(left)), strict=True))
+    return ChunkReplies([masked[row] for row in range(len(job))], 0, len(left))
+
+
+def _by_sdk(request: ReplyRequest) -> ChunkReplies:
+    replies = each_reply(request.job, request.options.hook)
+    return ChunkReplies(replies, 0, len(replies))
+
+
+def _plain_on_device(r: ReplyRequest) -> bool:
+    return r.options.hook is None and not r.secure_round and r.options.on_device
+
+
+# In order: the first path that applies and does not decline builds the chunk's replies.
+REPLY_PATHS: tuple[ReplyPath, ...] = (
+    ReplyPath(
+        "rotated",
+        lambda r: _plain_on_device(r) and handles_rotated(r.plan),
+        lambda r: quantized_replies(r.job, encode_rotated_chunk),
+    ),
+    ReplyPath("pooled", lambda r: r.vectorized and r.float32 and r.pooling_allowed, _pooled),
+    ReplyPath(
+        "float32",
+        lambda r: r.vectorized and r.float32,
+        lambda r: ChunkReplies(vectorized_replies(r.job)),
+    ),
+    ReplyPath(
+        "pooled-quantized",
+        lambda r: (
+            r.vectorized and r.options.on_device and r.options.pool_quantized and r.pooling_allowed
+        ),
+        _pooled,
+    ),
+    ReplyPath(
+        "quantized",
+        lambda r: r.vectorized and r.options.on_device,
+        lambda r: quantized_replies(r.job),
+    ),
+    ReplyPath(
+        "secure",
+        lambda r: r.options.hook is None and r.options.on_device and r.secure_round,
+        _secure,
+    ),
+    ReplyPath("sdk", lambda r: True, _by_sdk),
+)

@@ -20,15 +20,14 @@ import numpy as np
 import torch
 from flwr.app import Context
 
-from client_sdk.rounds import RoundPlan, partition_id_of
+from client_sdk.client_round import RoundPlan, partition_id_of
 from simulations.batched.codec import (
-    CPU_BLOCK,
-    CUDA_BLOCK,
     EncodedBlock,
     block_targets,
     pack_rows,
     store_residuals,
 )
+from simulations.batched.memory import encode_block
 from simulations.batched.training import TrainedChunk
 from wire.eden import boundaries, scale_chunk, table
 from wire.rotation import (
@@ -173,7 +172,7 @@ def encode_rotated_chunk(
 ) -> Iterator[tuple[slice, EncodedBlock | None]]:
     """:func:`.codec.encode_chunk` for eden and sign updates: (the block's rows, its payloads and
     residual norms, or None for a block holding an update that is not finite)."""
-    block = CUDA_BLOCK if device.type == "cuda" else CPU_BLOCK
+    block = encode_block(device)
     for start in range(0, len(contexts), block):
         rows = slice(start, start + block)
         local = {name: tensor[rows] for name, tensor in trained.local.items()}

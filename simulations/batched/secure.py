@@ -30,20 +30,30 @@ import numpy as np
 import torch
 from flwr.app import Context, Message
 
-from client_sdk.rounds import RoundPlan, partition_id_of, secure_metrics
-from client_sdk.secagg import MaskPeers, mark_masked, mask_peers, masked_message
+from client_sdk.client_round import (
+    MaskPeers,
+    RoundPlan,
+    mark_masked,
+    mask_peers,
+    masked_message,
+    partition_id_of,
+    secure_metrics,
+)
 from simulations.batched.agreements import AgreementCache
 from simulations.batched.chacha import keystream_words
+from simulations.batched.chunk_job import ChunkJob
 from simulations.batched.codec import DEVICE_DRAWS, pack_rows
+from simulations.batched.memory import encode_block
 from simulations.batched.pcg64 import uniform_float64
-from simulations.batched.training import TrainedChunk, trained_tensors
+from simulations.batched.training import TrainedChunk, local_minus_global, trained_tensors
 from wire import UpdateRejected
 from wire.secagg import mask_stream
 from wire.secagg_protocol import MASK_PURPOSE, SECAGG_RECORD_KEY
 from wire.secagg_vector import SecAggVectorSpec
 
-# Clients quantized and packed together; streams expanded together on CUDA.
-CPU_BLOCK, CUDA_BLOCK, CUDA_STREAMS = 32, 512, 256
+# Mask streams expanded together on CUDA (clients quantized and packed together:
+# :func:`.memory.encode_block`).
+CUDA_STREAMS = 256
 
 # One mask stream and where it goes: (seed, [(row in the chunk, +1 or -1), ...])
 Stream = tuple[bytes, list[tuple[int, int]]]
@@ -54,7 +64,7 @@ def kept_deltas(trained: TrainedChunk, plan: RoundPlan, device: torch.device) ->
     of :func:`wire.secagg_vector.flatten_kept` (numpy's promotion when dtypes differ)."""
     columns = []
     for name, _spec, reference, keep in trained_tensors(plan, device):
-        delta = trained.local[name].to(reference.dtype) - reference
+        delta = local_minus_global(trained.local[name], reference)
         flat = delta.reshape(delta.shape[0], -1)
         columns.append(flat if keep is None else flat[:, keep])
     return torch.cat(columns, dim=1)
@@ -182,18 +192,18 @@ def _masks_for(
     return ready, mask_sums(streams, len(ready), count, device, on_device=device.type == "cuda")
 
 
-def secure_replies(
-    plan: RoundPlan,
-    messages: list[Message],
-    contexts: list[Context],
-    trained: TrainedChunk,
-    device: torch.device,
-    secure: SecureRound,
-) -> tuple[dict[int, Message], list[int]]:
+def secure_replies(job: ChunkJob, secure: SecureRound) -> tuple[dict[int, Message], list[int]]:
     """Masked replies by row, and the rows left to the SDK's reply (failed checks, not finite).
 
     The masks are ``secure.masks`` when :func:`round_masks` computed them for the whole round,
     else the chunk's own, computed here."""
+    plan, messages, contexts, trained, device = (
+        job.plan,
+        job.messages,
+        job.contexts,
+        job.trained,
+        job.device,
+    )
     masks_of_round = secure.masks
     everyone = list(range(len(messages)))
     record = messages[0].content[SECAGG_RECORD_KEY]
@@ -221,7 +231,7 @@ def secure_replies(
         masks = masks_of_round.sums[torch.tensor(rows, device=masks_of_round.sums.device)]
     by_sdk = [r for r in everyone if r not in peers]
     replies: dict[int, Message] = {}
-    block = CUDA_BLOCK if device.type == "cuda" else CPU_BLOCK
+    block = encode_block(device)
     for start in range(0, len(ready), block):
         rows = ready[start : start + block]
         vectors, clipped = _quantize(

@@ -35,10 +35,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from client_sdk.local_model import FakeQuantInt8
-from client_sdk.rounds import RoundPlan
-from client_sdk.task import ClientData, Task
-from client_sdk.training import TrainStats, targets_tensor
+from client_sdk import ClientData, Task
+from client_sdk.client_round import FakeQuantInt8, RoundPlan, TrainStats, targets_tensor
 from simulations.batched.packed import PackedKernels
 from simulations.batched.schedule import batch_schedule
 from simulations.batched.unfold import UnfoldKernels
@@ -325,11 +323,16 @@ def trained_tensors(plan: RoundPlan, device: torch.device):
         yield name, spec, torch.from_numpy(start).to(device), keep
 
 
+def local_minus_global(local: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """[k, ...] client updates ``local - global`` in the global model's dtype, bitwise the
+    SDK's numpy subtraction (which promotes to that dtype)."""
+    return local.to(reference.dtype) - reference
+
+
 def _delta(local: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """[k, n] float32 local - global, bitwise the SDK's numpy subtraction (which promotes to
-    the global model's dtype)."""
+    """[k, n] float32 :func:`local_minus_global`, one row per client."""
     k = local.shape[0]
-    return (local.to(reference.dtype) - reference).to(torch.float32).reshape(k, -1)
+    return local_minus_global(local, reference).to(torch.float32).reshape(k, -1)
 
 
 def flat_deltas(

@@ -1,55 +1,42 @@
+"""Train replies are built by the RecordBuilder the caller passes: Flower's checked
+constructors on a device, a simulator's own builder of the same records otherwise."""
+
+import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
-from client_sdk import records
-from tests.messages import message
-
-METRICS = {"num-examples": 50, "train-loss": 0.25, "partition-id": 3}
-
-
-def test_the_flower_release_keeps_record_entries_where_the_fast_path_puts_them():
-    assert records.FAST  # flwr 1.42: else every record below takes the checked constructor
+from client_sdk.client_round import FLOWER_RECORDS, RecordBuilder, TrainStats, reply_message
+from client_sdk.tasks import get_task
+from tests.helpers.batched import round_plan
+from tests.messages import message, node_context
 
 
-def test_fast_records_equal_and_serialize_like_flowers_own():
-    metrics = records.metric_record(dict(METRICS))
-    config = records.config_record({"payload": b"\x00\x01", "pool-id": "ab", "size": 2})
-    content = records.record_dict({"update": config, "metrics": metrics})
-    assert type(metrics) is MetricRecord and metrics == MetricRecord(METRICS)
-    assert type(content) is RecordDict and dict(content) == {"update": config, "metrics": metrics}
-    assert metrics.deflate() == MetricRecord(METRICS).deflate()
-    assert config.deflate() == ConfigRecord(dict(config)).deflate()
-    assert content.deflate() == RecordDict({"update": config, "metrics": metrics}).deflate()
-    del metrics["partition-id"]  # still a working record: the server strips its own metrics
-    metrics["loss"] = 1.0
-    assert dict(metrics) == {"num-examples": 50, "train-loss": 0.25, "loss": 1.0}
-
-
-@pytest.mark.parametrize(
-    "entries",
-    [
-        {"ok": True},
-        {"n": 1.0, "x": "text"},
-        {3: 1},
-        {"x": [1, 2]},
-        {"x": __import__("numpy").float32(1)},
-    ],
-)
-def test_metric_values_flower_refuses_are_refused_with_a_type_error(entries):
+def test_flowers_builder_checks_entries_as_flowers_constructors_do():
+    assert FLOWER_RECORDS.metric({"n": 1}) == MetricRecord({"n": 1})
     with pytest.raises(TypeError):
-        records.metric_record(entries)
+        FLOWER_RECORDS.metric({"n": np.float32(1)})
+    with pytest.raises(TypeError):
+        FLOWER_RECORDS.config({"x": object()})
 
 
-def test_config_and_record_dict_check_their_entries():
-    with pytest.raises(TypeError, match="ConfigRecord value 'x'"):
-        records.config_record({"x": object()})
-    with pytest.raises(TypeError, match="RecordDict entries"):
-        records.record_dict({"metrics": {"n": 1}})
-    assert records.record_dict({"a": ArrayRecord()})["a"] == ArrayRecord()
-
-
-def test_reply_answers_its_message():
+def test_the_reply_is_built_by_the_builder_passed_in_and_equals_flowers():
+    plan = round_plan(get_task("digits"), {})
     msg = message(RecordDict(), src=1, dst=7, message_type="train")
-    reply = records.reply(msg, {"metrics": records.metric_record(dict(METRICS))})
-    assert reply.metadata.reply_to_message_id == msg.metadata.message_id
-    assert reply.metadata.src_node_id == 7 and reply.content["metrics"] == MetricRecord(METRICS)
+    stats = TrainStats(mean_loss=0.5, num_examples=12, steps=3)
+    built: list[str] = []
+
+    def metric(entries):
+        built.append("metric")
+        return MetricRecord(entries)
+
+    def config(entries):
+        built.append("config")
+        return ConfigRecord(entries)
+
+    counting = RecordBuilder(metric, config)
+    ours = reply_message(msg, plan, node_context(2, 4), b"\x01\x02", stats, records=counting)
+    theirs = reply_message(msg, plan, node_context(2, 4), b"\x01\x02", stats)
+    assert built == ["metric", "config"]
+    assert ours.content.deflate() == theirs.content.deflate()
+    assert dict(theirs.content["metrics"])["num-examples"] == 12
+    assert ours.metadata.reply_to_message_id == msg.metadata.message_id

@@ -10,7 +10,8 @@ from flwr.app import MessageType, RecordDict
 from client_sdk.feedback import stored_residual
 from client_sdk.rounds import upload_reply
 from client_sdk.tasks import get_task
-from simulations.batched import codec
+from simulations.batched import codec, memory
+from simulations.batched.chunk_job import ChunkJob
 from simulations.batched.codec import dequantize_rows, encode_chunk, pack_rows, quantize_rows
 from simulations.batched.replies import quantized_replies
 from simulations.batched.training import stack_clients, train_clients
@@ -137,7 +138,7 @@ def test_device_payloads_and_residuals_are_the_sdks_over_two_rounds(case, device
 @pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # numpy on the injected inf
 def test_a_block_with_a_non_finite_update_is_left_to_the_sdk_encoder(monkeypatch):
     """Blocks of 2: the second holds an inf; its clients go through the SDK's encoder, once."""
-    monkeypatch.setattr(codec, "CPU_BLOCK", 2)
+    monkeypatch.setitem(memory.ENCODE_BLOCK, "cpu", 2)
     task = get_task("digits")
     plan = _plan(task, {"quant-bits": 4, "error-feedback": True})
     chunk = train_clients(plan, stack_clients(_clients(task, k=4), CPU), [1, 2, 3, 4], CPU)
@@ -145,7 +146,7 @@ def test_a_block_with_a_non_finite_update_is_left_to_the_sdk_encoder(monkeypatch
     engine_contexts = [node_context(i, 4) for i in range(4)]
     sdk_contexts = [node_context(i, 4) for i in range(4)]
     requests = [message(RecordDict(), src=0, dst=5, message_type=MessageType.TRAIN)] * 4
-    replies, by_sdk = quantized_replies(plan, requests, engine_contexts, chunk, CPU)
+    replies, _, by_sdk = quantized_replies(ChunkJob(plan, requests, engine_contexts, chunk, CPU))
     locals_ = chunk.host_models(plan.global_arrays)
     sdk = [  # client 3's own encoder fails on the inf (error feedback decodes what it sends)
         upload_reply(requests[0], plan, c, local, stats).content

@@ -6,6 +6,7 @@ from flwr.app import MessageType, RecordDict
 
 from client_sdk.tasks import get_task
 from client_sdk.training import TrainStats
+from simulations.batched.chunk_job import ChunkJob
 from simulations.batched.replies import pooled_replies, vectorized_replies
 from simulations.batched.training import (
     POOL_BLOCK,
@@ -82,8 +83,8 @@ def test_one_reply_carries_the_pool_and_every_member_keeps_its_metrics():
     plan, chunk = _trained_digits()
     contexts = [node_context(i, 5, node_id=10 + i) for i in range(5)]
     requests = _requests(5)
-    pooled = pooled_replies(plan, requests, contexts, chunk, CPU)
-    single = vectorized_replies(plan, requests, contexts, chunk, CPU)
+    pooled = pooled_replies(ChunkJob(plan, requests, contexts, chunk, CPU))
+    single = vectorized_replies(ChunkJob(plan, requests, contexts, chunk, CPU))
     carrier = pooled[0].content[UPDATE_RECORD_KEY]
     counts = [s.num_examples for s in chunk.stats]
     assert carrier[POOL_SIZE_FIELD] == 5 and carrier[POOL_WEIGHT_FIELD] == sum(counts)
@@ -112,4 +113,4 @@ def test_a_pool_whose_mean_is_not_finite_is_not_built():
     name = next(iter(chunk.local))
     chunk.local[name][3].view(-1)[0] = float("nan")
     contexts = [node_context(i, 5) for i in range(5)]
-    assert pooled_replies(plan, _requests(5), contexts, chunk, CPU) is None
+    assert pooled_replies(ChunkJob(plan, _requests(5), contexts, chunk, CPU)) is None

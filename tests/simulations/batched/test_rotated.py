@@ -15,7 +15,8 @@ from flwr.app import MessageType, RecordDict
 from client_sdk.feedback import stored_residual
 from client_sdk.rounds import upload_reply
 from client_sdk.tasks import get_task
-from simulations.batched.replies import chunk_replies
+from simulations.batched.chunk_job import ChunkJob
+from simulations.batched.replies import ReplyOptions, chunk_replies
 from simulations.batched.rotated import (
     eden_rows,
     eden_values,
@@ -167,9 +168,8 @@ def test_chunk_replies_routes_each_codec_to_its_encoder():
         contexts = [node_context(i, 4) for i in range(4)]
         requests = [message(RecordDict(), src=0, dst=5, message_type=MessageType.TRAIN)] * 4
         plan = dataclasses.replace(plan, config=plan.config)
-        replies, pooled, by_sdk = chunk_replies(
-            plan, requests, contexts, chunk, CPU, None, pool=True, on_device=True
-        )
+        job = ChunkJob(plan, requests, contexts, chunk, CPU)
+        replies, pooled, by_sdk = chunk_replies(job, ReplyOptions(pool=True))
         assert (pooled, by_sdk) == (0, want_sdk), config
         header = read_header(replies[0].content[UPDATE_RECORD_KEY][PAYLOAD_FIELD])
         assert header["stages"][-1]["name"] == last_stage

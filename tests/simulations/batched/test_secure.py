@@ -14,7 +14,8 @@ from client_sdk.tasks import get_task
 from simulations.batched import secure
 from simulations.batched.agreements import AgreementCache
 from simulations.batched.chacha import keystream_words
-from simulations.batched.replies import chunk_replies
+from simulations.batched.chunk_job import ChunkJob
+from simulations.batched.replies import ReplyOptions, chunk_replies
 from simulations.batched.training import TrainedChunk, stack_clients, train_clients
 from strategies.secagg import SecAggSession, SecAggSettings
 from strategies.stats import RoundStats
@@ -78,17 +79,10 @@ def _compare(plan, chunk, messages, contexts, device, whole_round=False):
     replies, by_sdk = [], 0
     for part in [slice(0, K // 2), slice(K // 2, K)] if whole_round else [slice(0, K)]:
         local = {name: tensor[part] for name, tensor in chunk.local.items()}
-        replied, pooled, sdk = chunk_replies(
-            plan,
-            messages[part],
-            contexts[part],
-            TrainedChunk(local, chunk.stats[part]),
-            device,
-            None,
-            pool=True,
-            on_device=True,
-            secure=state,
+        job = ChunkJob(
+            plan, messages[part], contexts[part], TrainedChunk(local, chunk.stats[part]), device
         )
+        replied, pooled, sdk = chunk_replies(job, ReplyOptions(pool=True), state)
         assert pooled == 0
         replies += replied
         by_sdk += sdk
@@ -164,9 +158,8 @@ def test_a_nan_client_is_dropped_and_the_server_unmasks_the_others_sum():
             plain.append(
                 session.spec.quantize(flat, session.spec.weight_of(stats.num_examples), rng)[0]
             )
-    replies, _, by_sdk = chunk_replies(
-        plan, messages, contexts, chunk, CPU, None, pool=False, on_device=True
-    )
+    job = ChunkJob(plan, messages, contexts, chunk, CPU)
+    replies, _, by_sdk = chunk_replies(job, ReplyOptions(pool=False))
     assert by_sdk == 1 and "non-finite" in replies[4].error.reason
     for reply, msg in zip(replies, messages, strict=True):  # as the Grid stamps replies
         reply.metadata.__dict__["_src_node_id"] = msg.metadata.dst_node_id
