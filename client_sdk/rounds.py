@@ -3,7 +3,8 @@
 :func:`plan_round` reads what the server sent (model, pruning mask, codec, schedule) and
 :func:`upload_reply` turns a locally trained model into the compact reply. The SDK's ClientApp
 trains one model between the two; Pollen's batched simulation engine trains K clients at once
-between them, so both runtimes send byte-for-byte the same kind of reply.
+between them, so both runtimes send byte-for-byte the same kind of reply. Other packages use
+these through :mod:`client_sdk.client_round`, the seam's public API.
 """
 
 from __future__ import annotations

@@ -21,9 +21,8 @@ FREE_FRACTION = 0.8  # share of free memory the engine lets itself use
 # 3.1 s per round with K = 25 / 50 / 100 / 200 (larger K falls out of cache).
 CPU_DEFAULT_CAP = 50
 # Clients encoded together (quantized, masked, bit-packed: .codec, .rotated, .secure), per device
-# type. On the 2-core CPU, 32 tutorial-CNN clients at a time encoded 8-bit updates 1.5x faster
-# than numpy's client-by-client encoder; whole chunks of 500 (large fresh tensors, out of cache)
-# ran 1.5x slower than it, 4-8 at a time about as fast. A GPU takes more.
+# type: on a CPU a small block's tensors stay in cache (whole chunks of fresh tensors encoded
+# slower than numpy's client-by-client encoder; benchmarks/README.md); a GPU takes more.
 ENCODE_BLOCK = {"cpu": 32, "cuda": 1024}
 
 

@@ -1,13 +1,20 @@
 """The batched engine's replies: pooled means against the per-client payloads they replace."""
 
 import numpy as np
+import pytest
 import torch
 from flwr.app import MessageType, RecordDict
 
 from client_sdk.tasks import get_task
 from client_sdk.training import TrainStats
 from simulations.batched.chunk_job import ChunkJob
-from simulations.batched.replies import pooled_replies, vectorized_replies
+from simulations.batched.replies import (
+    REPLY_PATHS,
+    ReplyOptions,
+    chunk_replies,
+    pooled_replies,
+    vectorized_replies,
+)
 from simulations.batched.training import (
     POOL_BLOCK,
     TrainedChunk,
@@ -25,6 +32,7 @@ from wire import (
     POOL_ID_FIELD,
     POOL_SIZE_FIELD,
     POOL_WEIGHT_FIELD,
+    POOLING_CONFIG_KEY,
     UPDATE_RECORD_KEY,
     decode_update,
 )
@@ -114,3 +122,38 @@ def test_a_pool_whose_mean_is_not_finite_is_not_built():
     chunk.local[name][3].view(-1)[0] = float("nan")
     contexts = [node_context(i, 5) for i in range(5)]
     assert pooled_replies(ChunkJob(plan, _requests(5), contexts, chunk, CPU)) is None
+
+
+def test_the_reply_paths_are_tried_from_the_least_to_the_most_per_client_work():
+    names = [path.name for path in REPLY_PATHS]
+    assert names == [
+        "rotated",
+        "pooled",
+        "float32",
+        "pooled-quantized",
+        "quantized",
+        "secure",
+        "sdk",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("config", "options", "want"),
+    [
+        ({}, ReplyOptions(pool=False), (0, 0)),  # float32 rows
+        ({POOLING_CONFIG_KEY: True}, ReplyOptions(), (5, 0)),  # one pool
+        ({POOLING_CONFIG_KEY: True}, ReplyOptions(pool=False), (0, 0)),  # the engine said no
+        ({"quant-bits": 4}, ReplyOptions(), (0, 0)),  # the device codec
+        ({"quant-bits": 4}, ReplyOptions(on_device=False), (0, 5)),  # the SDK's encoder
+        ({"topk": 0.5}, ReplyOptions(), (0, 5)),
+        ({POOLING_CONFIG_KEY: True}, ReplyOptions(hook=lambda d, c, cfg: d), (0, 5)),
+    ],
+)
+def test_each_chunk_takes_the_first_path_that_applies(config, options, want):
+    task = get_task("digits")
+    plan = _plan(task, config)
+    chunk = train_clients(plan, stack_clients(_clients(task, k=5), CPU), list(range(5)), CPU)
+    contexts = [node_context(i, 5, node_id=10 + i) for i in range(5)]
+    built = chunk_replies(ChunkJob(plan, _requests(5), contexts, chunk, CPU), options)
+    assert (built.pooled, built.by_sdk) == want and len(built.replies) == 5
+    assert not any(r.has_error() for r in built.replies)
