@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
+import click
 import typer
 from rich.console import Console
 
 from pollen import new_project
 from pollen.deploy_commands import client_app, server_app
 from pollen.progress import human_bytes, round_progress, summary_table
-from pollen.settings import FlagError, simulation_settings
+from pollen.settings import DERIVED, flag_for, simulate_settings, simulation_settings
+from server.schema import Setting, SettingError, typed
 
 app = typer.Typer(
     add_completion=False,
@@ -33,192 +36,36 @@ def _root() -> None:
     """Pollen: federated learning on Flower with compact client updates."""
 
 
-@app.command()
-def simulate(
-    task: str = typer.Option(
-        "digits",
-        help="Built-in digits | synthetic[:ALPHA,BETA] | tutorial-cnn[:SAMPLES], or your own "
-        "Task: package.module:attr or path/to/file.py:attr.",
-    ),
-    clients: int = typer.Option(50, help="Number of virtual clients (SuperNodes)."),
-    engine: str = typer.Option(
-        "auto", help="flower (Ray) | batched (K clients per vmapped kernel) | auto (batched on GPU)"
-    ),
-    device: str = typer.Option("auto", help="Batched engine device: auto | cpu | cuda[:N]."),
-    client_cpus: float = typer.Option(1.0, help="Flower's engine: Ray CPUs per client."),
-    client_gpus: float = typer.Option(0.0, help="Flower's engine: Ray GPU share per client."),
-    clients_per_batch: int = typer.Option(
-        0, help="Batched engine: clients per kernel (0: planned from free memory)."
-    ),
-    pool_uploads: bool = typer.Option(
-        True,
-        help="Batched engine: send each kernel's float32 updates as one weighted mean when the "
-        "strategy needs only the mean (no-: one payload per client).",
-    ),
-    device_tiers: str = typer.Option(
-        "", help="Device tiers (compute, bandwidth): default | PATH.json (default: none)."
-    ),
-    availability: float = typer.Option(1.0, help="Probability a client is online in a round."),
-    deadline: float = typer.Option(
-        0.0, help="Simulated seconds per round; later clients are dropped (0: none)."
-    ),
-    rounds: int = typer.Option(30, help="Federated rounds."),
-    fraction: float = typer.Option(1.0, help="Fraction of clients trained each round, in (0, 1]."),
-    partition: str = typer.Option(
-        None, help="iid | dirichlet:ALPHA | shards:K | natural (default: dirichlet:0.5, or natural)"
-    ),
-    strategy: str = typer.Option(
-        "fedavg",
-        help="fedavg | fedprox | fedadam | fedyogi | fedadagrad | fedavgm | fedmedian | "
-        "fedtrimmedavg | krum | multikrum | bulyan | qfedavg",
-    ),
-    seed: int = typer.Option(0, help="Seed for init, partition, sampling and local shuffling."),
-    out: Path = typer.Option(None, help="Output directory (default: runs/<task>-<time>)."),
-    fraction_evaluate: float = typer.Option(0.0, help="Fraction of clients for federated eval."),
-    lr: float = typer.Option(0.0, help="Client learning rate (0: the Task's)."),
-    local_epochs: int = typer.Option(0, help="Local epochs (0: the Task's)."),
-    batch_size: int = typer.Option(0, help="Local batch size (0: the Task's)."),
-    proximal_mu: float = typer.Option(0.01, help="FedProx proximal term mu."),
-    server_lr: float = typer.Option(
-        0.1, help="FedAdam/FedYogi/FedAdagrad eta; FedAvgM server learning rate."
-    ),
-    server_momentum: float = typer.Option(0.9, help="FedAvgM server momentum."),
-    qffl_q: float = typer.Option(0.1, help="QFedAvg (q-FFL) fairness exponent q."),
-    lr_schedule: str = typer.Option(
-        "constant", help="Clients' lr by round: constant | cosine | step:EVERY:GAMMA | exp:GAMMA."
-    ),
-    trim_beta: float = typer.Option(0.2, help="FedTrimmedAvg: fraction cut at each end."),
-    num_malicious: int = typer.Option(0, help="Krum/MultiKrum: assumed malicious clients."),
-    multikrum_select: int = typer.Option(0, help="MultiKrum: updates averaged (0: one)."),
-    clip_norm: float = typer.Option(0.0, help="Clip each client update to this L2 norm."),
-    prune: float = typer.Option(0.0, help="Final sparsity of the shared pruning mask (0: off)."),
-    prune_schedule: str = typer.Option("cubic", help="cubic (Zhu & Gupta) | linear | constant"),
-    prune_scope: str = typer.Option("layer", help="layer | global magnitude pruning"),
-    prune_initial: float = typer.Option(0.0, help="Sparsity at --prune-start-round."),
-    prune_start_round: int = typer.Option(1, help="Round the sparsity ramp starts."),
-    prune_end_round: int = typer.Option(0, help="Round the final sparsity is reached (0: half)."),
-    quant_bits: int = typer.Option(0, help="Update quantization bits: 1, 2, 4, 8 (0: float32)."),
-    quant_chunk: int = typer.Option(1024, help="Values per quantization range."),
-    quant_rounding: str = typer.Option("stochastic", help="stochastic (unbiased) | nearest"),
-    topk: float = typer.Option(0.0, help="Send only this fraction of coordinates (0: dense)."),
-    quant_scheme: str = typer.Option(
-        "uniform", help="uniform (min, max) | eden (EDEN/DRIVE, with --rotate) | sign (EF-signSGD)."
-    ),
-    eden_scale: str = typer.Option("unbiased", help="eden: unbiased | mse (biased; with EF)."),
-    rotate: str = typer.Option("none", help="Randomized Hadamard rotation: none|client|shared."),
-    rotate_block: int = typer.Option(1024, help="Values per Hadamard block (a power of two)."),
-    error_feedback: bool = typer.Option(False, help="Carry the compression residual over."),
-    qat: bool = typer.Option(False, help="Train with fake-quantized int8 weights."),
-    download_bits: int = typer.Option(0, help="Global model download: 0 float32, 8 bits."),
-    freeze: str = typer.Option("", help="Comma-separated parameter prefixes to keep frozen."),
-    resume: bool = typer.Option(False, help="Continue the run in --out from its checkpoint."),
-    attack: str = typer.Option("", help="Simulated attack: scale | sign-flip (default: none)."),
-    malicious_fraction: float = typer.Option(0.0, help="Fraction of clients that attack."),
-    attack_scale: float = typer.Option(10.0, help="How much attackers scale their update."),
-    secure_agg: bool = typer.Option(
-        False, help="SecAgg+: the server learns only the sum of the (quantized) updates."
-    ),
-    secagg_degree: int = typer.Option(0, help="Neighbours (0: up to 24, 3 log2 N above)."),
-    secagg_threshold: int = typer.Option(0, help="Shares to rebuild a secret (0: degree/2+1)."),
-    secagg_bits: int = typer.Option(8, help="Secure-aggregation quantization bits (1-16)."),
-    secagg_clip: float = typer.Option(1.0, help="Clip update coordinates to [-clip, clip]."),
-    dropout_rate: float = typer.Option(
-        0.0, help="Fraction of clients that vanish each round after sharing keys."
-    ),
-    max_update_value: float = typer.Option(
-        1e6, help="Refuse a client update with a coordinate beyond this (out-of-bounds)."
-    ),
-    max_num_examples: int = typer.Option(
-        1_000_000_000, help="Refuse a reply claiming more examples than this (bad-weight)."
-    ),
-    max_failed_rounds: int = typer.Option(
-        3, help="Stop after this many rounds in a row with no accepted update (0: never)."
-    ),
-    verbose: bool = typer.Option(False, help="Show Flower's and Ray's own logs."),
-) -> None:
+def _simulate(ctx: typer.Context, **values: Any) -> None:
     """Run a Task with N virtual clients (Flower's engine or Pollen's batched engine)."""
     console = Console()
+    out, verbose = values.pop("out"), values.pop("verbose")
+    task = values["task"]
     short = Path(task.rpartition(":")[0]).stem if ".py:" in task or "/" in task else task
     out_dir = out or Path("runs") / f"{short.replace(':', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    from_config: dict[str, Any] = {}
     try:
-        if resume and out is None:
-            raise FlagError("--resume", "name the run directory to continue with --out")
-        settings = simulation_settings(
-            clients=clients,
-            partition=partition,
-            out=out_dir,
-            verbose=verbose,
-            engine=engine,
-            device=device,
-            clients_per_batch=clients_per_batch,
-            pool_uploads=pool_uploads,
-            client_cpus=client_cpus,
-            client_gpus=client_gpus,
-            device_tiers=device_tiers,
-            availability=availability,
-            deadline=deadline,
-            task=task,
-            num_server_rounds=rounds,
-            strategy=strategy.lower(),
-            fraction_train=fraction,
-            fraction_evaluate=fraction_evaluate,
-            seed=seed,
-            lr=lr,
-            local_epochs=local_epochs,
-            batch_size=batch_size,
-            proximal_mu=proximal_mu,
-            server_lr=server_lr,
-            server_momentum=server_momentum,
-            qffl_q=qffl_q,
-            lr_schedule=lr_schedule,
-            trim_beta=trim_beta,
-            num_malicious=num_malicious,
-            multikrum_select=multikrum_select,
-            clip_norm=clip_norm,
-            prune=prune,
-            prune_schedule=prune_schedule,
-            prune_scope=prune_scope,
-            prune_initial=prune_initial,
-            prune_start_round=prune_start_round,
-            prune_end_round=prune_end_round,
-            quant_bits=quant_bits,
-            quant_chunk=quant_chunk,
-            quant_rounding=quant_rounding,
-            topk=topk,
-            quant_scheme=quant_scheme,
-            eden_scale=eden_scale,
-            rotate=rotate,
-            rotate_block=rotate_block,
-            error_feedback=error_feedback,
-            qat=qat,
-            download_bits=download_bits,
-            freeze=freeze,
-            resume=resume,
-            attack=attack,
-            malicious_fraction=malicious_fraction,
-            attack_scale=attack_scale,
-            secure_agg=secure_agg,
-            secagg_degree=secagg_degree,
-            secagg_threshold=secagg_threshold,
-            secagg_bits=secagg_bits,
-            secagg_clip=secagg_clip,
-            dropout_rate=dropout_rate,
-            max_update_value=max_update_value,
-            max_num_examples=max_num_examples,
-            max_failed_rounds=max_failed_rounds,
-        )
-    except FlagError as err:
-        typer.echo(f"pollen simulate: error: {err}", err=True)
+        from_config = _run_config_values(ctx, values.pop("run_config"))
+        values.update(from_config)
+        if values["resume"] and out is None:
+            raise SettingError("resume", "name the run directory to continue with --out")
+        values["strategy"] = values["strategy"].lower()
+        settings = simulation_settings(out=out_dir, verbose=verbose, **values)
+    except SettingError as err:
+        given = err.key.replace("-", "_") in from_config
+        where = f"--run-config {err.key}" if given else flag_for(err.key)
+        typer.echo(f"pollen simulate: error: {where}: {err.why}", err=True)
         raise typer.Exit(2) from None
 
     from simulations.runner import resolve_engine
     from simulations.runner import simulate as run_simulation
 
     _quiet_logs(verbose)
-    spec = settings.run.partition
+    run, rounds = settings.run, settings.run.num_server_rounds
     console.print(
-        f"[bold]pollen simulate[/]: {task}, {clients} clients, {spec}, {strategy}, "
-        f"{rounds} rounds, seed {seed}, {resolve_engine(settings.engine)} engine -> {out_dir}"
+        f"[bold]pollen simulate[/]: {run.task}, {settings.clients} clients, {run.partition}, "
+        f"{run.strategy}, {rounds} rounds, seed {run.seed}, "
+        f"{resolve_engine(settings.engine)} engine -> {out_dir}"
     )
     from server.checkpoint import ResumeError
     from server.federation import RunAborted
@@ -266,6 +113,80 @@ def simulate(
         f"wrote {out_dir}/summary.json, metrics.jsonl, accuracy.png, final_model.npz, "
         "final_model_int8.npz"
     )
+
+
+DERIVED_KEYS = tuple(name.replace("_", "-") for name in DERIVED)
+
+
+def _run_config_values(ctx: typer.Context, run_config: str | None) -> dict[str, Any]:
+    """``--run-config 'k=v k2=v2'`` (values as ``flwr run --run-config`` parses them) as
+    keyword values; a key also given by its own flag, or one simulate sets itself, is refused."""
+    if not run_config:
+        return {}
+    from flwr.common.config import parse_config_args
+
+    try:
+        parsed = parse_config_args([run_config])
+    except (ValueError, click.ClickException) as err:
+        why = err.format_message() if isinstance(err, click.ClickException) else str(err)
+        raise SettingError("run-config", why) from None
+    entries = {e.key: e for e in simulate_settings() if e.run_config}
+    values = {}
+    for key, value in parsed.items():
+        if key in DERIVED_KEYS:
+            raise SettingError("run-config", f"{key}: set by pollen simulate (--clients, --out)")
+        if key not in entries:
+            raise SettingError("run-config", f"{key}: not a run-config key pollen simulate takes")
+        entry = entries[key]
+        if ctx.get_parameter_source(entry.name) is click.core.ParameterSource.COMMANDLINE:
+            raise SettingError("run-config", f"{key}: also given as {entry.flag}")
+        values[entry.name] = typed(entry, value)
+    return values
+
+
+def _option(entry: Setting) -> inspect.Parameter:
+    """A typer option for one declared setting (its flag, CLI default and help)."""
+    decls = () if entry.flag == "--" + entry.name.replace("_", "-") else (entry.flag,)
+    kind = entry.kind if entry.cli_default is not None else entry.kind | None
+    return inspect.Parameter(
+        entry.name,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=typer.Option(entry.cli_default, *decls, help=entry.help),
+        annotation=kind,
+    )
+
+
+def _simulate_signature() -> inspect.Signature:
+    """``pollen simulate``'s options: one per declared setting, then the command's own."""
+    own = {
+        "out": (
+            Path | None,
+            typer.Option(None, help="Output directory (default: runs/<task>-<time>)."),
+        ),
+        "verbose": (bool, typer.Option(False, help="Show Flower's and Ray's own logs.")),
+        "run_config": (
+            str | None,
+            typer.Option(None, help="Run-config values as for flwr run: 'key=value key2=value2'."),
+        ),
+    }
+    params = [
+        inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
+    ]
+    params += [_option(e) for e in simulate_settings()]
+    params += [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=kind)
+        for name, (kind, opt) in own.items()
+    ]
+    return inspect.Signature(params)
+
+
+def simulate(ctx: typer.Context, **values: Any) -> None:
+    """Run a Task with N virtual clients (Flower's engine or Pollen's batched engine)."""
+    _simulate(ctx, **values)
+
+
+simulate.__signature__ = _simulate_signature()  # type: ignore[attr-defined]
+app.command()(simulate)
 
 
 @app.command()

@@ -1,6 +1,10 @@
-"""Simulation settings from keyword values, checked the same way for the CLI and the Python
-API: each refusal is a :class:`FlagError` naming the flag (``--lr``), which the Python API turns
-into one naming the keyword (``lr``)."""
+"""Simulation settings from keyword values, checked the same way for the CLI and the Python API.
+
+Every value is checked by its declaration (:mod:`server.config`, :mod:`simulations.settings`);
+what is left here are the few checks across sections. Each refusal is a
+:class:`~server.schema.SettingError` carrying the setting's key, which the CLI shows as its flag
+(:func:`flag_for`) and the Python API as its keyword (:func:`keyword_for`).
+"""
 
 from __future__ import annotations
 
@@ -8,61 +12,92 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from server.schema import Setting, SettingError, settings_of
+
 if TYPE_CHECKING:
-    from simulations.runner import SimulationSettings
+    from simulations.settings import SimulationSettings
+
+# set by ``simulate`` itself (from --clients and --out), not by a flag or keyword of their own
+DERIVED = ("min_available_nodes", "num_partitions", "out_dir")
 
 
-class FlagError(ValueError):
-    """A command-line flag has a value Pollen cannot run with; the message names the flag."""
+def simulate_settings() -> tuple[Setting, ...]:
+    """Every setting ``pollen simulate`` takes: the run's, then the simulation's."""
+    from server import RunSettings
+    from simulations.settings import SIMULATION_SECTIONS
 
-    def __init__(self, flag: str, why: str) -> None:
-        super().__init__(f"{flag}: {why}")
-        self.flag = flag
-
-
-# Which flag sets each run-config key, to name the flag when RunSettings refuses a value.
-_FLAG_FOR_KEY = {
-    "num-server-rounds": "--rounds",
-    "fraction-train": "--fraction",
-    "min-available-nodes": "--clients",
-}
+    run = tuple(e for e in settings_of(RunSettings) if e.name not in DERIVED)
+    return run + tuple(e for section in SIMULATION_SECTIONS for e in settings_of(section))
 
 
-def simulation_settings(
-    *,
-    clients: int,
-    partition: str | None,
-    out: Path,
-    verbose: bool,
-    engine: str = "auto",
-    device: str = "auto",
-    clients_per_batch: int = 0,
-    pool_uploads: bool = True,
-    client_cpus: float = 1.0,
-    client_gpus: float = 0.0,
-    device_tiers: str = "",
-    availability: float = 1.0,
-    deadline: float = 0.0,
-    **run: Any,
-) -> SimulationSettings:
-    """Validate the flags into settings, or raise a :class:`FlagError` naming the bad flag."""
+def flag_for(key: str) -> str:
+    """The ``pollen simulate`` flag that sets ``key`` (``num-server-rounds`` -> ``--rounds``)."""
+    by_key = {e.key: e.flag for e in simulate_settings()}
+    return by_key.get(key) or f"--{key}"
+
+
+def keyword_for(key: str) -> str:
+    """The ``pollen.simulate`` keyword that sets ``key``: the field name, ``rounds`` for the
+    rounds (as the flag)."""
+    return "rounds" if key == "num-server-rounds" else key.replace("-", "_")
+
+
+def simulation_settings(*, out: Path, verbose: bool, **values: Any) -> SimulationSettings:
+    """Validate keyword values (field names; ``partition`` None: the Task's natural split or
+    dirichlet:0.5) into settings, or raise a :class:`SettingError` naming the setting."""
     from client_sdk import TaskConfigError
     from client_sdk.tasks import natural_partition
-    from server import RunConfigError, RunSettings
+    from server import RunSettings
     from server.checkpoint import ResumeError
     from simulations.heterogeneity import HeterogeneityError
     from simulations.partitioners import PartitionError
-    from simulations.runner import SimulationSettings, check_partition, check_resume
+    from simulations.runner import check_partition, check_resume
+    from simulations.settings import SIMULATION_SECTIONS, SimulationSettings
 
-    if clients < 1:
-        raise FlagError("--clients", f"must be >= 1, got {clients}")
-    if engine not in ("auto", "flower", "batched"):
-        raise FlagError("--engine", f"must be auto, flower or batched, got {engine!r}")
-    if clients_per_batch < 0:
-        raise FlagError("--clients-per-batch", f"must be >= 0, got {clients_per_batch}")
-    if engine == "flower" and (device != "auto" or clients_per_batch or not pool_uploads):
-        raise FlagError(
-            "--engine",
+    simulation = {
+        e.name: values.pop(e.name)
+        for section in SIMULATION_SECTIONS
+        for e in settings_of(section)
+        if e.name in values
+    }
+    for section in SIMULATION_SECTIONS:  # each section's own checks, before the cross checks
+        section(**{k: v for k, v in simulation.items() if k in section.__dataclass_fields__})
+    _check_engine_options(simulation)
+    try:
+        natural = natural_partition(values["task"])
+    except ValueError as err:  # an unknown task or a bad task reference
+        raise SettingError("task", str(err)) from None
+    if values.get("partition") is None:
+        values["partition"] = "natural" if natural else "dirichlet:0.5"
+    run = RunSettings(min_available_nodes=simulation.get("clients", 50), **values)
+    try:
+        settings = SimulationSettings(
+            run=run, out_dir=out.resolve(), ray_logs=verbose, **simulation
+        )
+    except (HeterogeneityError, PartitionError) as err:
+        raise SettingError(err.key, str(err)) from None
+    try:  # split the data now: too many clients for it is a setting error, not a traceback later
+        check_partition(settings)
+    except (PartitionError, TaskConfigError) as err:
+        raise SettingError("partition", str(err)) from None
+    check_out_dir(settings.out_dir)
+    try:  # a corrupt checkpoint is one line here, before anything is printed or started
+        check_resume(settings)
+    except ResumeError as err:
+        raise SettingError("resume", str(err)) from None
+    return settings
+
+
+def _check_engine_options(simulation: dict[str, Any]) -> None:
+    engine, device = simulation.get("engine", "auto"), simulation.get("device", "auto")
+    batched_only = (
+        device != "auto"
+        or simulation.get("clients_per_batch")
+        or not (simulation.get("pool_uploads", True))
+    )
+    if engine == "flower" and batched_only:
+        raise SettingError(
+            "engine",
             "--device, --clients-per-batch and --no-pool-uploads apply to --engine batched",
         )
     if device != "auto":
@@ -71,61 +106,18 @@ def simulation_settings(
         try:
             resolve_device(device)
         except DeviceError as err:
-            raise FlagError("--device", str(err)) from None
-    try:
-        natural = natural_partition(run["task"])
-    except ValueError as err:  # an unknown task or a bad task reference
-        raise FlagError("--task", str(err)) from None
-    spec = partition or ("natural" if natural else "dirichlet:0.5")
-    try:
-        settings = RunSettings(partition=spec, min_available_nodes=clients, **run)
-    except RunConfigError as err:
-        raise FlagError(_FLAG_FOR_KEY.get(err.key, f"--{err.key}"), err.why) from None
-    try:
-        simulation = SimulationSettings(
-            run=settings,
-            clients=clients,
-            out_dir=out.resolve(),
-            ray_logs=verbose,
-            engine=engine,
-            device=device,
-            clients_per_batch=clients_per_batch,
-            pool_uploads=pool_uploads,
-            cpus_per_client=client_cpus,
-            gpus_per_client=client_gpus,
-            device_tiers=device_tiers,
-            availability=availability,
-            deadline_s=deadline,
-        )
-    except HeterogeneityError as err:
-        flag = "--availability" if "availability" in str(err) else "--deadline"
-        if "tier" in str(err):
-            flag = "--device-tiers"
-        raise FlagError(flag, str(err)) from None
-    except PartitionError as err:
-        flag = next((f for f in ("client-cpus", "client-gpus") if f in str(err)), "partition")
-        raise FlagError(f"--{flag}", str(err)) from None
-    try:  # split the data now: too many clients for it is a flag error, not a traceback later
-        check_partition(simulation)
-    except (PartitionError, TaskConfigError) as err:
-        raise FlagError("--partition", str(err)) from None
-    check_out_dir(simulation.out_dir)
-    try:  # a corrupt checkpoint is one line here, before anything is printed or started
-        check_resume(simulation)
-    except ResumeError as err:
-        raise FlagError("--resume", str(err)) from None
-    return simulation
+            raise SettingError("device", str(err)) from None
 
 
 def check_out_dir(out: Path) -> None:
     """Create ``--out`` (the run would a moment later) and prove a file can be written there,
-    so an unwritable place is a flag error before anything starts, not a traceback after."""
+    so an unwritable place is a setting error before anything starts, not a traceback after."""
     if out.exists() and not out.is_dir():
-        raise FlagError("--out", f"{out} is a file, not a folder")
+        raise SettingError("out", f"{out} is a file, not a folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=out, prefix=".pollen-write-test-"):
             pass
     except OSError as err:
         why = err.strerror or type(err).__name__
-        raise FlagError("--out", f"cannot write run files in {out}: {why}") from None
+        raise SettingError("out", f"cannot write run files in {out}: {why}") from None

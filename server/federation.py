@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -36,8 +36,11 @@ from server.checkpoint import (
 )
 from server.config import RunSettings
 from server.metrics import MetricsLog
+from server.schema import settings_of
+from server.sections import SimulatedClientsSection
 from strategies import ReplyLimits, StrategySettings, build_strategy, stall_reason
 from strategies.schedules import MetricsAggregation, parse_schedule
+from wire import keys
 
 log = logging.getLogger(__name__)
 
@@ -82,21 +85,27 @@ def default_out_dir(run_id: int) -> Path:
     return home / "runs" / str(run_id)
 
 
+# StrategySettings fields that are run settings of the same name (the others are renamed or built)
+_SHARED_STRATEGY_FIELDS = tuple(
+    sorted(
+        {f.name for f in fields(StrategySettings)}
+        & {e.name for e in settings_of(RunSettings)} - {"lr_schedule"}  # parsed from its text
+    )
+)
+
+
 def client_config(settings: RunSettings, num_partitions: int) -> ConfigRecord:
     """What every client needs each round besides the model (the server is the source of truth)."""
+    simulated = {e.key: getattr(settings, e.name) for e in settings_of(SimulatedClientsSection)}
     return ConfigRecord(
         {
-            "task": settings.task,
-            "seed": settings.seed,
-            "partition": settings.partition,
-            "num-partitions": num_partitions,
-            "lr": settings.lr,
-            "local-epochs": settings.local_epochs,
-            "batch-size": settings.batch_size,
-            "attack": settings.attack,
-            "malicious-fraction": settings.malicious_fraction,
-            "attack-scale": settings.attack_scale,
-            "dropout-rate": settings.dropout_rate,
+            keys.TASK: settings.task,
+            keys.SEED: settings.seed,
+            keys.NUM_PARTITIONS: num_partitions,
+            keys.LR: settings.lr,
+            keys.LOCAL_EPOCHS: settings.local_epochs,
+            keys.BATCH_SIZE: settings.batch_size,
+            **simulated,  # read by the simulation ClientApp (simulations.app, .attacks)
         }
     )
 
@@ -128,13 +137,8 @@ def run_federation(
     done = 0 if checkpoint is None else checkpoint.server_round
     strategy = build_strategy(
         StrategySettings(
+            **{name: getattr(settings, name) for name in _SHARED_STRATEGY_FIELDS},
             name=settings.strategy,
-            fraction_train=settings.fraction_train,
-            fraction_evaluate=settings.fraction_evaluate,
-            min_available_nodes=settings.min_available_nodes,
-            seed=settings.seed,
-            proximal_mu=settings.proximal_mu,
-            server_lr=settings.server_lr,
             momentum=settings.server_momentum,
             q=settings.qffl_q,
             lr_schedule=parse_schedule(settings.lr_schedule),
@@ -144,10 +148,6 @@ def run_federation(
             evaluate_metrics_aggr_fn=hooks.evaluate_metrics_aggr_fn if hooks else None,
             client_lr=settings.lr or task.optimizer.lr,
             compression=settings.compression(),
-            trim_beta=settings.trim_beta,
-            num_malicious=settings.num_malicious,
-            multikrum_select=settings.multikrum_select,
-            clip_norm=settings.clip_norm,
             secure=settings.secure_aggregation(),
             limits=ReplyLimits(
                 max_update_value=settings.max_update_value,

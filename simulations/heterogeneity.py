@@ -37,7 +37,12 @@ from wire.secagg_protocol import SECAGG_RECORD_KEY
 
 
 class HeterogeneityError(ValueError):
-    """A tier file or a heterogeneity setting is not usable; the message says what to fix."""
+    """A tier file or a heterogeneity setting is not usable; the message says what to fix and
+    ``key`` names the setting (``device-tiers``, ``availability`` or ``deadline``)."""
+
+    def __init__(self, why: str, key: str = "device-tiers") -> None:
+        super().__init__(why)
+        self.key = key
 
 
 @dataclass(frozen=True)
@@ -102,9 +107,13 @@ class Heterogeneity:
 
     def __post_init__(self) -> None:
         if not 0 < self.availability <= 1:
-            raise HeterogeneityError(f"availability must be in (0, 1], got {self.availability}")
+            raise HeterogeneityError(
+                f"availability must be in (0, 1], got {self.availability}", "availability"
+            )
         if self.deadline_s < 0:
-            raise HeterogeneityError(f"deadline must be >= 0 seconds, got {self.deadline_s}")
+            raise HeterogeneityError(
+                f"deadline must be >= 0 seconds, got {self.deadline_s}", "deadline"
+            )
 
     def tier_of(self, partition_id: int) -> DeviceTier:
         shares = np.array([t.share for t in self.tiers], dtype=np.float64)

@@ -23,7 +23,12 @@ from client_sdk import Partitioner
 
 
 class PartitionError(ValueError):
-    """A partition spec is malformed or cannot give every client enough examples."""
+    """A partition spec is malformed or cannot give every client enough examples; ``key``
+    names the setting (``partition`` unless a caller says otherwise)."""
+
+    def __init__(self, why: str, key: str = "partition") -> None:
+        super().__init__(why)
+        self.key = key
 
 
 def _check_min(parts: list[np.ndarray], min_samples: int, what: str) -> list[np.ndarray]:

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict
 from typing import Any
 
 from client_sdk import Task
-from client_sdk.tasks import get_task, natural_partition, portable_task_name
+from client_sdk.tasks import get_task, portable_task_name
 from server import EXPORT_FILE, MODEL_FILE, RunSettings, read_metrics
 from server.app import build_server_app
 from server.checkpoint import check_resumable, load_checkpoint
@@ -27,17 +25,13 @@ from server.federation import ABORT_FILE, RoundCallback, RunAborted, ServerHooks
 from simulations.app import clientapp, simulated_client_data
 from simulations.attacks import simulated_attack
 from simulations.heterogeneity import (
-    Heterogeneity,
-    HeterogeneityError,
     HeterogeneousGrid,
-    load_tiers,
 )
-from simulations.partitioners import PartitionError, parse_partition
+from simulations.partitioners import parse_partition
 from simulations.plots import plot_run, settings_label
+from simulations.settings import SimulationSettings
 
 log = logging.getLogger(__name__)
-
-ENGINES = ("auto", "flower", "batched")
 
 
 def resolve_engine(engine: str) -> str:
@@ -70,63 +64,6 @@ def resolve_device(device: str):
     elif resolved.type != "cpu":
         raise DeviceError(f"{device!r}: the batched engine runs on cpu or cuda[:N]")
     return resolved
-
-
-@dataclass(frozen=True, kw_only=True)
-class SimulationSettings:
-    run: RunSettings
-    clients: int
-    out_dir: Path
-    cpus_per_client: float = 1.0  # Flower's engine: Ray CPUs per client (--client-cpus)
-    gpus_per_client: float = 0.0  # Flower's engine: Ray GPU share per client (--client-gpus)
-    ray_logs: bool = False  # forward Ray workers' output (Flower's client logs) to this console
-    engine: str = "auto"  # auto (batched with a CUDA GPU, else flower) | flower | batched
-    device: str = "auto"  # batched engine: auto | cpu | cuda | cuda:N
-    clients_per_batch: int = 0  # batched engine: K; 0 = plan from free memory
-    pool_uploads: bool = True  # batched engine: pool a chunk's updates when the server allows it
-    device_tiers: str = ""  # "" (all clients alike) | default | PATH.json (both engines)
-    availability: float = 1.0  # probability a client is online in a round
-    deadline_s: float = 0.0  # simulated seconds per round before stragglers are dropped; 0 = none
-
-    def heterogeneity(self) -> Heterogeneity | None:
-        """The device model, or None when every client is an always-online, equal device."""
-        if not self.device_tiers and self.availability == 1.0 and not self.deadline_s:
-            return None
-        return Heterogeneity(
-            tiers=load_tiers(self.device_tiers or "default"),
-            availability=self.availability,
-            deadline_s=self.deadline_s,
-            seed=self.run.seed,
-        )
-
-    def __post_init__(self) -> None:
-        if self.clients < 1:
-            raise PartitionError(f"clients must be >= 1, got {self.clients}")
-        if self.engine not in ENGINES:
-            raise PartitionError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
-        if self.clients_per_batch < 0:
-            raise PartitionError(f"clients-per-batch must be >= 0, got {self.clients_per_batch}")
-        for name, value in (("availability", self.availability), ("deadline", self.deadline_s)):
-            # NaN passes every range check (it compares False), so refuse it and Inf first
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise HeterogeneityError(f"{name} must be a number, got {value!r}")
-            if not math.isfinite(value):
-                raise HeterogeneityError(f"{name} must be a finite number, got {value}")
-        if not (math.isfinite(self.cpus_per_client) and self.cpus_per_client > 0):
-            raise PartitionError(
-                f"client-cpus must be a finite number > 0, got {self.cpus_per_client}"
-            )
-        if not (math.isfinite(self.gpus_per_client) and 0 <= self.gpus_per_client <= 64):
-            raise PartitionError(f"client-gpus must be in [0, 64], got {self.gpus_per_client}")
-        self.heterogeneity()  # refuse a bad tier file, availability or deadline now
-        natural = natural_partition(self.run.task)
-        spec = parse_partition(self.run.partition)
-        if natural and spec is not None:
-            raise PartitionError(
-                f"task {self.run.task!r} has a natural partition; use partition 'natural'"
-            )
-        if not natural and spec is None:
-            raise PartitionError(f"task {self.run.task!r} needs iid, dirichlet:ALPHA or shards:K")
 
 
 def check_partition(settings: SimulationSettings) -> None:
@@ -251,7 +188,7 @@ def _run_flower(server_app, settings: SimulationSettings) -> None:
 
     # Ray >= 2.5x warns on every start unless told how to treat CUDA_VISIBLE_DEVICES.
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    resources = {"num_cpus": settings.cpus_per_client, "num_gpus": settings.gpus_per_client}
+    resources = {"num_cpus": settings.client_cpus, "num_gpus": settings.client_gpus}
     flower_log = logging.getLogger("flwr")
     hide = _HideRunSimulationDeprecation()  # the user never called run_simulation: we did
     flower_log.addFilter(hide)

@@ -98,6 +98,7 @@ FLOAT_FLAGS = [
     "--proximal-mu", "--server-lr", "--trim-beta", "--clip-norm", "--prune", "--prune-initial",
     "--topk", "--malicious-fraction", "--attack-scale", "--secagg-clip", "--dropout-rate",
     "--server-momentum", "--qffl-q", "--client-cpus", "--client-gpus", "--max-update-value",
+    "--round-timeout",
 ]  # fmt: skip
 
 
@@ -107,9 +108,9 @@ def test_every_float_flag_of_simulate_is_listed_here():
     from pollen.cli import simulate
 
     floats = {
-        "--" + name.replace("_", "-")
+        (p.default.param_decls or ("--" + name.replace("_", "-"),))[0]
         for name, p in inspect.signature(simulate).parameters.items()
-        if isinstance(p.default.default, float)
+        if isinstance(getattr(p.default, "default", None), float)
     }
     assert floats == set(FLOAT_FLAGS)
 

@@ -141,7 +141,7 @@ def test_both_engines_drop_the_same_clients_and_agree_on_the_model(tmp_path):
             engine=engine,
             device_tiers="default",
             availability=0.8,
-            deadline_s=2.0,
+            deadline=2.0,
         )
         summary = simulate(settings)
         with np.load(tmp_path / engine / MODEL_FILE) as saved:
