@@ -45,7 +45,7 @@ from server import RunSettings, read_metrics  # noqa: E402
 from server.app import build_server_app  # noqa: E402
 from simulations.app import simulated_client_data  # noqa: E402
 from simulations.batched import BatchedGrid, run_server_app  # noqa: E402
-from simulations.batched import grid as grid_module  # noqa: E402
+from simulations.batched import chunks as chunk_module  # noqa: E402
 from simulations.batched.training import TrainedChunk  # noqa: E402
 
 # Groups of (row, run settings, engine options): the newer paths first, then the path they
@@ -152,7 +152,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.rounds < 3:
         parser.error("--rounds must be >= 3 (round 1 generates the data)")
-    grid_module.train_clients = perturbed_training
+    chunk_module.train_clients = perturbed_training
     results = []
     print(f"{args.clients} clients per round; microseconds per client, rounds after the first")
     print(

@@ -197,13 +197,8 @@ def secure_replies(job: ChunkJob, secure: SecureRound) -> tuple[dict[int, Messag
 
     The masks are ``secure.masks`` when :func:`round_masks` computed them for the whole round,
     else the chunk's own, computed here."""
-    plan, messages, contexts, trained, device = (
-        job.plan,
-        job.messages,
-        job.contexts,
-        job.trained,
-        job.device,
-    )
+    plan, messages, contexts = job.plan, job.messages, job.contexts
+    trained, device = job.trained, job.device
     masks_of_round = secure.masks
     everyone = list(range(len(messages)))
     record = messages[0].content[SECAGG_RECORD_KEY]
