@@ -66,9 +66,8 @@ def needs_only_mean(strategy: Strategy | type[Strategy]) -> bool:
 class Aggregator(Protocol):
     """One round's aggregate, as Flower's strategy takes it."""
 
-    def strategy_input(self, metrics: dict) -> list[Message]:
-        """Fresh messages for Flower's ``aggregate_train``; ``metrics``: the round's averaged
-        train metrics (without the weight)."""
+    def strategy_input(self) -> list[Message]:
+        """Fresh messages for Flower's ``aggregate_train`` (none when nothing was added)."""
         ...
 
 
@@ -91,6 +90,8 @@ def fresh_reply(like: Message, arrays: dict[str, np.ndarray], metrics: dict) -> 
             "metrics": MetricRecord(metrics),
         }
     )
+    # Flower's public constructors make an instruction and need a running ServerApp's run id;
+    # a copy of the reply's metadata keeps its sender for the strategy's logs.
     return Message(content=content, metadata=copy.copy(like.metadata))
 
 
@@ -111,10 +112,10 @@ class MeanAggregator:
         if self.first is None:  # the fresh reply takes the first accepted reply's metadata
             self.first = update.replies[0]
 
-    def strategy_input(self, metrics: dict) -> list[Message]:
+    def strategy_input(self) -> list[Message]:
         if self.first is None:
             return []
-        return [fresh_reply(self.first, self.mean.result(), {**metrics, WEIGHT_KEY: self.total})]
+        return [fresh_reply(self.first, self.mean.result(), {WEIGHT_KEY: self.total})]
 
     @property
     def total(self) -> float:
@@ -132,7 +133,7 @@ class CollectAll:
     def add(self, update: Update) -> None:
         self.updates.append(update)
 
-    def strategy_input(self, metrics: dict) -> list[Message]:
+    def strategy_input(self) -> list[Message]:
         # each message carries the metrics every reply holds as one number (Flower refuses
         # replies whose metric keys differ; q-FFL reads each reply's loss)
         shared = common_scalars([m for u in self.updates for m in u.metrics])
@@ -183,14 +184,14 @@ class SecureSum:
         check_update(self.deltas, self.limits)
         self.first = masked_replies(replies)[0]
 
-    def strategy_input(self, metrics: dict) -> list[Message]:
+    def strategy_input(self) -> list[Message]:
         if self.first is None:
             return []
         model = {
             name: (ref + self.deltas[name]).astype(np.float32) if name in self.deltas else ref
             for name, ref in self.reference.items()
         }
-        return [fresh_reply(self.first, model, {**metrics, WEIGHT_KEY: self.total})]
+        return [fresh_reply(self.first, model, {WEIGHT_KEY: self.total})]
 
 
 def aggregator_for(

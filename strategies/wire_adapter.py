@@ -21,7 +21,13 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvgM, QFedAvg, Strategy
 
 from strategies.aggregation import weighted_metrics
-from strategies.aggregators import SecureSum, aggregator_for, needs_only_mean
+from strategies.aggregators import (
+    Aggregator,
+    SecureSum,
+    UpdateAggregator,
+    aggregator_for,
+    needs_only_mean,
+)
 from strategies.compression import CompressionSettings
 from strategies.decoding import RoundDecoder, quantized_download
 from strategies.pruning import magnitude_masks, prunable_names
@@ -32,7 +38,7 @@ from strategies.secagg import SecAggFailed, SecAggSession, SecAggSettings
 from strategies.secagg_metrics import shared_train_loss
 from strategies.stats import RoundStats
 from strategies.validation import ReplyLimits, is_finite_model
-from wire import MASK_FIELD, POOLING_CONFIG_KEY, MaskSet
+from wire import MASK_FIELD, POOLING_CONFIG_KEY, MaskSet, keys
 from wire.secagg_protocol import SECAGG_RECORD_KEY
 
 log = logging.getLogger(__name__)
@@ -106,26 +112,11 @@ class WireStrategy(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        """prune -> round config -> sample -> the inner strategy's train messages (-> secure
+        setup); what this round's replies are decoded against is fixed here."""
         server_round += self.round_offset
-        comp = self.compression
-        master = {name: array.numpy() for name, array in arrays.items()}
-        self.masks, mask_bytes = None, b""
-        sparsity = comp.pruning.sparsity(server_round) if comp.pruning else 0.0
-        if comp.pruning and sparsity > 0:
-            names = prunable_names(master, comp.frozen)
-            self.masks = magnitude_masks(master, names, sparsity, comp.pruning.scope)
-            master = self.masks.apply(master)
-            arrays = ArrayRecord({k: Array(v) for k, v in master.items()})
-            mask_bytes = self.masks.encode()
-        codec_config = comp.codec_config(server_round, self.sampler.seed)
-        self._rotation_seed = codec_config.get("rotate-seed")
-        round_config = ConfigRecord({**dict(config), **codec_config})
-        if (lr := self.hooks.round_lr(server_round)) is not None:
-            round_config["lr"] = lr
-        if self.pooling:
-            round_config[POOLING_CONFIG_KEY] = True
-        if mask_bytes:
-            round_config[MASK_FIELD] = mask_bytes
+        master, arrays, mask_bytes = self._pruned(server_round, arrays)
+        round_config = self._round_config(server_round, config, mask_bytes)
         if isinstance(self.inner, FedAvgM):  # its momentum steps from the model clients get
             self.inner.current_arrays = arrays
         nodes = self.sampler.sample(grid, server_round, self.fraction_train, self.min_train_nodes)
@@ -134,6 +125,48 @@ class WireStrategy(Strategy):
                 server_round, arrays, round_config, FixedNodesGrid(grid, nodes)
             )
         )
+        download = self._expect(server_round, master, messages)
+        stats = self.rounds.setdefault(server_round, RoundStats(server_round=server_round))
+        stats.sampled = len(messages)
+        stats.download_bytes_per_client = download + len(mask_bytes)
+        stats.sparsity = self.masks.sparsity() if self.masks else 0.0
+        if self.secure is not None:
+            messages = self._secure_setup(server_round, messages, grid, stats)
+        return messages
+
+    def _pruned(
+        self, server_round: int, arrays: ArrayRecord
+    ) -> tuple[dict[str, np.ndarray], ArrayRecord, bytes]:
+        """This round's global model after the pruning schedule's mask (``self.masks``), as
+        arrays and as a record, and the encoded mask (b"" when nothing is pruned)."""
+        comp = self.compression
+        master = {name: array.numpy() for name, array in arrays.items()}
+        self.masks = None
+        sparsity = comp.pruning.sparsity(server_round) if comp.pruning else 0.0
+        if not (comp.pruning and sparsity > 0):
+            return master, arrays, b""
+        names = prunable_names(master, comp.frozen)
+        self.masks = magnitude_masks(master, names, sparsity, comp.pruning.scope)
+        master = self.masks.apply(master)
+        return master, ArrayRecord({k: Array(v) for k, v in master.items()}), self.masks.encode()
+
+    def _round_config(self, server_round: int, config: ConfigRecord, mask: bytes) -> ConfigRecord:
+        """The train config: the caller's, the codec's, the scheduled lr, pooling, the mask."""
+        codec_config = self.compression.codec_config(server_round, self.sampler.seed)
+        self._rotation_seed = codec_config.get(keys.ROTATE_SEED)
+        round_config = ConfigRecord({**dict(config), **codec_config})
+        if (lr := self.hooks.round_lr(server_round)) is not None:
+            round_config["lr"] = lr
+        if self.pooling:
+            round_config[POOLING_CONFIG_KEY] = True
+        if mask:
+            round_config[MASK_FIELD] = mask
+        return round_config
+
+    def _expect(self, server_round: int, master: dict, messages: list[Message]) -> int:
+        """Fix what this round's replies are decoded against (the model the clients start
+        from, after the 8-bit download if any); returns the bytes each client downloads."""
+        comp = self.compression
         download = sum(a.nbytes for a in master.values())
         self._reference = master
         if comp.download_bits and messages:
@@ -149,13 +182,7 @@ class WireStrategy(Strategy):
             rotation_seed=self._rotation_seed,
             needs_loss=isinstance(self.inner, QFedAvg),
         )
-        stats = self.rounds.setdefault(server_round, RoundStats(server_round=server_round))
-        stats.sampled = len(messages)
-        stats.download_bytes_per_client = download + len(mask_bytes)
-        stats.sparsity = self.masks.sparsity() if self.masks else 0.0
-        if self.secure is not None:
-            messages = self._secure_setup(server_round, messages, grid, stats)
-        return messages
+        return download
 
     def _secure_setup(
         self, server_round: int, messages: list[Message], grid: Grid, stats: RoundStats
@@ -193,40 +220,53 @@ class WireStrategy(Strategy):
     def _aggregate_train(
         self, server_round: int, replies: Iterable[Message], stats: RoundStats
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """decode + validate -> aggregate -> train metrics -> server step."""
+        """decode + validate -> aggregate -> server step -> train metrics."""
+        replies = list(replies)
+        records: list[dict] = []  # each accepted client's checked metrics, and its weight
+        weights: list[float] = []
+        aggregator: Aggregator | None
         if self.secure is not None:
-            aggregator, metrics = self._secure_sum(server_round, list(replies), stats)
+            aggregator = self._secure_sum(server_round, replies, stats)
         else:
-            aggregator = aggregator_for(self.inner, self._reference, pools=self.pooling)
-            records: list[dict] = []
-            weights: list[float] = []
-            for update in self._decoder.updates(replies, stats, pools=aggregator.accepts_pools):
-                aggregator.add(update)  # the mean: O(model) memory however many clients reply
-                records += update.metrics
-                weights += update.weights
-            if not stats.accepted:
-                log.warning(
-                    "round %d: no valid update; the global model stays as it was", server_round
-                )
-                return None, None
-            metrics = self.hooks.aggregate_metrics("train", records, weights, weighted_metrics)
-            metrics.pop(WEIGHT_KEY, None)
+            aggregator, records, weights = self._decoded(server_round, replies, stats)
         if aggregator is None:
             return None, None
-        arrays = self._server_step(server_round, aggregator.strategy_input(metrics), stats)
+        arrays = self._server_step(server_round, aggregator.strategy_input(), stats)
         if arrays is None:
             return None, None
+        if self.secure is not None:  # only what the survivors chose to share
+            metrics = shared_train_loss(replies)
+        else:
+            metrics = self.hooks.aggregate_metrics("train", records, weights, weighted_metrics)
+            metrics.pop(WEIGHT_KEY, None)
         stats.train_metrics = {k: float(v) for k, v in metrics.items() if _is_scalar(v)}
         return arrays, MetricRecord(metrics)
 
+    def _decoded(
+        self, server_round: int, replies: list[Message], stats: RoundStats
+    ) -> tuple[UpdateAggregator | None, list[dict], list[float]]:
+        """Each reply decoded and checked (or counted as a rejection) into the aggregator the
+        inner strategy needs, with the accepted clients' metrics and weights; None when no
+        update was accepted."""
+        aggregator = aggregator_for(self.inner, self._reference, pools=self.pooling)
+        records: list[dict] = []
+        weights: list[float] = []
+        for update in self._decoder.updates(replies, stats, pools=aggregator.accepts_pools):
+            aggregator.add(update)  # the mean: O(model) memory however many clients reply
+            records += update.metrics
+            weights += update.weights
+        if not stats.accepted:
+            log.warning("round %d: no valid update; the global model stays as it was", server_round)
+            return None, [], []
+        return aggregator, records, weights
+
     def _secure_sum(
         self, server_round: int, replies: list[Message], stats: RoundStats
-    ) -> tuple[SecureSum | None, dict]:
-        """The unmasked sum of the masked uploads (None when the protocol fails) and the train
-        loss the survivors shared (opt-in)."""
+    ) -> SecureSum | None:
+        """The unmasked sum of the masked uploads; None when the protocol fails."""
         session, self._session = self._session, None
         if session is None:  # setup failed: nothing was sent
-            return None, {}
+            return None
         stats.dropped = max(stats.sampled - len(replies), 0)
         aggregator = SecureSum(
             session,
@@ -244,8 +284,8 @@ class WireStrategy(Strategy):
             log.warning("round %d: secure aggregation failed: %s; no update", server_round, why)
             stats.secagg_failure = why[:300]
             stats.accepted = 0
-            return None, {}
-        return aggregator, shared_train_loss(replies)
+            return None
+        return aggregator
 
     def _server_step(
         self, server_round: int, replies: list[Message], stats: RoundStats

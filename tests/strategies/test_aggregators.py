@@ -68,7 +68,7 @@ def test_the_streaming_mean_is_flowers_fedavg_over_the_same_replies():
     mean = MeanAggregator(GLOBAL)
     for node, (delta, n) in enumerate(zip(DELTAS, COUNTS, strict=True), start=1):
         mean.add(_update(node, delta, n))
-    arrays, _ = FedAvg().aggregate_train(1, mean.strategy_input({}))
+    arrays, _ = FedAvg().aggregate_train(1, mean.strategy_input())
     flower, _ = FedAvg().aggregate_train(
         1, [_local_reply(i + 1, d, n) for i, (d, n) in enumerate(zip(DELTAS, COUNTS, strict=True))]
     )
@@ -99,7 +99,7 @@ def test_collect_all_hands_flower_each_local_model():
     every = CollectAll(GLOBAL)
     for node, (delta, n) in enumerate(zip(DELTAS, COUNTS, strict=True), start=1):
         every.add(_update(node, delta, n))
-    inputs = every.strategy_input({})
+    inputs = every.strategy_input()
     assert [m.metadata.src_node_id for m in inputs] == [1, 2, 3]
     arrays, _ = FedMedian().aggregate_train(1, inputs)
     # locals [2,2,2], [1,5,3], [3,0,7]: the coordinate-wise median
@@ -122,7 +122,7 @@ def test_the_secure_sum_is_the_plain_weighted_mean_within_quantization():
     step = 2 * settings.clip / session.spec.levels  # one quantization level
     assert secure.total == 8 and stats.accepted == 3
     np.testing.assert_allclose(secure.deltas["w"], [1.125, 0.125, 1.875], rtol=0, atol=step)
-    arrays, _ = FedAvg().aggregate_train(1, secure.strategy_input({}))
+    arrays, _ = FedAvg().aggregate_train(1, secure.strategy_input())
     np.testing.assert_allclose(arrays["w"].numpy(), MEAN_MODEL, rtol=0, atol=step)
 
 
