@@ -1,5 +1,6 @@
 """Flower strategy adapters that decode Pollen wire payloads (numpy; never torch)."""
 
+from strategies.aggregators import Aggregator, UpdateAggregator, aggregator_for, needs_only_mean
 from strategies.compression import CompressionSettings
 from strategies.pruning import PruningConfigError, PruningSchedule, magnitude_masks, prunable_names
 from strategies.registry import (
@@ -16,6 +17,10 @@ from strategies.validation import ReplyLimits
 from strategies.wire_adapter import WireStrategy
 
 __all__ = [
+    "Aggregator",
+    "UpdateAggregator",
+    "aggregator_for",
+    "needs_only_mean",
     "CompressionSettings",
     "PruningConfigError",
     "PruningSchedule",

@@ -18,6 +18,9 @@ that came in are never changed. Three kinds:
 
 Which one a strategy gets is a capability of its class, decided here once
 (:func:`needs_only_mean`): the run-config check, the strategy registry and the adapter read it.
+A new aggregator is a class here with ``add`` and ``strategy_input``, chosen in
+:func:`aggregator_for`; a new Flower strategy is one entry in ``registry.STRATEGY_CLASSES``
+(added to ``MEAN_ONLY_STRATEGIES`` when its ``aggregate_train`` is a weighted mean).
 """
 
 from __future__ import annotations
