@@ -70,17 +70,22 @@ class ChunkRunner:
         ready = sorted(ready, key=lambda item: (-len(item[2].y_train), partition_id_of(item[1])))
         if options.on_device and options.hook is None:  # secure: the round's masks at once
             started = time.perf_counter()
-            secure.masks = round_masks(
-                plan, [m for m, _, _ in ready], [c for _, c, _ in ready], self.device,
-                secure.agreements,
-            )  # fmt: skip
+            messages, contexts = [m for m, _, _ in ready], [c for _, c, _ in ready]
+            secure.masks = round_masks(plan, messages, contexts, self.device, secure.agreements)
             self.stats.reply_seconds += time.perf_counter() - started
         try:
             self._chunks(plan, ready, options, secure, outbox)
         finally:
             secure.masks = None
 
-    def _chunks(self, plan, ready, options, secure, outbox) -> None:
+    def _chunks(
+        self,
+        plan: RoundPlan,
+        ready: list[Ready],
+        options: ReplyOptions,
+        secure: SecureRound,
+        outbox: dict[str, Message],
+    ) -> None:
         """Chunk after chunk, K as the planner says; K halved after running out of memory."""
         done = 0
         while done < len(ready):
@@ -100,7 +105,14 @@ class ChunkRunner:
                 continue
             done += len(chunk)
 
-    def _chunk(self, plan, chunk: list[Ready], options, secure, outbox) -> None:
+    def _chunk(
+        self,
+        plan: RoundPlan,
+        chunk: list[Ready],
+        options: ReplyOptions,
+        secure: SecureRound,
+        outbox: dict[str, Message],
+    ) -> None:
         contexts = [c for _, c, _ in chunk]
         pids = [partition_id_of(c) for c in contexts]
         seeds = plan.seeds_for(pids)
