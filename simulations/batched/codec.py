@@ -114,12 +114,17 @@ DEVICE_DRAWS = {"cuda"}
 def _noise(
     plan: RoundPlan, contexts: list[Context], count: int, device: torch.device
 ) -> torch.Tensor:
-    """Each client's stochastic-rounding draws from the generator ``upload_reply`` seeds:
-    computed on the device where :data:`DEVICE_DRAWS` says so (:mod:`.pcg64`), else drawn by
-    numpy client by client (faster on a CPU)."""
-    chunk = plan.codec.quant_chunk
-    shape = (len(contexts), num_chunks(count, chunk), chunk)
+    """Each client's stochastic-rounding draws from the generator ``upload_reply`` seeds."""
     seeds = plan.seeds_for([partition_id_of(c) for c in contexts])
+    return noise_rows(seeds, count, plan.codec.quant_chunk, device)
+
+
+def noise_rows(seeds: list[int], count: int, chunk: int, device: torch.device) -> torch.Tensor:
+    """[K, chunks, chunk] float32: the first draws of ``np.random.default_rng(seed).random``
+    per row, as the SDK's stochastic rounding takes them; computed on the device where
+    :data:`DEVICE_DRAWS` says so (:mod:`.pcg64`), else drawn by numpy row by row (faster on a
+    CPU)."""
+    shape = (len(seeds), num_chunks(count, chunk), chunk)
     if device.type in DEVICE_DRAWS:
         return uniform_float32(seeds, shape[1] * shape[2], device).reshape(shape)
     noise = np.empty(shape, np.float32)

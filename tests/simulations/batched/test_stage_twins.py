@@ -1,0 +1,147 @@
+"""Every registered stage twin of the batched engine against the wire's reference stage.
+
+One parametrized test runs each twin on K seeded random rows (odd sizes: 1, 7, 333, 1537
+values, partial chunks, a zero row and a masked tensor) and the wire stage on each row alone:
+header params and body sections must be equal byte for byte, and the twin's ``decoded`` rows
+must be what the wire stage decodes from its own sections, bit for bit. One stated exception:
+``rotate`` runs its Hadamard products through torch's BLAS, which adds in another order than
+numpy's, so its rotated rows and their inverse agree to float32 rounding only (atol 1e-5 on
+unit-normal values: a 2-pass rotation of blocks up to 1024 adds ~1e-7 relative per pass);
+its params (seeds, block) are still equal exactly.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from simulations.batched.stage_twins import TWINS, TwinContext, run_twins
+from wire.codec import CodecSpec
+from wire.kept import TensorSpec, segment_lengths
+from wire.mask import MaskSet
+from wire.registry import STAGES, encode_chain
+from wire.stage_api import DecodeContext, EncodeContext
+
+CPU = torch.device("cpu")
+K = 3
+SIZES = [1, 7, 333, 1537]
+# codecs that run each stage (the stage under test is the one named)
+CODECS = {
+    "select": [CodecSpec()],
+    "rotate": [
+        CodecSpec(rotate="client", rotate_block=64),
+        CodecSpec(rotate="shared", rotate_seed=11, rotate_block=1024),
+    ],
+    "quantize": [
+        CodecSpec(quant_bits=4, quant_chunk=100),
+        CodecSpec(quant_bits=8, quant_chunk=1024, stochastic=False),
+        CodecSpec(quant_bits=1, quant_chunk=7),
+        CodecSpec(quant_bits=2, quant_chunk=333),
+    ],
+    "float32": [CodecSpec()],
+    "eden": [
+        CodecSpec(quant_bits=b, scheme="eden", quant_chunk=c, eden_scale=s)
+        for b, c, s in [(1, 100, "unbiased"), (2, 1024, "mse"), (4, 7, "unbiased")]
+    ],
+    "sign": [CodecSpec(quant_bits=1, scheme="sign", quant_chunk=100)],
+}
+EXACT_VALUES = {"select", "quantize", "float32", "eden", "sign"}  # rotate: see the docstring
+
+
+def _rows(n: int, seed: int) -> np.ndarray:
+    rows = np.random.default_rng(seed).normal(size=(K, n)).astype(np.float32)
+    rows[1] = 0.0  # an all-zero client: scale 0, range 0
+    return rows
+
+
+def _select_case(n: int, seed: int):
+    """Two tensors whose kept values number about ``n``: [K, 2, m] under a mask, [K, r] whole."""
+    rng = np.random.default_rng(seed)
+    m = max(1, n // 2)
+    specs = [TensorSpec("w", (2, m)), TensorSpec("b", (n - n // 2 + 1,))]
+    mask = rng.random((2, m)) < 0.6
+    masks = MaskSet({"w": mask})
+    tensors = [rng.normal(size=(K, *s.shape)).astype(np.float32) for s in specs]
+    return specs, masks, tensors
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("stage", sorted(TWINS))
+def test_each_twin_writes_the_wire_stages_bytes(stage, n):
+    assert stage in CODECS, f"twin {stage!r} has no test case here"
+    for case, codec in enumerate(CODECS[stage]):
+        seed = 1000 * case + n
+        seeds = [seed + k for k in range(K)]  # each row's codec generator seed
+        if stage == "select":
+            specs, masks, tensors = _select_case(n, seed)
+        else:
+            specs, masks, tensors = [TensorSpec("x", (n,))], None, None
+        lengths = segment_lengths(specs, masks)
+        rows = None if tensors is not None else _rows(n, seed)
+        ctx = TwinContext(
+            specs,
+            masks,
+            lengths,
+            CPU,
+            seeds=seeds,
+            tensors=[] if tensors is None else [torch.from_numpy(t) for t in tensors],
+        )
+        twin = TWINS[stage].encode(None if rows is None else torch.from_numpy(rows), codec, ctx)
+        decoded_next = None if twin.values is None else twin.values
+        back = twin.decoded(decoded_next).numpy()
+        for k in range(K):
+            wctx = EncodeContext(
+                specs,
+                masks,
+                lengths,
+                tensors=[] if tensors is None else [t[k] for t in tensors],
+                rng=np.random.default_rng(seeds[k]),
+            )
+            ref = STAGES[stage].encode(None if rows is None else rows[k], codec, wctx)
+            assert twin.params[k] == ref.params, (stage, codec)
+            assert [name for name, _ in twin.sections] == [name for name, _ in ref.sections]
+            for (_, got), (_, want) in zip(twin.sections, ref.sections, strict=True):
+                assert got[k].numpy().tobytes() == bytes(want), (stage, codec, k)
+            dctx = DecodeContext(specs, masks, lengths)
+            count = sum(lengths) if stage == "select" else n
+            out, layout = STAGES[stage].layout(ref.params, count, dctx)
+            sections = {name: memoryview(bytes(buf)) for name, buf in ref.sections}
+            assert [(s, len(sections[s])) for s, _ in layout] == layout
+            if ref.values is None:  # a values stage: the server's decode of the wire's bytes
+                want = STAGES[stage].decode(ref.params, sections, None, count, dctx)
+                assert back[k].tobytes() == want.tobytes(), (stage, codec, k)
+            elif stage in EXACT_VALUES:
+                assert twin.values[k].numpy().tobytes() == ref.values.tobytes()
+                assert back[k].tobytes() == ref.values.tobytes()
+            else:
+                assert out == ref.values.size
+                np.testing.assert_allclose(twin.values[k].numpy(), ref.values, atol=1e-5)
+                np.testing.assert_allclose(back[k], rows[k], atol=1e-5)
+
+
+def test_every_wire_stage_but_topk_has_a_twin():
+    """``topk`` stays with the SDK's encoder (its positions coding is per client)."""
+    assert set(TWINS) == set(STAGES) - {"topk"}
+
+
+@pytest.mark.parametrize(
+    "codec",
+    [
+        CodecSpec(quant_bits=2, scheme="eden", rotate="client", rotate_block=64),
+        CodecSpec(quant_bits=1, scheme="sign", quant_chunk=50),
+        CodecSpec(quant_bits=4, quant_chunk=100),
+    ],
+    ids=["rotate+eden", "sign", "quantize"],
+)
+def test_a_chain_of_twins_has_the_wire_chains_stages_and_sections(codec):
+    specs, masks, tensors = _select_case(301, 5)
+    lengths = segment_lengths(specs, masks)
+    ctx = TwinContext(
+        specs, masks, lengths, CPU, seeds=[7, 8, 9], tensors=[torch.from_numpy(t) for t in tensors]
+    )
+    run = run_twins(codec, None, ctx, from_select=True)
+    assert [name for name, _ in ctx.previous] == [s.name for s in encode_chain(codec)]
+    assert run.decoded().shape == (K, sum(lengths))
+    if codec.rotate == "none":
+        assert run.rotation_seeds is None
+    else:
+        assert len(set(run.rotation_seeds)) == K
