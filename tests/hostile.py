@@ -28,6 +28,7 @@ from flwr.app import (
 
 from tests.messages import node_context
 from wire import PAYLOAD_FIELD, POOL_ID_FIELD, POOL_SIZE_FIELD, POOL_WEIGHT_FIELD
+from wire.format import read_header
 
 _PREFIX = struct.Struct("<4sHI")
 HOSTILE_NUMBERS = [
@@ -66,7 +67,7 @@ HOSTILE_VALUES = [
 def _payload_parts(payload: bytes) -> tuple[dict, bytes] | None:
     try:
         _, _, header_len = _PREFIX.unpack_from(payload, 0)
-        header = json.loads(zlib.decompress(payload[_PREFIX.size : _PREFIX.size + header_len]))
+        header = read_header(payload)  # either format version's header
         return header, payload[_PREFIX.size + header_len :]
     except Exception:  # noqa: BLE001 - not a payload: nothing to rewrite
         return None

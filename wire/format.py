@@ -1,19 +1,23 @@
-"""Wire format v1: a versioned, self-describing, pickle-free client-update payload.
+"""Wire format v2: a versioned, self-describing, pickle-free client-update payload.
 
 Layout (all integers little-endian)::
 
     b"PLNW" | version: u16 | header_len: u32 | header: zlib(UTF-8 JSON) | body sections
+
+Version 2 deflates the header with a preset dictionary (:mod:`wire.header_dict`: 242 -> 64
+bytes for a digits MLP's rotated 1-bit header); version 1 (plain zlib, the same JSON) is still
+decoded.
 
 The header names the format version, the round, every tensor's name/shape/dtype, the codec
 stages in the order they ran with their parameters (``select`` → [``topk``] → [``rotate``] →
 ``quantize`` | ``float32`` | ``eden`` | ``sign``), and each body section with its byte count.
 Encoding runs the registered stages (:mod:`wire.registry`) a CodecSpec asks for; decoding
 runs the chain the header names, each stage's ``layout`` first, then its ``decode`` in
-reverse, with no per-stage branches here. Decoding checks every field against what the server knows (tensor specs, round, pruning mask)
-before it reads the body, so a malformed payload is refused with an :class:`UpdateRejected`
-reason. The header is zlib-compressed (it is often larger than a pruned, quantized body) and
-inflated with a hard cap, so no payload can make the server allocate more than
-``MAX_HEADER_BYTES`` for it.
+reverse, with no per-stage branches here. Decoding checks every field against what the server
+knows (tensor specs, round, pruning mask) before it reads the body, so a malformed payload is
+refused with an :class:`UpdateRejected` reason. The header is zlib-compressed (it is often
+larger than a pruned, quantized body) and inflated with a hard cap, so no payload can make the
+server allocate more than ``MAX_HEADER_BYTES`` for it.
 """
 
 from __future__ import annotations
@@ -30,14 +34,17 @@ import numpy as np
 from wire.codec import CodecSpec
 from wire.errors import RejectReason, UpdateRejected
 from wire.header_cache import HeaderCache
+from wire.header_dict import HEADER_ZDICT_V2
 from wire.kept import TensorSpec, scatter_kept, segment_lengths
 from wire.mask import MaskSet
 from wire.registry import encode_chain, parse_chain
 from wire.stage_api import DecodeContext, EncodeContext
 
 MAGIC = b"PLNW"
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = frozenset({1})
+FORMAT_VERSION = 2
+# each version's preset zlib dictionary for the header (None: plain zlib)
+HEADER_DICTS: dict[int, bytes | None] = {1: None, 2: HEADER_ZDICT_V2}
+SUPPORTED_VERSIONS = frozenset(HEADER_DICTS)
 _PREFIX = struct.Struct("<4sHI")
 MAX_HEADER_BYTES = 1 << 20
 ALLOWED_DTYPES = frozenset({"float32"})
@@ -109,7 +116,8 @@ def payload_frame(
         "sections": [[name, size] for name, size in sections],
     }
     header_json = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
-    header_bytes = zlib.compress(header_json, 9)
+    deflater = zlib.compressobj(9, zdict=HEADER_DICTS[FORMAT_VERSION])
+    header_bytes = deflater.compress(header_json) + deflater.flush()
     return _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_bytes)) + header_bytes
 
 
@@ -163,9 +171,9 @@ def decode_update(
             RejectReason.TOO_SHORT,
             f"header claims {header_len} bytes but only {len(view) - _PREFIX.size} follow",
         )
-    raw = bytes(view[_PREFIX.size : _PREFIX.size + header_len])
-    cached = HEADER_CACHE.get(raw)
-    header, specs, text_bytes = cached or _parsed_header(raw)
+    key = bytes(view[4 : _PREFIX.size + header_len])  # version, length, header: one per version
+    cached = HEADER_CACHE.get(key)
+    header, specs, text_bytes = cached or _parsed_header(key[6:], version)
     if expected_round is not None and header["round"] != expected_round:
         raise UpdateRejected(
             RejectReason.ROUND_MISMATCH,
@@ -174,7 +182,7 @@ def decode_update(
     if expected is not None:
         _check_expected(specs, expected)
         if cached is None:  # only headers that matched the model are kept
-            HEADER_CACHE.put(raw, (header, specs, text_bytes))
+            HEADER_CACHE.put(key, (header, specs, text_bytes))
     if masks is not None:
         _check_mask_shapes(specs, masks)
     ctx = DecodeContext(specs, masks, segment_lengths(specs, masks), rotation_seed)
@@ -203,21 +211,27 @@ def decode_update(
 
 def read_header(payload: bytes) -> dict[str, Any]:
     """The inflated JSON header of a payload (for inspection and tests); not validated."""
-    (header_len,) = struct.unpack_from("<I", payload, 6)
-    return json.loads(zlib.decompress(payload[_PREFIX.size : _PREFIX.size + header_len]))
+    _, version, header_len = _PREFIX.unpack_from(payload, 0)
+    inflater = _inflater(version)
+    return json.loads(inflater.decompress(payload[_PREFIX.size : _PREFIX.size + header_len]))
 
 
 HEADER_CACHE = HeaderCache()
 
 
-def _parsed_header(raw: bytes) -> tuple[dict[str, Any], tuple[TensorSpec, ...], int]:
+def _inflater(version: int) -> Any:
+    zdict = HEADER_DICTS.get(version)
+    return zlib.decompressobj() if zdict is None else zlib.decompressobj(zdict=zdict)
+
+
+def _parsed_header(raw: bytes, version: int) -> tuple[dict[str, Any], tuple[TensorSpec, ...], int]:
     """Header, tensor specs and the inflated JSON's size in bytes."""
-    header, text_bytes = _parse_header(raw)
+    header, text_bytes = _parse_header(raw, version)
     return header, tuple(_tensor_specs(header)), text_bytes
 
 
-def _parse_header(raw: bytes) -> tuple[dict[str, Any], int]:
-    inflater = zlib.decompressobj()
+def _parse_header(raw: bytes, version: int) -> tuple[dict[str, Any], int]:
+    inflater = _inflater(version)
     try:
         text = inflater.decompress(raw, MAX_HEADER_BYTES)
         if inflater.unconsumed_tail or inflater.unused_data or not inflater.eof:

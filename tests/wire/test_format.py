@@ -91,11 +91,11 @@ def test_topk_sends_only_k_values_and_zeros_the_rest():
 def test_golden_payload_layout():
     payload = encode_update({"w": np.array([1.0, -2.0], np.float32)}, server_round=3)
     magic, version, header_len = struct.unpack_from("<4sHI", payload)
-    assert (magic, version) == (MAGIC, FORMAT_VERSION) == (b"PLNW", 1)
+    assert (magic, version) == (MAGIC, FORMAT_VERSION) == (b"PLNW", 2)
     assert payload[10 : 10 + header_len][:1] == b"\x78"  # a zlib stream
     header = read_header(payload)
     assert header == {
-        "format": 1,
+        "format": 2,
         "round": 3,
         "sections": [["values", 8]],
         "stages": [
