@@ -35,10 +35,10 @@ from dp_accounting.rdp import rdp_privacy_accountant as rdp
 from scipy import special
 
 from strategies.privacy.accounting import PrivacyError, is_int, is_real
+from wire.dp import DEFAULT_BETA, rounded_l2_bound
 
 # integer orders only: Theorem 9's binomial expansion needs them
 ORDERS: tuple[int, ...] = tuple(range(2, 65)) + (80, 96, 128, 256, 512)
-DEFAULT_BETA = math.exp(-0.5)  # TF Federated's DistributedDpSumFactory default
 
 
 def tau(local_stddev: float, clients: int) -> float:
@@ -46,22 +46,6 @@ def tau(local_stddev: float, clients: int) -> float:
     s2 = float(local_stddev) ** 2
     k = np.arange(1, int(clients), dtype=np.float64)
     return float(10.0 * np.exp(-2.0 * math.pi**2 * s2 * k / (k + 1)).sum())
-
-
-def rounded_l2_bound(scaled_clip: float, dim: int, beta: float = DEFAULT_BETA) -> float:
-    """L2 norm bound after conditional randomized rounding of a vector of norm ``scaled_clip``
-    (integer units) in ``dim`` coordinates; ``beta = 0`` is plain (unconditional) rounding."""
-    plain = scaled_clip + math.sqrt(dim)
-    if beta == 0:
-        return plain
-    if not 0 < beta < 1:
-        raise PrivacyError(f"dp rounding beta must be in [0, 1), got {beta!r}")
-    squared = (
-        scaled_clip**2
-        + dim / 4
-        + math.sqrt(2 * math.log(1 / beta)) * (scaled_clip + math.sqrt(dim) / 2)
-    )
-    return min(plain, math.sqrt(squared))
 
 
 def ddg_rdp(
@@ -127,6 +111,8 @@ def ddg_round_rdp(
             f"dp sampled ({sampled!r}) must be an int between the clients whose noise was summed "
             f"({clients}) and the population ({population})"
         )
+    if not is_real(beta) or not 0 <= beta < 1:
+        raise PrivacyError(f"dp rounding beta must be in [0, 1), got {beta!r}")
     l2 = rounded_l2_bound(clip * scale, dim, beta)
     l1 = min(math.sqrt(dim) * l2, l2**2)
     # replace-one neighbours: one client's vector swapped for another moves the sum twice as far

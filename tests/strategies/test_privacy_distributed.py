@@ -18,15 +18,14 @@ from dp_accounting.rdp import rdp_privacy_accountant as rdp
 from strategies.privacy import accounting
 from strategies.privacy.accounting import PrivacyError
 from strategies.privacy.distributed import (
-    DEFAULT_BETA,
     calibrate_local_stddev,
     ddg_epsilon,
     ddg_rdp,
     ddg_round_rdp,
-    rounded_l2_bound,
     tau,
     wor_subsampled_rdp,
 )
+from wire.dp import DEFAULT_BETA, rounded_l2_bound
 
 
 def test_tau_by_hand():
@@ -43,7 +42,7 @@ def test_rounding_bound_by_hand():
     # with beta = e^-0.5 (sqrt(2 ln(1/beta)) = 1) gives sqrt(100^2 + 1024/4 + (100 + 16))
     assert rounded_l2_bound(100.0, 1024, 0.0) == 132.0
     assert rounded_l2_bound(100.0, 1024, DEFAULT_BETA) == pytest.approx(math.sqrt(10_372), 1e-12)
-    with pytest.raises(PrivacyError):
+    with pytest.raises(ValueError):
         rounded_l2_bound(100.0, 1024, 1.5)
 
 
