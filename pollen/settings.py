@@ -121,3 +121,23 @@ def check_out_dir(out: Path) -> None:
     except OSError as err:
         why = err.strerror or type(err).__name__
         raise SettingError("out", f"cannot write run files in {out}: {why}") from None
+
+
+def settings_table() -> str:
+    """The README's settings reference (a markdown table), derived from the declarations; a
+    test keeps the README's copy equal to it (print it with ``python -c "from pollen.settings
+    import settings_table; print(settings_table())"``)."""
+    rows = ["| flag | run-config key | default | what |", "|---|---|---|---|"]
+    for e in simulate_settings():
+        flag = f"`{e.flag}`" if e.kind is not bool else f"`{e.flag}` / `--no-{e.flag[2:]}`"
+        key = f"`{e.key}`" if e.run_config else "-"
+        shown = "natural or dirichlet:0.5" if e.cli_default is None else _shown(e.cli_default)
+        if e.run_config and e.cli_default != e.default:
+            shown += f" (run config: {_shown(e.default)})"
+        what = e.help.replace("|", "\\|")
+        rows.append(f"| {flag} | {key} | {shown} | {what} |")
+    return "\n".join(rows) + "\n"
+
+
+def _shown(value: Any) -> str:
+    return f"`{str(value).lower() if isinstance(value, bool) else value}`"

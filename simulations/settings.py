@@ -1,8 +1,8 @@
 """Simulation-only settings: the engine and the simulated devices, each declared once.
 
-Like the server's sections (:mod:`server.config`), each field comes from
+Like the server's sections (:mod:`server.sections`), each field comes from
 :func:`server.schema.setting`, so ``pollen simulate``'s flags and ``pollen.simulate``'s keywords
-derive from here. These settings never reach a device: they shape the simulation itself.
+derive from here. They are not run-config keys and never reach a device.
 """
 
 from __future__ import annotations
@@ -38,24 +38,33 @@ def _cpus(value: float) -> None:
 class EngineSection(Section):
     """Which engine runs the virtual clients, on what."""
 
-    clients: int = setting(50, "Number of virtual clients (SuperNodes).", check=at_least(1))
+    clients: int = setting(
+        50, "Number of virtual clients (SuperNodes).", check=at_least(1), run_config=False
+    )
     engine: str = setting(
         "auto",
         "flower (Ray) | batched (K clients per vmapped kernel) | auto (batched on GPU)",
         check=one_of(*ENGINES),
+        run_config=False,
     )
-    device: str = setting("auto", "Batched engine device: auto | cpu | cuda[:N].")
-    client_cpus: float = setting(1.0, "Flower's engine: Ray CPUs per client.", check=_cpus)
+    device: str = setting("auto", "Batched engine device: auto | cpu | cuda[:N].", run_config=False)
+    client_cpus: float = setting(
+        1.0, "Flower's engine: Ray CPUs per client.", check=_cpus, run_config=False
+    )
     client_gpus: float = setting(
-        0.0, "Flower's engine: Ray GPU share per client.", check=within(0, 64)
+        0.0, "Flower's engine: Ray GPU share per client.", check=within(0, 64), run_config=False
     )
     clients_per_batch: int = setting(
-        0, "Batched engine: clients per kernel (0: planned from free memory).", check=at_least(0)
+        0,
+        "Batched engine: clients per kernel (0: planned from free memory).",
+        check=at_least(0),
+        run_config=False,
     )
     pool_uploads: bool = setting(
         True,
         "Batched engine: send each kernel's float32 updates as one weighted mean when the "
         "strategy needs only the mean (no-: one payload per client).",
+        run_config=False,
     )
 
 
@@ -64,11 +73,15 @@ class DevicesSection(Section):
     """Simulated device heterogeneity (:mod:`simulations.heterogeneity`)."""
 
     device_tiers: str = setting(
-        "", "Device tiers (compute, bandwidth): default | PATH.json (default: none)."
+        "",
+        "Device tiers (compute, bandwidth): default | PATH.json (default: none).",
+        run_config=False,
     )
-    availability: float = setting(1.0, "Probability a client is online in a round.")
+    availability: float = setting(
+        1.0, "Probability a client is online in a round.", run_config=False
+    )
     deadline: float = setting(
-        0.0, "Simulated seconds per round; later clients are dropped (0: none)."
+        0.0, "Simulated seconds per round; later clients are dropped (0: none).", run_config=False
     )
 
 

@@ -45,7 +45,7 @@ def test_readme_simulate_flags_exist():
 
     from pollen.cli import app
 
-    help_text = CliRunner().invoke(app, ["simulate", "--help"], terminal_width=200).output
+    help_text = CliRunner().invoke(app, ["simulate", "--help"], env={"COLUMNS": "200"}).output
     section = README.split("## Run simulations", 1)[1].split("\n## ", 1)[0]
     for flag in re.findall(r"`(--[a-z-]+)", section):
         assert flag in help_text or flag.startswith(("--stream", "--format", "--run-config")), flag
@@ -62,7 +62,7 @@ def test_bring_your_own_flags_and_python_api_run(tmp_path, monkeypatch):
     from pollen.cli import app
 
     section = _section("Bring your own model and data")
-    help_text = CliRunner().invoke(app, ["simulate", "--help"], terminal_width=200).output
+    help_text = CliRunner().invoke(app, ["simulate", "--help"], env={"COLUMNS": "200"}).output
     for flag in re.findall(r"(?<![\w-])(--[a-z][a-z-]+)", section.split("```python")[0]):
         assert flag in help_text or flag == "--app", flag
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
