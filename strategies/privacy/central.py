@@ -1,0 +1,189 @@
+"""Central differential privacy: the server clips each decoded update and adds Gaussian noise to
+the sum (DP-FedAvg, McMahan, Ramage, Talwar & Zhang, ICLR 2018), with a fixed clip or the
+adaptive clip of Andrew, Thakkar, McMahan & Ramaswamy ("Differentially Private Learning with
+Adaptive Clipping", NeurIPS 2021): each client's bit ``[||u|| <= C]`` is summed with Gaussian
+noise and ``C <- C exp(-eta (b - gamma))`` tracks the ``gamma`` quantile of the update norms.
+
+:class:`DpMeanAggregator` is an aggregator (:mod:`strategies.aggregators`): it takes the round's
+decoded updates one at a time (O(model) memory), weighs them equally (an example-count weight
+would let one client's data move the mean further than ``C``) and hands Flower's strategy one
+fresh message holding ``reference + (sum of clipped updates + N(0, (z C)^2)) / count``.
+
+Why not Flower's ``DifferentialPrivacyServerSideFixedClipping`` / ``...AdaptiveClipping``: they
+wrap a strategy's ``aggregate_train`` and clip each *reply's* arrays against the current model.
+Pollen's replies are compact wire payloads; the adapter decodes them and hands the strategy the
+aggregate (one message holding the mean), which the wrapper would clip and noise as if it were
+one client. They fit only a strategy fed every update (``CollectAll``: a message per client,
+O(clients x model) memory, no pooled uploads); the benchmark runs them that way as a baseline.
+
+The noise generator is secret by default (seeded from ``os.urandom``): noise drawn from a seed
+anyone knows can be subtracted. A simulation passes its run seed to be reproducible.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.app import Message
+
+from strategies.aggregators import fresh_reply
+from strategies.decoding import Update
+from strategies.privacy.accounting import (
+    Ledger,
+    PrivacyError,
+    RoundPlan,
+    adaptive_clip_noise,
+    is_real,
+)
+from strategies.replies import WEIGHT_KEY
+
+
+def update_norm(deltas: dict[str, np.ndarray]) -> float:
+    """L2 norm of a whole update (every tensor together)."""
+    return math.sqrt(
+        sum(float(np.dot(d.ravel().astype(np.float64), d.ravel())) for d in deltas.values())
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdaptiveClip:
+    """Andrew et al.'s geometric clip update; defaults are the paper's (Sec. 3, experiments)."""
+
+    target_quantile: float = 0.5  # gamma: the fraction of updates left unclipped
+    learning_rate: float = 0.2  # eta
+    count_stddev_fraction: float = 0.05  # sigma_b = this * clients per round (paper: m / 20)
+
+    def __post_init__(self) -> None:
+        for name, low, high in (
+            ("target_quantile", 0.0, 1.0),
+            ("learning_rate", 0.0, 10.0),
+            ("count_stddev_fraction", 0.0, 10.0),
+        ):
+            value = getattr(self, name)
+            if not is_real(value) or not low < value <= high:
+                raise PrivacyError(f"dp adaptive {name} must be in ({low}, {high}], got {value!r}")
+
+
+@dataclass
+class DpMeanAggregator:
+    """One round: the equally weighted mean of clipped updates plus Gaussian noise."""
+
+    reference: dict[str, np.ndarray]
+    clip: float
+    sum_stddev: float  # noise on the sum of clipped updates
+    count_stddev: float  # noise on the sum of unclipped bits (0: fixed clipping)
+    rng: np.random.Generator
+    accepts_pools: bool = False  # a pool's mean is not one client's update: clip needs each
+    total: dict[str, np.ndarray] = field(default_factory=dict)
+    count: int = 0
+    unclipped: int = 0
+    first: Message | None = None
+
+    def add(self, update: Update) -> None:
+        if len(update.replies) != 1:
+            raise PrivacyError("central DP clips each client's update: pooled uploads are refused")
+        norm = update_norm(update.deltas)
+        factor = min(1.0, self.clip / norm) if norm > 0 else 1.0
+        self.unclipped += norm <= self.clip
+        for name, delta in update.deltas.items():
+            part = delta.astype(np.float64) * factor
+            self.total[name] = self.total[name] + part if name in self.total else part
+        self.count += 1
+        if self.first is None:
+            self.first = update.replies[0]
+
+    def noisy_mean(self) -> dict[str, np.ndarray]:
+        """The noisy mean update per tensor (noise drawn once per call, in name order)."""
+        return {
+            name: ((s + self.rng.normal(0.0, self.sum_stddev, s.shape)) / self.count).astype(
+                np.float32
+            )
+            for name, s in sorted(self.total.items())
+        }
+
+    def noisy_unclipped_fraction(self) -> float:
+        return (self.unclipped + self.rng.normal(0.0, self.count_stddev)) / max(self.count, 1)
+
+    def strategy_input(self) -> list[Message]:
+        if self.first is None:
+            return []
+        mean = self.noisy_mean()
+        model = {
+            name: (ref + mean[name]).astype(np.float32) if name in mean else ref
+            for name, ref in self.reference.items()
+        }
+        return [fresh_reply(self.first, model, {WEIGHT_KEY: float(self.count)})]
+
+
+@dataclass
+class CentralDp:
+    """A run's central DP: the clip (fixed or adaptive), the noise and the privacy ledger."""
+
+    noise_multiplier: float
+    clip: float
+    plan: RoundPlan
+    adaptive: AdaptiveClip | None = None
+    noise_seed: int | None = None  # None: a secret seed from os.urandom
+    ledger: Ledger = field(init=False)
+    _rng: np.random.Generator = field(init=False)
+    _round: DpMeanAggregator | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        if not is_real(self.clip) or not (math.isfinite(self.clip) and self.clip > 0):
+            raise PrivacyError(f"dp-clip must be a positive number, got {self.clip!r}")
+        if not is_real(self.noise_multiplier) or not (
+            math.isfinite(self.noise_multiplier) and self.noise_multiplier > 0
+        ):
+            raise PrivacyError(
+                f"dp-noise-multiplier must be a positive number, got {self.noise_multiplier!r}"
+            )
+        self.ledger = Ledger(self.plan)
+        seed = self.noise_seed
+        self._rng = np.random.default_rng(
+            int.from_bytes(os.urandom(32), "little") if seed is None else [int(seed), 0x44505]
+        )
+
+    @property
+    def count_stddev(self) -> float:
+        if self.adaptive is None:
+            return 0.0
+        return self.adaptive.count_stddev_fraction * self.plan.per_round
+
+    @property
+    def sum_multiplier(self) -> float:
+        """The multiplier on the update sum: all of ``z``, or Andrew et al.'s share of it."""
+        if self.adaptive is None:
+            return float(self.noise_multiplier)
+        return adaptive_clip_noise(self.noise_multiplier, self.count_stddev)
+
+    def aggregator(self, reference: dict[str, np.ndarray]) -> DpMeanAggregator:
+        """This round's aggregator (clip and noise as they stand now)."""
+        self._round = DpMeanAggregator(
+            reference,
+            clip=self.clip,
+            sum_stddev=self.sum_multiplier * self.clip,
+            count_stddev=self.count_stddev,
+            rng=self._rng,
+        )
+        return self._round
+
+    def finish_round(self) -> dict[str, float]:
+        """After the round's release: spend it in the ledger, move an adaptive clip; metrics."""
+        agg, self._round = self._round, None
+        if agg is None or agg.count == 0:
+            return {}
+        epsilon = self.ledger.spend(self.noise_multiplier)
+        metrics = {
+            "dp-epsilon": epsilon,
+            "dp-epsilon-round": self.ledger.last_round(),
+            "dp-clip": self.clip,
+        }
+        if self.adaptive is not None:
+            fraction = agg.noisy_unclipped_fraction()
+            step = self.adaptive.learning_rate * (fraction - self.adaptive.target_quantile)
+            self.clip = float(self.clip * math.exp(-step))
+            metrics["dp-unclipped-fraction"] = float(fraction)
+        return metrics
