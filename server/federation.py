@@ -37,7 +37,6 @@ from server.checkpoint import (
 from server.config import RunSettings
 from server.metrics import MetricsLog
 from server.schema import settings_of
-from server.sections import SimulatedClientsSection
 from strategies import ReplyLimits, StrategySettings, build_strategy, stall_reason
 from strategies.schedules import MetricsAggregation, parse_schedule
 from wire import keys
@@ -96,7 +95,6 @@ _SHARED_STRATEGY_FIELDS = tuple(
 
 def client_config(settings: RunSettings, num_partitions: int) -> ConfigRecord:
     """What every client needs each round besides the model (the server is the source of truth)."""
-    simulated = {e.key: getattr(settings, e.name) for e in settings_of(SimulatedClientsSection)}
     return ConfigRecord(
         {
             keys.TASK: settings.task,
@@ -105,7 +103,9 @@ def client_config(settings: RunSettings, num_partitions: int) -> ConfigRecord:
             keys.LR: settings.lr,
             keys.LOCAL_EPOCHS: settings.local_epochs,
             keys.BATCH_SIZE: settings.batch_size,
-            **simulated,  # read by the simulation ClientApp (simulations.app, .attacks)
+            # how the simulation ClientApp splits the data (simulations.app); simulated attacks
+            # and dropouts are not sent: that ClientApp reads them from its run
+            keys.PARTITION: settings.partition,
         }
     )
 

@@ -4,17 +4,23 @@ Also the simulated dropout of ``dropout-rate`` of the clients each round (they r
 :class:`SimulatedDropout` after training, so they never upload). The first
 ``malicious-fraction`` of partitions replace their update: ``scale`` multiplies it by
 ``attack-scale``; ``sign-flip`` sends ``-attack-scale`` times it (the sign-flipping attack of
-Damaskinos et al. / Allen-Zhu et al., as used to evaluate Krum and trimmed mean). The server's
-round config says who attacks, so a run is reproducible; deployed clients built with the plain
-SDK ignore these keys.
+Damaskinos et al. / Allen-Zhu et al., as used to evaluate Krum and trimmed mean). Who attacks
+follows from the seed and the partition id, so a run is reproducible. These settings never travel
+to devices: the simulation's own ClientApp gets them from its run (:func:`attack_hook`) or, under
+``flwr run``, from the run config every ClientApp of the run sees (:func:`simulated_clients`).
 """
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 from flwr.app import ConfigRecord, Context
 
-from client_sdk import partition_id_of
+from client_sdk import UpdateHook, partition_id_of
+from server.schema import from_keys, settings_of
+from server.sections import SimulatedClientsSection
+from wire import keys
 
 ATTACKS = ("", "scale", "sign-flip")
 
@@ -35,20 +41,42 @@ def is_malicious(partition_id: int, num_partitions: int, fraction: float) -> boo
     return 0 <= partition_id < int(round(fraction * num_partitions))
 
 
+def simulated_clients(context: Context) -> SimulatedClientsSection:
+    """The simulated-client settings of this run's config (under ``flwr run``; defaults for the
+    keys it lacks, e.g. in Flower's in-process engine, whose run config is empty)."""
+    own = {entry.key for entry in settings_of(SimulatedClientsSection)}
+    return from_keys(
+        SimulatedClientsSection, {k: v for k, v in context.run_config.items() if k in own}
+    )
+
+
+def attack_hook(simulated: SimulatedClientsSection) -> UpdateHook | None:
+    """The update hook of a run that simulates attackers or dropouts (else None: without a hook
+    the batched engine encodes uncompressed updates on its vectorized path)."""
+    if not (simulated.attack or simulated.dropout_rate):
+        return None
+    return partial(simulated_attack, simulated=simulated)
+
+
 def simulated_attack(
-    delta: dict[str, np.ndarray], context: Context, config: ConfigRecord
+    delta: dict[str, np.ndarray],
+    context: Context,
+    config: ConfigRecord,
+    simulated: SimulatedClientsSection | None = None,
 ) -> dict[str, np.ndarray]:
-    rate = float(config.get("dropout-rate", 0.0))
+    """Drop out (raise :class:`SimulatedDropout`) or replace ``delta`` as ``simulated`` says
+    (default: :func:`simulated_clients` of this node's run config)."""
+    s = simulated if simulated is not None else simulated_clients(context)
     pid = partition_id_of(context)
-    if drops_out(int(config.get("seed", 0)), int(config.get("server-round", 0)), pid, rate):
-        raise SimulatedDropout(f"partition {pid} dropped out (simulated, dropout-rate {rate})")
-    attack = str(config.get("attack", ""))
-    fraction = float(config.get("malicious-fraction", 0.0))
-    if not attack or fraction <= 0:
+    seed, server_round = int(config.get(keys.SEED, 0)), int(config.get(keys.SERVER_ROUND, 0))
+    if drops_out(seed, server_round, pid, s.dropout_rate):
+        raise SimulatedDropout(
+            f"partition {pid} dropped out (simulated, dropout-rate {s.dropout_rate})"
+        )
+    if not s.attack or s.malicious_fraction <= 0:
         return delta
-    num = int(context.node_config.get("num-partitions", config.get("num-partitions", 0)))
-    if not is_malicious(partition_id_of(context), num, fraction):
+    num = context.node_config.get(keys.NUM_PARTITIONS, config.get(keys.NUM_PARTITIONS, 0))
+    if not is_malicious(pid, int(num), s.malicious_fraction):
         return delta
-    scale = float(config.get("attack-scale", 10.0))
-    factor = np.float32(-scale if attack == "sign-flip" else scale)
+    factor = np.float32(-s.attack_scale if s.attack == "sign-flip" else s.attack_scale)
     return {name: (value * factor).astype(np.float32) for name, value in delta.items()}

@@ -16,14 +16,15 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from client_sdk import Task
+from client_sdk import Task, build_client_app
 from client_sdk.tasks import get_task, portable_task_name
 from server import EXPORT_FILE, MODEL_FILE, RunSettings, read_metrics
 from server.app import build_server_app
 from server.checkpoint import check_resumable, load_checkpoint
 from server.federation import ABORT_FILE, RoundCallback, RunAborted, ServerHooks
-from simulations.app import clientapp, simulated_client_data
-from simulations.attacks import simulated_attack
+from server.sections import SimulatedClientsSection
+from simulations.app import simulated_client_data
+from simulations.attacks import attack_hook
 from simulations.heterogeneity import (
     HeterogeneousGrid,
 )
@@ -151,9 +152,7 @@ def _run_batched(server_app, settings: SimulationSettings) -> dict[str, Any]:
         task=get_task,
         data=simulated_client_data,
         num_nodes=settings.clients,
-        # the hook only matters when the run simulates attackers; without it uncompressed
-        # updates take the vectorized encoder
-        update_hook=simulated_attack if settings.run.attack or settings.run.dropout_rate else None,
+        update_hook=attack_hook(settings.run.section(SimulatedClientsSection)),
         device=resolve_device(settings.device),
         clients_per_batch=settings.clients_per_batch,
         seed=settings.run.seed,
@@ -195,7 +194,11 @@ def _run_flower(server_app, settings: SimulationSettings) -> None:
     try:
         run_simulation(
             server_app=server_app,
-            client_app=clientapp,
+            client_app=build_client_app(
+                get_task,
+                simulated_client_data,
+                update_hook=attack_hook(settings.run.section(SimulatedClientsSection)),
+            ),
             num_supernodes=settings.clients,
             backend_config={
                 "client_resources": resources,
