@@ -22,6 +22,7 @@ from flwr.serverapp.strategy import (
 
 from strategies.aggregators import needs_only_mean
 from strategies.compression import CompressionSettings
+from strategies.privacy.central import CentralDp
 from strategies.replies import LOSS
 from strategies.sampling import SeededSampler
 from strategies.schedules import LrSchedule, MetricsAggregation, RoundHooks
@@ -80,6 +81,7 @@ class StrategySettings:
     momentum: float = 0.9  # FedAvgM's server momentum (Hsu et al. 2019)
     q: float = 0.1  # q-FFL's fairness exponent (Li et al., ICLR 2020)
     secure: SecAggSettings | None = None  # SecAgg+: the server sees only the sum of updates
+    privacy: CentralDp | None = None  # central DP: clipped, noised mean (strategies.privacy)
     limits: ReplyLimits = field(default_factory=ReplyLimits)  # what one reply may hold
     lr_schedule: LrSchedule = field(default_factory=LrSchedule)  # per-round client lr
     num_rounds: int = 0  # planned rounds (a cosine schedule anneals over them)
@@ -158,6 +160,7 @@ def build_strategy(settings: StrategySettings) -> WireStrategy:
         compression=settings.compression,
         clip_norm=settings.clip_norm,
         secure=settings.secure,
+        privacy=settings.privacy,
         limits=settings.limits,
         hooks=RoundHooks(
             client_lr=settings.client_lr,

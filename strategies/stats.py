@@ -41,6 +41,7 @@ class RoundStats:
     secagg_failure: str = ""  # why secure aggregation could not finish this round ("" = fine)
     aggregation_failure: str = ""  # why the server step produced no model ("" = fine)
     evaluate_rejected: list[Rejection] = field(default_factory=list)  # bad evaluation replies
+    privacy: dict[str, float] = field(default_factory=dict)  # dp-epsilon (total), -round, -clip
 
     @property
     def download_bytes_total(self) -> int:
@@ -84,6 +85,7 @@ class RoundStats:
                 for k, v in self.federated_evaluation.items()
             },
             **{f"train_{k.removeprefix('train-')}": v for k, v in self.train_metrics.items()},
+            **{k.replace("-", "_"): v for k, v in self.privacy.items()},
         }
 
 

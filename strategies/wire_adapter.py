@@ -30,6 +30,7 @@ from strategies.aggregators import (
 )
 from strategies.compression import CompressionSettings
 from strategies.decoding import RoundDecoder, quantized_download
+from strategies.privacy.central import CentralDp
 from strategies.pruning import magnitude_masks, prunable_names
 from strategies.replies import WEIGHT_KEY, checked_evaluate_replies
 from strategies.sampling import FixedNodesGrid, SeededSampler
@@ -61,7 +62,14 @@ class WireStrategy(Strategy):
         secure: SecAggSettings | None = None,
         limits: ReplyLimits | None = None,
         hooks: RoundHooks | None = None,
+        privacy: CentralDp | None = None,
     ) -> None:
+        if privacy is not None and (secure is not None or not needs_only_mean(inner)):
+            raise ValueError(
+                "central DP clips and noises the mean of each decoded update: it cannot run "
+                f"with {'secure aggregation' if secure is not None else type(inner).__name__} "
+                "(use fedavg, fedprox, fedadam, fedyogi, fedadagrad or fedavgm, without secure-agg)"
+            )
         if secure is not None and not needs_only_mean(inner):
             raise ValueError(
                 f"secure aggregation reveals only the sum of updates, but {type(inner).__name__} "
@@ -82,6 +90,7 @@ class WireStrategy(Strategy):
         self._session: SecAggSession | None = None
         self.compression = compression or CompressionSettings()
         self.clip_norm = clip_norm
+        self.privacy = privacy  # central DP (strategies.privacy.central), or None
         # Rounds already done before a resume: Flower's loop counts from 1 again, and every
         # round-dependent choice (sampling, masks, client seeds, FedAdam's bias correction)
         # must see the true round.
@@ -96,7 +105,9 @@ class WireStrategy(Strategy):
         self._reference: dict[str, np.ndarray] = {}  # the model clients start from this round
         self._rotation_seed: int | None = None  # this round's shared rotation, if any
         # Only the weighted mean is needed: a host running many clients may pool their updates.
-        self.pooling = self.needs_mean_only and secure is None and not clip_norm > 0
+        self.pooling = (
+            self.needs_mean_only and secure is None and not clip_norm > 0 and privacy is None
+        )
 
     # ----------------------------------------------------------------- Strategy interface
     def summary(self) -> None:
@@ -236,9 +247,13 @@ class WireStrategy(Strategy):
             return None, None
         if self.secure is not None:  # only what the survivors chose to share
             metrics = shared_train_loss(replies)
+        elif self.privacy is not None and not self.privacy.client_metrics:
+            metrics = {}  # each client's metrics would leak around the noise (opt in to keep)
         else:
             metrics = self.hooks.aggregate_metrics("train", records, weights, weighted_metrics)
             metrics.pop(WEIGHT_KEY, None)
+        if self.privacy is not None:
+            stats.privacy = self.privacy.finish_round()
         stats.train_metrics = {k: float(v) for k, v in metrics.items() if _is_scalar(v)}
         return arrays, MetricRecord(metrics)
 
@@ -248,7 +263,11 @@ class WireStrategy(Strategy):
         """Each reply decoded and checked (or counted as a rejection) into the aggregator the
         inner strategy needs, with the accepted clients' metrics and weights; None when no
         update was accepted."""
-        aggregator = aggregator_for(self.inner, self._reference, pools=self.pooling)
+        aggregator: UpdateAggregator = (
+            self.privacy.aggregator(self._reference)
+            if self.privacy is not None
+            else aggregator_for(self.inner, self._reference, pools=self.pooling)
+        )
         records: list[dict] = []
         weights: list[float] = []
         for update in self._decoder.updates(replies, stats, pools=aggregator.accepts_pools):

@@ -127,6 +127,7 @@ class CentralDp:
     plan: RoundPlan
     adaptive: AdaptiveClip | None = None
     noise_seed: int | None = None  # None: a secret seed from os.urandom
+    client_metrics: bool = False  # keep clients' train metrics (they bypass the noise)
     ledger: Ledger = field(init=False)
     _rng: np.random.Generator = field(init=False)
     _round: DpMeanAggregator | None = field(default=None, init=False)

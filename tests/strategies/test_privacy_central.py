@@ -129,3 +129,32 @@ def test_hostile_settings_are_typed_errors(kwargs):
         CentralDp(**({"noise_multiplier": 1.0, "clip": 1.0, "plan": PLAN} | kwargs))
     with pytest.raises(PrivacyError):
         AdaptiveClip(target_quantile=1.5)
+
+
+def test_wire_strategy_round_with_central_dp():
+    # two encoded client replies through the adapter: decoded, clipped to 2, equally weighted,
+    # noised (seeded), Flower's FedAvg steps from it; epsilon lands in the round's metrics and
+    # the clients' train metrics are withheld (not opted in)
+    from strategies import StrategySettings, build_strategy
+    from tests.helpers.replies import configured, train_reply
+
+    plan = RoundPlan(population=2, per_round=2, rounds=3, delta=1e-3)
+    dp = CentralDp(noise_multiplier=1.0, clip=2.0, plan=plan, noise_seed=9)
+    strategy, msgs = configured(privacy=dp)
+    assert len(msgs) == 2 and not strategy.pooling
+    replies = [
+        train_reply(1, {"w": np.array([1.0, 0.0, -1.0], np.float32)}, n=1),
+        train_reply(2, {"w": np.array([0.0, 3.0, 0.0], np.float32)}, n=300),
+    ]
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    clipped_mean = (np.array([1.0, 0.0, -1.0]) + np.array([0.0, 2.0, 0.0])) / 2
+    replay = np.random.default_rng([9, 0x44505]).normal(0.0, 2.0, 3) / 2  # the same draws
+    np.testing.assert_allclose(
+        arrays["w"].numpy(), GLOBAL["w"] + clipped_mean + replay, rtol=0, atol=1e-5
+    )
+    assert dict(metrics) == {}
+    logged = strategy.rounds[1].as_metrics()
+    assert logged["dp_epsilon"] == pytest.approx(epsilon_by_round(1.0, plan)[0])
+    assert logged["dp_clip"] == 2.0
+    with pytest.raises(ValueError, match="central DP"):
+        build_strategy(StrategySettings(name="krum", privacy=dp))
