@@ -119,7 +119,7 @@ DERIVED_KEYS = tuple(name.replace("_", "-") for name in DERIVED)
 
 
 def _run_config_values(ctx: typer.Context, run_config: str | None) -> dict[str, Any]:
-    """``--run-config 'k=v k2=v2'`` (values as ``flwr run --run-config`` parses them) as
+    """``--run-config 'k=v k2=v2'`` or a .toml file (as ``flwr run --run-config`` parses them) as
     keyword values; a key also given by its own flag, or one simulate sets itself, is refused."""
     if not run_config:
         return {}
@@ -127,9 +127,13 @@ def _run_config_values(ctx: typer.Context, run_config: str | None) -> dict[str, 
 
     try:
         parsed = parse_config_args([run_config])
+    except OSError as err:  # a .toml file, as flwr run takes too
+        raise SettingError("run-config", f"cannot read {run_config}: {err.strerror}") from None
     except (ValueError, click.ClickException) as err:
         why = err.format_message() if isinstance(err, click.ClickException) else str(err)
         raise SettingError("run-config", why) from None
+    if not parsed:
+        raise SettingError("run-config", f"no key=value pair in {run_config!r}")
     entries = {e.key: e for e in simulate_settings() if e.run_config}
     values = {}
     for key, value in parsed.items():
@@ -140,7 +144,10 @@ def _run_config_values(ctx: typer.Context, run_config: str | None) -> dict[str, 
         entry = entries[key]
         if ctx.get_parameter_source(entry.name) is click.core.ParameterSource.COMMANDLINE:
             raise SettingError("run-config", f"{key}: also given as {entry.flag}")
-        values[entry.name] = typed(entry, value)
+        try:
+            values[entry.name] = typed(entry, value)
+        except SettingError as err:
+            raise SettingError("run-config", f"{key}: {err.why}") from None
     return values
 
 

@@ -22,8 +22,6 @@ from server.schema import from_keys, settings_of
 from server.sections import SimulatedClientsSection
 from wire import keys
 
-ATTACKS = ("", "scale", "sign-flip")
-
 
 class SimulatedDropout(RuntimeError):
     """A simulated client vanishing after it trained (for secure aggregation: after sharing

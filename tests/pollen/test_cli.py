@@ -63,6 +63,8 @@ def test_simulate_end_to_end_through_the_console_script(tmp_path):
             "iid",
             "--out",
             str(out),
+            "--run-config",
+            'quant-bits=4 lr-schedule="cosine"',
         ],
         capture_output=True,
         text=True,
@@ -72,6 +74,8 @@ def test_simulate_end_to_end_through_the_console_script(tmp_path):
     assert "final accuracy:" in done.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rounds"] == 2 and summary["clients"] == 4 and summary["partition"] == "iid"
+    assert summary["settings"]["quant_bits"] == 4  # --run-config, parsed as flwr run does
+    assert summary["settings"]["lr_schedule"] == "cosine"
     assert (out / "accuracy.png").exists()
 
 
@@ -156,3 +160,28 @@ def test_an_out_dir_below_a_file_or_on_a_file_is_a_flag_error(tmp_path):
     line = _one_line_error(["--out", str(tmp_path / "file" / "run")], "--out")
     assert "Not a directory" in line
     assert "is a file, not a folder" in _one_line_error(["--out", str(tmp_path / "file")], "--out")
+
+
+@pytest.mark.parametrize(
+    ("run_config", "says"),
+    [
+        ("lr=abc", "invalid format"),
+        ("lr=1e400", "lr: must be a finite number"),
+        ("lr=[1,2]", "needs to be of type"),
+        ("no-such-key=1", "no-such-key: not a run-config key"),
+        ("a.b=1", "a.b: not a run-config key"),
+        ("num-partitions=3", "set by pollen simulate"),
+        ('engine="flower"', "engine: not a run-config key"),
+        ("nothing here", "no key=value pair"),
+        ("missing.toml", "cannot read missing.toml"),
+    ],
+)
+def test_bad_run_config_values_are_one_line_errors(run_config, says):
+    assert says in _one_line_error(["--run-config", run_config], "--run-config")
+
+
+def test_a_run_config_key_and_its_own_flag_cannot_both_be_given():
+    line = _one_line_error(["--rounds", "2", "--run-config", "num-server-rounds=3"], "--run-config")
+    assert "also given as --rounds" in line
+    line = _one_line_error(["--run-config", "quant-bits=3"], "--run-config quant-bits")
+    assert "got 3" in line
