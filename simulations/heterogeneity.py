@@ -32,7 +32,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 
 from strategies.sampling import UNKNOWN_PARTITION, query_partitions, reported_partition
-from wire import POOLING_CONFIG_KEY
+from wire import POOLING_CONFIG_KEY, keys
 from wire.secagg_protocol import SECAGG_RECORD_KEY
 
 
@@ -229,7 +229,8 @@ class HeterogeneousGrid:
         if pid == UNKNOWN_PARTITION:
             return True
         config = request.content.get("config")
-        server_round = int(config.get("server-round", 0)) if isinstance(config, ConfigRecord) else 0
+        is_record = isinstance(config, ConfigRecord)
+        server_round = int(config.get(keys.SERVER_ROUND, 0)) if is_record else 0
         return self.model.online(pid, server_round)
 
     def _learn(self, replies: list[Message]) -> None:
@@ -246,7 +247,8 @@ class HeterogeneousGrid:
         metrics = metrics or MetricRecord()
         pid = int(metrics.get("partition-id", self._partition(request)))
         config = request.content.get("config")
-        server_round = int(config.get("server-round", 0)) if isinstance(config, ConfigRecord) else 0
+        is_record = isinstance(config, ConfigRecord)
+        server_round = int(config.get(keys.SERVER_ROUND, 0)) if is_record else 0
         if not self.model.online(pid, server_round):
             return None
         tier = self.model.tier_of(pid)

@@ -167,7 +167,7 @@ class WireStrategy(Strategy):
         self._rotation_seed = codec_config.get(keys.ROTATE_SEED)
         round_config = ConfigRecord({**dict(config), **codec_config})
         if (lr := self.hooks.round_lr(server_round)) is not None:
-            round_config["lr"] = lr
+            round_config[keys.LR] = lr
         if self.pooling:
             round_config[POOLING_CONFIG_KEY] = True
         if mask:
