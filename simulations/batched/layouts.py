@@ -62,7 +62,7 @@ def pick_layout(
     ``layout + BENCHMARK_SUFFIX``. A layout that cannot run the model has no time.
     """
     k = min(len(seeds), PROBE_CLIENTS[device.type == "cuda"])
-    part = ClientBatch(batch.x[:k], batch.y[:k], batch.sizes[:k])
+    part = batch.head(k)
     candidates = [(layout, False) for layout in LAYOUTS]
     if device.type == "cuda":
         candidates += [(layout, True) for layout in CUDNN_LAYOUTS]
@@ -117,7 +117,7 @@ class LayoutTuner:
     def layout_for(self, plan: RoundPlan, batch: ClientBatch, seeds: list[int]) -> str:
         """The layout to train ``batch`` in (timing every layout first, once, on CUDA)."""
         self._default()
-        if self.layout is None and batch.x.dim() == 5:
+        if self.layout is None and batch.images:
             layout, self.cudnn_benchmark, times = pick_layout(plan, batch, seeds, self.device)
             self.timings = {name: round(t, 4) for name, t in times.items()}
             log.info("batched engine: layout %s (timed: %s)", layout, times)
@@ -129,7 +129,7 @@ class LayoutTuner:
     def give_up_kernels(self, batch: ClientBatch, err: Exception) -> bool:
         """After ``err`` from Pollen's kernels on ``batch``'s images: use vmap's own rules
         ("grouped") and say so (True); False when no kernel of Pollen's ran."""
-        if self.layout not in KERNELS or batch.x.dim() != 5:
+        if self.layout not in KERNELS or not batch.images:
             return False
         log.warning(
             "batched engine: the %s kernels could not run the Task (%s: %s); "

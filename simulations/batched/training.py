@@ -49,15 +49,31 @@ class NotVectorizable(Exception):
 
 @dataclass(frozen=True)
 class ClientBatch:
-    """K clients' training data on one device, padded to the largest client."""
+    """K clients' training data on one device, back to back (no padding): client k's samples
+    are rows ``starts[k] : starts[k] + sizes[k]``."""
 
-    x: torch.Tensor  # [K, n_max, ...features]
-    y: torch.Tensor  # [K, n_max]
+    x: torch.Tensor  # [N, ...features], N = sizes.sum()
+    y: torch.Tensor  # [N]
     sizes: np.ndarray  # [K] true sample counts
 
     @property
     def nbytes(self) -> int:
         return self.x.nbytes + self.y.nbytes
+
+    @property
+    def starts(self) -> np.ndarray:
+        """[K] each client's first row."""
+        return np.cumsum(self.sizes) - self.sizes
+
+    @property
+    def images(self) -> bool:
+        """Whether the samples are [C, H, W] images."""
+        return self.x.dim() == 4
+
+    def head(self, k: int) -> ClientBatch:
+        """The first ``k`` clients (views of the same storage)."""
+        end = int(self.sizes[:k].sum())
+        return ClientBatch(self.x[:end], self.y[:end], self.sizes[:k])
 
 
 @dataclass(frozen=True)
@@ -83,27 +99,24 @@ def stack_clients(
     channels_last: bool = False,
     task: Task | None = None,
 ) -> ClientBatch:
-    """Pad every client's train split to the largest one and move the stack to ``device``.
+    """Every client's train split, back to back, moved to ``device``.
 
-    ``channels_last`` stores [K, n, C, H, W] images as [K, n, H, W, C] in memory (the logical
-    shape is unchanged), which the packed kernels gather into their layout 6x faster. The
-    clients are copied as they are (one memcpy each) and reordered on ``device`` in one
-    operation: 500 clients of 50 CIFAR-sized images took 380 us per client with numpy's
-    reordering copy per client, 262 us this way on the 2-core CPU.
+    No client is padded: with skewed sizes a chunk padded to its largest client held up to
+    9x its real samples (Pareto(2), 1000 clients: the 50 largest padded to 4,568 images each).
+    ``channels_last`` stores [N, C, H, W] images as [N, H, W, C] in memory (the logical shape
+    is unchanged), which the packed kernels gather into their layout 6x faster; the reordering
+    is one operation on ``device``.
     """
     sizes = np.array([len(d.y_train) for d in data], dtype=np.int64)
     if sizes.min() < 1:
         raise NotVectorizable("a client has no training examples")
-    first = np.asarray(data[0].x_train, dtype=np.float32)
-    x = np.zeros((len(data), int(sizes.max()), *first.shape[1:]), dtype=np.float32)
+    first = np.asarray(data[0].x_train)
     kind = targets_tensor(data[0].y_train[:1], task).numpy().dtype  # float32 or int64
-    y = np.zeros((len(data), int(sizes.max())), dtype=kind)
-    for k, d in enumerate(data):
-        x[k, : sizes[k]] = d.x_train
-        y[k, : sizes[k]] = d.y_train
+    x = np.concatenate([d.x_train for d in data], dtype=np.float32, casting="unsafe")
+    y = np.concatenate([d.y_train for d in data], dtype=kind, casting="unsafe")
     x_t = torch.from_numpy(x).to(device)
     if channels_last and first.ndim == 4:
-        x_t = x_t.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+        x_t = x_t.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
     return ClientBatch(x_t, torch.from_numpy(y).to(device), sizes)
 
 
@@ -144,6 +157,11 @@ def check_sample_mean_loss(task: Task, x: np.ndarray, y: np.ndarray) -> None:
 LAYOUTS = ("grouped", "channels-last", "packed", "unfold")
 # the layouts whose kernels differentiate with ordinary autograd (not torch.func.grad)
 KERNELS = {"packed": PackedKernels, "unfold": UnfoldKernels}
+# At most this many clients still training: each runs its own unbatched forward pass (one
+# backward for all), which skips vmap's per-step fixed cost; a skewed chunk's long tail is
+# mostly steps of one or two clients. Measured against vmap on the 2-core CPU: faster for one
+# and two clients, level at three (benchmarks/README.md, unequal client sizes).
+FEW_ROWS = 2
 
 
 def default_layout(device: torch.device) -> str:
@@ -217,7 +235,7 @@ def train_clients(
     layout = layout or default_layout(device) or "grouped"
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
-    kernels = KERNELS.get(layout) if batch.x.dim() == 5 else None
+    kernels = KERNELS.get(layout) if batch.images else None
     k = len(seeds)
     params = {n: start[n].expand(k, *start[n].shape).clone() for n in trained}
     if kernels is not None:
@@ -238,6 +256,18 @@ def train_clients(
 
     else:
         step = vmap(grad_and_value(client_loss))
+
+    def one_by_one(params, xb, yb, wb):  # few rows left: each client's graph, one backward
+        leaves = {n: p.detach().requires_grad_() for n, p in params.items()}
+        losses = torch.stack(
+            [
+                client_loss({n: q[i] for n, q in leaves.items()}, xb[i], yb[i], wb[i])
+                for i in range(len(xb))
+            ]
+        )
+        grads = torch.autograd.grad(losses.sum(), list(leaves.values()))
+        return dict(zip(params, grads, strict=True)), losses.detach()
+
     optimizer = task.optimizer.build(iter(params.values()), lr=schedule.lr)
     index, weight, steps = batch_schedule(batch.sizes, seeds, schedule.epochs, schedule.batch_size)
     # rows in descending order of steps: the clients still training are always a prefix
@@ -245,19 +275,23 @@ def train_clients(
     left = steps[order]  # steps of each row, in training order
     index_t = torch.from_numpy(np.ascontiguousarray(index[:, order])).to(device)
     weight_t = torch.from_numpy(np.ascontiguousarray(weight[:, order])).to(device)
-    rows_of = torch.from_numpy(order).to(device).unsqueeze(1)
+    # each row's first sample in the back-to-back data, in training order
+    first_row = torch.from_numpy(batch.starts[order]).to(device).unsqueeze(1)
     finals = {n: torch.empty_like(p) for n, p in params.items()}
-    relayout = batch.x.dim() == 5 and layout == "channels-last"
+    relayout = batch.images and layout == "channels-last"
     mode = kernels() if kernels is not None else contextlib.nullcontext()
     loss_sum = torch.zeros(k, dtype=torch.float64, device=device)
     rows = k  # rows computed at this step: every client (padded) or those still training
     for s in range(index.shape[0]):
-        pick = index_t[s, :rows]
-        xb, yb = batch.x[rows_of[:rows], pick], batch.y[rows_of[:rows], pick]
+        pick = first_row[:rows] + index_t[s, :rows]  # [rows, B] rows of batch.x
+        xb, yb = batch.x[pick], batch.y[pick]
         if relayout:
             xb = _images_channels_last(xb)
-        with mode:
-            grads, losses = step(params, xb, yb, weight_t[s, :rows])
+        if shrink and rows <= FEW_ROWS:
+            grads, losses = one_by_one(params, xb, yb, weight_t[s, :rows])
+        else:
+            with mode:
+                grads, losses = step(params, xb, yb, weight_t[s, :rows])
         for n, p in params.items():
             p.grad = grads[n]
         optimizer.step()

@@ -7,7 +7,8 @@ must be what the wire stage decodes from its own sections, bit for bit. One stat
 ``rotate`` runs its Hadamard products through torch's BLAS, which adds in another order than
 numpy's, so its rotated rows and their inverse agree to float32 rounding only (atol 1e-5 on
 unit-normal values: a 2-pass rotation of blocks up to 1024 adds ~1e-7 relative per pass);
-its params (seeds, block) are still equal exactly.
+its params (seeds, block) are still equal exactly. On a CUDA device (when there is one) the
+same holds, with stochastic-rounding noise drawn by the device's PCG64 port.
 """
 
 import numpy as np
@@ -22,6 +23,7 @@ from wire.registry import STAGES, encode_chain
 from wire.stage_api import DecodeContext, EncodeContext
 
 CPU = torch.device("cpu")
+DEVICES = [CPU] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
 K = 3
 SIZES = [1, 7, 333, 1537]
 # codecs that run each stage (the stage under test is the one named)
@@ -64,9 +66,10 @@ def _select_case(n: int, seed: int):
     return specs, masks, tensors
 
 
+@pytest.mark.parametrize("device", DEVICES, ids=str)
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("stage", sorted(TWINS))
-def test_each_twin_writes_the_wire_stages_bytes(stage, n):
+def test_each_twin_writes_the_wire_stages_bytes(stage, n, device):
     assert stage in CODECS, f"twin {stage!r} has no test case here"
     for case, codec in enumerate(CODECS[stage]):
         seed = 1000 * case + n
@@ -81,13 +84,13 @@ def test_each_twin_writes_the_wire_stages_bytes(stage, n):
             specs,
             masks,
             lengths,
-            CPU,
+            device,
             seeds=seeds,
-            tensors=[] if tensors is None else [torch.from_numpy(t) for t in tensors],
+            tensors=[] if tensors is None else [torch.from_numpy(t).to(device) for t in tensors],
         )
-        twin = TWINS[stage].encode(None if rows is None else torch.from_numpy(rows), codec, ctx)
-        decoded_next = None if twin.values is None else twin.values
-        back = twin.decoded(decoded_next).numpy()
+        values = None if rows is None else torch.from_numpy(rows).to(device)
+        twin = TWINS[stage].encode(values, codec, ctx)
+        back = twin.decoded(twin.values).cpu().numpy()  # the next stage sent its input back
         for k in range(K):
             wctx = EncodeContext(
                 specs,
@@ -100,7 +103,7 @@ def test_each_twin_writes_the_wire_stages_bytes(stage, n):
             assert twin.params[k] == ref.params, (stage, codec)
             assert [name for name, _ in twin.sections] == [name for name, _ in ref.sections]
             for (_, got), (_, want) in zip(twin.sections, ref.sections, strict=True):
-                assert got[k].numpy().tobytes() == bytes(want), (stage, codec, k)
+                assert got[k].cpu().numpy().tobytes() == bytes(want), (stage, codec, k)
             dctx = DecodeContext(specs, masks, lengths)
             count = sum(lengths) if stage == "select" else n
             out, layout = STAGES[stage].layout(ref.params, count, dctx)
@@ -110,11 +113,11 @@ def test_each_twin_writes_the_wire_stages_bytes(stage, n):
                 want = STAGES[stage].decode(ref.params, sections, None, count, dctx)
                 assert back[k].tobytes() == want.tobytes(), (stage, codec, k)
             elif stage in EXACT_VALUES:
-                assert twin.values[k].numpy().tobytes() == ref.values.tobytes()
+                assert twin.values[k].cpu().numpy().tobytes() == ref.values.tobytes()
                 assert back[k].tobytes() == ref.values.tobytes()
             else:
                 assert out == ref.values.size
-                np.testing.assert_allclose(twin.values[k].numpy(), ref.values, atol=1e-5)
+                np.testing.assert_allclose(twin.values[k].cpu().numpy(), ref.values, atol=1e-5)
                 np.testing.assert_allclose(back[k], rows[k], atol=1e-5)
 
 
