@@ -1,7 +1,7 @@
 """The batched engine's caches: each client's data, and stacked chunks of it on the device.
 
-Client data is generated (or loaded) once per run and kept on the host; a chunk's padded
-stack is kept on the device while it fits the budget, so a chunk of the same clients finds
+Client data is generated (or loaded) once per run and kept on the host; a chunk's stack
+(unpadded) is kept on the device while it fits the budget, so a chunk of the same clients finds
 its data there in the next round (chunks are formed in a stable order, :mod:`.chunks`).
 """
 

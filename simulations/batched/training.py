@@ -17,9 +17,11 @@ and the optimizer's state shrink to the clients left (:func:`_keep_first`). Comp
 follows the real client steps instead of K times the largest client's: with Dirichlet(0.3)
 sizes the padded layout computed about three steps for every real one. The padded layout
 (``shrink=False``: every client computed at every step, finished ones with zero weight) stays
-as the reference the shrinking one is tested against. Image models run in one of four
-activation layouts (:data:`LAYOUTS`); two swap in Pollen's kernels (:mod:`.packed`,
-:mod:`.unfold`).
+as the reference the shrinking one is tested against. Once at most :data:`FEW_ROWS` clients
+are left (a long tail), each runs its own unbatched forward pass, without vmap's per-step cost.
+A chunk's data is stored back to back, unpadded (:class:`ClientBatch`). Image models run in
+one of four activation layouts (:data:`LAYOUTS`); two swap in Pollen's kernels
+(:mod:`.packed`, :mod:`.unfold`).
 """
 
 from __future__ import annotations
