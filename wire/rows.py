@@ -122,35 +122,3 @@ def encode_quantized_rows(
         codec=codec,
         masks=masks,
     )
-
-
-def encode_scaled_sign_rows(
-    scales: np.ndarray,
-    codes: np.ndarray,
-    specs: Sequence[TensorSpec],
-    *,
-    server_round: int,
-    codec: CodecSpec,
-    masks: MaskSet | None = None,
-    rotation_seeds: Sequence[int] | None = None,
-) -> list[bytes]:
-    """Payloads for many clients' ``eden`` or ``sign`` updates (no top-k), one per row: row k
-    of ``scales`` holds client k's float32 scale per chunk, of ``codes`` its bit-packed codes.
-    ``rotation_seeds``: each client's rotation seed when ``codec.rotate`` is on."""
-    if codec.topk or codec.scheme not in ("eden", "sign"):
-        raise ValueError("encode_scaled_sign_rows encodes eden or sign updates without top-k")
-    if (codec.rotate != "none") != (rotation_seeds is not None):
-        raise ValueError("rotation_seeds: one per row when the codec rotates, else None")
-    if len(scales) != len(codes):
-        raise ValueError(f"{len(scales)} rows of scales, {len(codes)} of codes")
-    return encode_rows(
-        {
-            "scales": np.ascontiguousarray(scales, dtype="<f4"),
-            "codes": np.ascontiguousarray(codes, dtype=np.uint8),
-        },
-        specs,
-        server_round=server_round,
-        codec=codec,
-        masks=masks,
-        rotation_seeds=rotation_seeds,
-    )
