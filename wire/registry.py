@@ -5,7 +5,9 @@ Every stage is an encode/decode pair with one interface (:mod:`wire.stage_api`),
 here by name (the habit of Opacus' ``register_grad_sampler``). The chain is ``select`` ->
 [sparsify: ``topk``] -> [transform: ``rotate``] -> one values stage (``quantize`` | ``float32``
 | ``eden`` | ``sign``): each stage's ``slot`` says where it may stand. A new stage is one file
-with its class and one :func:`register_stage` line below.
+with its class (the :class:`~wire.stage_api.Stage` methods) and one entry in the registration
+below; the batched engine's vectorized twin, if any, is one class and one entry in
+``simulations/batched/stage_twins.py``, which ``test_stage_twins.py`` then checks.
 """
 
 from __future__ import annotations
