@@ -15,12 +15,16 @@ from server.schema import SettingError, check_fields, from_keys, settings_of
 from server.sections import (
     CompressionSection,
     LimitsSection,
+    PrivacySection,
     SecureSection,
     SimulatedClientsSection,
     StrategySection,
     TaskSection,
 )
 from strategies import CompressionSettings, PruningSchedule, SecAggSettings
+from strategies.privacy.accounting import PrivacyError, RoundPlan, calibrate_noise
+from strategies.privacy.central import AdaptiveClip, CentralDp
+from strategies.sampling import sample_size
 from wire import CodecSpec
 
 
@@ -37,6 +41,7 @@ class RunConfigError(SettingError):
 class RunSettings(  # fields in the reverse order of the bases: the task's first
     SimulatedClientsSection,
     LimitsSection,
+    PrivacySection,
     SecureSection,
     CompressionSection,
     StrategySection,
@@ -51,6 +56,7 @@ class RunSettings(  # fields in the reverse order of the bases: the task's first
             self._check_compression()
             self._check_secure(self.strategy)
             self._check_secure_combinations()
+            self._check_privacy(self.strategy, self.secure_agg)
         except SettingError as err:
             raise RunConfigError(err.key, err.why) from None
 
@@ -90,6 +96,34 @@ class RunSettings(  # fields in the reverse order of the bases: the task's first
             timeout=self.round_timeout,
             share_metrics=self.secagg_share_metrics,
         )
+
+    def central_privacy(self, population: int) -> CentralDp | None:
+        """Central DP for ``population`` clients (dp-population wins when set), the noise
+        calibrated to dp-target-epsilon where asked; a target that cannot be met is refused."""
+        if self.dp_mode != "central":
+            return None
+        n = self.dp_population or population
+        per_round = sample_size(n, self.fraction_train, 1)  # as the run's sampler draws
+        try:
+            plan = RoundPlan(
+                population=n,
+                per_round=per_round,
+                rounds=self.num_server_rounds,
+                delta=self.dp_target_delta or n**-1.1,
+            )
+            adaptive = AdaptiveClip() if self.dp_adaptive_clip else None
+            z = self.dp_noise_multiplier or calibrate_noise(self.dp_target_epsilon, plan)
+            return CentralDp(
+                noise_multiplier=z,
+                clip=self.dp_clip,
+                plan=plan,
+                adaptive=adaptive,
+                noise_seed=self.seed if self.dp_seeded_noise else None,
+                client_metrics=self.dp_client_metrics,
+            )
+        except PrivacyError as err:
+            key = "dp-target-epsilon" if self.dp_target_epsilon else "dp-target-delta"
+            raise RunConfigError(key, str(err)) from None
 
     def compression(self) -> CompressionSettings:
         """The compression every client is asked for, and the server's pruning schedule."""

@@ -37,7 +37,13 @@ from server.checkpoint import (
 from server.config import RunSettings
 from server.metrics import MetricsLog
 from server.schema import settings_of
-from strategies import ReplyLimits, StrategySettings, build_strategy, stall_reason
+from strategies import (
+    ReplyLimits,
+    SeededSampler,
+    StrategySettings,
+    build_strategy,
+    stall_reason,
+)
 from strategies.schedules import MetricsAggregation, parse_schedule
 from wire import keys
 
@@ -135,6 +141,11 @@ def run_federation(
     model = task.build_model(seed=settings.seed)
     initial = model_arrays(model) if checkpoint is None else checkpoint.arrays
     done = 0 if checkpoint is None else checkpoint.server_round
+    privacy = None
+    if settings.dp_mode != "none":  # accounted over N clients: the nodes unless declared
+        waiting = SeededSampler(seed=settings.seed, min_available=settings.min_available_nodes)
+        population = settings.num_partitions or len(waiting.wait_for_nodes(grid))
+        privacy = settings.central_privacy(population)
     strategy = build_strategy(
         StrategySettings(
             **{name: getattr(settings, name) for name in _SHARED_STRATEGY_FIELDS},
@@ -149,6 +160,7 @@ def run_federation(
             client_lr=settings.lr or task.optimizer.lr,
             compression=settings.compression(),
             secure=settings.secure_aggregation(),
+            privacy=privacy,
             limits=ReplyLimits(
                 max_update_value=settings.max_update_value,
                 max_weight=settings.max_num_examples,

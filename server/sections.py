@@ -258,6 +258,56 @@ class SecureSection(Section):
 
 
 @dataclass(frozen=True, kw_only=True)
+class PrivacySection(Section):
+    """Differential privacy (strategies.privacy; central: DP-FedAvg, McMahan et al. 2018)."""
+
+    dp_mode: str = setting(
+        "none",
+        "none | central: the server clips each update and noises the sum.",
+        check=one_of("none", "central"),
+    )
+    dp_noise_multiplier: float = setting(
+        0.0, "Noise stddev / dp-clip (0: calibrated from dp-target-epsilon).", check=at_least(0)
+    )
+    dp_clip: float = setting(
+        1.0, "L2 clip of each update (the start, if adaptive).", check=above(0)
+    )
+    dp_adaptive_clip: bool = setting(False, "Track the median update norm (Andrew et al. 2021).")
+    dp_target_epsilon: float = setting(
+        0.0, "Epsilon to calibrate the noise for over the planned rounds.", check=at_least(0)
+    )
+    dp_target_delta: float = setting(
+        0.0, "Delta of the reported epsilon (0: 1/N^1.1).", check=within(0, 1, high_open=True)
+    )
+    dp_population: int = setting(
+        0, "Clients that may be sampled, N (0: num-partitions, else the nodes).", check=at_least(0)
+    )
+    dp_client_metrics: bool = setting(False, "Keep clients' train metrics (they bypass the noise).")
+    dp_seeded_noise: bool = setting(
+        False, "Draw the noise from the run seed (reproducible experiments only: not private)."
+    )
+
+    def _check_privacy(self, strategy: str, secure_agg: bool) -> None:
+        if self.dp_mode == "none":
+            return
+        if strategy.lower() not in SUM_STRATEGIES:
+            raise SettingError(
+                "dp-mode",
+                f"{strategy} reads each update, which DP noise on the mean cannot protect: use "
+                f"one of {', '.join(SUM_STRATEGIES)}",
+            )
+        if secure_agg:
+            raise SettingError(
+                "dp-mode", "central DP needs each decoded update: it cannot run with secure-agg"
+            )
+        if (self.dp_noise_multiplier > 0) == (self.dp_target_epsilon > 0):
+            raise SettingError(
+                "dp-noise-multiplier",
+                "set exactly one of dp-noise-multiplier and dp-target-epsilon",
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
 class LimitsSection(Section):
     """What the server accepts from a client (see strategies.validation)."""
 

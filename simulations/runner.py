@@ -276,4 +276,14 @@ def summarize(
             if trained and "simulated_time_s" in trained[-1]
             else {}
         ),
+        # the privacy spent: the ledger's total after the last released round
+        **(
+            {
+                "dp_epsilon": max(r.get("dp_epsilon", 0.0) for r in trained),
+                "dp_epsilon_per_round": [r.get("dp_epsilon_round", 0.0) for r in trained],
+                "dp_delta": trained[-1].get("dp_delta"),
+            }
+            if any("dp_epsilon" in r for r in trained)
+            else {}
+        ),
     }

@@ -67,7 +67,7 @@ class SeededSampler:
     ) -> list[int]:
         """Node ids for this round; all nodes (no query) when ``fraction >= 1``."""
         nodes = self.wait_for_nodes(grid)
-        size = min(len(nodes), max(int(len(nodes) * fraction), min_nodes))
+        size = sample_size(len(nodes), fraction, min_nodes)
         if size >= len(nodes):
             return nodes
         self._learn_partitions(grid, nodes)
@@ -80,6 +80,11 @@ class SeededSampler:
         unknown = [nid for nid in nodes if nid not in self.partitions]
         if unknown:
             self.partitions.update(query_partitions(grid, unknown, self.query_timeout_s))
+
+
+def sample_size(nodes: int, fraction: float, min_nodes: int) -> int:
+    """Clients a round draws (without replacement) from ``nodes``: what DP accounting assumes."""
+    return min(nodes, max(int(nodes * fraction), min_nodes))
 
 
 def query_partitions(grid: Grid, node_ids: list[int], timeout: float) -> dict[int, int]:

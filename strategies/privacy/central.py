@@ -180,6 +180,7 @@ class CentralDp:
         metrics = {
             "dp-epsilon": epsilon,
             "dp-epsilon-round": self.ledger.last_round(),
+            "dp-delta": self.plan.delta,
             "dp-clip": self.clip,
         }
         if self.adaptive is not None:

@@ -1,0 +1,44 @@
+"""dp-* settings: refusals name their key; central DP is planned as the run's sampler draws."""
+
+import pytest
+
+from server import RunConfigError, RunSettings
+from strategies.privacy.accounting import epsilon
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key", "why"),
+    [
+        ({"strategy": "krum", "dp_noise_multiplier": 1.0}, "dp-mode", "reads each update"),
+        ({"secure_agg": True, "dp_noise_multiplier": 1.0}, "dp-mode", "secure-agg"),
+        ({}, "dp-noise-multiplier", "exactly one"),
+        ({"dp_noise_multiplier": 1.0, "dp_target_epsilon": 3.0}, "dp-noise-multiplier", "one"),
+        ({"dp_noise_multiplier": -1.0}, "dp-noise-multiplier", ">= 0"),
+        ({"dp_clip": 0.0}, "dp-clip", "> 0"),
+    ],
+)
+def test_refusals_name_the_setting(kwargs, key, why):
+    with pytest.raises(RunConfigError, match=why) as err:
+        RunSettings(dp_mode="central", **kwargs)
+    assert err.value.key == key
+
+
+def test_central_dp_is_calibrated_for_the_planned_rounds():
+    run = RunSettings(
+        dp_mode="central", dp_target_epsilon=3.0, num_server_rounds=20, fraction_train=0.1
+    )
+    dp = run.central_privacy(500)
+    assert (dp.plan.population, dp.plan.per_round, dp.plan.rounds) == (500, 50, 20)
+    assert dp.plan.delta == pytest.approx(500**-1.1)  # the default delta
+    assert epsilon(dp.noise_multiplier, dp.plan) <= 3.0
+    assert dp._rng is not None and dp.client_metrics is False
+    assert RunSettings().central_privacy(500) is None
+
+
+def test_an_unreachable_target_is_refused_at_start():
+    run = RunSettings(
+        dp_mode="central", dp_target_epsilon=1e-3, dp_target_delta=1e-9, num_server_rounds=1000
+    )
+    with pytest.raises(RunConfigError, match="cannot be met") as err:
+        run.central_privacy(10)
+    assert err.value.key == "dp-target-epsilon"
