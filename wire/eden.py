@@ -63,7 +63,7 @@ def boundaries(bits: int) -> np.ndarray:
 
 def centroid_codes(z: np.ndarray, bits: int) -> np.ndarray:
     """uint8 index of each value's nearest centroid: how many boundaries are <= z (one
-    comparison pass per boundary: 15 at 4 bits, 5x faster than ``np.searchsorted`` here)."""
+    comparison pass per boundary: 15 at 4 bits, faster than ``np.searchsorted`` on numpy)."""
     bounds = boundaries(bits)
     codes = np.greater_equal(z, bounds[0]).view(np.uint8)
     if bounds.size > 1:

@@ -70,9 +70,8 @@ def quantize(
 def dequantize(q: Quantized, bits: int, chunk: int) -> np.ndarray:
     """Float32 values of the codes, chunk by chunk, computed in place in one buffer.
 
-    Every fresh model-sized temporary costs page faults (236 minor faults per 8-bit
-    tutorial-CNN update with three of them here and two in ``unpack_uint``, 0 now): the server's
-    decode took 425 us per update that way, 118 us now (2-core CPU).
+    Every fresh model-sized temporary costs page faults, which made up most of the server's
+    decode of a small update (here and in ``unpack_uint``; benchmarks/README.md).
     """
     n = q.codes.size
     if n == 0:

@@ -102,9 +102,9 @@ def fwht(rows: np.ndarray) -> np.ndarray:
 
     ``H_B = H_f1 (x) H_f2 (x) ...`` (Kronecker), so each factor is one batched BLAS product along
     its axis of the rows seen as [m, f1, f2, ...]: n * (f1 + f2 + ...) additions instead of the
-    butterflies' n log2 B, but on numpy 16x faster than log2 B butterfly passes (3.4 against
-    55 ms for 2^20 values in blocks of 1024 on the 2-core CPU). :func:`fwht_reference` is the
-    butterfly form the tests compare against. Returns a fresh array."""
+    butterflies' n log2 B, but on numpy far faster than log2 B butterfly passes, each a full
+    pass over the array (benchmarks/README.md). :func:`fwht_reference` is the butterfly form the
+    tests compare against. Returns a fresh array."""
     m, b = rows.shape
     out = np.array(rows, dtype=np.float32, copy=True)
     if b < 2:

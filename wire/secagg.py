@@ -7,8 +7,8 @@ keystream (RFC 8439) keyed by a 256-bit seed, all from ``cryptography``.
 Shamir secret sharing (Shamir 1979) is written here, over the prime field of p = 2^256 + 297
 (the smallest prime above 2^256, so a 32-byte secret is one field element and a share is 33
 bytes). Why not pycryptodome's ``Shamir`` (a Flower dependency): its GF(2^128) arithmetic is
-bit-by-bit Python, 12 ms to rebuild one 32-byte secret on this machine, so unmasking 1,000
-clients would spend 12 s in it; Python's integers modulo p take ~0.1 ms.
+bit-by-bit Python, far slower than Python's integers modulo p, and unmasking rebuilds secrets
+for every client of a round (benchmarks/README.md).
 
 Masked vectors live in Z_2^m with m <= 32: arithmetic is native ``uint32`` wrap-around, and
 a value is reduced with ``& (2^m - 1)`` only where it is packed, which is exact because 2^m
@@ -72,7 +72,7 @@ def agree(private: bytes, peer_public: bytes, purpose: bytes) -> bytes:
 
 def agree_each(private: bytes, peer_publics: list[bytes], purpose: bytes) -> list[bytes]:
     """:func:`agree` with each of ``peer_publics``, loading ``private`` once (loading a raw
-    X25519 key costs as much as the exchange itself: 67 against 132 us per agreement here)."""
+    X25519 key costs about as much as the exchange itself)."""
     for peer_public in peer_publics:
         if len(peer_public) != KEY_BYTES:
             raise UpdateRejected(
@@ -145,7 +145,7 @@ def mask_stream(seed: bytes, count: int) -> np.ndarray:
     a (key, nonce) pair.
     """
     global _zeros
-    if len(_zeros) < 4 * count:  # the plaintext: zeros made once (making them took half the time)
+    if len(_zeros) < 4 * count:  # the plaintext: zeros made once, not per stream
         _zeros = bytes(4 * count)
     encryptor = Cipher(algorithms.ChaCha20(seed, bytes(16)), mode=None).encryptor()
     return np.frombuffer(encryptor.update(memoryview(_zeros)[: 4 * count]), dtype=np.uint32)
