@@ -7,9 +7,9 @@ quantization or sparsification does not accumulate. Residuals at coordinates the
 prunes are dropped.
 
 The residual is kept as one flat float32 Array plus its layout (names, shapes): Flower's
-``Array`` serializes each array with ``np.save`` and parses it back with ``np.load``, about
-50 us per array each way, so ten per-tensor Arrays made the round trip 1 ms per client and
-round, one flat Array 0.13 ms.
+``Array`` serializes each array with ``np.save`` and parses it back with ``np.load``, a fixed
+cost per array each way that one flat Array pays once per client and round, not once per
+tensor (benchmarks/README.md).
 """
 
 from __future__ import annotations

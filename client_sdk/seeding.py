@@ -2,10 +2,10 @@
 
 :func:`client_seed` is what every client computes for itself. :func:`client_seeds` computes
 the same seeds for many clients at once, for the batched engine: numpy's SeedSequence has no
-batched form and costs about 12 us per client, so this is a vectorized port of its entropy
-mixing and first state word (O'Neill's ``seed_seq`` alternative as numpy implements it in
-``numpy/random/bit_generator.pyx``; pool size 4, 32-bit words), checked value for value against
-numpy in ``tests/client_sdk/test_seeding.py``.
+batched form and its per-client cost adds up over thousands of clients (benchmarks/README.md),
+so this is a vectorized port of its entropy mixing and first state word (O'Neill's ``seed_seq``
+alternative as numpy implements it in ``numpy/random/bit_generator.pyx``; pool size 4, 32-bit
+words), checked value for value against numpy in ``tests/client_sdk/test_seeding.py``.
 """
 
 from __future__ import annotations

@@ -68,8 +68,8 @@ def weighted_metrics(records: Sequence[Mapping[str, Any]], weights: Sequence[flo
     """Flower's ``aggregate_metricrecords`` on checked metric values, with the same arithmetic.
 
     Flower's takes one RecordDict per reply, copies its records on every access and writes each
-    partial sum back through MetricRecord's type checks: about 100 us per reply on this
-    machine, a second per round at 10,000 simulated clients. This sums plain floats in the same
+    partial sum back through MetricRecord's type checks, a cost per reply that adds up at
+    10,000 simulated clients (benchmarks/README.md). This sums plain floats in the same
     order (value * (w / total), reply by reply), so when every reply sends the same metrics the
     result is bit-for-bit Flower's. Where replies disagree (a key some lack, a list of another
     length: Flower raises), each key at least half the replies send is averaged over those
