@@ -3,7 +3,7 @@
 In SecAgg+ (Bell et al. CCS 2020) every pair of neighbours agrees on two keys, X25519 followed
 by HKDF (:func:`wire.secagg.agree_each`): one seals their Shamir shares (stages 2 and 4), one
 seeds their pairwise mask (stage 3). On devices each end computes each key itself: a node does
-about 3 x degree agreements a round (~67 us each here). The simulator holds both ends, and
+about 3 x degree agreements a round, each an X25519 exchange. The simulator holds both ends, and
 X25519 is symmetric: ``agree(a, B) == agree(b, A)`` whenever ``A`` and ``B`` are the public keys
 of ``a`` and ``b``. So a result is remembered under the two public keys it joins (and its HKDF
 purpose), and the other end, or the same node in a later stage, finds it there. The memo is

@@ -107,7 +107,7 @@ EncodedBlock = tuple[list[bytes], list[float], list[float | None]]
 DecodedChunk = tuple[torch.Tensor, list[TensorSpec], int, list[float], list[float | None]]
 
 # devices whose stochastic-rounding noise is computed there (.pcg64); numpy's own loop on the
-# host is faster than the port on a CPU (62k draws: 0.19 ms against 11 ms per client here)
+# host is faster than the port on a CPU (benchmarks/README.md)
 DEVICE_DRAWS = {"cuda"}
 
 

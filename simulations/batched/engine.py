@@ -18,9 +18,9 @@ from simulations.batched.grid import BatchedGrid
 # objects per round (its instruction and reply Messages, their metadata and records), nearly
 # all freed by reference counting, while the run keeps ~10 objects per node alive (contexts,
 # cached data). Python's defaults (700, 10, 10) then run a full collection every few thousand
-# clients, each scanning every live object and finding nothing: a fifth of a 10,000-client
-# round's host time on the 2-core CPU (1.2-1.3 s against 0.94-1.03 s with collection off,
-# training taken out). These thresholds gave 0.88-0.93 s; cycles are still collected.
+# clients, each scanning every live object and finding nothing: a large share of a big round's
+# host time (benchmarks/README.md). These thresholds leave few such passes; cycles are still
+# collected.
 GC_THRESHOLDS = (50_000, 20, 100)
 
 

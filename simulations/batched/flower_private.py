@@ -2,8 +2,8 @@
 
 - Train-reply records filled in place (:data:`FAST_RECORDS`). Flower's record constructors
   check every entry through generic helpers (``typing.get_args``, ``isinstance`` on ABCs, one
-  ``__setitem__`` call each), which cost the engine, building thousands of replies a round,
-  about a fifth of its host time per client (``benchmarks/host_path.py``). Train replies hold
+  ``__setitem__`` call each), a large share of the engine's host time per client when it
+  builds thousands of replies a round (``benchmarks/host_path.py``). Train replies hold
   only ``str`` keys and plain scalars, so these builders check them with exact type tests (the
   types Flower accepts, ``bool`` refused in a MetricRecord as Flower refuses it) and store
   them where Flower's own ``TypedDict.copy`` puts a record's entries (``_data``).

@@ -42,8 +42,8 @@ def cudnn_benchmark(on: bool):
 # Clients pick_layout trains per candidate (CPU, CUDA). On a GPU a few hundred tutorial-CNN
 # clients (2560 images a step) leave it mostly waiting on kernel launches, which would favour
 # the layout with the fewest kernels, not the fastest one at the thousands of clients a round
-# holds. 1024 took about 0.35 s per candidate at the last H100 run's speed (70 ms a step for
-# 1000 clients), run twice each (warm-up) in round 1 only.
+# holds. 1024 costs a few training steps per candidate (benchmarks/README.md), run twice each
+# (warm-up) in round 1 only.
 PROBE_CLIENTS = (256, 1024)
 
 

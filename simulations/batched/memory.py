@@ -17,8 +17,8 @@ from torch import nn
 
 SAFETY = 2.0  # headroom over the estimate (allocator fragmentation, temporaries)
 FREE_FRACTION = 0.8  # share of free memory the engine lets itself use
-# Clients per chunk on CPU: 200 tutorial-CNN clients on the 2-core machine took 2.1 / 1.7 / 2.1 /
-# 3.1 s per round with K = 25 / 50 / 100 / 200 (larger K falls out of cache).
+# Clients per chunk on CPU: the fastest K for the tutorial CNN on the 2-core machine (larger K
+# falls out of cache; benchmarks/README.md).
 CPU_DEFAULT_CAP = 50
 # Clients encoded together (quantized, masked, bit-packed: .codec, .rotated, .secure), per device
 # type: on a CPU a small block's tensors stay in cache (whole chunks of fresh tensors encoded

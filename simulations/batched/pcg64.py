@@ -2,9 +2,9 @@
 
 The device codec must round each client's update with the noise the SDK draws
 (``np.random.default_rng(seed).random(...)``), or the payload bytes would differ. numpy draws
-one generator at a time on the host: about 190 us for one tutorial-CNN update's 62k float32
-values on the 2-core CPU, paid per client per round. PCG64 (O'Neill 2014, "PCG: a family of
-simple fast space-efficient statistically good algorithms") is a 128-bit LCG,
+one generator at a time on the host, a cost paid per client per round (benchmarks/README.md).
+PCG64 (O'Neill 2014, "PCG: a family of simple fast space-efficient statistically good
+algorithms") is a 128-bit LCG,
 ``s <- a*s + inc mod 2**128``, whose 64-bit outputs are the XSL-RR permutation of each new
 state. Its m-th state is ``a**m * s0 + inc * (a**(m-1) + ... + a + 1)`` (LCG jump-ahead,
 Brown 1994, "Random number generation with arbitrary strides"), so every draw of every

@@ -4,8 +4,8 @@ Client k's epochs follow one another from step 0 on, each its own shuffle, drawn
 client's ``torch.Generator`` exactly as :func:`client_sdk.training.train_local` draws them, and
 padded up to whole minibatches (the padding weighs zero). Only the shuffles are drawn client by
 client (torch's generator has no batched form); the layout is built with whole-array numpy
-operations: at 10,000 clients per round the per-client loop it replaced cost 20 us per client
-on the 2-core CPU, this 13 us, almost all of it the shuffles themselves.
+operations, so almost all of its per-client cost is the shuffles themselves
+(benchmarks/README.md).
 """
 
 from __future__ import annotations

@@ -106,7 +106,7 @@ def stack_clients(
     No client is padded: with skewed sizes a chunk padded to its largest client held up to
     9x its real samples (Pareto(2), 1000 clients: the 50 largest padded to 4,568 images each).
     ``channels_last`` stores [N, C, H, W] images as [N, H, W, C] in memory (the logical shape
-    is unchanged), which the packed kernels gather into their layout 6x faster; the reordering
+    is unchanged), which the packed kernels gather into their layout faster; the reordering
     is one operation on ``device``.
     """
     sizes = np.array([len(d.y_train) for d in data], dtype=np.int64)
@@ -169,8 +169,8 @@ FEW_ROWS = 2
 def default_layout(device: torch.device) -> str:
     """``POLLEN_LAYOUT`` if set, else "packed" on CPU and "" on CUDA (measured by pick_layout).
 
-    On the 2-core CPU, one round of 50 tutorial-CNN clients (5 steps of 10 images) trained in
-    0.29 s packed, 0.43 s grouped and 0.51 s channels-last (benchmarks/README.md).
+    On the 2-core CPU "packed" trained the tutorial CNN fastest of the three CPU layouts
+    (benchmarks/README.md).
     """
     override = os.environ.get("POLLEN_LAYOUT", "")
     if override:
@@ -243,8 +243,8 @@ def train_clients(
     if kernels is not None:
         # Pollen's kernels: the forward pass under vmap, then ordinary autograd on the sum
         # of the K losses, which gives each client the gradient of its own loss (clients share
-        # nothing). Its fixed cost is lower than torch.func.grad's (2 clients, 5 steps: 40 vs
-        # 64 ms), but its backward matmuls round differently from the SDK loop's, so other
+        # nothing). Its fixed cost is lower than torch.func.grad's (benchmarks/README.md),
+        # but its backward matmuls round differently from the SDK loop's, so other
         # layouts keep torch.func's per-client gradients (bit-equal to the loop's on the MLPs
         # tested here, which int8 fake quantization needs to follow the loop's trajectory).
         losses_of = vmap(client_loss)

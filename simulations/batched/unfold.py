@@ -3,16 +3,17 @@
 vmap's batching rule runs K clients' ``conv2d`` as one convolution with ``groups = K``. With the
 few channels per client of small federated models (3 -> 6 -> 16 in Flower's tutorial CNN), that
 is the case cuDNN's grouped kernels are known to handle poorly (pytorch/pytorch#70954, #73764):
-on an H100, 1000 such clients took about 70 ms per training step where the arithmetic is a few
-GFLOP. Here each client's convolution is instead lowered to a matrix product: ``F.unfold``
-gathers every receptive field of the K*B images once ([K*B, C*kh*kw, L]) and
+on an H100 a training step of 1000 such clients took far longer than its few GFLOP of
+arithmetic (benchmarks/README.md). Here each client's convolution is instead lowered to a
+matrix product: ``F.unfold`` gathers every receptive field of the K*B images once
+([K*B, C*kh*kw, L]) and
 ``torch.matmul`` multiplies client k's [O, C*kh*kw] weight into its own columns, so cuBLAS
 runs dense batched GEMMs whatever the channel counts. This is the unfold trick per-example
 gradient methods use (Goodfellow 2015, "Efficient Per-Example Gradient Computations"; Opacus,
 Yousefpour et al. 2021) applied per client. It trades memory (the columns are C*kh*kw times the
-input) for arithmetic intensity; on a CPU it is about 2x slower than the grouped convolution
-(50 clients, 10 images of 32x32: 139 against 75 ms forward + backward), so the engine measures it
-among the other layouts on CUDA only (:func:`simulations.batched.layouts.pick_layout`).
+input) for arithmetic intensity; on a CPU it is slower than the grouped convolution, so the
+engine measures it among the other layouts on CUDA only
+(:func:`simulations.batched.layouts.pick_layout`).
 
 Activations stay client-major ([K, B, C, H, W], contiguous), so vmap's own rules for pooling,
 ReLU and ``.view()`` fold K into the batch without copies. As in :mod:`.packed`, the engine runs
