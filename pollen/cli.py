@@ -1,4 +1,8 @@
-"""The ``pollen`` command. ``pollen simulate`` runs a Task with N virtual clients."""
+"""The ``pollen`` command: ``simulate`` (a Task with N virtual clients), ``new``, ``certs``,
+``report``, and ``server``/``client`` for a real deployment (:mod:`pollen.deploy_commands`).
+
+The ``simulate`` flags are generated from the settings schema (:mod:`pollen.settings`).
+"""
 
 from __future__ import annotations
 
