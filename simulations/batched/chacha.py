@@ -6,7 +6,7 @@ CPU. The batched engine needs one stream per client (self mask) and one per pair
 (pairwise masks): thousands of 250 KB streams per round. This is the RFC's block function
 written in torch over [16, blocks] states, every block of every seed in one tensor, because
 no library computes ChaCha20 on a GPU; each word is the same as ``cryptography``'s
-(``tests/simulations/batched/test_chacha.py``). Words are held in int64 and reduced modulo
+(``tests/simulations/batched/test_secure.py``). Words are held in int64 and reduced modulo
 2^32 after each addition, so nothing depends on how a signed 32-bit overflow behaves.
 
 On a CPU ``cryptography``'s vectorized C is faster than these torch kernels, so the engine
