@@ -330,8 +330,9 @@ class LimitsSection(Section):
 class SimulatedClientsSection(Section):
     """What the simulation ClientApp does with its data and update (simulations.app/attacks).
 
-    Run-config keys the ServerApp still forwards in each round's config: under ``flwr run`` the
-    simulated ClientApp reads them there (see issue #18 item 1: they belong in simulations/)."""
+    Declared here because the ServerApp shares the App's run config and refuses unknown keys.
+    Attacks and dropouts never reach a device: that ClientApp reads them from its run
+    (:mod:`simulations.attacks`); ``partition`` still travels in the round config."""
 
     partition: str = setting(
         "dirichlet:0.5",
