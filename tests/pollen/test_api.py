@@ -71,3 +71,19 @@ def test_a_task_made_in_a_function_runs_in_process_only(tmp_path):
         pollen.simulate(local, clients=4, rounds=1, out=tmp_path, engine="flower")
     summary = pollen.simulate(local, clients=4, rounds=1, out=tmp_path)  # auto: batched
     assert summary["engine"] == "batched" and summary["rounds"] == 1
+
+
+def test_the_keywords_are_the_declared_settings_with_their_defaults():
+    import inspect
+
+    from pollen.api import simulate
+    from pollen.settings import keyword_for, simulate_settings
+    from wire import CodecSpec
+
+    params = inspect.signature(simulate).parameters
+    for entry in simulate_settings():
+        if entry.name not in ("task", "strategy", "partition"):
+            assert params[keyword_for(entry.key)].default == entry.default, entry.key
+    assert params["quant_chunk"].default == CodecSpec().quant_chunk
+    assert params["rounds"].default == 3 and params["clients"].default == 50
+    assert "num_server_rounds" not in params and "min_available_nodes" not in params
