@@ -9,6 +9,7 @@ these through :mod:`client_sdk.client_round`, the seam's public API.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -33,6 +34,7 @@ from wire import (
     decode_update,
     keys,
 )
+from wire.dp import local_dp
 from wire.rotation import block_for, rotate
 from wire.secagg_protocol import SECAGG_RECORD_KEY
 from wire.secagg_vector import SecAggVectorSpec, flatten_kept
@@ -184,6 +186,8 @@ def upload_reply(
     }
     if update_hook is not None:
         delta = update_hook(delta, context, plan.config)
+    if keys.DP_LOCAL_CLIP in plan.config:  # local DP: clipped and noised before it leaves
+        delta = local_privacy(delta, plan, context)
     if SECAGG_RECORD_KEY in msg.content:
         return secure_reply(msg, plan, context, delta, stats)
     carried = residual_norm(context.state) if plan.error_feedback else 0.0
@@ -196,6 +200,21 @@ def upload_reply(
         state=context.state if plan.error_feedback else None,
     )
     return reply_message(msg, plan, context, payload, stats, carried, records=records)
+
+
+def local_privacy(
+    delta: dict[str, np.ndarray], plan: RoundPlan, context: Context
+) -> dict[str, np.ndarray]:
+    """The server's local-DP clip and noise applied here (:func:`wire.dp.local_dp`). The noise
+    comes from ``os.urandom``: one the server could recompute would protect nothing from it;
+    ``dp-local-seeded`` (reproducible experiments) draws it from the client's round seed."""
+    clip = float(plan.config[keys.DP_LOCAL_CLIP])  # type: ignore[arg-type]
+    stddev = float(plan.config.get(keys.DP_LOCAL_STDDEV, 0.0))  # type: ignore[arg-type]
+    if plan.config.get(keys.DP_LOCAL_SEEDED, False):
+        seed: int | list[int] = [plan.seed_for(partition_id_of(context)), 0x4C4450]
+    else:
+        seed = int.from_bytes(os.urandom(32), "little")
+    return local_dp(delta, clip, stddev, np.random.default_rng(seed))
 
 
 def reply_metrics(

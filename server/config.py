@@ -24,6 +24,7 @@ from server.sections import (
 from strategies import CompressionSettings, PruningSchedule, SecAggSettings
 from strategies.privacy.accounting import PrivacyError, RoundPlan, calibrate_noise
 from strategies.privacy.central import AdaptiveClip, CentralDp
+from strategies.privacy.local import LocalDp, local_plan
 from strategies.sampling import sample_size
 from wire import CodecSpec
 
@@ -96,6 +97,24 @@ class RunSettings(  # fields in the reverse order of the bases: the task's first
             timeout=self.round_timeout,
             share_metrics=self.secagg_share_metrics,
         )
+
+    def local_privacy(self) -> LocalDp | None:
+        """Local DP: each client's clip and noise, accounted per client over every round."""
+        if self.dp_mode != "local":
+            return None
+        try:
+            plan = local_plan(self.num_server_rounds, self.dp_target_delta or 1e-5)
+            z = self.dp_noise_multiplier or calibrate_noise(self.dp_target_epsilon, plan)
+            return LocalDp(
+                noise_multiplier=z,
+                clip=self.dp_clip,
+                plan=plan,
+                seeded=self.dp_seeded_noise,
+                client_metrics=self.dp_client_metrics,
+            )
+        except PrivacyError as err:
+            key = "dp-target-epsilon" if self.dp_target_epsilon else "dp-target-delta"
+            raise RunConfigError(key, str(err)) from None
 
     def central_privacy(self, population: int) -> CentralDp | None:
         """Central DP for ``population`` clients (dp-population wins when set), the noise

@@ -141,8 +141,8 @@ def run_federation(
     model = task.build_model(seed=settings.seed)
     initial = model_arrays(model) if checkpoint is None else checkpoint.arrays
     done = 0 if checkpoint is None else checkpoint.server_round
-    privacy = None
-    if settings.dp_mode != "none":  # accounted over N clients: the nodes unless declared
+    privacy = settings.local_privacy()
+    if settings.dp_mode == "central":  # accounted over N clients: the nodes unless declared
         waiting = SeededSampler(seed=settings.seed, min_available=settings.min_available_nodes)
         population = settings.num_partitions or len(waiting.wait_for_nodes(grid))
         privacy = settings.central_privacy(population)
@@ -215,6 +215,8 @@ def run_federation(
         return MetricRecord(found)
 
     config = client_config(settings, num_partitions)
+    if privacy is not None and settings.dp_mode == "local":  # each client clips and noises
+        config = ConfigRecord({**dict(config), **privacy.round_config()})
     result = strategy.start(
         grid=grid,
         initial_arrays=ArrayRecord({k: Array(v) for k, v in initial.items()}),

@@ -263,8 +263,8 @@ class PrivacySection(Section):
 
     dp_mode: str = setting(
         "none",
-        "none | central: the server clips each update and noises the sum.",
-        check=one_of("none", "central"),
+        "none | central: the server clips and noises the sum | local: each client noises its own.",
+        check=one_of("none", "central", "local"),
     )
     dp_noise_multiplier: float = setting(
         0.0, "Noise stddev / dp-clip (0: calibrated from dp-target-epsilon).", check=at_least(0)
@@ -290,6 +290,13 @@ class PrivacySection(Section):
     def _check_privacy(self, strategy: str, secure_agg: bool) -> None:
         if self.dp_mode == "none":
             return
+        if (self.dp_noise_multiplier > 0) == (self.dp_target_epsilon > 0):
+            raise SettingError(
+                "dp-noise-multiplier",
+                "set exactly one of dp-noise-multiplier and dp-target-epsilon",
+            )
+        if self.dp_mode == "local":  # noised before upload: any aggregation is post-processing
+            return
         if strategy.lower() not in SUM_STRATEGIES:
             raise SettingError(
                 "dp-mode",
@@ -299,11 +306,6 @@ class PrivacySection(Section):
         if secure_agg:
             raise SettingError(
                 "dp-mode", "central DP needs each decoded update: it cannot run with secure-agg"
-            )
-        if (self.dp_noise_multiplier > 0) == (self.dp_target_epsilon > 0):
-            raise SettingError(
-                "dp-noise-multiplier",
-                "set exactly one of dp-noise-multiplier and dp-target-epsilon",
             )
 
 

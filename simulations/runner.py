@@ -118,6 +118,8 @@ def simulate(
         wrap_grid=None if devices is None else (lambda grid: HeterogeneousGrid(grid, devices)),
     )
     engine = resolve_engine(settings.engine)
+    if engine == "batched" and run.dp_mode == "local":
+        raise ValueError("dp-mode local runs in the SDK's client round: use --engine flower")
     started = time.perf_counter()
     if engine == "batched":
         engine_summary = _run_batched(server_app, settings)

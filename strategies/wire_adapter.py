@@ -31,6 +31,7 @@ from strategies.aggregators import (
 from strategies.compression import CompressionSettings
 from strategies.decoding import RoundDecoder, quantized_download
 from strategies.privacy.central import CentralDp
+from strategies.privacy.local import LocalDp
 from strategies.pruning import magnitude_masks, prunable_names
 from strategies.replies import WEIGHT_KEY, checked_evaluate_replies
 from strategies.sampling import FixedNodesGrid, SeededSampler
@@ -62,9 +63,10 @@ class WireStrategy(Strategy):
         secure: SecAggSettings | None = None,
         limits: ReplyLimits | None = None,
         hooks: RoundHooks | None = None,
-        privacy: CentralDp | None = None,
+        privacy: CentralDp | LocalDp | None = None,
     ) -> None:
-        if privacy is not None and (secure is not None or not needs_only_mean(inner)):
+        central = isinstance(privacy, CentralDp)
+        if central and (secure is not None or not needs_only_mean(inner)):
             raise ValueError(
                 "central DP clips and noises the mean of each decoded update: it cannot run "
                 f"with {'secure aggregation' if secure is not None else type(inner).__name__} "
@@ -90,7 +92,7 @@ class WireStrategy(Strategy):
         self._session: SecAggSession | None = None
         self.compression = compression or CompressionSettings()
         self.clip_norm = clip_norm
-        self.privacy = privacy  # central DP (strategies.privacy.central), or None
+        self.privacy = privacy  # central or local DP (strategies.privacy), or None
         # Rounds already done before a resume: Flower's loop counts from 1 again, and every
         # round-dependent choice (sampling, masks, client seeds, FedAdam's bias correction)
         # must see the true round.
@@ -263,11 +265,8 @@ class WireStrategy(Strategy):
         """Each reply decoded and checked (or counted as a rejection) into the aggregator the
         inner strategy needs, with the accepted clients' metrics and weights; None when no
         update was accepted."""
-        aggregator: UpdateAggregator = (
-            self.privacy.aggregator(self._reference)
-            if self.privacy is not None
-            else aggregator_for(self.inner, self._reference, pools=self.pooling)
-        )
+        dp = self.privacy.aggregator(self._reference) if self.privacy is not None else None
+        aggregator = dp or aggregator_for(self.inner, self._reference, pools=self.pooling)
         records: list[dict] = []
         weights: list[float] = []
         for update in self._decoder.updates(replies, stats, pools=aggregator.accepts_pools):

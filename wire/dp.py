@@ -60,6 +60,24 @@ def gaussian_noise(rng: np.random.Generator, stddev: float, size: int) -> np.nda
     return rng.normal(0.0, stddev, size).astype(np.float32)
 
 
+def local_dp(
+    deltas: dict[str, np.ndarray], clip: float, stddev: float, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """Local DP on the device: the whole update (every tensor together) clipped to L2 norm
+    ``clip``, then ``N(0, stddev^2)`` added to each coordinate (the Gaussian mechanism run by
+    the client itself; Dwork & Roth 2014, Sec. 3.5.3), tensors in name order."""
+    names = sorted(deltas)
+    flat = np.concatenate([np.asarray(deltas[n], dtype=np.float32).ravel() for n in names])
+    clipped, _ = clip_l2(flat, clip)
+    noisy = clipped + gaussian_noise(rng, stddev, clipped.size)
+    out, start = {}, 0
+    for n in names:
+        size = np.asarray(deltas[n]).size
+        out[n] = noisy[start : start + size].reshape(np.shape(deltas[n]))
+        start += size
+    return out
+
+
 def rounded_l2_bound(scaled_clip: float, dim: int, beta: float = DEFAULT_BETA) -> float:
     """Norm bound after conditional randomized rounding of a norm-``scaled_clip`` vector in
     ``dim`` coordinates (Kairouz et al. 2021, Theorem 1); ``beta = 0``: plain rounding."""

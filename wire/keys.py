@@ -33,6 +33,10 @@ ROTATE_SEED = "rotate-seed"  # a shared rotation's seed for this round
 ERROR_FEEDBACK = "error-feedback"
 QAT = "qat"
 FREEZE = "freeze"
+# Local differential privacy (dp-mode local): the client clips and noises its update itself
+DP_LOCAL_CLIP = "dp-local-clip"  # L2 clip of the whole update
+DP_LOCAL_STDDEV = "dp-local-stddev"  # Gaussian noise stddev per coordinate
+DP_LOCAL_SEEDED = "dp-local-seeded"  # noise from the client's round seed (experiments only)
 
 # Node config (set by Flower's simulation, ``--node-config`` in a deployment).
 PARTITION_ID = "partition-id"

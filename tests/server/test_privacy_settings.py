@@ -42,3 +42,18 @@ def test_an_unreachable_target_is_refused_at_start():
     with pytest.raises(RunConfigError, match="cannot be met") as err:
         run.central_privacy(10)
     assert err.value.key == "dp-target-epsilon"
+
+
+def test_local_dp_is_accounted_per_client_over_every_round():
+    run = RunSettings(dp_mode="local", strategy="krum", dp_noise_multiplier=4.0, dp_clip=0.5)
+    dp = run.local_privacy()
+    assert run.central_privacy(100) is None
+    assert (dp.plan.population, dp.plan.per_round, dp.plan.rounds) == (1, 1, 3)
+    assert dp.round_config() == {
+        "dp-local-clip": 0.5,
+        "dp-local-stddev": 2.0,
+        "dp-local-seeded": False,
+    }
+    assert dp.aggregator({}) is None  # the strategy's own aggregation (krum is allowed)
+    history = [dp.finish_round()["dp-epsilon"] for _ in range(3)]
+    assert history[-1] == pytest.approx(epsilon(4.0, dp.plan))
