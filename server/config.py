@@ -57,7 +57,7 @@ class RunSettings(  # fields in the reverse order of the bases: the task's first
             self._check_compression()
             self._check_secure(self.strategy)
             self._check_secure_combinations()
-            self._check_privacy(self.strategy, self.secure_agg)
+            self._check_privacy(self.strategy, self.secure_agg, self.secagg_share_metrics)
         except SettingError as err:
             raise RunConfigError(err.key, err.why) from None
 

@@ -287,9 +287,15 @@ class PrivacySection(Section):
         False, "Draw the noise from the run seed (reproducible experiments only: not private)."
     )
 
-    def _check_privacy(self, strategy: str, secure_agg: bool) -> None:
+    def _check_privacy(self, strategy: str, secure_agg: bool, share_metrics: bool) -> None:
         if self.dp_mode == "none":
             return
+        if secure_agg and share_metrics and not self.dp_client_metrics:
+            raise SettingError(
+                "secagg-share-metrics",
+                "sends each client's metrics in the clear, around the DP noise: turn it off, or "
+                "opt in with dp-client-metrics",
+            )
         if (self.dp_noise_multiplier > 0) == (self.dp_target_epsilon > 0):
             raise SettingError(
                 "dp-noise-multiplier",

@@ -57,3 +57,11 @@ def test_local_dp_is_accounted_per_client_over_every_round():
     assert dp.aggregator({}) is None  # the strategy's own aggregation (krum is allowed)
     history = [dp.finish_round()["dp-epsilon"] for _ in range(3)]
     assert history[-1] == pytest.approx(epsilon(4.0, dp.plan))
+
+
+def test_clear_client_metrics_under_dp_need_an_opt_in():
+    dp = {"dp_mode": "local", "dp_noise_multiplier": 1.0, "secure_agg": True}
+    with pytest.raises(RunConfigError, match="dp-client-metrics") as err:
+        RunSettings(**dp, secagg_share_metrics=True)
+    assert err.value.key == "secagg-share-metrics"
+    assert RunSettings(**dp, secagg_share_metrics=True, dp_client_metrics=True).local_privacy()
