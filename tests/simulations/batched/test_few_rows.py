@@ -8,7 +8,10 @@ import torch
 
 from client_sdk.tasks import get_task
 from simulations.batched.training import FEW_ROWS, stack_clients, train_clients
-from tests.simulations.batched.test_unequal_sizes import CASES, _counting, _plan, _skewed
+from tests.helpers.skewed import CASES
+from tests.helpers.skewed import counting as _counting
+from tests.helpers.skewed import round_3_plan as _plan
+from tests.helpers.skewed import skewed_clients as _skewed
 
 CPU = torch.device("cpu")
 
