@@ -13,8 +13,9 @@ Why not Flower's ``DifferentialPrivacyServerSideFixedClipping`` / ``...AdaptiveC
 wrap a strategy's ``aggregate_train`` and clip each *reply's* arrays against the current model.
 Pollen's replies are compact wire payloads; the adapter decodes them and hands the strategy the
 aggregate (one message holding the mean), which the wrapper would clip and noise as if it were
-one client. They fit only a strategy fed every update (``CollectAll``: a message per client,
-O(clients x model) memory, no pooled uploads); the benchmark runs them that way as a baseline.
+one client. They could fit only a strategy fed every update (``CollectAll``: a message per
+client, O(clients x model) memory, no pooled uploads), and Flower 1.42's wrappers also require
+equal reply weights, which Pollen's example-count weights are not; so the noise is added here.
 
 The noise generator is secret by default (seeded from ``os.urandom``): noise drawn from a seed
 anyone knows can be subtracted. A simulation passes its run seed to be reproducible.
