@@ -65,8 +65,9 @@ def local_dp(
 ) -> dict[str, np.ndarray]:
     """Local DP on the device: the whole update (every tensor together) clipped to L2 norm
     ``clip``, then ``N(0, stddev^2)`` added to each coordinate (the Gaussian mechanism run by
-    the client itself; Dwork & Roth 2014, Sec. 3.5.3), tensors in name order."""
-    names = sorted(deltas)
+    the client itself; Dwork & Roth 2014, Sec. 3.5.3); the tensors keep the update's order
+    (the encoder and the server's checks follow the model's)."""
+    names = list(deltas)
     flat = np.concatenate([np.asarray(deltas[n], dtype=np.float32).ravel() for n in names])
     clipped, _ = clip_l2(flat, clip)
     noisy = clipped + gaussian_noise(rng, stddev, clipped.size)

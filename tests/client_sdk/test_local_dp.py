@@ -39,7 +39,7 @@ def test_the_upload_is_clipped_and_noised_on_the_device():
     plain = _upload()
     dp = {keys.DP_LOCAL_CLIP: 0.5, keys.DP_LOCAL_STDDEV: 0.01, keys.DP_LOCAL_SEEDED: True}
     noised = _upload(**dp)
-    assert noised.keys() == plain.keys()
+    assert list(noised) == list(plain) == list(GLOBAL)  # the model's tensor order
     flat_plain = np.concatenate([plain[k].ravel() for k in sorted(plain)])
     flat_noised = np.concatenate([noised[k].ravel() for k in sorted(noised)])
     assert np.linalg.norm(flat_plain) > 0.5  # the clip binds
@@ -54,5 +54,6 @@ def test_the_upload_is_clipped_and_noised_on_the_device():
 def test_local_dp_by_hand():
     deltas = {"b": np.array([0.0, 4.0], np.float32), "a": np.array([[3.0]], np.float32)}
     out = local_dp(deltas, 1.0, 0.0, np.random.default_rng(0))  # norm 5 -> 1, no noise
+    assert list(out) == ["b", "a"]  # the update's order, kept
     assert out["a"].shape == (1, 1) and np.allclose(out["a"], [[0.6]])
     assert np.allclose(out["b"], [0.0, 0.8])
