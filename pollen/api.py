@@ -63,7 +63,7 @@ def simulate(
     values = {}
     for keyword, value in settings.items():
         if keyword not in names:
-            why = "not a setting of pollen.simulate (see server.RunSettings)"
+            why = "not a setting of pollen.simulate (see the README's settings reference)"
             raise SettingsError(keyword, why)
         values[names[keyword]] = value
     if task.startswith(IN_PROCESS):

@@ -40,17 +40,21 @@ def _root() -> None:
     """Pollen: federated learning on Flower with compact client updates."""
 
 
+def _default_out_dir(task: str) -> Path:
+    """runs/<task>-<time>, the task named by its file or built-in name."""
+    short = Path(task.rpartition(":")[0]).stem if ".py:" in task or "/" in task else task
+    return Path("runs") / f"{short.replace(':', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
 def _simulate(ctx: typer.Context, **values: Any) -> None:
     """Run a Task with N virtual clients (Flower's engine or Pollen's batched engine)."""
     console = Console()
     out, verbose = values.pop("out"), values.pop("verbose")
-    task = values["task"]
-    short = Path(task.rpartition(":")[0]).stem if ".py:" in task or "/" in task else task
-    out_dir = out or Path("runs") / f"{short.replace(':', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
     from_config: dict[str, Any] = {}
     try:
         from_config = _run_config_values(ctx, values.pop("run_config"))
         values.update(from_config)
+        out_dir = out or _default_out_dir(str(values["task"]))
         if values["resume"] and out is None:
             raise SettingError("resume", "name the run directory to continue with --out")
         values["strategy"] = values["strategy"].lower()

@@ -1,6 +1,6 @@
 """Simulation settings from keyword values, checked the same way for the CLI and the Python API.
 
-Every value is checked by its declaration (:mod:`server.config`, :mod:`simulations.settings`);
+Every value is checked by its declaration (:mod:`server.sections`, :mod:`simulations.settings`);
 what is left here are the few checks across sections. Each refusal is a
 :class:`~server.schema.SettingError` carrying the setting's key, which the CLI shows as its flag
 (:func:`flag_for`) and the Python API as its keyword (:func:`keyword_for`).
@@ -52,7 +52,7 @@ def simulation_settings(*, out: Path, verbose: bool, **values: Any) -> Simulatio
     from simulations.heterogeneity import HeterogeneityError
     from simulations.partitioners import PartitionError
     from simulations.runner import check_partition, check_resume
-    from simulations.settings import SIMULATION_SECTIONS, SimulationSettings
+    from simulations.settings import SIMULATION_SECTIONS, EngineSection, SimulationSettings
 
     simulation = {
         e.name: values.pop(e.name)
@@ -69,7 +69,10 @@ def simulation_settings(*, out: Path, verbose: bool, **values: Any) -> Simulatio
         raise SettingError("task", str(err)) from None
     if values.get("partition") is None:
         values["partition"] = "natural" if natural else "dirichlet:0.5"
-    run = RunSettings(min_available_nodes=simulation.get("clients", 50), **values)
+    run = RunSettings(
+        min_available_nodes=simulation.get("clients", EngineSection.clients), **values
+    )
+    _check_privacy(run, simulation)
     try:
         settings = SimulationSettings(
             run=run, out_dir=out.resolve(), ray_logs=verbose, **simulation
@@ -89,11 +92,15 @@ def simulation_settings(*, out: Path, verbose: bool, **values: Any) -> Simulatio
 
 
 def _check_engine_options(simulation: dict[str, Any]) -> None:
-    engine, device = simulation.get("engine", "auto"), simulation.get("device", "auto")
+    from simulations.settings import EngineSection
+
+    default = EngineSection()
+    engine = simulation.get("engine", default.engine)
+    device = simulation.get("device", default.device)
     batched_only = (
-        device != "auto"
-        or simulation.get("clients_per_batch")
-        or not (simulation.get("pool_uploads", True))
+        device != default.device
+        or simulation.get("clients_per_batch", default.clients_per_batch)
+        or simulation.get("pool_uploads", default.pool_uploads) != default.pool_uploads
     )
     if engine == "flower" and batched_only:
         raise SettingError(
@@ -107,6 +114,22 @@ def _check_engine_options(simulation: dict[str, Any]) -> None:
             resolve_device(device)
         except DeviceError as err:
             raise SettingError("device", str(err)) from None
+
+
+def _check_privacy(run: Any, simulation: dict[str, Any]) -> None:
+    """Plan the run's privacy now (a noise calibration that cannot meet its target raises,
+    naming the key) and refuse local DP on the batched engine, which builds replies without
+    the SDK's client round: one line before anything starts, not a traceback mid-run."""
+    from simulations.runner import resolve_engine
+    from simulations.settings import EngineSection
+
+    run.local_privacy()
+    run.central_privacy(simulation.get("clients", EngineSection.clients))
+    engine = resolve_engine(simulation.get("engine", EngineSection.engine))
+    if run.dp_mode == "local" and engine == "batched":
+        raise SettingError(
+            "dp-mode", "local runs in the SDK's client round: use --engine flower for it"
+        )
 
 
 def check_out_dir(out: Path) -> None:

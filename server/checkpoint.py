@@ -207,21 +207,28 @@ def _parse(entries: dict[str, np.ndarray], *, source: Path) -> Checkpoint:
     return Checkpoint(server_round, arrays, optimizer, settings, source=source)
 
 
-def check_resumable(checkpoint: Checkpoint, settings: Mapping[str, Any]) -> None:
+def check_resumable(
+    checkpoint: Checkpoint,
+    settings: Mapping[str, Any],
+    *,
+    defaults: Mapping[str, Any] | None = None,
+) -> None:
     """Refuse to continue a run under different settings (other than rounds and paths), past
-    its planned rounds, or with arrays that do not fit the task's model."""
+    its planned rounds, or with arrays that do not fit the task's model. A setting the
+    checkpoint does not name (one added to Pollen after it was written) counts as its declared
+    default from ``defaults``, so an upgrade alone does not make a checkpoint unresumable."""
     where = f"{checkpoint.source}: " if checkpoint.source is not None else ""
+    saved = {**(defaults or {}), **checkpoint.settings}
     differ = sorted(
         key
-        for key in set(checkpoint.settings) | set(settings)
-        if key not in RESUMABLE_CHANGES and checkpoint.settings.get(key) != settings.get(key)
+        for key in set(saved) | set(settings)
+        if key not in RESUMABLE_CHANGES and saved.get(key) != settings.get(key)
     )
     if differ:
         raise ResumeError(
             f"{where}the checkpoint was made with other settings for "
             + ", ".join(
-                f"{k} ({_short(checkpoint.settings.get(k))} != {_short(settings.get(k))})"
-                for k in differ
+                f"{k} ({_short(saved.get(k))} != {_short(settings.get(k))})" for k in differ
             )
         )
     done = checkpoint.server_round

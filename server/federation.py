@@ -36,7 +36,7 @@ from server.checkpoint import (
 )
 from server.config import RunSettings
 from server.metrics import MetricsLog
-from server.schema import settings_of
+from server.schema import defaults_of, settings_of
 from strategies import (
     ReplyLimits,
     SeededSampler,
@@ -131,7 +131,7 @@ def run_federation(
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = load_checkpoint(out_dir) if settings.resume else None
     if checkpoint is not None:
-        check_resumable(checkpoint, asdict(settings))
+        check_resumable(checkpoint, asdict(settings), defaults=defaults_of(RunSettings))
         log.info("resuming %s after round %d", out_dir, checkpoint.server_round)
     elif settings.resume:
         log.info("no checkpoint in %s: starting from round 1", out_dir)

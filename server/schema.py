@@ -10,7 +10,7 @@ schemas; Flower shares its record keys as named constants the same way). A refus
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from functools import cache
 from typing import Any
@@ -94,6 +94,11 @@ class Section:
         check_fields(self)
 
 
+def defaults_of(cls: type) -> dict[str, Any]:
+    """Each declared setting's default by field name (what a run that never set it used)."""
+    return {entry.name: entry.default for entry in settings_of(cls)}
+
+
 def typed(entry: Setting, value: Any) -> Any:
     """``value`` as the setting's type (an int is accepted for a float), or a SettingError.
     A float must be finite: NaN passes every ``<``/``>`` range check, so it is refused here."""
@@ -119,14 +124,11 @@ def check_fields(section: Any) -> None:
                 raise SettingError(entry.key, str(err)) from None
 
 
-def from_keys(cls: type, values: Mapping[str, Any], *, ignore: Iterable[str] = ()) -> Any:
+def from_keys(cls: type, values: Mapping[str, Any]) -> Any:
     """Build ``cls`` from run-config keys; an unknown key is refused (a typo must not pass)."""
     entries = {e.key: e for e in settings_of(cls)}
-    skip = set(ignore)
     kwargs = {}
     for key, value in values.items():
-        if key in skip:
-            continue
         if key not in entries:
             known = ", ".join(sorted(entries))
             raise SettingError(key, f"unknown key; known keys: {known}")

@@ -22,6 +22,7 @@ from server import EXPORT_FILE, MODEL_FILE, RunSettings, read_metrics
 from server.app import build_server_app
 from server.checkpoint import check_resumable, load_checkpoint
 from server.federation import ABORT_FILE, RoundCallback, RunAborted, ServerHooks
+from server.schema import defaults_of
 from server.sections import SimulatedClientsSection
 from simulations.app import simulated_client_data
 from simulations.attacks import attack_hook
@@ -95,7 +96,7 @@ def check_resume(settings: SimulationSettings) -> None:
     checkpoint in the out dir that is corrupt or cannot continue this run."""
     run = server_settings(settings)
     if run.resume and (checkpoint := load_checkpoint(settings.out_dir)) is not None:
-        check_resumable(checkpoint, asdict(run))
+        check_resumable(checkpoint, asdict(run), defaults=defaults_of(RunSettings))
 
 
 def simulate(

@@ -4,8 +4,8 @@ Layout (all integers little-endian)::
 
     b"PLNW" | version: u16 | header_len: u32 | header: zlib(UTF-8 JSON) | body sections
 
-Version 2 deflates the header with a preset dictionary (:mod:`wire.header_dict`: 242 -> 64
-bytes for a digits MLP's rotated 1-bit header); version 1 (plain zlib, the same JSON) is still
+Version 2 deflates the header with a preset dictionary (:mod:`wire.header_dict`; the header
+sizes it gives are in benchmarks/README.md); version 1 (plain zlib, the same JSON) is still
 decoded.
 
 The header names the format version, the round, every tensor's name/shape/dtype, the codec

@@ -37,10 +37,6 @@ for _stage in (SELECT_STAGE, TOPK, ROTATE, QUANTIZE, FLOAT32, EDEN, SIGN):
     register_stage(_stage)
 
 
-def known_stages() -> set[str]:
-    return set(STAGES)
-
-
 def encode_chain(codec: CodecSpec) -> list[Stage]:
     """The stages ``codec`` runs, in chain order."""
     chain = sorted((s for s in STAGES.values() if s.wanted(codec)), key=lambda s: s.slot)

@@ -19,7 +19,7 @@ import numpy as np
 from wire.bitpack import pack_uint, packed_size, unpack_uint
 from wire.codec import CodecSpec
 from wire.errors import RejectReason, UpdateRejected
-from wire.kept import TensorSpec, gather_kept, scatter_kept, segment_lengths
+from wire.kept import TensorSpec, gather_kept, segment_lengths
 from wire.mask import MaskSet
 from wire.quantize import ALLOWED_BITS, Quantized, dequantize, num_chunks, quantize
 from wire.sparsify import (
@@ -42,7 +42,7 @@ from wire.stage_api import (
     Sections,
 )
 
-__all__ = ["TensorSpec", "scatter", "segment_lengths", "select"]
+__all__ = ["TensorSpec", "segment_lengths", "select"]
 
 
 def _reject(reason: RejectReason, detail: str) -> UpdateRejected:
@@ -55,12 +55,6 @@ def select(
 ) -> np.ndarray:
     """The kept values of ``tensors`` as one float32 vector (:func:`wire.kept.gather_kept`)."""
     return gather_kept(tensors, [s.name for s in specs], masks, np.float32)
-
-
-def scatter(
-    flat: np.ndarray, specs: Sequence[TensorSpec], masks: MaskSet | None
-) -> list[np.ndarray]:
-    return scatter_kept(flat, specs, masks)
 
 
 def check_select(params: Mapping[str, Any], masks: MaskSet | None, count: int) -> None:

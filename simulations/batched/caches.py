@@ -14,6 +14,7 @@ from flwr.app import ConfigRecord, Context
 
 from client_sdk import ClientData, RoundPlan
 from simulations.batched.training import ClientBatch, stack_clients
+from wire import keys
 
 # Without a budget given, the stacked chunks may take this share of the free device memory
 # (CUDA), or of HOST_BYTES on a CPU.
@@ -23,7 +24,7 @@ DEVICE_SHARE, HOST_BYTES = 0.3, 2 << 30
 def data_key(plan: RoundPlan) -> tuple:
     """What a client's data depends on: the task, partitioning, seed and partition count."""
     c = plan.config
-    return (c.get("task"), c.get("partition"), c.get("seed"), c.get("num-partitions"))
+    return tuple(c.get(key) for key in (keys.TASK, keys.PARTITION, keys.SEED, keys.NUM_PARTITIONS))
 
 
 class ClientCaches:

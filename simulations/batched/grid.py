@@ -37,6 +37,7 @@ from simulations.batched.replies import ReplyOptions, error_reply
 from simulations.batched.secure import SecureRound
 from simulations.batched.stats import EngineStats
 from simulations.batched.training import NotVectorizable, vectorization_blocker
+from wire import keys
 from wire.secagg_protocol import STAGE_KEYS, STAGE_SHARES, STAGE_UNMASK
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ class BatchedGrid(Grid):
             int(nid): Context(
                 run_id=0,
                 node_id=int(nid),
-                node_config={"partition-id": pid, "num-partitions": num_nodes},
+                node_config={keys.PARTITION_ID: pid, keys.NUM_PARTITIONS: num_nodes},
                 state=RecordDict(),
                 run_config={},
             )

@@ -187,3 +187,24 @@ def test_a_run_config_key_and_its_own_flag_cannot_both_be_given():
     assert "also given as --rounds" in line
     line = _one_line_error(["--run-config", "quant-bits=3"], "--run-config quant-bits")
     assert "got 3" in line
+
+
+@pytest.mark.parametrize(
+    ("args", "flag", "says"),
+    [
+        (
+            ["--dp-mode", "central", "--dp-target-epsilon", "0.1", "--dp-target-delta", "1e-300"],
+            "--dp-target-epsilon",
+            "cannot be met",
+        ),
+        (
+            ["--dp-mode", "local", "--dp-noise-multiplier", "1", "--engine", "batched"],
+            "--dp-mode",
+            "--engine flower",
+        ),
+    ],
+)
+def test_a_privacy_plan_that_cannot_run_is_one_line_before_the_run(tmp_path, args, flag, says):
+    line = _one_line_error(["--clients", "2", "--rounds", "1", "--out", str(tmp_path), *args], flag)
+    assert says in line
+    assert not (tmp_path / "metrics.jsonl").exists()

@@ -233,3 +233,26 @@ def test_the_server_app_refuses_a_corrupt_checkpoint(original, tmp_path):
     with pytest.raises(ResumeError, match="holds NaN or Inf") as err:
         run_federation(QueryAnsweringGrid({}), run, out_dir=tmp_path)
     assert str(err.value).startswith(f"{tmp_path / CHECKPOINT_FILE}: ")
+
+
+def test_a_checkpoint_from_before_a_setting_existed_resumes_at_its_default():
+    """A checkpoint written before a setting was added (here: every dp-* setting, added after
+    the first release of checkpoints) still resumes when the setting is at its default, and is
+    refused, naming the setting, when the run now asks for another value."""
+    from dataclasses import asdict, replace
+
+    from client_sdk import model_arrays
+    from client_sdk.tasks import get_task
+    from server.checkpoint import Checkpoint
+    from server.schema import defaults_of
+
+    now = RunSettings()
+    older = {k: v for k, v in asdict(now).items() if not k.startswith("dp_")}
+    arrays = model_arrays(get_task(now.task).build_model(seed=0))
+    old = Checkpoint(1, arrays, {}, older)
+    check_resumable(old, asdict(now), defaults=defaults_of(RunSettings))
+    with pytest.raises(ResumeError, match="dp_mode"):
+        check_resumable(old, asdict(now))  # without the defaults: None != 'none'
+    changed = replace(now, dp_mode="central", dp_noise_multiplier=1.0)
+    with pytest.raises(ResumeError, match="dp_mode"):
+        check_resumable(old, asdict(changed), defaults=defaults_of(RunSettings))
