@@ -22,6 +22,7 @@ from flwr.serverapp.strategy import FedAvgM, QFedAvg, Strategy
 
 from strategies.aggregation import weighted_metrics
 from strategies.aggregators import (
+    MEAN_ONLY_STRATEGIES,
     Aggregator,
     SecureSum,
     UpdateAggregator,
@@ -65,18 +66,19 @@ class WireStrategy(Strategy):
         hooks: RoundHooks | None = None,
         privacy: CentralDp | LocalDp | None = None,
     ) -> None:
+        mean_only = ", ".join(sorted(cls.__name__ for cls in MEAN_ONLY_STRATEGIES))
         central = isinstance(privacy, CentralDp)
         if central and (secure is not None or not needs_only_mean(inner)):
             raise ValueError(
                 "central DP clips and noises the mean of each decoded update: it cannot run "
                 f"with {'secure aggregation' if secure is not None else type(inner).__name__} "
-                "(use fedavg, fedprox, fedadam, fedyogi, fedadagrad or fedavgm, without secure-agg)"
+                f"(use one of {mean_only}, without secure-agg)"
             )
         if secure is not None and not needs_only_mean(inner):
             raise ValueError(
                 f"secure aggregation reveals only the sum of updates, but {type(inner).__name__} "
-                "needs each update (robust aggregation): use fedavg, fedprox, fedadam, fedyogi "
-                "or fedadagrad with secure aggregation"
+                f"needs each update (robust aggregation): use one of {mean_only} with secure "
+                "aggregation"
             )
         if secure is not None and clip_norm > 0:
             raise ValueError(
