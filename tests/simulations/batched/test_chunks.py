@@ -99,25 +99,3 @@ def test_a_loss_that_is_not_a_per_sample_mean_is_not_vectorizable():
     with pytest.raises(NotVectorizable, match="not the mean of per-sample losses"):
         runner.run(plan, _ready(plan), ReplyOptions(), SecureRound(), outbox)
     assert outbox == {} and stats.vectorized_clients == 0
-
-
-def test_chunks_trained_at_once_on_a_cpu_answer_as_one_after_the_other():
-    plan = _plan(get_task("digits"), CONFIG)
-    ready, saved = _ready(plan), torch.get_num_threads()
-    outboxes = []
-    try:
-        for threads in (1, 2):  # one thread: chunk after chunk; two: two chunks at once
-            torch.set_num_threads(threads)
-            runner, _, stats = _runner(fixed_k=2)
-            outbox = {}
-            runner.run(plan, ready, ReplyOptions(pool=False), SecureRound(), outbox)
-            assert torch.get_num_threads() == threads and stats.chunk_sizes == [2, 2, 1]
-            outboxes.append(outbox)
-    finally:
-        torch.set_num_threads(saved)
-    one, two = outboxes
-    assert set(one) == set(two) == {m.metadata.message_id for m, _, _ in ready}
-    for key, reply in one.items():
-        payload = reply.content[UPDATE_RECORD_KEY][PAYLOAD_FIELD]
-        assert isinstance(payload, bytes)
-        assert two[key].content[UPDATE_RECORD_KEY][PAYLOAD_FIELD] == payload
