@@ -13,6 +13,7 @@ from server.schema import Section, SettingError, above, at_least, one_of, settin
 from strategies import STRATEGY_NAMES, SUM_STRATEGIES, PruningSchedule, SecAggSettings
 from strategies.schedules import parse_schedule
 from wire import CodecSpec
+from wire.codec import SCALES, SCHEMES
 from wire.secagg_vector import SecAggVectorSpec
 
 # A simulated attacker scales its update at most this much: larger factors only overflow float32
@@ -163,8 +164,11 @@ class CompressionSection(Section):
     quant_scheme: str = setting(
         _CODEC.scheme,
         "uniform (min, max) | eden (EDEN/DRIVE, with --rotate) | sign (EF-signSGD).",
+        check=one_of(*SCHEMES),
     )
-    eden_scale: str = setting(_CODEC.eden_scale, "eden: unbiased | mse (biased; with EF).")
+    eden_scale: str = setting(
+        _CODEC.eden_scale, "eden: unbiased | mse (biased; with EF).", check=one_of(*SCALES)
+    )
     rotate: str = setting(
         _CODEC.rotate,
         "Randomized Hadamard rotation: none|client|shared.",
