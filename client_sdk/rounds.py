@@ -256,9 +256,7 @@ def reply_message(
     records: RecordBuilder = FLOWER_RECORDS,
 ) -> Message:
     """The train reply: the encoded update and the metrics the server weighs and logs."""
-    metrics = reply_metrics(
-        plan, context, stats, len(payload), carried, residual, records=records
-    )
+    metrics = reply_metrics(plan, context, stats, len(payload), carried, residual, records=records)
     update = records.config({PAYLOAD_FIELD: payload})
     return records.reply(msg, {UPDATE_RECORD_KEY: update, "metrics": metrics})
 
