@@ -130,19 +130,23 @@ class RunSettings(  # fields in the reverse order of the bases: the task's first
                 rounds=self.num_server_rounds,
                 delta=self.dp_target_delta or n**-1.1,
             )
-            adaptive = AdaptiveClip() if self.dp_adaptive_clip else None
             z = self.dp_noise_multiplier or calibrate_noise(self.dp_target_epsilon, plan)
+        except PrivacyError as err:
+            key = "dp-target-epsilon" if self.dp_target_epsilon else "dp-target-delta"
+            raise RunConfigError(key, str(err)) from None
+        try:  # the clip and multiplier are checked by their declarations: only the split is left
             return CentralDp(
                 noise_multiplier=z,
                 clip=self.dp_clip,
                 plan=plan,
-                adaptive=adaptive,
+                adaptive=AdaptiveClip() if self.dp_adaptive_clip else None,
                 noise_seed=self.seed if self.dp_seeded_noise else None,
                 client_metrics=self.dp_client_metrics,
             )
         except PrivacyError as err:
-            key = "dp-target-epsilon" if self.dp_target_epsilon else "dp-target-delta"
-            raise RunConfigError(key, str(err)) from None
+            raise RunConfigError(
+                "dp-adaptive-clip", f"{err}: sample more clients per round or lower the noise"
+            ) from None
 
     def compression(self) -> CompressionSettings:
         """The compression every client is asked for, and the server's pruning schedule."""

@@ -142,6 +142,8 @@ class CentralDp:
             raise PrivacyError(
                 f"dp-noise-multiplier must be a positive number, got {self.noise_multiplier!r}"
             )
+        if self.adaptive is not None:  # a cohort too small for the count's noise: refused now
+            adaptive_clip_noise(self.noise_multiplier, self.count_stddev)
         self.ledger = Ledger(self.plan)
         seed = self.noise_seed
         self._rng = np.random.default_rng(

@@ -197,6 +197,11 @@ def test_a_run_config_key_and_its_own_flag_cannot_both_be_given():
             "--dp-target-epsilon",
             "cannot be met",
         ),
+        (  # 1 of 2 clients per round: the clipped count's noise would take the whole budget
+            ["--dp-mode", "central", "--dp-noise-multiplier", "3", "--dp-adaptive-clip"],
+            "--dp-adaptive-clip",
+            "sample more clients",
+        ),
         (
             ["--dp-mode", "local", "--dp-noise-multiplier", "1", "--engine", "batched"],
             "--dp-mode",
