@@ -24,6 +24,9 @@ from wire.kept import TensorSpec, gather_kept, scatter_kept, segment_lengths
 from wire.mask import MaskSet
 from wire.secagg import modulus_bits
 
+VECTOR_FIELD = "vector"  # which spec the record is (wire.ddp_vector.vector_spec_from_config)
+QUANTIZED_VECTOR = "quantized"
+
 
 @dataclass(frozen=True)
 class SecAggVectorSpec:
@@ -57,6 +60,10 @@ class SecAggVectorSpec:
 
     def weight_of(self, num_examples: float) -> int:
         return int(min(max(int(num_examples), 1), self.max_weight))
+
+    def vector_size(self, values: int) -> int:
+        """Values a masked upload carries for ``values`` (kept or rotated) coordinates."""
+        return values + 1  # + the weight
 
     def quantize(
         self, flat: np.ndarray, weight: int, rng: np.random.Generator
@@ -93,6 +100,19 @@ class SecAggVectorSpec:
         mean = sums * (2 * self.clip / self.levels) / weight - self.clip
         return mean, weight
 
+    def check_sum(self, total: np.ndarray, uploads: int) -> None:
+        """Honest vectors sum to a weight in [1, uploads x max-weight] and coordinates at most
+        weight x levels; a client that masked values off the grid is caught here (not who).
+        Raises ValueError."""
+        weight = int(total[-1])
+        if not 1 <= weight <= uploads * self.max_weight or (
+            total.size > 1 and int(total[:-1].max()) > weight * self.levels
+        ):
+            raise ValueError(
+                "the unmasked sum is off the shared grid (a client masked values outside "
+                "[0, weight x levels] or a false weight); the round is not used"
+            )
+
     def pack(self, vector: np.ndarray) -> bytes:
         return pack_uint(vector & np.uint32(self.modulus_mask), self.modulus_bits)
 
@@ -107,8 +127,9 @@ class SecAggVectorSpec:
             )
         return unpack_uint(payload, self.modulus_bits, count).astype(np.uint32)
 
-    def as_config(self) -> dict[str, int | float]:
+    def as_config(self) -> dict[str, int | float | str]:
         return {
+            VECTOR_FIELD: QUANTIZED_VECTOR,
             "bits": self.bits,
             "clip": self.clip,
             "max-weight": self.max_weight,
@@ -119,6 +140,12 @@ class SecAggVectorSpec:
     def from_config(cls, config: Mapping[str, object]) -> SecAggVectorSpec:
         """The spec the server sent; a missing field, a value of the wrong type (a bool, a
         float for an int, a list) or out of range is :class:`UpdateRejected` (bad-secagg)."""
+        if config.get(VECTOR_FIELD) != QUANTIZED_VECTOR:
+            raise UpdateRejected(
+                RejectReason.BAD_SECAGG,
+                f"secure-aggregation field {VECTOR_FIELD!r} must be {QUANTIZED_VECTOR!r} here, "
+                f"got {str(config.get(VECTOR_FIELD))!r:.40}",
+            )
         values = {}
         for key, kind in (("bits", int), ("clip", float), ("max-weight", int), ("clients", int)):
             value = config.get(key)

@@ -6,6 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wire import RejectReason, UpdateRejected
+from wire.ddp_vector import DdpVectorSpec, vector_spec_from_config
+from wire.dp import choose_scale, clip_l2
 from wire.mask import MaskSet
 from wire.secagg import (
     SHAMIR_PRIME,
@@ -164,3 +166,104 @@ def test_node_id_lists_round_trip_and_parse_once_per_content():
     assert id_set(bytes(bytearray(raw))) is first  # another object, same content: cached
     with pytest.raises(UpdateRejected, match="8-byte aligned"):
         id_set(raw[:-1])
+
+
+def _ddp(clients: int = 5, length: int = 300, stddev: float = 1e-6, bits: int = 16):
+    """A distributed-DP spec with near-zero noise (``stddev`` in update units per client)."""
+    kw = {"bits": bits, "clip": 1.0, "seed": 7, "block": 4096, "length": length}
+    dim = DdpVectorSpec(scale=1.0, local_variance=1.0, clients=clients, **kw).rotated_length
+    scale = choose_scale(bits=bits, clients=clients, clip=1.0, dim=dim, local_stddev=stddev)
+    return DdpVectorSpec(scale=scale, local_variance=(scale * stddev) ** 2, clients=clients, **kw)
+
+
+def test_the_ddp_vector_decodes_to_the_clipped_mean_to_rounding_error():
+    spec = _ddp()
+    rng = np.random.default_rng(1)
+    updates = rng.normal(0, 0.03, size=(5, 300)).astype(np.float32)  # norms ~0.5
+    updates[0] *= 100  # norm ~52: clipped to 1
+    total = np.zeros(spec.vector_size(300), dtype=np.uint64)
+    clipped = []
+    for update in updates:
+        vector, count = spec.quantize(update, spec.weight_of(1234), rng)
+        assert vector.dtype == np.uint32 and vector[-1] == 1 and vector.max() <= spec.modulus_mask
+        clipped.append(count)
+        total = (total + vector) & np.uint64(spec.modulus_mask)
+    assert clipped == [300, 0, 0, 0, 0]
+    total = total.astype(np.uint32)
+    spec.check_sum(total, 5)
+    mean, count = spec.weighted_mean(total)
+    want = np.mean([clip_l2(u, 1.0)[0] for u in updates], axis=0)
+    assert count == 5 and mean.shape == (300,)
+    # 5 roundings and noises of variance <= 1/4 + 1/16 integer units each, over 5 uploads
+    assert np.abs(mean - want).max() < 3 / spec.scale
+    assert spec.unpack(spec.pack(total), total.size).tolist() == total.tolist()
+    with pytest.raises(UpdateRejected, match="bytes"):
+        spec.unpack(spec.pack(total)[:-1], total.size)
+    with pytest.raises(ValueError, match="counts 5 uploads, not the 4"):
+        spec.check_sum(total, 4)
+
+
+def test_a_ddp_vector_refuses_non_finite_or_misshaped_updates():
+    spec = _ddp(length=10)
+    rng = np.random.default_rng(0)
+    for update, weight, reason in (
+        (np.full(10, np.nan, np.float32), 1, RejectReason.NON_FINITE),
+        (np.zeros(11, np.float32), 1, RejectReason.LENGTH_MISMATCH),
+        (np.zeros(10, np.float32), 2, RejectReason.LENGTH_MISMATCH),
+    ):
+        with pytest.raises(UpdateRejected) as err:
+            spec.quantize(update, weight, rng)
+        assert err.value.reason == reason
+
+
+def test_the_record_names_its_spec_and_each_spec_refuses_the_others():
+    ddp, grid = _ddp(), SecAggVectorSpec(bits=8, clients=5)
+    assert vector_spec_from_config(ddp.as_config()) == ddp
+    assert vector_spec_from_config(grid.as_config()) == grid
+    with pytest.raises(UpdateRejected, match="vector"):
+        SecAggVectorSpec.from_config(ddp.as_config())
+    with pytest.raises(UpdateRejected, match="dp vector"):
+        DdpVectorSpec.from_config(grid.as_config())
+    with pytest.raises(UpdateRejected, match="vector"):
+        vector_spec_from_config({k: v for k, v in grid.as_config().items() if k != "vector"})
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"vector": "ddp2"},
+        {"vector": 1},
+        {"bits": True},
+        {"bits": 16.0},
+        {"bits": 7},
+        {"bits": 33},
+        {"clip": np.nan},
+        {"clip": -1.0},
+        {"clip": "1"},
+        {"scale": np.inf},
+        {"scale": 0.0},
+        {"local-variance": np.nan},
+        {"local-variance": 0.0},
+        {"local-variance": 2.0**40},
+        {"rotation-seed": -1},
+        {"rotation-seed": 2**63},
+        {"rotation-seed": 1.5},
+        {"rotation-block": 100},
+        {"rotation-block": 2**40},
+        {"rotation-block": False},
+        {"length": 0},
+        {"length": 2**62},
+        {"clients": 0},
+        {"clients": 2**16},  # the count would wrap the 16-bit modulus
+        {"clients": [3]},
+        {"length": None},
+    ],
+    ids=repr,
+)
+def test_a_hostile_ddp_record_is_bad_secagg(changes):
+    record = {**_ddp().as_config(), **changes}
+    if changes.get("length", 1) is None:
+        del record["length"]
+    with pytest.raises(UpdateRejected) as err:
+        vector_spec_from_config(record)
+    assert err.value.reason == RejectReason.BAD_SECAGG
