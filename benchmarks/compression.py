@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from server import RunSettings
 from simulations.runner import SimulationSettings, simulate
+from simulations.settings import SimulationRunSettings
 
 PRUNE = {"prune": 0.9, "prune_initial": 0.5, "prune_end_round": 10, "prune_scope": "global"}
 EDEN = {"quant_scheme": "eden", "rotate": "client"}
@@ -63,7 +63,7 @@ def run_row(
     out: Path,
     engine: str = "batched",
 ) -> dict:
-    run = RunSettings(
+    run = SimulationRunSettings(
         task=task["task"],
         partition=task["partition"],
         num_server_rounds=rounds,

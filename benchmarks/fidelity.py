@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from server import MODEL_FILE, RunSettings
+from server import MODEL_FILE
 from simulations.runner import SimulationSettings, simulate
+from simulations.settings import SimulationRunSettings
 
 CASES = {
     "digits, Dirichlet(0.5), FedAvg, half the clients per round": {
@@ -51,7 +52,7 @@ CASES = {
 
 def final_model(engine: str, device: str, out: Path, clients: int, rounds: int, **run) -> dict:
     settings = SimulationSettings(
-        run=RunSettings(num_server_rounds=rounds, min_available_nodes=clients, **run),
+        run=SimulationRunSettings(num_server_rounds=rounds, min_available_nodes=clients, **run),
         clients=clients,
         out_dir=out,
         engine=engine,

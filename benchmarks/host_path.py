@@ -41,12 +41,13 @@ sys.path.insert(0, str(ROOT))
 
 from client_sdk.tasks import get_task  # noqa: E402
 from client_sdk.training import TrainStats  # noqa: E402
-from server import RunSettings, read_metrics  # noqa: E402
+from server import read_metrics  # noqa: E402
 from server.app import build_server_app  # noqa: E402
-from simulations.app import simulated_client_data  # noqa: E402
+from simulations.app import client_data_of  # noqa: E402
 from simulations.batched import BatchedGrid, run_server_app  # noqa: E402
 from simulations.batched import chunks as chunk_module  # noqa: E402
 from simulations.batched.training import TrainedChunk  # noqa: E402
+from simulations.settings import SimulationRunSettings  # noqa: E402
 
 # Groups of (row, run settings, engine options): the newer paths first, then the path they
 # replaced ("vs before" divides by the group's last row).
@@ -101,7 +102,7 @@ def measure(
     n: int, rounds: int, run: dict[str, Any], engine: dict[str, Any], device: torch.device
 ) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
-        settings = RunSettings(
+        settings = SimulationRunSettings(
             task="tutorial-cnn:50",
             partition="natural",
             num_server_rounds=rounds,
@@ -113,7 +114,7 @@ def measure(
         )
         grid = BatchedGrid(
             task=get_task,
-            data=simulated_client_data,
+            data=client_data_of(settings),
             num_nodes=n,
             device=device,
             clients_per_batch=500,

@@ -15,8 +15,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from server import RunSettings
 from simulations.runner import SimulationSettings, simulate
+from simulations.settings import SimulationRunSettings
 
 CLIENTS = 50
 ATTACK = {"attack": "sign-flip", "malicious_fraction": 0.2, "attack_scale": 10.0}
@@ -43,7 +43,7 @@ def main() -> None:
     logging.getLogger("flwr").setLevel(logging.WARNING)
     results = []
     for name, options in ROWS:
-        run = RunSettings(
+        run = SimulationRunSettings(
             task="digits",
             partition="dirichlet:0.5",
             num_server_rounds=args.rounds,

@@ -14,6 +14,24 @@ client_app = typer.Typer(help="Run an edge device: a Flower SuperNode with Polle
 _STATE = typer.Option(Path(".pollen-server"), help="Where the server keeps its state and logs.")
 
 
+def app_schema(app_dir: Path) -> type:
+    """The settings class the App's ServerApp reads its run config into: a simulated App's
+    (``simulations.app:serverapp``, Pollen's own) also takes the simulated clients' keys; any
+    other, e.g. the deployment ServerApp ``server.app:app``, the server's only."""
+    import tomllib
+
+    from server import RunSettings
+    from simulations.settings import SimulationRunSettings
+
+    try:
+        with (app_dir / "pyproject.toml").open("rb") as file:
+            components = tomllib.load(file)["tool"]["flwr"]["app"]["components"]
+        serverapp = components.get("serverapp")
+    except (OSError, tomllib.TOMLDecodeError, KeyError, TypeError, AttributeError):
+        return RunSettings  # start_server names a missing pyproject.toml
+    return SimulationRunSettings if serverapp == "simulations.app:serverapp" else RunSettings
+
+
 def _fail(command: str, err: Exception) -> None:
     typer.echo(f"pollen {command}: error: {err}", err=True)
     raise typer.Exit(2)
@@ -44,7 +62,7 @@ def server_start(
     # do in its ServerApp and ClientApps, where Flower puts the app's folder on sys.path
     sys.path.insert(0, str(app_dir.resolve()))
     try:
-        settings = load_server_config(config, **overrides)
+        settings = load_server_config(config, schema=app_schema(app_dir), **overrides)
         if settings.insecure and not insecure:  # the same warning when the file asks for it
             typer.echo(
                 f"pollen server start: warning: insecure = true in {config}: updates travel "

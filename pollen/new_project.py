@@ -36,7 +36,9 @@ publisher = "{publisher}"
 
 [tool.flwr.app.components]
 # Pollen's ServerApp, and the SDK ClientApp fed with a simulated partition of your Task's data
-serverapp = "server.app:app"
+# (with your own device ClientApp, use the deployment ServerApp "server.app:app" and drop the
+# simulated clients' keys, partition to dropout-rate, from the run config)
+serverapp = "simulations.app:serverapp"
 clientapp = "simulations.app:clientapp"
 
 # The run config: Pollen's settings with their defaults (override with `flwr run . --run-config`)
@@ -117,10 +119,11 @@ _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 
 
 def run_config_defaults() -> dict[str, object]:
-    """Every run-config key with its default, derived from :class:`server.RunSettings`."""
-    from server.config import RunSettings
+    """Every run-config key with its default, derived from the simulated App's settings
+    (:class:`simulations.settings.SimulationRunSettings`)."""
+    from simulations.settings import SimulationRunSettings
 
-    values = {f.name.replace("_", "-"): f.default for f in fields(RunSettings)}
+    values = {f.name.replace("_", "-"): f.default for f in fields(SimulationRunSettings)}
     return {**values, **APP_CONFIG}
 
 

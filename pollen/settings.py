@@ -23,10 +23,9 @@ DERIVED = ("min_available_nodes", "num_partitions", "out_dir")
 
 def simulate_settings() -> tuple[Setting, ...]:
     """Every setting ``pollen simulate`` takes: the run's, then the simulation's."""
-    from server import RunSettings
-    from simulations.settings import SIMULATION_SECTIONS
+    from simulations.settings import SIMULATION_SECTIONS, SimulationRunSettings
 
-    run = tuple(e for e in settings_of(RunSettings) if e.name not in DERIVED)
+    run = tuple(e for e in settings_of(SimulationRunSettings) if e.name not in DERIVED)
     return run + tuple(e for section in SIMULATION_SECTIONS for e in settings_of(section))
 
 
@@ -47,12 +46,16 @@ def simulation_settings(*, out: Path, verbose: bool, **values: Any) -> Simulatio
     dirichlet:0.5) into settings, or raise a :class:`SettingError` naming the setting."""
     from client_sdk import TaskConfigError
     from client_sdk.tasks import natural_partition
-    from server import RunSettings
     from server.checkpoint import ResumeError
     from simulations.heterogeneity import HeterogeneityError
     from simulations.partitioners import PartitionError
     from simulations.runner import check_partition, check_resume
-    from simulations.settings import SIMULATION_SECTIONS, EngineSection, SimulationSettings
+    from simulations.settings import (
+        SIMULATION_SECTIONS,
+        EngineSection,
+        SimulationRunSettings,
+        SimulationSettings,
+    )
 
     simulation = {
         e.name: values.pop(e.name)
@@ -69,7 +72,7 @@ def simulation_settings(*, out: Path, verbose: bool, **values: Any) -> Simulatio
         raise SettingError("task", str(err)) from None
     if values.get("partition") is None:
         values["partition"] = "natural" if natural else "dirichlet:0.5"
-    run = RunSettings(
+    run = SimulationRunSettings(
         min_available_nodes=simulation.get("clients", EngineSection.clients), **values
     )
     _check_privacy(run, simulation)
@@ -125,6 +128,13 @@ def _check_privacy(run: Any, simulation: dict[str, Any]) -> None:
 
     run.local_privacy()
     run.central_privacy(simulation.get("clients", EngineSection.clients))
+    if run.dp_mode == "distributed":  # accounted over the model's values
+        from client_sdk.tasks import get_task
+        from client_sdk.weights import model_arrays
+
+        model = model_arrays(get_task(run.task).build_model(seed=run.seed))
+        values = sum(int(a.size) for a in model.values())
+        run.distributed_privacy(simulation.get("clients", EngineSection.clients), values)
     engine = resolve_engine(simulation.get("engine", EngineSection.engine))
     if run.dp_mode == "local" and engine == "batched":
         raise SettingError(

@@ -1,4 +1,9 @@
-"""Pollen's Flower ServerApp (``[tool.flwr.app.components] serverapp = "server.app:app"``)."""
+"""Pollen's Flower ServerApp for devices (``serverapp = "server.app:app"`` in an App's
+``[tool.flwr.app.components]``): its run config holds only the settings devices and the server use
+(:class:`server.RunSettings`), and a simulation-only key (``partition``, ``attack``...) is refused
+naming it. A simulated App registers ``simulations.app:serverapp`` instead, built here with the
+simulation's wider settings class.
+"""
 
 from __future__ import annotations
 
@@ -19,17 +24,19 @@ def build_server_app(
     on_round: RoundCallback | None = None,
     wrap_grid: Callable[[Grid], Grid] | None = None,
     hooks: ServerHooks | None = None,
+    schema: type[RunSettings] = RunSettings,
 ) -> ServerApp:
     """A ServerApp with fixed settings (simulations), or one reading the run config (``None``).
 
     ``wrap_grid`` lets a simulation put a view in front of the Grid the runtime hands over
-    (e.g. a virtual clock for device heterogeneity).
+    (e.g. a virtual clock for device heterogeneity). ``schema``: the settings class the run
+    config is read into (its unknown keys refused).
     """
     server_app = ServerApp()
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_settings = settings or RunSettings.from_run_config(context.run_config)
+        run_settings = settings or schema.from_run_config(context.run_config)
         target = out_dir or (
             Path(run_settings.out_dir) if run_settings.out_dir else default_out_dir(context.run_id)
         )

@@ -17,7 +17,6 @@ from server.sections import (
     LimitsSection,
     PrivacySection,
     SecureSection,
-    SimulatedClientsSection,
     StrategySection,
     TaskSection,
 )
@@ -40,7 +39,6 @@ class RunConfigError(SettingError):
 
 @dataclass(frozen=True, kw_only=True)
 class RunSettings(  # fields in the reverse order of the bases: the task's first
-    SimulatedClientsSection,
     LimitsSection,
     PrivacySection,
     SecureSection,
@@ -49,7 +47,9 @@ class RunSettings(  # fields in the reverse order of the bases: the task's first
     TaskSection,
 ):
     """Everything one federated run needs: the sections above, flat (``settings.quant_bits``).
-    Field names are the run-config keys with '_' for '-'."""
+    Field names are the run-config keys with '_' for '-'. Only what devices and the server use:
+    a simulation's own settings (partition, attacks, dropouts) extend it in
+    :class:`simulations.settings.SimulationRunSettings`, whose ServerApp accepts them."""
 
     def __post_init__(self) -> None:
         try:

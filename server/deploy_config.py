@@ -10,7 +10,7 @@ node-auth = true          # SuperNode authentication (needs TLS)
 node-keys = ["certs/node-0.pub", "certs/node-1.pub"]   # public keys to register
 insecure = false          # plaintext, only when asked; a warning is printed
 
-[run]                     # Pollen's run config (the ServerApp's RunSettings keys)
+[run]                     # Pollen's run config (the keys of the App's ServerApp's settings)
 num-server-rounds = 10
 min-available-nodes = 2
 ```
@@ -48,6 +48,8 @@ class ServerConfig:
     node_keys: tuple[Path, ...] = ()
     insecure: bool = False
     run_config: dict[str, Any] = field(default_factory=dict)
+    # the settings class the App's ServerApp reads its run config into (a simulated App's is wider)
+    schema: type[RunSettings] = RunSettings
 
     @property
     def address(self) -> str:
@@ -81,7 +83,7 @@ class ServerConfig:
             if not key.is_file():
                 raise DeploymentError(f"missing SuperNode public key {key}")
         try:
-            RunSettings.from_run_config(self.run_config)
+            self.schema.from_run_config(self.run_config)
         except RunConfigError as err:
             raise DeploymentError(f"[run] {err.key}: {err.why}") from None
 
@@ -127,8 +129,11 @@ def read_text_file(path: Path, what: str) -> str:
         ) from None
 
 
-def load_server_config(path: Path | None, **overrides: Any) -> ServerConfig:
-    """Read ``path`` (optional) and apply flag ``overrides`` (None values are ignored).
+def load_server_config(
+    path: Path | None, *, schema: type[RunSettings] = RunSettings, **overrides: Any
+) -> ServerConfig:
+    """Read ``path`` (optional) and apply flag ``overrides`` (None values are ignored); ``[run]``
+    is checked as ``schema``, the settings class of the App's ServerApp.
 
     Every value of the file is type-checked before use (``bool`` is not a port, a string is not
     a list of keys); a bad one is a :class:`DeploymentError` naming the file and the key."""
@@ -193,10 +198,10 @@ def load_server_config(path: Path | None, **overrides: Any) -> ServerConfig:
     values.update({k: v for k, v in overrides.items() if v is not None})  # flags: as given
     run = dict(raw.get("run", {}))
     try:
-        RunSettings.from_run_config(run)
+        schema.from_run_config(run)
     except RunConfigError as err:
         raise DeploymentError(f"{where}: [run] {err.key}: {err.why}") from None
-    config = ServerConfig(**values, run_config=run)
+    config = ServerConfig(**values, run_config=run, schema=schema)
     for key, kind in (("port", int), ("host", str), ("node_auth", bool), ("insecure", bool)):
         value = getattr(config, key)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):

@@ -109,9 +109,8 @@ def client_config(settings: RunSettings, num_partitions: int) -> ConfigRecord:
             keys.LR: settings.lr,
             keys.LOCAL_EPOCHS: settings.local_epochs,
             keys.BATCH_SIZE: settings.batch_size,
-            # how the simulation ClientApp splits the data (simulations.app); simulated attacks
-            # and dropouts are not sent: that ClientApp reads them from its run
-            keys.PARTITION: settings.partition,
+            # nothing simulation-only: the simulation ClientApp reads how it splits the data,
+            # and its attacks and dropouts, from its own run (simulations.settings)
         }
     )
 
@@ -131,7 +130,7 @@ def run_federation(
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = load_checkpoint(out_dir) if settings.resume else None
     if checkpoint is not None:
-        check_resumable(checkpoint, asdict(settings), defaults=defaults_of(RunSettings))
+        check_resumable(checkpoint, asdict(settings), defaults=defaults_of(type(settings)))
         log.info("resuming %s after round %d", out_dir, checkpoint.server_round)
     elif settings.resume:
         log.info("no checkpoint in %s: starting from round 1", out_dir)

@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 from server.certs import CertificateError, check_certificates
-from server.config import RunSettings
 from server.deploy_config import DeploymentError, ServerConfig, read_server_state
 from server.metrics import read_metrics
 from server.processes import alive, launched_for, stop_group
@@ -211,7 +210,7 @@ def start_server(
     if not (app_dir / "pyproject.toml").is_file():
         raise DeploymentError(f"{app_dir} has no pyproject.toml: give --app the Pollen checkout")
     check_port_free(config.host, config.port)
-    settings = RunSettings.from_run_config(config.run_config)
+    settings = config.schema.from_run_config(config.run_config)
     state_dir.mkdir(parents=True, exist_ok=True)
     _flwr_home(state_dir, config)
     log_path = state_dir / "superlink.log"

@@ -16,9 +16,6 @@ from wire import CodecSpec
 from wire.codec import SCALES, SCHEMES
 from wire.secagg_vector import SecAggVectorSpec
 
-# A simulated attacker scales its update at most this much: larger factors only overflow float32
-# (1e38 gives Inf) and say nothing more about a robust strategy.
-MAX_ATTACK_SCALE = 1e6
 MAX_SEED = 2**31 - 1
 MAX_BATCH_SIZE = 2**20
 _CODEC = CodecSpec()  # the codec's own defaults are the settings' defaults
@@ -335,37 +332,4 @@ class LimitsSection(Section):
         3,
         "Stop after this many rounds in a row with no accepted update (0: never).",
         check=at_least(0),
-    )
-
-
-@dataclass(frozen=True, kw_only=True)
-class SimulatedClientsSection(Section):
-    """What the simulation ClientApp does with its data and update (simulations.app/attacks).
-
-    Declared here because the ServerApp shares the App's run config and refuses unknown keys.
-    Attacks and dropouts never reach a device: that ClientApp reads them from its run
-    (:mod:`simulations.attacks`); ``partition`` still travels in the round config."""
-
-    partition: str = setting(
-        "dirichlet:0.5",
-        "iid | dirichlet:ALPHA | shards:K | natural (default: dirichlet:0.5, or natural)",
-        cli_default=None,
-    )
-    attack: str = setting(
-        "",
-        "Simulated attack: scale | sign-flip (default: none).",
-        check=one_of("", "scale", "sign-flip"),
-    )
-    malicious_fraction: float = setting(
-        0.0, "Fraction of clients that attack.", check=within(0, 1, high_open=True)
-    )
-    attack_scale: float = setting(
-        10.0,
-        "How much attackers scale their update.",
-        check=within(-MAX_ATTACK_SCALE, MAX_ATTACK_SCALE),
-    )
-    dropout_rate: float = setting(
-        0.0,
-        "Fraction of clients that vanish each round after sharing keys.",
-        check=within(0, 1, high_open=True),
     )

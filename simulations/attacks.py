@@ -7,7 +7,8 @@ Also the simulated dropout of ``dropout-rate`` of the clients each round (they r
 Damaskinos et al. / Allen-Zhu et al., as used to evaluate Krum and trimmed mean). Who attacks
 follows from the seed and the partition id, so a run is reproducible. These settings never travel
 to devices: the simulation's own ClientApp gets them from its run (:func:`attack_hook`) or, under
-``flwr run``, from the run config every ClientApp of the run sees (:func:`simulated_clients`).
+``flwr run``, from the run config every ClientApp of the run sees
+(:func:`simulations.settings.simulated_clients`).
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Context
 
 from client_sdk import UpdateHook, partition_id_of
-from server.schema import from_keys, settings_of
-from server.sections import SimulatedClientsSection
+from simulations.settings import SimulatedClientsSection, simulated_clients
 from wire import keys
 
 
@@ -37,15 +37,6 @@ def drops_out(seed: int, server_round: int, partition_id: int, rate: float) -> b
 
 def is_malicious(partition_id: int, num_partitions: int, fraction: float) -> bool:
     return 0 <= partition_id < int(round(fraction * num_partitions))
-
-
-def simulated_clients(context: Context) -> SimulatedClientsSection:
-    """The simulated-client settings of this run's config (under ``flwr run``; defaults for the
-    keys it lacks, e.g. in Flower's in-process engine, whose run config is empty)."""
-    own = {entry.key for entry in settings_of(SimulatedClientsSection)}
-    return from_keys(
-        SimulatedClientsSection, {k: v for k, v in context.run_config.items() if k in own}
-    )
 
 
 def attack_hook(simulated: SimulatedClientsSection) -> UpdateHook | None:

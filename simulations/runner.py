@@ -18,20 +18,19 @@ from typing import Any
 
 from client_sdk import Task, build_client_app
 from client_sdk.tasks import get_task, portable_task_name
-from server import EXPORT_FILE, MODEL_FILE, RunSettings, read_metrics
+from server import EXPORT_FILE, MODEL_FILE, read_metrics
 from server.app import build_server_app
 from server.checkpoint import check_resumable, load_checkpoint
 from server.federation import ABORT_FILE, RoundCallback, RunAborted, ServerHooks
 from server.schema import defaults_of
-from server.sections import SimulatedClientsSection
-from simulations.app import simulated_client_data
+from simulations.app import client_data_of
 from simulations.attacks import attack_hook
 from simulations.heterogeneity import (
     HeterogeneousGrid,
 )
 from simulations.partitioners import parse_partition
 from simulations.plots import plot_run, settings_label
-from simulations.settings import SimulationSettings
+from simulations.settings import SimulatedClientsSection, SimulationRunSettings, SimulationSettings
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +78,9 @@ def check_partition(settings: SimulationSettings) -> None:
     )
 
 
-def server_settings(settings: SimulationSettings) -> RunSettings:
+def server_settings(settings: SimulationSettings) -> SimulationRunSettings:
     """The ServerApp's settings: the run's, with one partition per client and the out dir."""
-    return RunSettings(
+    return SimulationRunSettings(
         **{
             **settings.run.__dict__,
             "task": portable_task_name(settings.run.task),  # a task file, for Ray workers too
@@ -96,7 +95,7 @@ def check_resume(settings: SimulationSettings) -> None:
     checkpoint in the out dir that is corrupt or cannot continue this run."""
     run = server_settings(settings)
     if run.resume and (checkpoint := load_checkpoint(settings.out_dir)) is not None:
-        check_resumable(checkpoint, asdict(run), defaults=defaults_of(RunSettings))
+        check_resumable(checkpoint, asdict(run), defaults=defaults_of(SimulationRunSettings))
 
 
 def simulate(
@@ -153,7 +152,7 @@ def _run_batched(server_app, settings: SimulationSettings) -> dict[str, Any]:
 
     grid = BatchedGrid(
         task=get_task,
-        data=simulated_client_data,
+        data=client_data_of(settings.run),
         num_nodes=settings.clients,
         update_hook=attack_hook(settings.run.section(SimulatedClientsSection)),
         device=resolve_device(settings.device),
@@ -199,7 +198,7 @@ def _run_flower(server_app, settings: SimulationSettings) -> None:
             server_app=server_app,
             client_app=build_client_app(
                 get_task,
-                simulated_client_data,
+                client_data_of(settings.run),
                 update_hook=attack_hook(settings.run.section(SimulatedClientsSection)),
             ),
             num_supernodes=settings.clients,
@@ -224,7 +223,7 @@ class _HideRunSimulationDeprecation(logging.Filter):
         )
 
 
-def effective_settings(run: RunSettings, task: Task) -> dict[str, Any]:
+def effective_settings(run: SimulationRunSettings, task: Task) -> dict[str, Any]:
     """Every setting the run used: the run config, with the Task's own values where the run
     config left them at 0 ("the Task's")."""
     used = asdict(run)
@@ -236,7 +235,11 @@ def effective_settings(run: RunSettings, task: Task) -> dict[str, Any]:
 
 
 def summarize(
-    rows: list[dict[str, Any]], run: RunSettings, clients: int, wall_s: float, task: Task
+    rows: list[dict[str, Any]],
+    run: SimulationRunSettings,
+    clients: int,
+    wall_s: float,
+    task: Task,
 ) -> dict[str, Any]:
     trained = [r for r in rows if r["round"] > 0]
     metric = task.primary_metric

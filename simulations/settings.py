@@ -1,8 +1,11 @@
-"""Simulation-only settings: the engine and the simulated devices, each declared once.
+"""Simulation-only settings: the simulated clients, the engine and devices, each declared once.
 
 Like the server's sections (:mod:`server.sections`), each field comes from
 :func:`server.schema.setting`, so ``pollen simulate``'s flags and ``pollen.simulate``'s keywords
-derive from here. They are not run-config keys and never reach a device.
+derive from here. None of them reaches a device: the simulated clients' settings (partition,
+attack, dropout) are run-config keys of the simulated App only (:class:`SimulationRunSettings`,
+read by ``simulations.app:serverapp``; the simulation ClientApp reads them from its own run), and
+the engine's and devices' are not run-config keys at all.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flwr.app import Context
+
 from client_sdk.tasks import natural_partition
 from server import RunSettings
 from server.schema import (
@@ -18,6 +23,7 @@ from server.schema import (
     SettingError,
     at_least,
     check_fields,
+    from_keys,
     one_of,
     setting,
     settings_of,
@@ -27,11 +33,59 @@ from simulations.heterogeneity import Heterogeneity, HeterogeneityError, load_ti
 from simulations.partitioners import PartitionError, parse_partition
 
 ENGINES = ("auto", "flower", "batched")
+# A simulated attacker scales its update at most this much: larger factors only overflow float32
+# (1e38 gives Inf) and say nothing more about a robust strategy.
+MAX_ATTACK_SCALE = 1e6
 
 
 def _cpus(value: float) -> None:
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"must be a finite number > 0, got {value}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SimulatedClientsSection(Section):
+    """What the simulation ClientApp does with its data and update (simulations.app/attacks)."""
+
+    partition: str = setting(
+        "dirichlet:0.5",
+        "iid | dirichlet:ALPHA | shards:K | natural (default: dirichlet:0.5, or natural)",
+        cli_default=None,
+    )
+    attack: str = setting(
+        "",
+        "Simulated attack: scale | sign-flip (default: none).",
+        check=one_of("", "scale", "sign-flip"),
+    )
+    malicious_fraction: float = setting(
+        0.0, "Fraction of clients that attack.", check=within(0, 1, high_open=True)
+    )
+    attack_scale: float = setting(
+        10.0,
+        "How much attackers scale their update.",
+        check=within(-MAX_ATTACK_SCALE, MAX_ATTACK_SCALE),
+    )
+    dropout_rate: float = setting(
+        0.0,
+        "Fraction of clients that vanish each round after sharing keys.",
+        check=within(0, 1, high_open=True),
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class SimulationRunSettings(SimulatedClientsSection, RunSettings):
+    """The run config of a simulated App: the server's :class:`~server.RunSettings` and the
+    simulated clients' settings, last (``simulations.app:serverapp`` reads it; the deployment
+    ServerApp, ``server.app:app``, refuses these keys)."""
+
+
+def simulated_clients(context: Context) -> SimulatedClientsSection:
+    """The simulated-client settings of this node's run config (under ``flwr run``; defaults for
+    the keys it lacks, e.g. in Flower's in-process engine, whose run config is empty)."""
+    own = {entry.key for entry in settings_of(SimulatedClientsSection)}
+    return from_keys(
+        SimulatedClientsSection, {k: v for k, v in context.run_config.items() if k in own}
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,7 +146,7 @@ SIMULATION_SECTIONS = (EngineSection, DevicesSection)
 class SimulationSettings(DevicesSection, EngineSection):
     """One simulation: the server's run settings plus the engine and devices."""
 
-    run: RunSettings = field(default_factory=RunSettings)
+    run: SimulationRunSettings = field(default_factory=SimulationRunSettings)
     out_dir: Path
     ray_logs: bool = False  # forward Ray workers' output (Flower's client logs) to this console
 

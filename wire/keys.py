@@ -18,7 +18,6 @@ LR = "lr"
 LOCAL_EPOCHS = "local-epochs"
 BATCH_SIZE = "batch-size"
 NUM_PARTITIONS = "num-partitions"
-PARTITION = "partition"  # how the simulation ClientApp splits a pooled dataset
 
 # Update compression (``strategies.compression.CompressionSettings.codec_config``).
 QUANT_BITS = "quant-bits"

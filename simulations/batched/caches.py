@@ -22,9 +22,10 @@ DEVICE_SHARE, HOST_BYTES = 0.3, 2 << 30
 
 
 def data_key(plan: RoundPlan) -> tuple:
-    """What a client's data depends on: the task, partitioning, seed and partition count."""
+    """What a client's data depends on in the round config: the task, seed and partition count
+    (how the data is split is the run's own, fixed in the grid's data function)."""
     c = plan.config
-    return tuple(c.get(key) for key in (keys.TASK, keys.PARTITION, keys.SEED, keys.NUM_PARTITIONS))
+    return tuple(c.get(key) for key in (keys.TASK, keys.SEED, keys.NUM_PARTITIONS))
 
 
 class ClientCaches:

@@ -4,15 +4,16 @@ from pathlib import Path
 import pytest
 
 from server import RunConfigError, RunSettings
+from simulations.settings import SimulationRunSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_app_run_config_in_pyproject_is_valid_and_complete():
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
-    settings = RunSettings.from_run_config(config)
+    settings = SimulationRunSettings.from_run_config(config)  # the repository's simulated App
     assert settings.task == "digits" and settings.strategy == "fedavg"
-    assert set(config) == {f.replace("_", "-") for f in RunSettings.__dataclass_fields__}
+    assert set(config) == {f.replace("_", "-") for f in SimulationRunSettings.__dataclass_fields__}
 
 
 def test_compression_settings_follow_the_run_config():
@@ -90,7 +91,7 @@ def test_non_finite_floats_are_refused_for_every_float_key(key, value):
 )
 def test_direct_settings_are_type_and_range_checked(values, key):
     with pytest.raises(RunConfigError, match=f"run config {key}:"):
-        RunSettings(**values)
+        SimulationRunSettings(**values)  # the server's checks, and the simulated clients'
 
 
 def test_toml_nan_in_a_run_config_file_is_refused():

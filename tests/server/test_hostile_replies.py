@@ -16,8 +16,8 @@ from client_sdk import build_client_app
 from client_sdk.tasks import get_task
 from server import RunSettings
 from server.app import build_server_app
-from simulations.app import simulated_client_data
 from simulations.batched import run_server_app
+from tests.helpers.simulated import iid_data as simulated_client_data
 from tests.hostile import HostileGrid
 from wire import RejectReason
 
@@ -31,7 +31,6 @@ def _run(tmp_path, *, nodes: int, rounds: int, honest: int, grid_options=None, *
         "fraction_train": 0.9,
         "fraction_evaluate": 0.2,
         "min_available_nodes": nodes,
-        "partition": "iid",
         "num_partitions": nodes,
         "max_failed_rounds": 0,
         "round_timeout": 5.0,

@@ -228,7 +228,9 @@ def test_the_server_app_refuses_a_corrupt_checkpoint(original, tmp_path):
 
     meta = _entries(original)["meta"].tobytes()
     saved = json.loads(meta)["settings"]
-    run = RunSettings(**{**saved, "resume": True, "out_dir": str(tmp_path)})
+    from simulations.settings import SimulationRunSettings  # the checkpoint of a simulation
+
+    run = SimulationRunSettings(**{**saved, "resume": True, "out_dir": str(tmp_path)})
     (tmp_path / CHECKPOINT_FILE).write_bytes(_edit(original, _nan))
     with pytest.raises(ResumeError, match="holds NaN or Inf") as err:
         run_federation(QueryAnsweringGrid({}), run, out_dir=tmp_path)

@@ -13,8 +13,8 @@ from client_sdk import build_client_app, model_arrays
 from client_sdk.feedback import RESIDUAL_KEY
 from client_sdk.tasks import get_task
 from server import RunSettings
-from simulations.app import simulated_client_data
 from strategies import StrategySettings, build_strategy
+from tests.helpers.simulated import iid_data as simulated_client_data
 from tests.messages import node_context
 from tests.strategies.fake_grid import QueryAnsweringGrid
 from wire import DOWNLOAD_RECORD_KEY, MASK_FIELD, PAYLOAD_FIELD, UPDATE_RECORD_KEY
@@ -23,7 +23,7 @@ NODES = {101: 0, 102: 1, 103: 2}
 
 
 def _round(strategy, arrays, contexts, server_round, client_app):
-    config = ConfigRecord({"task": "digits", "seed": 0, "partition": "iid", "num-partitions": 3})
+    config = ConfigRecord({"task": "digits", "seed": 0, "num-partitions": 3})
     messages = list(
         strategy.configure_train(server_round, arrays, config, QueryAnsweringGrid(NODES))
     )
@@ -78,7 +78,7 @@ def test_an_update_made_under_another_mask_is_rejected_and_the_round_goes_on(set
         strategy.configure_train(
             1,
             arrays,
-            ConfigRecord({"task": "digits", "partition": "iid"}),
+            ConfigRecord({"task": "digits"}),
             QueryAnsweringGrid(NODES),
         )
     )
@@ -91,7 +91,7 @@ def test_an_update_made_under_another_mask_is_rejected_and_the_round_goes_on(set
         other.configure_train(
             1,
             arrays,
-            ConfigRecord({"task": "digits", "partition": "iid"}),
+            ConfigRecord({"task": "digits"}),
             QueryAnsweringGrid(NODES),
         )
     )

@@ -10,8 +10,8 @@ from client_sdk.tasks import get_task
 from server import RunSettings
 from server.app import build_server_app
 from server.federation import ABORT_FILE, RunAborted
-from simulations.app import simulated_client_data
 from simulations.batched import run_server_app
+from tests.helpers.simulated import iid_data as simulated_client_data
 from tests.hostile import HostileGrid
 
 
@@ -30,7 +30,6 @@ def test_no_accepted_update_in_max_failed_rounds_aborts_naming_the_reason(tmp_pa
         task="digits",
         num_server_rounds=10,
         min_available_nodes=3,
-        partition="iid",
         num_partitions=3,
         local_epochs=1,
         max_failed_rounds=limit,
@@ -51,7 +50,6 @@ def test_zero_never_aborts(tmp_path):
         task="digits",
         num_server_rounds=4,
         min_available_nodes=2,
-        partition="iid",
         num_partitions=2,
         local_epochs=1,
         max_failed_rounds=0,

@@ -1,9 +1,8 @@
 import numpy as np
 from flwr.app import ConfigRecord
 
-from server import RunSettings
 from server.federation import client_config
-from server.sections import SimulatedClientsSection
+from simulations.app import client_data_of, simulated_client_data
 from simulations.attacks import (
     SimulatedDropout,
     attack_hook,
@@ -11,6 +10,8 @@ from simulations.attacks import (
     simulated_attack,
     simulated_clients,
 )
+from simulations.settings import SimulatedClientsSection
+from simulations.settings import SimulationRunSettings as RunSettings
 from tests.messages import node_context
 
 DELTA = {"w": np.array([1.0, -2.0], np.float32)}
@@ -40,10 +41,24 @@ def test_under_flwr_run_the_client_app_reads_its_run_config():
     assert simulated_attack(DELTA, context, ConfigRecord())["w"].tolist() == [10.0, -20.0]
 
 
+def test_the_client_app_splits_the_data_as_its_run_config_says_not_the_round_config():
+    config = ConfigRecord({"task": "digits", "seed": 0, "partition": "shards:1"})  # ignored
+    context = node_context(0, 4)
+    context.run_config.update({"partition": "iid", "num-server-rounds": 2})
+    iid = simulated_client_data(context, config)
+    bound = client_data_of(RunSettings(partition="iid"))(node_context(0, 4), config)
+    assert np.array_equal(bound.y_train, iid.y_train)  # in-process engines bind it
+    context.run_config["partition"] = "shards:2"
+    shards = simulated_client_data(context, config)
+    assert len(np.unique(shards.y_train)) <= 2 < len(np.unique(iid.y_train))
+
+
 def test_simulated_attacks_and_dropouts_are_not_sent_to_devices():
     run = RunSettings(attack="sign-flip", malicious_fraction=0.3, dropout_rate=0.2)
     sent = client_config(run, num_partitions=10)
-    assert not {"attack", "malicious-fraction", "attack-scale", "dropout-rate"} & set(sent)
+    assert not {"partition", "attack", "malicious-fraction", "attack-scale", "dropout-rate"} & set(
+        sent
+    )
     assert attack_hook(run.section(SimulatedClientsSection)) is not None
     assert attack_hook(RunSettings().section(SimulatedClientsSection)) is None
 

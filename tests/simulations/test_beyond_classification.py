@@ -6,15 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from server import RunSettings
 from simulations.runner import SimulationSettings, simulate
+from simulations.settings import SimulationRunSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(tmp_path, task, engine, **run):
     settings = SimulationSettings(
-        run=RunSettings(
+        run=SimulationRunSettings(
             task=str(ROOT / "examples" / task), num_server_rounds=3, partition="iid",
             fraction_evaluate=0.5, **run,
         ),

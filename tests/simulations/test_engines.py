@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from server import MODEL_FILE, RunSettings, read_metrics
+from server import MODEL_FILE, read_metrics
 from simulations.runner import SimulationSettings, simulate
+from simulations.settings import SimulationRunSettings
 
 CASES = {
     # image task: the batched engine's packed conv/pool kernels (the CPU default)
@@ -27,7 +28,7 @@ CASES = {
 
 def _final(engine, out, run, **engine_settings):
     settings = SimulationSettings(
-        run=RunSettings(num_server_rounds=3, min_available_nodes=8, **run),
+        run=SimulationRunSettings(num_server_rounds=3, min_available_nodes=8, **run),
         clients=8,
         out_dir=out,
         engine=engine,

@@ -10,8 +10,7 @@ from typer.testing import CliRunner
 from client_sdk import model_arrays
 from client_sdk.tasks import get_task
 from pollen.cli import app
-from server import MODEL_FILE, RunSettings, read_metrics
-from simulations.app import simulated_client_data
+from server import MODEL_FILE, read_metrics
 from simulations.batched import BatchedGrid
 from simulations.heterogeneity import (
     DEFAULT_TIERS,
@@ -22,6 +21,8 @@ from simulations.heterogeneity import (
     load_tiers,
 )
 from simulations.runner import SimulationSettings, simulate
+from simulations.settings import SimulationRunSettings as RunSettings
+from tests.helpers.simulated import iid_data as simulated_client_data
 from wire import PAYLOAD_FIELD, POOLING_CONFIG_KEY, UPDATE_RECORD_KEY
 
 
@@ -60,7 +61,6 @@ def _train(grid, **extra):
     config = {
         **extra,
         "task": "digits",
-        "partition": "iid",
         "seed": 0,
         "num-partitions": 4,
         "server-round": 1,

@@ -4,8 +4,9 @@
 import numpy as np
 import pytest
 
-from server import MODEL_FILE, RunSettings, read_metrics
+from server import MODEL_FILE, read_metrics
 from simulations.runner import SimulationSettings, simulate
+from simulations.settings import SimulationRunSettings
 from wire.bitpack import packed_size
 from wire.rotation import block_for, padded_length
 
@@ -15,7 +16,7 @@ HEADER_MAX = 400  # the zlib-compressed JSON header of the digits MLP's payloads
 
 def _run(out, engine="batched", rounds=3, **run):
     settings = SimulationSettings(
-        run=RunSettings(
+        run=SimulationRunSettings(
             num_server_rounds=rounds, min_available_nodes=CLIENTS, partition="iid", **run
         ),
         clients=CLIENTS,

@@ -7,10 +7,11 @@ import pytest
 
 from client_sdk import model_arrays
 from client_sdk.tasks import get_task
-from server import MODEL_FILE, RunSettings, read_metrics
+from server import MODEL_FILE, read_metrics
 from simulations.heterogeneity import HeterogeneityError
 from simulations.partitioners import PartitionError
 from simulations.runner import SimulationSettings, simulate
+from simulations.settings import SimulationRunSettings
 
 SUMMARY_KEYS = {
     "final_accuracy",
@@ -25,7 +26,7 @@ SUMMARY_KEYS = {
 
 def _run(out, **run):
     settings = SimulationSettings(
-        run=RunSettings(**{"num_server_rounds": 2, "min_available_nodes": 6, **run}),
+        run=SimulationRunSettings(**{"num_server_rounds": 2, "min_available_nodes": 6, **run}),
         clients=6,
         out_dir=out,
     )
@@ -100,14 +101,14 @@ def test_synthetic_task_with_fedprox(tmp_path):
 def test_partition_mismatch_is_refused_before_starting():
     with pytest.raises(PartitionError, match="natural"):
         SimulationSettings(
-            run=RunSettings(task="synthetic", partition="iid"), clients=3, out_dir=None
+            run=SimulationRunSettings(task="synthetic", partition="iid"), clients=3, out_dir=None
         )
     with pytest.raises(PartitionError, match="clients"):
-        SimulationSettings(run=RunSettings(), clients=0, out_dir=None)
+        SimulationSettings(run=SimulationRunSettings(), clients=0, out_dir=None)
 
 
 @pytest.mark.parametrize("field", ["availability", "deadline"])
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), True, "1"])
 def test_non_finite_or_mistyped_device_settings_are_refused(field, value):
     with pytest.raises(HeterogeneityError, match=field.removesuffix("_s")):
-        SimulationSettings(run=RunSettings(), clients=3, out_dir=None, **{field: value})
+        SimulationSettings(run=SimulationRunSettings(), clients=3, out_dir=None, **{field: value})

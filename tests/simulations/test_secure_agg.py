@@ -3,16 +3,17 @@
 import numpy as np
 import pytest
 
-from server import MODEL_FILE, RunSettings, read_metrics
+from server import MODEL_FILE, read_metrics
 from simulations.attacks import drops_out
 from simulations.runner import SimulationSettings, simulate
+from simulations.settings import SimulationRunSettings
 
 CLIENTS = 8
 
 
 def _run(engine, out, sim=None, **run):
     settings = SimulationSettings(
-        run=RunSettings(
+        run=SimulationRunSettings(
             num_server_rounds=2,
             min_available_nodes=CLIENTS,
             partition="iid",
@@ -63,7 +64,7 @@ def test_robust_strategies_are_refused_with_secure_aggregation():
     from server import RunConfigError
 
     with pytest.raises(RunConfigError, match="strategy: krum needs each client.s update"):
-        RunSettings(strategy="krum", secure_agg=True)
+        SimulationRunSettings(strategy="krum", secure_agg=True)
 
 
 def test_pruned_secure_updates_send_only_kept_coordinates(tmp_path):

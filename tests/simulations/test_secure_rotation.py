@@ -4,8 +4,9 @@ server rotates the unmasked mean back (a linear map commutes with the sum)."""
 import numpy as np
 import pytest
 
-from server import RunConfigError, RunSettings, read_metrics
+from server import RunConfigError, read_metrics
 from simulations.runner import SimulationSettings, simulate
+from simulations.settings import SimulationRunSettings
 from wire.rotation import block_for, padded_length, rotate, unrotate
 from wire.secagg_vector import SecAggVectorSpec
 
@@ -14,7 +15,7 @@ CLIENTS = 6
 
 def _run(out, **run):
     settings = SimulationSettings(
-        run=RunSettings(
+        run=SimulationRunSettings(
             num_server_rounds=2,
             min_available_nodes=CLIENTS,
             partition="iid",
@@ -42,7 +43,7 @@ def test_secure_rounds_on_a_shared_rotation_learn_and_send_the_rotated_length(tm
 
 def test_a_per_client_rotation_is_refused_with_secure_aggregation():
     with pytest.raises(RunConfigError, match="rotate: secure-agg sums the uploads"):
-        RunSettings(secure_agg=True, rotate="client")
+        SimulationRunSettings(secure_agg=True, rotate="client")
 
 
 def test_the_rotated_sum_rotates_back_to_the_sum_and_clips_less():

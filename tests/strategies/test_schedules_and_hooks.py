@@ -82,7 +82,6 @@ def test_each_strategy_runs_a_real_federation(tmp_path, strategy, extra):
         num_server_rounds=2,
         strategy=strategy,
         min_available_nodes=5,
-        partition="iid",
         num_partitions=5,
         local_epochs=1,
         **extra,
@@ -98,6 +97,6 @@ def test_each_strategy_runs_a_real_federation(tmp_path, strategy, extra):
 def _client_app():
     from client_sdk import build_client_app
     from client_sdk.tasks import get_task
-    from simulations.app import simulated_client_data
+    from tests.helpers.simulated import iid_data
 
-    return build_client_app(get_task, simulated_client_data)
+    return build_client_app(get_task, iid_data)

@@ -1,13 +1,15 @@
 """The engine's caches: client data made once per node, device batches kept within budget."""
 
 from client_sdk.tasks import get_task
-from simulations.app import simulated_client_data
+from simulations.app import client_data_of
 from simulations.batched.caches import ClientCaches, data_key
+from simulations.settings import SimulatedClientsSection
 from tests.helpers.batched import CPU
 from tests.helpers.batched import round_plan as _plan
 from tests.messages import node_context
 
-CONFIG = {"task": "digits", "partition": "iid", "num-partitions": 4}
+CONFIG = {"task": "digits", "num-partitions": 4}
+simulated_client_data = client_data_of(SimulatedClientsSection(partition="iid"))
 
 
 def _counting():
@@ -27,7 +29,11 @@ def test_a_nodes_data_is_made_once_per_data_key():
     context = node_context(1, 4, node_id=11)
     first = caches.client_data(data_key(plan), 11, context, plan)
     assert caches.client_data(data_key(plan), 11, context, plan) is first and made == [11]
-    other = _plan(get_task("digits"), {**CONFIG, "partition": "dirichlet:0.5"})
+    # the split is the run's own (the grid's data function), not a round-config key
+    assert data_key(_plan(get_task("digits"), {**CONFIG, "partition": "shards:2"})) == data_key(
+        plan
+    )
+    other = _plan(get_task("digits"), {**CONFIG, "seed": 5})
     assert data_key(other) != data_key(plan)
     caches.client_data(data_key(other), 11, context, other)
     assert made == [11, 11]

@@ -9,7 +9,6 @@ import torch
 from flwr.app import MessageType, RecordDict
 
 from client_sdk.tasks import get_task
-from simulations.app import simulated_client_data
 from simulations.batched.caches import ClientCaches
 from simulations.batched.chunks import ChunkRunner
 from simulations.batched.layouts import LayoutTuner
@@ -20,10 +19,12 @@ from simulations.batched.stats import EngineStats
 from simulations.batched.training import NotVectorizable
 from tests.helpers.batched import CPU
 from tests.helpers.batched import round_plan as _plan
+from tests.helpers.simulated import split_data
 from tests.messages import message, node_context
 from wire import PAYLOAD_FIELD, UPDATE_RECORD_KEY, decode_update
 
-CONFIG = {"task": "digits", "partition": "dirichlet:0.5", "num-partitions": 5}
+CONFIG = {"task": "digits", "num-partitions": 5}
+simulated_client_data = split_data("dirichlet:0.5")
 
 
 class RunsOutAboveTwo(ClientCaches):

@@ -12,9 +12,10 @@ from torch import nn
 from client_sdk import model_arrays
 from client_sdk.feedback import stored_residual
 from client_sdk.tasks import get_task
-from simulations.app import simulated_client_data
 from simulations.batched import BatchedGrid
 from simulations.batched.memory import SAFETY, MemoryPlanner
+from tests.helpers.simulated import iid_data as simulated_client_data
+from tests.helpers.simulated import split_data
 from wire import (
     PAYLOAD_FIELD,
     POOL_ID_FIELD,
@@ -26,11 +27,11 @@ from wire import (
     decode_update,
 )
 
-CONFIG = {"task": "digits", "partition": "iid", "seed": 0, "num-partitions": 4, "server-round": 1}
+CONFIG = {"task": "digits", "seed": 0, "num-partitions": 4, "server-round": 1}
 
 
-def _grid(task=get_task, nodes=4, **kw):
-    return BatchedGrid(task=task, data=simulated_client_data, num_nodes=nodes, **kw)
+def _grid(task=get_task, nodes=4, partition="iid", **kw):
+    return BatchedGrid(task=task, data=split_data(partition), num_nodes=nodes, **kw)
 
 
 def _train_messages(grid, task, config=None):
@@ -156,13 +157,13 @@ class _ViewingCNN(nn.Module):
 
 def test_image_tasks_train_packed_and_a_model_the_kernels_cannot_run_uses_vmaps_rules(caplog):
     cnn = get_task("tutorial-cnn:6")
-    config = {"task": "tutorial-cnn:6", "partition": "natural"}
-    grid = _grid(task=cnn)
+    config = {"task": "tutorial-cnn:6"}
+    grid = _grid(task=cnn, partition="natural")
     replies = list(grid.send_and_receive(_train_messages(grid, cnn, config)))
     assert not any(r.has_error() for r in replies) and grid.stats.layout == "packed"
 
     viewing = dataclasses.replace(cnn, model_fn=_ViewingCNN)
-    grid = _grid(task=viewing)
+    grid = _grid(task=viewing, partition="natural")
     with caplog.at_level(logging.WARNING):
         replies = list(grid.send_and_receive(_train_messages(grid, viewing, config)))
     assert len(replies) == 4 and not any(r.has_error() for r in replies)
@@ -172,11 +173,11 @@ def test_image_tasks_train_packed_and_a_model_the_kernels_cannot_run_uses_vmaps_
 
 def test_the_unfold_layout_runs_a_viewing_cnn_and_trains_as_vmaps_rules_do(monkeypatch, caplog):
     viewing = dataclasses.replace(get_task("tutorial-cnn:6"), model_fn=_ViewingCNN)
-    config = {"task": "tutorial-cnn:6", "partition": "natural"}
+    config = {"task": "tutorial-cnn:6"}
     losses = {}
     for layout in ("grouped", "unfold"):
         monkeypatch.setenv("POLLEN_LAYOUT", layout)
-        grid = _grid(task=viewing)
+        grid = _grid(task=viewing, partition="natural")
         with caplog.at_level(logging.WARNING):
             replies = list(grid.send_and_receive(_train_messages(grid, viewing, config)))
         assert not any(r.has_error() for r in replies) and grid.stats.layout == layout
