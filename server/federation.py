@@ -149,8 +149,6 @@ def run_federation(
         StrategySettings(
             **{name: getattr(settings, name) for name in _SHARED_STRATEGY_FIELDS},
             name=settings.strategy,
-            momentum=settings.server_momentum,
-            q=settings.qffl_q,
             lr_schedule=parse_schedule(settings.lr_schedule),
             num_rounds=settings.num_server_rounds,
             inner=hooks.strategy if hooks else None,

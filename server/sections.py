@@ -10,7 +10,13 @@ from dataclasses import dataclass
 
 from client_sdk.tasks import get_task
 from server.schema import Section, SettingError, above, at_least, one_of, setting, within
-from strategies import STRATEGY_NAMES, SUM_STRATEGIES, PruningSchedule, SecAggSettings
+from strategies import (
+    STRATEGY_NAMES,
+    SUM_STRATEGIES,
+    PruningSchedule,
+    SecAggSettings,
+    StrategySettings,
+)
 from strategies.schedules import parse_schedule
 from wire import CodecSpec
 from wire.codec import SCALES, SCHEMES
@@ -19,6 +25,7 @@ from wire.secagg_vector import SecAggVectorSpec
 MAX_SEED = 2**31 - 1
 MAX_BATCH_SIZE = 2**20
 _CODEC = CodecSpec()  # the codec's own defaults are the settings' defaults
+_STRATEGY = StrategySettings()  # and the strategies' own defaults for their options
 
 
 def _strategy_name(value: str) -> None:
@@ -86,13 +93,13 @@ class StrategySection(Section):
         check=_strategy_name,
     )
     fraction_train: float = setting(
-        1.0,
+        _STRATEGY.fraction_train,
         "Fraction of clients trained each round, in (0, 1].",
         check=within(0, 1, low_open=True),
         flag="--fraction",
     )
     fraction_evaluate: float = setting(
-        0.0, "Fraction of clients for federated eval.", check=within(0, 1)
+        _STRATEGY.fraction_evaluate, "Fraction of clients for federated eval.", check=within(0, 1)
     )
     min_available_nodes: int = setting(
         2, "Nodes to wait for before the first round.", check=at_least(1), flag=""
@@ -100,20 +107,34 @@ class StrategySection(Section):
     round_timeout: float = setting(
         600.0, "Seconds a round waits for replies; late or dead nodes are cut.", check=above(0)
     )
-    proximal_mu: float = setting(0.01, "FedProx proximal term mu.", check=at_least(0))
+    proximal_mu: float = setting(
+        _STRATEGY.proximal_mu, "FedProx proximal term mu.", check=at_least(0)
+    )
     server_lr: float = setting(
-        0.1, "FedAdam/FedYogi/FedAdagrad eta; FedAvgM server learning rate.", check=at_least(0)
+        _STRATEGY.server_lr,
+        "FedAdam/FedYogi/FedAdagrad eta; FedAvgM server learning rate.",
+        check=at_least(0),
     )
     server_momentum: float = setting(
-        0.9, "FedAvgM server momentum.", check=within(0, 1, high_open=True)
+        _STRATEGY.server_momentum, "FedAvgM server momentum.", check=within(0, 1, high_open=True)
     )
-    qffl_q: float = setting(0.1, "QFedAvg (q-FFL) fairness exponent q.", check=within(0, 100))
+    qffl_q: float = setting(
+        _STRATEGY.qffl_q, "QFedAvg (q-FFL) fairness exponent q.", check=within(0, 100)
+    )
     trim_beta: float = setting(
-        0.2, "FedTrimmedAvg: fraction cut at each end.", check=within(0, 0.5, high_open=True)
+        _STRATEGY.trim_beta,
+        "FedTrimmedAvg: fraction cut at each end.",
+        check=within(0, 0.5, high_open=True),
     )
-    num_malicious: int = setting(0, "Krum/MultiKrum: assumed malicious clients.", check=at_least(0))
-    multikrum_select: int = setting(0, "MultiKrum: updates averaged (0: one).", check=at_least(0))
-    clip_norm: float = setting(0.0, "Clip each client update to this L2 norm.", check=at_least(0))
+    num_malicious: int = setting(
+        _STRATEGY.num_malicious, "Krum/MultiKrum: assumed malicious clients.", check=at_least(0)
+    )
+    multikrum_select: int = setting(
+        _STRATEGY.multikrum_select, "MultiKrum: updates averaged (0: one).", check=at_least(0)
+    )
+    clip_norm: float = setting(
+        _STRATEGY.clip_norm, "Clip each client update to this L2 norm.", check=at_least(0)
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -61,7 +61,9 @@ class UnknownStrategy(ValueError):
 
 @dataclass(frozen=True, kw_only=True)
 class StrategySettings:
-    """Options shared by every strategy; FedProx/FedOpt read their own fields."""
+    """Options shared by every strategy; FedProx/FedOpt read their own fields. The defaults of
+    the options a run sets are declared here once: the run's settings (``server.sections``
+    StrategySection) take theirs from this class, as the codec settings take CodecSpec's."""
 
     name: str = "fedavg"
     fraction_train: float = 1.0
@@ -79,8 +81,8 @@ class StrategySettings:
     multikrum_select: int = 0  # MultiKrum: lowest-score updates averaged (0: one, i.e. Krum)
     clip_norm: float = 0.0  # clip each client's update to this L2 norm (0: off)
     compression: CompressionSettings = field(default_factory=CompressionSettings)
-    momentum: float = 0.9  # FedAvgM's server momentum (Hsu et al. 2019)
-    q: float = 0.1  # q-FFL's fairness exponent (Li et al., ICLR 2020)
+    server_momentum: float = 0.9  # FedAvgM's server momentum (Hsu et al. 2019)
+    qffl_q: float = 0.1  # q-FFL's fairness exponent (Li et al., ICLR 2020)
     secure: SecAggSettings | None = None  # SecAgg+: the server sees only the sum of updates
     privacy: CentralDp | LocalDp | None = None  # differential privacy (strategies.privacy)
     limits: ReplyLimits = field(default_factory=ReplyLimits)  # what one reply may hold
@@ -112,12 +114,12 @@ def _options(settings: StrategySettings) -> dict[str, dict]:
         "fedadagrad": fedopt,
         "fedavgm": {  # Hsu et al. 2019: server momentum on the averaged update
             "server_learning_rate": settings.server_lr,
-            "server_momentum": settings.momentum,
+            "server_momentum": settings.server_momentum,
         },
         "bulyan": {"num_malicious_nodes": settings.num_malicious},  # El Mhamdi et al., ICML 2018
         "qfedavg": {  # Li et al., ICLR 2020 (q-FFL): fairer across clients
             "client_learning_rate": settings.client_lr,
-            "q": settings.q,
+            "q": settings.qffl_q,
             "train_loss_key": LOSS,
         },
         "fedtrimmedavg": {"beta": settings.trim_beta},  # Yin et al., ICML 2018
