@@ -129,6 +129,7 @@ class RunSettings(  # fields in the reverse order of the bases: the task's first
                 per_round=per_round,
                 rounds=self.num_server_rounds,
                 delta=self.dp_target_delta or n**-1.1,
+                sampling=self.dp_sampling,  # the run's sampler draws the same way (registry)
             )
             z = self.dp_noise_multiplier or calibrate_noise(self.dp_target_epsilon, plan)
         except PrivacyError as err:

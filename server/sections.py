@@ -17,6 +17,7 @@ from strategies import (
     SecAggSettings,
     StrategySettings,
 )
+from strategies.privacy.accounting import SAMPLINGS
 from strategies.schedules import parse_schedule
 from wire import CodecSpec
 from wire.codec import SCALES, SCHEMES
@@ -304,12 +305,22 @@ class PrivacySection(Section):
     dp_population: int = setting(
         0, "Clients that may be sampled, N (0: num-partitions, else the nodes).", check=at_least(0)
     )
+    dp_sampling: str = setting(
+        "fixed",
+        "Central DP's cohort: fixed (m of N) | poisson (each client with probability m/N: "
+        "less noise for the same epsilon; a round may train nobody and releases noise).",
+        check=one_of(*SAMPLINGS),
+    )
     dp_client_metrics: bool = setting(False, "Keep clients' train metrics (they bypass the noise).")
     dp_seeded_noise: bool = setting(
         False, "Draw the noise from the run seed (reproducible experiments only: not private)."
     )
 
     def _check_privacy(self, strategy: str, secure_agg: bool, share_metrics: bool) -> None:
+        if self.dp_sampling != "fixed" and self.dp_mode != "central":
+            raise SettingError(
+                "dp-sampling", f"{self.dp_sampling} is accounted for dp-mode central only"
+            )
         if self.dp_mode == "none":
             return
         if secure_agg and share_metrics and not self.dp_client_metrics:

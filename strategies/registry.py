@@ -25,7 +25,7 @@ from strategies.compression import CompressionSettings
 from strategies.privacy.central import CentralDp
 from strategies.privacy.local import LocalDp
 from strategies.replies import LOSS
-from strategies.sampling import SeededSampler
+from strategies.sampling import PoissonSampler, SeededSampler
 from strategies.schedules import LrSchedule, MetricsAggregation, RoundHooks
 from strategies.secagg import SecAggSettings
 from strategies.validation import ReplyLimits
@@ -151,11 +151,20 @@ def _takes_every_node(inner: Strategy) -> Strategy:
     return inner
 
 
+def sampler_for(privacy: object) -> type[SeededSampler]:
+    """Poisson sampling when central DP is accounted for it (its plan says so), else fixed-size:
+    the sampler and the accountant read the same setting."""
+    poisson = isinstance(privacy, CentralDp) and privacy.plan.sampling == "poisson"
+    return PoissonSampler if poisson else SeededSampler
+
+
 def build_strategy(settings: StrategySettings) -> WireStrategy:
     """The named Flower strategy (or ``settings.inner``) inside Pollen's wire adapter."""
     return WireStrategy(
         _takes_every_node(settings.inner) if settings.inner is not None else _inner(settings),
-        sampler=SeededSampler(seed=settings.seed, min_available=settings.min_available_nodes),
+        sampler=sampler_for(settings.privacy)(
+            seed=settings.seed, min_available=settings.min_available_nodes
+        ),
         fraction_train=settings.fraction_train,
         fraction_evaluate=settings.fraction_evaluate,
         min_train_nodes=settings.min_train_nodes,

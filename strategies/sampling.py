@@ -4,6 +4,8 @@ Flower's strategies sample with the module-level ``random`` and simulation node 
 per run, so the same seed would train different clients. Here nodes are ordered by the
 partition id they report (a QUERY message, asked once per new node and only when sampling a
 fraction) and drawn with a ``numpy.random.Generator`` seeded by (seed, round, purpose).
+:class:`SeededSampler` draws a fixed number of them; :class:`PoissonSampler` trains each
+independently with a fixed probability (for differential privacy's Poisson accounting).
 """
 
 from __future__ import annotations
@@ -76,15 +78,55 @@ class SeededSampler:
         picked = np.sort(rng.choice(len(ordered), size=size, replace=False))
         return [ordered[i] for i in picked]
 
+    def sample_train(
+        self, grid: Grid, server_round: int, fraction: float, min_nodes: int
+    ) -> list[int]:
+        """The nodes that train this round (``purpose`` 0; evaluation samples with 1)."""
+        return self.sample(grid, server_round, fraction, min_nodes)
+
     def _learn_partitions(self, grid: Grid, nodes: list[int]) -> None:
         unknown = [nid for nid in nodes if nid not in self.partitions]
         if unknown:
             self.partitions.update(query_partitions(grid, unknown, self.query_timeout_s))
 
 
+@dataclass
+class PoissonSampler(SeededSampler):
+    """Train each of the N nodes independently with probability ``q = m / N`` (``m``: what
+    :class:`SeededSampler` would draw, :func:`sample_size`), so a round trains ``m`` on average
+    and the accountant's rate (``RoundPlan(sampling="poisson")``) is the sampler's. Poisson
+    sampling is what the subsampled Gaussian's add-or-remove-one analysis assumes (Abadi et al.
+    2016; Mironov, Talwar & Zhang 2019): for the same epsilon it needs far less noise than
+    fixed-size sampling's replace-one bound. A round may draw no node at all (probability
+    ``(1 - q)^N``); it still releases its noise (:mod:`strategies.privacy.central`).
+    Evaluation still samples a fixed number (:meth:`SeededSampler.sample`)."""
+
+    def sample_train(
+        self, grid: Grid, server_round: int, fraction: float, min_nodes: int
+    ) -> list[int]:
+        nodes = self.wait_for_nodes(grid)
+        rate = poisson_rate(len(nodes), fraction, min_nodes)
+        if rate >= 1:
+            return nodes
+        self._learn_partitions(grid, nodes)
+        ordered = sorted(nodes, key=lambda nid: (self.partitions.get(nid, UNKNOWN_PARTITION), nid))
+        rng = np.random.default_rng([self.seed, server_round, 0, POISSON_STREAM])
+        joins = rng.random(len(ordered)) < rate
+        return [nid for nid, joined in zip(ordered, joins, strict=True) if joined]
+
+
+POISSON_STREAM = 0x504F  # keeps Poisson draws apart from the fixed sampler's stream
+
+
 def sample_size(nodes: int, fraction: float, min_nodes: int) -> int:
     """Clients a round draws (without replacement) from ``nodes``: what DP accounting assumes."""
     return min(nodes, max(int(nodes * fraction), min_nodes))
+
+
+def poisson_rate(nodes: int, fraction: float, min_nodes: int) -> float:
+    """The probability each of ``nodes`` trains under Poisson sampling: ``m / N``, ``m`` the
+    fixed-size count (the accountant's ``RoundPlan.rate`` for the same settings)."""
+    return sample_size(nodes, fraction, min_nodes) / nodes if nodes else 1.0
 
 
 def query_partitions(grid: Grid, node_ids: list[int], timeout: float) -> dict[int, int]:

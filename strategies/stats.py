@@ -96,7 +96,12 @@ def stall_reason(rounds: dict[int, RoundStats], upto: int, limit: int) -> str | 
     if limit <= 0 or upto < limit:
         return None
     last = [rounds.get(r) for r in range(upto - limit + 1, upto + 1)]
-    if any(stats is None or (stats.accepted and not stats.aggregation_failure) for stats in last):
+    if any(
+        stats is None
+        # a DP round releases its noise even with no update (Poisson sampling may draw nobody)
+        or ((stats.accepted or stats.privacy) and not stats.aggregation_failure)
+        for stats in last
+    ):
         return None
     reasons: Counter[str] = Counter()
     examples: dict[str, str] = {}

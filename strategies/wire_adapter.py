@@ -134,11 +134,15 @@ class WireStrategy(Strategy):
         round_config = self._round_config(server_round, config, mask_bytes)
         if isinstance(self.inner, FedAvgM):  # its momentum steps from the model clients get
             self.inner.current_arrays = arrays
-        nodes = self.sampler.sample(grid, server_round, self.fraction_train, self.min_train_nodes)
-        messages = list(
+        nodes = self.sampler.sample_train(
+            grid, server_round, self.fraction_train, self.min_train_nodes
+        )
+        messages = list(  # none when Poisson sampling drew no node (Flower's would wait)
             self.inner.configure_train(
                 server_round, arrays, round_config, FixedNodesGrid(grid, nodes)
             )
+            if nodes
+            else ()
         )
         download = self._expect(server_round, master, messages)
         stats = self.rounds.setdefault(server_round, RoundStats(server_round=server_round))
@@ -251,7 +255,7 @@ class WireStrategy(Strategy):
             return None, None
         if self.secure is not None:  # only what the survivors chose to share
             metrics = shared_train_loss(replies)
-        elif self.privacy is not None and not self.privacy.client_metrics:
+        elif not records or (self.privacy is not None and not self.privacy.client_metrics):
             metrics = {}  # each client's metrics would leak around the noise (opt in to keep)
         else:
             metrics = self.hooks.aggregate_metrics("train", records, weights, weighted_metrics)
@@ -275,7 +279,7 @@ class WireStrategy(Strategy):
             aggregator.add(update)  # the mean: O(model) memory however many clients reply
             records += update.metrics
             weights += update.weights
-        if not stats.accepted:
+        if not stats.accepted and not (dp is not None and dp.releases_empty):
             log.warning("round %d: no valid update; the global model stays as it was", server_round)
             return None, [], []
         return aggregator, records, weights

@@ -17,6 +17,13 @@ one client. They could fit only a strategy fed every update (``CollectAll``: a m
 client, O(clients x model) memory, no pooled uploads), and Flower 1.42's wrappers also require
 equal reply weights, which Pollen's example-count weights are not; so the noise is added here.
 
+Under Poisson sampling (``dp-sampling poisson``) the mean has a fixed denominator, the expected
+cohort ``m = qN`` (McMahan et al. 2018's fixed-denominator estimator: the count of sampled
+clients is not released), and a round releases its noise even when it drew no client or
+accepted no update: the subsampled Gaussian's output on an empty sample is the noise alone
+(Opacus steps on an empty Poisson batch the same way), so the round counts in the ledger. Under
+fixed-size sampling a round that accepted nothing releases nothing and is not spent.
+
 The noise generator is secret by default (seeded from ``os.urandom``): noise drawn from a seed
 anyone knows can be subtracted. A simulation passes its run seed to be reproducible.
 """
@@ -28,7 +35,7 @@ import os
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import Message
+from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 
 from strategies.aggregators import fresh_reply
 from strategies.decoding import Update
@@ -77,6 +84,7 @@ class DpMeanAggregator:
     sum_stddev: float  # noise on the sum of clipped updates
     count_stddev: float  # noise on the sum of unclipped bits (0: fixed clipping)
     rng: np.random.Generator
+    denominator: float | None = None  # Poisson: the expected cohort; None: the count added
     accepts_pools: bool = False  # a pool's mean is not one client's update: clip needs each
     total: dict[str, np.ndarray] = field(default_factory=dict)
     count: int = 0
@@ -96,27 +104,55 @@ class DpMeanAggregator:
         if self.first is None:
             self.first = update.replies[0]
 
+    @property
+    def releases_empty(self) -> bool:
+        """Whether a round with no update still releases (its noise): Poisson sampling."""
+        return self.denominator is not None
+
+    def _divisor(self) -> float:
+        return self.denominator if self.denominator is not None else max(self.count, 1)
+
     def noisy_mean(self) -> dict[str, np.ndarray]:
         """The noisy mean update per tensor (noise drawn once per call, in name order)."""
+        total = self.total or {  # no update added: the noise alone, on every float tensor
+            name: np.zeros(ref.shape, np.float64)
+            for name, ref in self.reference.items()
+            if np.issubdtype(ref.dtype, np.floating)
+        }
         return {
-            name: ((s + self.rng.normal(0.0, self.sum_stddev, s.shape)) / self.count).astype(
+            name: ((s + self.rng.normal(0.0, self.sum_stddev, s.shape)) / self._divisor()).astype(
                 np.float32
             )
-            for name, s in sorted(self.total.items())
+            for name, s in sorted(total.items())
         }
 
     def noisy_unclipped_fraction(self) -> float:
-        return (self.unclipped + self.rng.normal(0.0, self.count_stddev)) / max(self.count, 1)
+        return (self.unclipped + self.rng.normal(0.0, self.count_stddev)) / self._divisor()
 
     def strategy_input(self) -> list[Message]:
-        if self.first is None:
+        if self.first is None and not self.releases_empty:
             return []
         mean = self.noisy_mean()
         model = {
             name: (ref + mean[name]).astype(np.float32) if name in mean else ref
             for name, ref in self.reference.items()
         }
-        return [fresh_reply(self.first, model, {WEIGHT_KEY: float(self.count)})]
+        weight = {WEIGHT_KEY: float(self.count or 1)}
+        if self.first is None:  # nobody replied: a message of the server's own for the step
+            return [noise_only_message(model, weight)]
+        return [fresh_reply(self.first, model, weight)]
+
+
+def noise_only_message(model: dict[str, np.ndarray], metrics: dict) -> Message:
+    """A train message holding ``model`` for Flower's strategy when no client replied (its
+    ``aggregate_train`` reads only the content). Needs a ServerApp's run identity."""
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord({k: Array(v) for k, v in model.items()}),
+            "metrics": MetricRecord(metrics),
+        }
+    )
+    return Message(content, dst_node_id=0, message_type=MessageType.TRAIN)
 
 
 @dataclass
@@ -171,13 +207,14 @@ class CentralDp:
             sum_stddev=self.sum_multiplier * self.clip,
             count_stddev=self.count_stddev,
             rng=self._rng,
+            denominator=float(self.plan.per_round) if self.plan.sampling == "poisson" else None,
         )
         return self._round
 
     def finish_round(self) -> dict[str, float]:
         """After the round's release: spend it in the ledger, move an adaptive clip; metrics."""
         agg, self._round = self._round, None
-        if agg is None or agg.count == 0:
+        if agg is None or (agg.count == 0 and not agg.releases_empty):
             return {}
         epsilon = self.ledger.spend(self.noise_multiplier)
         metrics = {

@@ -7,6 +7,7 @@ import torch
 from typer.testing import CliRunner
 
 from pollen.cli import app
+from strategies.privacy.accounting import RoundPlan, epsilon_by_round
 
 NO_SUCH_GPU = torch.cuda.device_count()  # one index past the visible GPUs (cuda:0 on a CPU box)
 
@@ -65,6 +66,9 @@ def test_simulate_end_to_end_through_the_console_script(tmp_path):
             str(out),
             "--run-config",
             'quant-bits=4 lr-schedule="cosine"',
+            # central DP on Poisson cohorts of q = 1/4: with seed 2 round 1 draws nobody
+            *("--fraction", "0.25", "--seed", "2", "--dp-mode", "central"),
+            *("--dp-sampling", "poisson", "--dp-noise-multiplier", "0.5", "--dp-seeded-noise"),
         ],
         capture_output=True,
         text=True,
@@ -77,6 +81,13 @@ def test_simulate_end_to_end_through_the_console_script(tmp_path):
     assert summary["settings"]["quant_bits"] == 4  # --run-config, parsed as flwr run does
     assert summary["settings"]["lr_schedule"] == "cosine"
     assert (out / "accuracy.png").exists()
+    # the empty round released its noise and was spent: every round in the ledger, no abort
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["sampled_clients"] for r in rows[1:]] == [0, 1]
+    plan = RoundPlan(population=4, per_round=1, rounds=2, delta=4**-1.1, sampling="poisson")
+    first, total = epsilon_by_round(0.5, plan)
+    assert summary["dp_epsilon_per_round"] == pytest.approx([first, total - first])
+    assert summary["dp_epsilon"] == pytest.approx(total)
 
 
 def test_report_writes_both_plots(tmp_path):

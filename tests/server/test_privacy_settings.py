@@ -65,3 +65,46 @@ def test_clear_client_metrics_under_dp_need_an_opt_in():
         RunSettings(**dp, secagg_share_metrics=True)
     assert err.value.key == "secagg-share-metrics"
     assert RunSettings(**dp, secagg_share_metrics=True, dp_client_metrics=True).local_privacy()
+
+
+def test_poisson_sampling_is_accounted_as_dp_accountings_poisson_sampled_gaussian():
+    """dp-sampling poisson: the plan's rate is the sampler's (m / N) and the epsilon is
+    dp-accounting's PoissonSampledDpEvent(q, Gaussian(z)) composed over the rounds."""
+    import dp_accounting as dpa
+    from dp_accounting.rdp import rdp_privacy_accountant as rdp
+
+    from strategies.privacy.accounting import ORDERS, RoundPlan, calibrate_noise
+    from strategies.sampling import poisson_rate
+
+    run = RunSettings(
+        dp_mode="central",
+        dp_sampling="poisson",
+        dp_noise_multiplier=1.1,
+        dp_target_delta=1e-5,
+        num_server_rounds=60,
+        fraction_train=0.05,
+    )
+    dp = run.central_privacy(1000)
+    assert dp.plan.sampling == "poisson" and dp.plan.rate == poisson_rate(1000, 0.05, 1) == 0.05
+    for z, rounds in ((1.1, 60), (0.8, 10), (4.0, 1000)):
+        accountant = rdp.RdpAccountant(list(ORDERS), dpa.NeighboringRelation.ADD_OR_REMOVE_ONE)
+        accountant.compose(dpa.PoissonSampledDpEvent(0.05, dpa.GaussianDpEvent(z)), rounds)
+        plan = RoundPlan(
+            population=1000, per_round=50, rounds=rounds, delta=1e-5, sampling="poisson"
+        )
+        assert epsilon(z, plan) == pytest.approx(accountant.get_epsilon(1e-5), rel=1e-12)
+    # N=1000, m=50, 100 rounds, epsilon 3: Poisson's noise is a third of fixed-size sampling's
+    plan = RoundPlan(population=1000, per_round=50, rounds=100, delta=1e-5, sampling="poisson")
+    z = calibrate_noise(3.0, plan)
+    assert z == pytest.approx(1.157, abs=2e-3)
+    fixed = RoundPlan(population=1000, per_round=50, rounds=100, delta=1e-5)
+    assert epsilon(z, fixed) > 6 * 3.0  # the same noise, fixed-size sampling's accounting
+
+
+def test_poisson_sampling_is_for_central_dp_only():
+    with pytest.raises(RunConfigError, match="dp-mode central only") as err:
+        RunSettings(dp_mode="local", dp_sampling="poisson", dp_noise_multiplier=1.0)
+    assert err.value.key == "dp-sampling"
+    with pytest.raises(RunConfigError) as err:
+        RunSettings(dp_sampling="uniform")
+    assert err.value.key == "dp-sampling"

@@ -158,3 +158,30 @@ def test_wire_strategy_round_with_central_dp():
     assert logged["dp_clip"] == 2.0
     with pytest.raises(ValueError, match="central DP"):
         build_strategy(StrategySettings(name="krum", privacy=dp))
+
+
+def test_a_poisson_round_divides_by_the_expected_cohort_and_releases_noise_when_empty():
+    # Poisson sampling (McMahan et al. 2018's fixed denominator): the mean's denominator is the
+    # expected cohort m, not the clients that replied; a round that drew nobody still moves the
+    # model by its noise / m and is spent in the ledger (the subsampled Gaussian on an empty
+    # sample), and it does not count as a stalled round
+    from strategies.stats import stall_reason
+    from tests.helpers.replies import configured
+
+    agg = _aggregator(clip=10.0)
+    agg.denominator = 2.0
+    for node, delta in enumerate(DELTAS):
+        agg.add(_update(node + 1, delta))
+    np.testing.assert_allclose(agg.noisy_mean()["w"], sum(DELTAS) / 2.0, atol=1e-6)
+
+    plan = RoundPlan(population=8, per_round=1, rounds=3, delta=1e-3, sampling="poisson")
+    dp = CentralDp(noise_multiplier=1.0, clip=2.0, plan=plan, noise_seed=9)
+    strategy, msgs = configured(privacy=dp, nodes=8, fraction_train=0.125, seed=2)
+    assert msgs == [] and strategy.rounds[1].sampled == 0  # seed 2 draws nobody in round 1
+    arrays, metrics = strategy.aggregate_train(1, [])
+    replay = np.random.default_rng([9, 0x44505]).normal(0.0, 2.0, 3) / 1.0
+    np.testing.assert_allclose(arrays["w"].numpy(), GLOBAL["w"] + replay, rtol=0, atol=1e-5)
+    assert dict(metrics) == {}
+    logged = strategy.rounds[1].as_metrics()
+    assert logged["dp_epsilon"] == pytest.approx(epsilon_by_round(1.0, plan)[0])
+    assert stall_reason(strategy.rounds, 1, 1) is None

@@ -1,6 +1,12 @@
+import math
+from collections import Counter
+
+import numpy as np
 import pytest
 
 from strategies import SeededSampler
+from strategies.privacy.accounting import RoundPlan
+from strategies.sampling import PoissonSampler, poisson_rate
 from tests.strategies.fake_grid import QueryAnsweringGrid
 
 
@@ -43,3 +49,36 @@ def test_waiting_for_too_few_nodes_times_out_with_advice():
     sampler = SeededSampler(seed=0, min_available=3, wait_timeout_s=2, sleep=lambda s: None)
     with pytest.raises(TimeoutError, match="min-available-nodes"):
         sampler.sample(grid, 1, 1.0, 1)
+
+
+def _poisson_counts(grid, seed, rounds, fraction):
+    sampler = PoissonSampler(seed=seed)
+    return [sampler.sample_train(grid, r, fraction, 1) for r in range(1, rounds + 1)]
+
+
+def test_poisson_sampling_trains_each_node_with_probability_m_over_n_reproducibly():
+    grid = QueryAnsweringGrid({500 + p: p for p in range(40)})
+    drawn = _poisson_counts(grid, seed=3, rounds=400, fraction=0.25)  # q = 10 / 40
+    counts = np.array([len(nodes) for nodes in drawn])
+    q, n = poisson_rate(40, 0.25, 1), 40
+    assert q == 0.25 == RoundPlan(population=40, per_round=10, rounds=1, delta=1e-3).rate
+    sd = math.sqrt(n * q * (1 - q))  # Binomial(N, q) cohorts
+    assert abs(counts.mean() - n * q) < 5 * sd / math.sqrt(len(counts))
+    assert 0.75 < counts.std() / sd < 1.25 and len(set(counts)) > 5  # not a fixed size
+    joins = Counter(nid for nodes in drawn for nid in nodes)  # every node, about q of the rounds
+    assert set(joins) == set(grid.partitions)
+    assert all(abs(k / 400 - q) < 5 * math.sqrt(q * (1 - q) / 400) for k in joins.values())
+    other_ids = QueryAnsweringGrid({9000 - 7 * p: p for p in range(40)})
+    again = _poisson_counts(other_ids, seed=3, rounds=400, fraction=0.25)
+    assert [sorted(grid.partitions[i] for i in a) for a in drawn] == [
+        sorted(other_ids.partitions[i] for i in b) for b in again
+    ]  # the same partitions whatever the node ids
+    assert drawn != _poisson_counts(grid, seed=4, rounds=400, fraction=0.25)
+
+
+def test_poisson_sampling_may_draw_nobody_and_evaluation_still_samples_a_fixed_number():
+    grid = QueryAnsweringGrid({n: n for n in range(8)})
+    sizes = [len(nodes) for nodes in _poisson_counts(grid, seed=2, rounds=50, fraction=0.125)]
+    assert 0 in sizes and max(sizes) > 1
+    assert len(PoissonSampler(seed=2).sample(grid, 1, 0.125, 1, purpose=1)) == 1
+    assert len(PoissonSampler(seed=2).sample_train(grid, 1, 1.0, 1)) == 8  # q = 1: everyone
