@@ -77,6 +77,7 @@ def codec_from_config(config: ConfigRecord) -> CodecSpec:
                 config.get(keys.ROTATE_BLOCK, _CODEC.rotate_block), keys.ROTATE_BLOCK
             ),
             rotate_seed=_int(config.get(keys.ROTATE_SEED, _CODEC.rotate_seed), keys.ROTATE_SEED),
+            quant_fraction=float(config.get(keys.QUANT_FRACTION, _CODEC.quant_fraction)),
         )
     except CodecConfigError as err:
         raise TaskConfigError(f"server config: {err}") from None

@@ -172,6 +172,7 @@ class RunSettings(  # fields in the reverse order of the bases: the task's first
                 eden_scale=self.eden_scale,
                 rotate=self.rotate,
                 rotate_block=self.rotate_block,
+                quant_fraction=self.quant_fraction,
             ),
             pruning=pruning,
             error_feedback=self.error_feedback,

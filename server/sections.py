@@ -198,6 +198,11 @@ class CompressionSection(Section):
         "Values per Hadamard block (a power of two).",
         check=lambda v: CodecSpec(rotate_block=v),
     )
+    quant_fraction: float = setting(
+        _CODEC.quant_fraction,
+        "Fraction of rotated values sent (eden, rotate client; 1: all).",
+        check=within(0, 1, low_open=True),
+    )
     error_feedback: bool = setting(False, "Carry the compression residual over.")
     qat: bool = setting(False, "Train with fake-quantized int8 weights.")
     download_bits: int = setting(
@@ -211,6 +216,9 @@ class CompressionSection(Section):
         for key, name, value in (
             ("quant-scheme", "scheme", self.quant_scheme),
             ("eden-scale", "eden_scale", self.eden_scale),
+            ("rotate", "rotate", self.rotate),
+            ("topk", "topk", self.topk),
+            ("quant-fraction", "quant_fraction", self.quant_fraction),
         ):
             codec[name] = value
             try:

@@ -43,6 +43,7 @@ class CompressionSettings:
             keys.EDEN_SCALE: self.codec.eden_scale,
             keys.ROTATE: self.codec.rotate,
             keys.ROTATE_BLOCK: self.codec.rotate_block,
+            keys.QUANT_FRACTION: self.codec.quant_fraction,
             keys.ERROR_FEEDBACK: self.error_feedback,
             keys.QAT: self.qat,
             keys.FREEZE: ",".join(self.frozen),

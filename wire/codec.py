@@ -36,6 +36,9 @@ class CodecSpec:
     rotate: str = "none"
     rotate_block: int = 1024  # values per Hadamard block (a power of two)
     rotate_seed: int = 0  # shared rotation only
+    # EDEN's fractional bits (wire.subsample): send this random fraction of each rotated
+    # block's coordinates (1: all); unbiased (x 1/p) with eden-scale unbiased, else for EF
+    quant_fraction: float = 1.0
 
     def __post_init__(self) -> None:
         if self.quant_bits and self.quant_bits not in ALLOWED_BITS:
@@ -70,6 +73,19 @@ class CodecSpec:
             )
         if type(self.rotate_seed) is not int or not 0 <= self.rotate_seed < MAX_SEED:
             raise CodecConfigError(f"rotate-seed must be in [0, 2^63), got {self.rotate_seed!r}")
+        self._check_fraction()
+
+    def _check_fraction(self) -> None:
+        fraction = self.quant_fraction
+        if type(fraction) not in (int, float) or not 0 < fraction <= 1:
+            raise CodecConfigError(f"quant-fraction must be in (0, 1], got {fraction!r}")
+        if fraction < 1 and (self.scheme != "eden" or self.rotate != "client"):
+            raise CodecConfigError(
+                "quant-fraction < 1 needs quant-scheme eden and rotate client (each client's "
+                "subset of the rotated coordinates is drawn from its rotation seed)"
+            )
+        if fraction < 1 and self.topk:
+            raise CodecConfigError("quant-fraction < 1 and topk both drop coordinates: pick one")
 
     @property
     def lossless(self) -> bool:

@@ -177,7 +177,9 @@ def scale_chunk(codec: CodecSpec, block: int) -> int:
 
 
 def _chunk(codec: CodecSpec, ctx: EncodeContext) -> int:
-    rotate = ctx.params_of("rotate")
+    rotate, subset = ctx.params_of("rotate"), ctx.params_of("subsample")
+    if subset is not None:  # a block's sent values: one block's share of it (wire.subsample)
+        return scale_chunk(codec, subset["keep"])
     return codec.quant_chunk if rotate is None else scale_chunk(codec, rotate["block"])
 
 

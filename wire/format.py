@@ -10,7 +10,8 @@ decoded.
 
 The header names the format version, the round, every tensor's name/shape/dtype, the codec
 stages in the order they ran with their parameters (``select`` → [``topk``] → [``rotate``] →
-``quantize`` | ``float32`` | ``eden`` | ``sign``), and each body section with its byte count.
+[``subsample``] → ``quantize`` | ``float32`` | ``eden`` | ``sign``), and each body section with
+its byte count.
 Encoding runs the registered stages (:mod:`wire.registry`) a CodecSpec asks for; decoding
 runs the chain the header names, each stage's ``layout`` first, then its ``decode`` in
 reverse, with no per-stage branches here. Decoding checks every field against what the server
@@ -189,15 +190,20 @@ def decode_update(
     chain = parse_chain(header["stages"])
     layout: list[tuple[str, int]] = []
     counts: list[int] = []  # values entering each stage on encode
+    contexts: list[DecodeContext] = []  # each stage's, with the stages before it
     count = 0
     for stage, params in chain:  # every parameter checked before any body byte is read
         counts.append(count)
+        contexts.append(ctx)
         count, stage_sections = stage.layout(params, count, ctx)
+        ctx = ctx.then(stage.name, params)
         layout += stage_sections
     sections = _split_body(header, view[_PREFIX.size + header_len :], layout)
     values = None
-    for (stage, params), count in zip(reversed(chain), reversed(counts), strict=True):
-        values = stage.decode(params, sections, values, count, ctx)
+    for (stage, params), count, at in zip(
+        reversed(chain), reversed(counts), reversed(contexts), strict=True
+    ):
+        values = stage.decode(params, sections, values, count, at)
     return DecodedUpdate(
         server_round=header["round"],
         names=tuple(spec.name for spec in specs),

@@ -29,6 +29,7 @@ EDEN_SCALE = "eden-scale"
 ROTATE = "rotate"
 ROTATE_BLOCK = "rotate-block"
 ROTATE_SEED = "rotate-seed"  # a shared rotation's seed for this round
+QUANT_FRACTION = "quant-fraction"
 ERROR_FEEDBACK = "error-feedback"
 QAT = "qat"
 FREEZE = "freeze"

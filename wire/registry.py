@@ -3,11 +3,11 @@ read from the header on decode.
 
 Every stage is an encode/decode pair with one interface (:mod:`wire.stage_api`), registered
 here by name (the habit of Opacus' ``register_grad_sampler``). The chain is ``select`` ->
-[sparsify: ``topk``] -> [transform: ``rotate``] -> one values stage (``quantize`` | ``float32``
-| ``eden`` | ``sign``): each stage's ``slot`` says where it may stand. A new stage is one file
-with its class (the :class:`~wire.stage_api.Stage` methods) and one entry in the registration
-below; the batched engine's vectorized twin, if any, is one class and one entry in
-``simulations/batched/stage_twins.py``, which ``test_stage_twins.py`` then checks.
+[sparsify: ``topk``] -> [transform: ``rotate``] -> [``subsample``] -> one values stage
+(``quantize`` | ``float32`` | ``eden`` | ``sign``): each stage's ``slot`` says where it may
+stand. A new stage is one file with its class (the :class:`~wire.stage_api.Stage` methods) and
+one entry in the registration below; the batched engine's vectorized twin, if any, is one class
+and one entry in ``simulations/batched/stage_twins.py``, which ``test_stage_twins.py`` checks.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from wire.errors import RejectReason, UpdateRejected
 from wire.rotation import ROTATE
 from wire.stage_api import OPTIONAL_SLOTS, SELECT, VALUES, Stage
 from wire.stages import FLOAT32, QUANTIZE, SELECT_STAGE, TOPK
+from wire.subsample import SUBSAMPLE_STAGE
 
 STAGES: dict[str, Stage] = {}
 
@@ -33,7 +34,7 @@ def register_stage(stage: Stage) -> Stage:
     return stage
 
 
-for _stage in (SELECT_STAGE, TOPK, ROTATE, QUANTIZE, FLOAT32, EDEN, SIGN):
+for _stage in (SELECT_STAGE, TOPK, ROTATE, SUBSAMPLE_STAGE, QUANTIZE, FLOAT32, EDEN, SIGN):
     register_stage(_stage)
 
 
@@ -54,7 +55,8 @@ def _order_text() -> str:
 
 
 def check_order(names: list[str]) -> None:
-    """select → [topk] → [one transform] → one values stage, or a STAGE_ORDER rejection."""
+    """select → [topk] → [one transform] → [subsample] → one values stage, or a STAGE_ORDER
+    rejection."""
     slots = [STAGES[n].slot for n in names]
     if (
         slots[:1] != [SELECT]

@@ -38,6 +38,7 @@ def row_layout(
         params = stage.header_params(codec, count, ctx)
         ctx.previous.append((stage.name, params))
         count, stage_sections = stage.layout(params, count, check)
+        check = check.then(stage.name, params)
         sections += stage_sections
     return [{"name": n, "params": p} for n, p in ctx.previous], sections
 

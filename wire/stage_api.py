@@ -12,14 +12,15 @@ pfl-research's postprocessors (``pfl/postprocessor/base.py``) pair ``postprocess
 - ``decode(params, sections, values, count, ctx)``: the ``count`` values that entered the stage
   on encode, from its sections and the next stage's decoded values (None for a values stage).
 
-``slot`` places a stage in the chain ``select`` -> [sparsify] -> [transform] -> values
+``slot`` places a stage in the chain ``select`` -> [sparsify] -> [transform] -> [subsample] ->
+values
 (:mod:`wire.registry` holds the stages and walks the chain).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
@@ -31,8 +32,8 @@ if TYPE_CHECKING:
 
 # A stage's place in the chain: exactly one SELECT first and one VALUES last, at most one of each
 # optional slot between them, in this order.
-SELECT, SPARSIFY, TRANSFORM, VALUES = 0, 1, 2, 3
-OPTIONAL_SLOTS = (SPARSIFY, TRANSFORM)
+SELECT, SPARSIFY, TRANSFORM, SUBSAMPLE, VALUES = 0, 1, 2, 3, 4
+OPTIONAL_SLOTS = (SPARSIFY, TRANSFORM, SUBSAMPLE)
 
 Params = dict[str, Any]
 Sections = list[tuple[str, bytes | memoryview]]
@@ -63,13 +64,22 @@ class EncodeContext:
 
 @dataclass(frozen=True)
 class DecodeContext:
-    """What the server knows while decoding: tensor specs, the pruning mask, kept counts and
-    this round's shared rotation seed (None: any)."""
+    """What the server knows while decoding: tensor specs, the pruning mask, kept counts,
+    this round's shared rotation seed (None: any) and the header's stages before this one
+    (name, params), already checked by their ``layout``."""
 
     specs: Sequence[TensorSpec]
     masks: MaskSet | None
     lengths: Sequence[int]
     rotation_seed: int | None = None
+    previous: tuple[tuple[str, Mapping[str, Any]], ...] = ()
+
+    def params_of(self, name: str) -> Mapping[str, Any] | None:
+        return next((p for n, p in self.previous if n == name), None)
+
+    def then(self, name: str, params: Mapping[str, Any]) -> DecodeContext:
+        """This context for the stage after ``name`` (whose ``layout`` accepted ``params``)."""
+        return replace(self, previous=(*self.previous, (name, params)))
 
 
 class Stage(Protocol):

@@ -44,6 +44,7 @@ from wire.registry import STAGES, encode_chain
 from wire.rotation import MAX_SEED, ROTATE, padded_length
 from wire.stage_api import EncodeContext, Params
 from wire.stages import FLOAT32, QUANTIZE, SELECT_STAGE
+from wire.subsample import SUBSAMPLE_STAGE, inverse_fraction, positions, subset_seed
 
 
 class TwinEncoded(NamedTuple):
@@ -145,6 +146,33 @@ class RotateTwin:
         return TwinEncoded(rotate_rows(values, signs, block), params, [], decoded)
 
 
+class SubsampleTwin:
+    """``subsample``: each row's seeded subset of every rotated block (EDEN's fractional bits);
+    ``decoded`` puts the values back (times 1/p when unbiased) with zeros elsewhere."""
+
+    name = SUBSAMPLE_STAGE.name
+
+    def encode(self, values: torch.Tensor, codec: CodecSpec, ctx: TwinContext) -> TwinEncoded:
+        k, n = values.shape
+        rotations = dict(ctx.previous)[ROTATE.name]
+        params = [SUBSAMPLE_STAGE.header_params(codec, n, ctx.wire_context(r)) for r in range(k)]
+        keep = params[0]["keep"] if params else 1
+        block = rotations[0]["block"] if rotations else 1
+        where = [positions(subset_seed(p["seed"]), block, keep) for p in rotations]
+        index = torch.from_numpy(np.stack(where) if where else np.zeros((0, keep), np.int64))
+        index = index.to(values.device)[:, None, :].expand(k, n // block, keep)
+        sent = values.reshape(k, n // block, block).gather(2, index).reshape(k, -1)
+        unbiased = bool(params) and params[0]["scale"] == "unbiased"
+        factor = torch.tensor(inverse_fraction(block, keep), device=values.device)
+
+        def decoded(rows: torch.Tensor | None) -> torch.Tensor:
+            rows = rows.reshape(k, n // block, keep)
+            out = torch.zeros(k, n // block, block, dtype=torch.float32, device=values.device)
+            return out.scatter_(2, index, rows * factor if unbiased else rows).reshape(k, n)
+
+        return TwinEncoded(sent, params, [], decoded)
+
+
 class QuantizeTwin:
     """``quantize``: uniform b-bit codes and (min, max) per chunk, stochastic noise per row."""
 
@@ -218,7 +246,15 @@ class SignTwin:
         )
 
 
-for _twin in (SelectTwin(), RotateTwin(), QuantizeTwin(), Float32Twin(), EdenTwin(), SignTwin()):
+for _twin in (
+    SelectTwin(),
+    RotateTwin(),
+    SubsampleTwin(),
+    QuantizeTwin(),
+    Float32Twin(),
+    EdenTwin(),
+    SignTwin(),
+):
     register_twin(_twin)
 
 

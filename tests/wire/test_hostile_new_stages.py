@@ -165,3 +165,68 @@ def test_a_truncated_or_padded_body_is_a_length_mismatch():
 def test_an_unknown_stage_name_is_refused(name):
     payload = _with_header(_payload(EDEN), lambda h: h["stages"][1].__setitem__("name", name))
     assert _reason(payload) in (RejectReason.UNKNOWN_STAGE,)
+
+
+# ----------------------------------------------------------------------------- subsample
+SUB = CodecSpec(quant_bits=1, scheme="eden", rotate="client", quant_fraction=0.25, rotate_block=256)
+SUB_EF = CodecSpec(
+    quant_bits=1,
+    scheme="eden",
+    rotate="client",
+    quant_fraction=0.25,
+    rotate_block=256,
+    eden_scale="mse",
+)
+
+
+def test_honest_subsampled_payloads_decode():
+    for codec in (SUB, SUB_EF):
+        header = read_header(_payload(codec))
+        params = next(s["params"] for s in header["stages"] if s["name"] == "subsample")
+        assert params == {"keep": 64, "scale": "unbiased" if codec is SUB else "none"}
+        decode_update(_payload(codec), expected=SPECS, expected_round=1)
+
+
+@pytest.mark.parametrize("keep", [0, -1, 257, 2**70, 64.0, True, "64", None, [64]], ids=repr)
+def test_a_subsample_keep_that_is_not_an_int_up_to_the_block_is_a_bad_header(keep):
+    assert _reason(_edit_params(SUB, "subsample", keep=keep)) == RejectReason.BAD_HEADER
+
+
+@pytest.mark.parametrize("scale", ["mse", "", 1, True, None, ["none"], "x" * 10_000], ids=str)
+def test_a_subsample_scale_that_is_not_unbiased_or_none_is_a_bad_header(scale):
+    assert _reason(_edit_params(SUB, "subsample", scale=scale)) == RejectReason.BAD_HEADER
+
+
+@pytest.mark.parametrize("change", [{"extra": 1}, {"keep": _DROP}, {"scale": _DROP}], ids=str)
+def test_a_missing_or_extra_subsample_param_is_a_bad_header(change):
+    assert _reason(_edit_params(SUB, "subsample", **change)) == RejectReason.BAD_HEADER
+
+
+def test_another_keep_or_scale_kind_is_caught_by_the_sizes_or_decodes_as_sent():
+    assert _reason(_edit_params(SUB, "subsample", keep=32)) == RejectReason.LENGTH_MISMATCH
+    flipped = decode_update(
+        _edit_params(SUB, "subsample", scale="none"), expected=SPECS, expected_round=1
+    )
+    honest = decode_update(_payload(SUB), expected=SPECS, expected_round=1)
+    np.testing.assert_allclose(4 * flipped.tensors[0], honest.tensors[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        ["select", "subsample", "eden"],
+        ["select", "subsample", "rotate", "eden"],
+        ["select", "rotate", "eden", "subsample"],
+        ["select", "rotate", "subsample", "subsample", "eden"],
+    ],
+)
+def test_a_subsample_without_the_rotation_right_before_it_is_refused(order):
+    payload = _payload(SUB)
+    header = read_header(payload)
+    by_name = {s["name"]: s for s in header["stages"]}
+    header["stages"] = [by_name[name] for name in order]
+    assert _reason(_reframe(payload, json.dumps(header).encode())) == RejectReason.STAGE_ORDER
+
+
+def test_a_finite_scale_that_overflows_times_one_over_p_is_non_finite():
+    assert _reason(_with_scales(SUB, [3e38] * 5)) == RejectReason.NON_FINITE

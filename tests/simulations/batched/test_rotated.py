@@ -122,9 +122,12 @@ def test_unrotated_device_payloads_and_residuals_are_the_sdks(config):
         assert all(mine[n].tobytes() == ref[n].tobytes() for n in ref)
 
 
-@pytest.mark.parametrize("rotation", ["client", "shared"])
-@pytest.mark.parametrize("bits", [1, 4])
-def test_rotated_device_payloads_decode_as_the_sdks_within_float_error(rotation, bits):
+@pytest.mark.parametrize(
+    "rotation,bits,fraction",
+    [("client", 1, 1.0), ("client", 4, 1.0), ("shared", 1, 1.0), ("shared", 4, 1.0)]
+    + [("client", 1, 0.25)],  # EDEN's fractional bits (wire.subsample)
+)
+def test_rotated_device_payloads_decode_as_the_sdks_within_float_error(rotation, bits, fraction):
     config = {
         "quant-scheme": "eden",
         "quant-bits": bits,
@@ -132,6 +135,7 @@ def test_rotated_device_payloads_decode_as_the_sdks_within_float_error(rotation,
         "rotate-block": 512,
         "rotate-seed": 77,
         "error-feedback": True,
+        "quant-fraction": fraction,
     }
     plan, rounds, sdk_contexts, engine_contexts = _engine_vs_sdk(config, prune=True)
     agree, total = 0, 0

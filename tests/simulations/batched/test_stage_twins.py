@@ -20,6 +20,7 @@ from wire.codec import CodecSpec
 from wire.kept import TensorSpec, segment_lengths
 from wire.mask import MaskSet
 from wire.registry import STAGES, encode_chain
+from wire.rotation import ROTATE, padded_length
 from wire.stage_api import DecodeContext, EncodeContext
 
 CPU = torch.device("cpu")
@@ -45,14 +46,38 @@ CODECS = {
         for b, c, s in [(1, 100, "unbiased"), (2, 1024, "mse"), (4, 7, "unbiased")]
     ],
     "sign": [CodecSpec(quant_bits=1, scheme="sign", quant_chunk=100)],
+    "subsample": [  # rows stand for rotated values: see _rotated_case
+        CodecSpec(quant_bits=1, scheme="eden", rotate="client", rotate_block=64, quant_fraction=f)
+        for f in (0.25, 0.5)
+    ]
+    + [
+        CodecSpec(
+            quant_bits=2,
+            scheme="eden",
+            rotate="client",
+            rotate_block=64,
+            quant_fraction=0.1,
+            eden_scale="mse",
+        )
+    ],
 }
-EXACT_VALUES = {"select", "quantize", "float32", "eden", "sign"}  # rotate: see the docstring
+EXACT_VALUES = {"select", "quantize", "float32", "eden", "sign", "subsample"}  # rotate: docstring
 
 
 def _rows(n: int, seed: int) -> np.ndarray:
     rows = np.random.default_rng(seed).normal(size=(K, n)).astype(np.float32)
     rows[1] = 0.0  # an all-zero client: scale 0, range 0
     return rows
+
+
+def _rotated_case(codec: CodecSpec, n: int, seeds: list[int]):
+    """``subsample`` follows a rotation: each row's rotate params (its seed drawn as the SDK
+    draws it) and a padded length, so rows of that many values stand for rotated ones."""
+    rotations = [
+        ROTATE.header_params(codec, n, EncodeContext([], None, [], rng=np.random.default_rng(s)))
+        for s in seeds
+    ]
+    return rotations, padded_length(n, rotations[0]["block"])
 
 
 def _select_case(n: int, seed: int):
@@ -79,6 +104,9 @@ def test_each_twin_writes_the_wire_stages_bytes(stage, n, device):
         else:
             specs, masks, tensors = [TensorSpec("x", (n,))], None, None
         lengths = segment_lengths(specs, masks)
+        rotations = []
+        if stage == "subsample":
+            rotations, n = _rotated_case(codec, n, seeds)
         rows = None if tensors is not None else _rows(n, seed)
         ctx = TwinContext(
             specs,
@@ -87,6 +115,7 @@ def test_each_twin_writes_the_wire_stages_bytes(stage, n, device):
             device,
             seeds=seeds,
             tensors=[] if tensors is None else [torch.from_numpy(t).to(device) for t in tensors],
+            previous=[("rotate", rotations)] if rotations else [],
         )
         values = None if rows is None else torch.from_numpy(rows).to(device)
         twin = TWINS[stage].encode(values, codec, ctx)
@@ -98,19 +127,26 @@ def test_each_twin_writes_the_wire_stages_bytes(stage, n, device):
                 lengths,
                 tensors=[] if tensors is None else [t[k] for t in tensors],
                 rng=np.random.default_rng(seeds[k]),
+                previous=[("rotate", rotations[k])] if rotations else [],
             )
             ref = STAGES[stage].encode(None if rows is None else rows[k], codec, wctx)
             assert twin.params[k] == ref.params, (stage, codec)
             assert [name for name, _ in twin.sections] == [name for name, _ in ref.sections]
             for (_, got), (_, want) in zip(twin.sections, ref.sections, strict=True):
                 assert got[k].cpu().numpy().tobytes() == bytes(want), (stage, codec, k)
-            dctx = DecodeContext(specs, masks, lengths)
+            dctx = DecodeContext(
+                specs, masks, lengths, previous=(("rotate", rotations[k]),) if rotations else ()
+            )
             count = sum(lengths) if stage == "select" else n
             out, layout = STAGES[stage].layout(ref.params, count, dctx)
             sections = {name: memoryview(bytes(buf)) for name, buf in ref.sections}
             assert [(s, len(sections[s])) for s, _ in layout] == layout
             if ref.values is None:  # a values stage: the server's decode of the wire's bytes
                 want = STAGES[stage].decode(ref.params, sections, None, count, dctx)
+                assert back[k].tobytes() == want.tobytes(), (stage, codec, k)
+            elif stage == "subsample":  # decodes the sent values back into place
+                assert twin.values[k].cpu().numpy().tobytes() == ref.values.tobytes()
+                want = STAGES[stage].decode(ref.params, sections, ref.values, count, dctx)
                 assert back[k].tobytes() == want.tobytes(), (stage, codec, k)
             elif stage in EXACT_VALUES:
                 assert twin.values[k].cpu().numpy().tobytes() == ref.values.tobytes()
@@ -132,8 +168,11 @@ def test_every_wire_stage_but_topk_has_a_twin():
         CodecSpec(quant_bits=2, scheme="eden", rotate="client", rotate_block=64),
         CodecSpec(quant_bits=1, scheme="sign", quant_chunk=50),
         CodecSpec(quant_bits=4, quant_chunk=100),
+        CodecSpec(
+            quant_bits=1, scheme="eden", rotate="client", rotate_block=64, quant_fraction=0.3
+        ),
     ],
-    ids=["rotate+eden", "sign", "quantize"],
+    ids=["rotate+eden", "sign", "quantize", "rotate+subsample+eden"],
 )
 def test_a_chain_of_twins_has_the_wire_chains_stages_and_sections(codec):
     specs, masks, tensors = _select_case(301, 5)
