@@ -34,10 +34,11 @@ from wire import (
     decode_update,
     keys,
 )
+from wire.ddp_vector import DdpVectorSpec, vector_spec_from_config
 from wire.dp import local_dp
 from wire.rotation import block_for, rotate
 from wire.secagg_protocol import SECAGG_RECORD_KEY
-from wire.secagg_vector import SecAggVectorSpec, flatten_kept
+from wire.secagg_vector import flatten_kept
 
 # a fixed Task, or a resolver from the task name the server sends in its config
 TaskSource = Task | Callable[[str], Task]
@@ -272,21 +273,33 @@ def secure_reply(
     """Secure aggregation's masked upload: m bits per kept coordinate (+ the weight), no header.
 
     The server only learns the sum, so the reply carries no ``num-examples``: the weight is
-    inside the masked vector (:mod:`wire.secagg_vector`).
+    inside the masked vector (:mod:`wire.secagg_vector`). Under distributed DP
+    (:mod:`wire.ddp_vector`) the vector is the clipped, rotated, rounded and noised update and
+    its rounding and noise come from ``os.urandom`` (noise the server could recompute would
+    protect nothing), or from the client's round seed when the round config says
+    ``dp-local-seeded`` (reproducible experiments only).
     """
     if plan.error_feedback or plan.codec.topk:
         raise TaskConfigError(
             "secure aggregation sums one shared grid of integers: it cannot be combined with "
             "top-k sparsification or error feedback"
         )
-    spec = SecAggVectorSpec.from_config(msg.content[SECAGG_RECORD_KEY])
+    spec = vector_spec_from_config(msg.content[SECAGG_RECORD_KEY])
     flat = flatten_kept(delta, list(delta), plan.masks)
     if plan.codec.rotate == "client":
         raise TaskConfigError("secure aggregation sums the uploads: rotate must be shared")
-    if plan.codec.rotate == "shared":  # clip and quantize the rotated vector (the sum unrotates)
+    seed: int | list[int] = plan.seed_for(partition_id_of(context))
+    if isinstance(spec, DdpVectorSpec):
+        if plan.codec.rotate != "none":
+            raise TaskConfigError(
+                "distributed DP rotates by itself: the codec's rotate must be none"
+            )
+        if not plan.config.get(keys.DP_LOCAL_SEEDED, False):
+            seed = int.from_bytes(os.urandom(32), "little")
+    elif plan.codec.rotate == "shared":  # clip and quantize the rotated vector (the sum unrotates)
         block = block_for(flat.size, plan.codec.rotate_block)
         flat = rotate(flat, plan.codec.rotate_seed, block)
-    rng = np.random.default_rng(plan.seed_for(partition_id_of(context)))
+    rng = np.random.default_rng(seed)
     vector, clipped = spec.quantize(flat, spec.weight_of(stats.num_examples), rng)
     return masked_reply(msg, context, vector, secure_metrics(context, stats, clipped, flat.size))
 

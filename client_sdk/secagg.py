@@ -36,6 +36,7 @@ from client_sdk.secagg_auth import (
     signed_keys,
 )
 from wire import PAYLOAD_FIELD, UPDATE_RECORD_KEY, RejectReason, UpdateRejected
+from wire.ddp_vector import vector_spec_from_config
 from wire.secagg import (
     KEY_BYTES,
     MAX_SHARES,
@@ -70,7 +71,6 @@ from wire.secagg_protocol import (
     share_context,
     view_statement,
 )
-from wire.secagg_vector import SecAggVectorSpec
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +264,7 @@ def masked_reply(
 ) -> Message:
     """Stage 3's reply to the train message: ``vector`` masked and packed to m bits."""
     record = _server_record(msg)
-    spec = SecAggVectorSpec.from_config(record)
+    spec = vector_spec_from_config(record)
     payload = spec.pack(mask_vector(vector, record, context))
     return masked_message(msg, context, payload, int(vector.size), metrics)
 

@@ -23,6 +23,12 @@ from server.sections import (
 from strategies import CompressionSettings, PruningSchedule, SecAggSettings
 from strategies.privacy.accounting import PrivacyError, RoundPlan, calibrate_noise
 from strategies.privacy.central import AdaptiveClip, CentralDp
+from strategies.privacy.distributed import (
+    DistributedDp,
+    calibrate_multiplier,
+    rotated_dim,
+    round_scale,
+)
 from strategies.privacy.local import LocalDp, local_plan
 from strategies.sampling import sample_size
 from wire import CodecSpec
@@ -57,7 +63,9 @@ class RunSettings(  # fields in the reverse order of the bases: the task's first
             self._check_compression()
             self._check_secure(self.strategy)
             self._check_secure_combinations()
-            self._check_privacy(self.strategy, self.secure_agg, self.secagg_share_metrics)
+            self._check_privacy(
+                self.strategy, self.secure_agg, self.secagg_share_metrics, self.rotate
+            )
         except SettingError as err:
             raise RunConfigError(err.key, err.why) from None
 
@@ -148,6 +156,48 @@ class RunSettings(  # fields in the reverse order of the bases: the task's first
             raise RunConfigError(
                 "dp-adaptive-clip", f"{err}: sample more clients per round or lower the noise"
             ) from None
+
+    def distributed_privacy(self, population: int, values: int) -> DistributedDp | None:
+        """Distributed DP for ``population`` clients (dp-population wins when set) uploading
+        ``values`` coordinates each (the model's trained parameters: the accounted dimension is
+        their rotated length, conservative under pruning); the multiplier is calibrated to
+        dp-target-epsilon where asked. Bits too few for a round's sum, or a target that cannot
+        be met, are refused naming the setting."""
+        if self.dp_mode != "distributed":
+            return None
+        n = self.dp_population or population
+        per_round = sample_size(n, self.fraction_train, 1)  # as the run's sampler draws
+        dim = rotated_dim(values)
+        if per_round >= 1 << self.dp_bits:
+            raise RunConfigError(
+                "dp-bits", f"{per_round} clients' count does not fit {self.dp_bits} bits"
+            )
+        try:
+            round_scale(bits=self.dp_bits, clients=per_round, clip=self.dp_clip, dim=dim, z=1.0)
+        except ValueError as err:
+            raise RunConfigError("dp-bits", str(err)) from None
+        try:
+            plan = RoundPlan(
+                population=n,
+                per_round=per_round,
+                rounds=self.num_server_rounds,
+                delta=self.dp_target_delta or n**-1.1,
+            )
+            z = self.dp_noise_multiplier or calibrate_multiplier(
+                self.dp_target_epsilon, plan, clip=self.dp_clip, bits=self.dp_bits, dim=dim
+            )
+            return DistributedDp(
+                noise_multiplier=z,
+                clip=self.dp_clip,
+                bits=self.dp_bits,
+                plan=plan,
+                run_seed=self.seed,
+                seeded=self.dp_seeded_noise,
+                client_metrics=self.dp_client_metrics,
+            )
+        except PrivacyError as err:
+            key = "dp-target-epsilon" if self.dp_target_epsilon else "dp-target-delta"
+            raise RunConfigError(key, str(err)) from None
 
     def compression(self) -> CompressionSettings:
         """The compression every client is asked for, and the server's pruning schedule."""

@@ -141,10 +141,12 @@ def run_federation(
     initial = model_arrays(model) if checkpoint is None else checkpoint.arrays
     done = 0 if checkpoint is None else checkpoint.server_round
     privacy = settings.local_privacy()
-    if settings.dp_mode == "central":  # accounted over N clients: the nodes unless declared
+    if settings.dp_mode in ("central", "distributed"):  # over N: the nodes unless declared
         waiting = SeededSampler(seed=settings.seed, min_available=settings.min_available_nodes)
         population = settings.num_partitions or len(waiting.wait_for_nodes(grid))
-        privacy = settings.central_privacy(population)
+        privacy = settings.central_privacy(population) or settings.distributed_privacy(
+            population, sum(int(a.size) for a in initial.values())
+        )
     strategy = build_strategy(
         StrategySettings(
             **{name: getattr(settings, name) for name in _SHARED_STRATEGY_FIELDS},
@@ -212,7 +214,7 @@ def run_federation(
         return MetricRecord(found)
 
     config = client_config(settings, num_partitions)
-    if privacy is not None and settings.dp_mode == "local":  # each client clips and noises
+    if privacy is not None and settings.dp_mode in ("local", "distributed"):  # clients noise
         config = ConfigRecord({**dict(config), **privacy.round_config()})
     result = strategy.start(
         grid=grid,

@@ -294,8 +294,10 @@ class PrivacySection(Section):
 
     dp_mode: str = setting(
         "none",
-        "none | central: the server clips and noises the sum | local: each client noises its own.",
-        check=one_of("none", "central", "local"),
+        "none | central: the server clips and noises the sum | local: each client noises its own"
+        " | distributed: each client adds a discrete Gaussian share under secure-agg (it rotates"
+        " by itself: rotate stays none; secagg-bits/-clip/-max-weight do not apply).",
+        check=one_of("none", "central", "local", "distributed"),
     )
     dp_noise_multiplier: float = setting(
         0.0, "Noise stddev / dp-clip (0: calibrated from dp-target-epsilon).", check=at_least(0)
@@ -323,8 +325,15 @@ class PrivacySection(Section):
     dp_seeded_noise: bool = setting(
         False, "Draw the noise from the run seed (reproducible experiments only: not private)."
     )
+    dp_bits: int = setting(
+        16,
+        "Distributed DP: bits per coordinate of the secure sum's modulus (8-32).",
+        check=within(8, 32),
+    )
 
-    def _check_privacy(self, strategy: str, secure_agg: bool, share_metrics: bool) -> None:
+    def _check_privacy(
+        self, strategy: str, secure_agg: bool, share_metrics: bool, rotate: str = "none"
+    ) -> None:
         if self.dp_sampling != "fixed" and self.dp_mode != "central":
             raise SettingError(
                 "dp-sampling", f"{self.dp_sampling} is accounted for dp-mode central only"
@@ -350,9 +359,26 @@ class PrivacySection(Section):
                 f"{strategy} reads each update, which DP noise on the mean cannot protect: use "
                 f"one of {', '.join(SUM_STRATEGIES)}",
             )
-        if secure_agg:
+        if self.dp_mode == "distributed":
+            self._check_distributed(secure_agg, rotate)
+        elif secure_agg:
             raise SettingError(
                 "dp-mode", "central DP needs each decoded update: it cannot run with secure-agg"
+            )
+
+    def _check_distributed(self, secure_agg: bool, rotate: str) -> None:
+        """Distributed DP rides on the secure sum and rotates with the round's shared seed."""
+        if not secure_agg:
+            raise SettingError(
+                "secure-agg", "dp-mode distributed adds its noise under secure aggregation: set it"
+            )
+        if rotate != "none":
+            raise SettingError(
+                "rotate", "dp-mode distributed rotates by itself with the round's seed: use none"
+            )
+        if self.dp_adaptive_clip:
+            raise SettingError(
+                "dp-adaptive-clip", "is central DP's; dp-mode distributed clips at a fixed dp-clip"
             )
 
 

@@ -44,7 +44,7 @@ from flwr.serverapp.strategy import (
 from strategies.aggregation import StreamingMean, common_scalars
 from strategies.decoding import Update
 from strategies.replies import WEIGHT_KEY
-from strategies.secagg import SecAggSession
+from strategies.secagg import SecAggFailed, SecAggSession
 from strategies.secagg_metrics import masked_replies
 from strategies.validation import ReplyLimits, check_update
 from wire import MaskSet
@@ -178,9 +178,13 @@ class SecureSum:
         kept = kept_count(self.shapes, self.masks)
         block = block_for(kept, self.rotate_block)
         rotated = self.rotation_seed is not None
-        count = (padded_length(kept, block) if rotated else kept) + 1  # + the weight
+        spec = self.session.spec
+        if spec is None:
+            raise SecAggFailed("no secure-aggregation setup for this round")
+        # + the weight (or distributed DP's count; its spec rotates and unrotates by itself)
+        count = spec.vector_size(padded_length(kept, block) if rotated else kept)
         total = self.session.aggregate(replies, count)
-        mean, self.total = self.session.spec.weighted_mean(total)  # type: ignore[union-attr]
+        mean, self.total = spec.weighted_mean(total)
         if rotated:
             mean = unrotate(mean, self.rotation_seed, block, kept)
         self.deltas = unflatten_kept(mean, self.shapes, self.masks)

@@ -23,6 +23,7 @@ from flwr.serverapp.strategy import (
 from strategies.aggregators import needs_only_mean
 from strategies.compression import CompressionSettings
 from strategies.privacy.central import CentralDp
+from strategies.privacy.distributed import DistributedDp
 from strategies.privacy.local import LocalDp
 from strategies.replies import LOSS
 from strategies.sampling import PoissonSampler, SeededSampler
@@ -84,7 +85,7 @@ class StrategySettings:
     server_momentum: float = 0.9  # FedAvgM's server momentum (Hsu et al. 2019)
     qffl_q: float = 0.1  # q-FFL's fairness exponent (Li et al., ICLR 2020)
     secure: SecAggSettings | None = None  # SecAgg+: the server sees only the sum of updates
-    privacy: CentralDp | LocalDp | None = None  # differential privacy (strategies.privacy)
+    privacy: CentralDp | LocalDp | DistributedDp | None = None  # DP (strategies.privacy)
     limits: ReplyLimits = field(default_factory=ReplyLimits)  # what one reply may hold
     lr_schedule: LrSchedule = field(default_factory=LrSchedule)  # per-round client lr
     num_rounds: int = 0  # planned rounds (a cosine schedule anneals over them)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +26,7 @@ from strategies.secagg_metrics import check_shared_metrics
 from strategies.secagg_settings import SecAggFailed, SecAggSettings
 from strategies.stats import Rejection, RoundStats
 from wire import PAYLOAD_FIELD, UPDATE_RECORD_KEY, RejectReason, UpdateRejected
+from wire.ddp_vector import VectorSpec
 from wire.secagg import (
     KEY_BYTES,
     SIGNATURE_BYTES_MAX,
@@ -87,7 +88,10 @@ class SecAggSession:
     pk_s: dict[int, bytes] = field(default_factory=dict)
     alive: list[int] = field(default_factory=list)
     sealed: dict[int, dict[int, bytes]] = field(default_factory=dict)  # dst -> src -> box
-    spec: SecAggVectorSpec | None = None
+    spec: VectorSpec | None = None
+    # the round's vector spec for the alive count (distributed DP's); None: settings' grid
+    spec_for: Callable[[int], VectorSpec] | None = None
+    unmasked: int = 0  # uploads in the sum the server unmasked (0: none was)
     # signed rounds (client_sdk.secagg_auth): each node's public signing key, its key signature
     sig_keys: dict[int, bytes] = field(default_factory=dict)
     key_sigs: dict[int, bytes] = field(default_factory=dict)
@@ -217,12 +221,15 @@ class SecAggSession:
                 f"{len(self.alive)} clients shared keys with enough neighbours, below the "
                 f"threshold {self.threshold}"
             )
-        self.spec = SecAggVectorSpec(
-            bits=self.settings.bits,
-            clip=self.settings.clip,
-            max_weight=self.settings.max_weight,
-            clients=len(self.alive),
-        )
+        if self.spec_for is not None:
+            self.spec = self.spec_for(len(self.alive))
+        else:
+            self.spec = SecAggVectorSpec(
+                bits=self.settings.bits,
+                clip=self.settings.clip,
+                max_weight=self.settings.max_weight,
+                clients=len(self.alive),
+            )
         optin = {SHARE_METRICS_FIELD: True} if self.settings.share_metrics else {}
         return self._record(alive=ids_bytes(self.alive), **self.spec.as_config(), **optin)
 
@@ -264,22 +271,13 @@ class SecAggSession:
         dropped = sorted(alive - set(survivors))
         self._unmask(total, sorted(survivors), dropped)
         total &= np.uint32(self.spec.modulus_mask)
-        self._check_sum(self.spec, total, len(survivors))
+        self.unmasked = len(survivors)  # the server has seen this sum, used or not
+        try:  # a client that masked values off the spec's range is caught here (not who)
+            self.spec.check_sum(total, len(survivors))
+        except ValueError as err:
+            raise SecAggFailed(str(err)) from None
         self.stats.accepted = len(survivors)
         return total
-
-    @staticmethod
-    def _check_sum(spec: SecAggVectorSpec, total: np.ndarray, uploads: int) -> None:
-        """Honest vectors sum to a weight in [1, uploads x max-weight] and coordinates at most
-        weight x levels; a client that masked values off the grid is caught here (not who)."""
-        weight = int(total[-1])
-        if not 1 <= weight <= uploads * spec.max_weight or (
-            total.size > 1 and int(total[:-1].max()) > weight * spec.levels
-        ):
-            raise SecAggFailed(
-                "the unmasked sum is off the shared grid (a client masked values outside "
-                "[0, weight x levels] or a false weight); the round is not used"
-            )
 
     def _unmask(self, total: np.ndarray, survivors: list[int], dropped: list[int]) -> None:
         requests, senders_of = {}, {}

@@ -11,6 +11,7 @@ in is changed) -> train metrics (Flower's weighted mean of the checked metrics).
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Iterable
@@ -32,6 +33,7 @@ from strategies.aggregators import (
 from strategies.compression import CompressionSettings
 from strategies.decoding import RoundDecoder, quantized_download
 from strategies.privacy.central import CentralDp
+from strategies.privacy.distributed import DistributedDp
 from strategies.privacy.local import LocalDp
 from strategies.pruning import magnitude_masks, prunable_names
 from strategies.replies import WEIGHT_KEY, checked_evaluate_replies
@@ -43,6 +45,7 @@ from strategies.stats import RoundStats
 from strategies.validation import ReplyLimits, is_finite_model
 from wire import MASK_FIELD, POOLING_CONFIG_KEY, MaskSet, keys
 from wire.secagg_protocol import SECAGG_RECORD_KEY
+from wire.secagg_vector import kept_count
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +67,7 @@ class WireStrategy(Strategy):
         secure: SecAggSettings | None = None,
         limits: ReplyLimits | None = None,
         hooks: RoundHooks | None = None,
-        privacy: CentralDp | LocalDp | None = None,
+        privacy: CentralDp | LocalDp | DistributedDp | None = None,
     ) -> None:
         mean_only = ", ".join(sorted(cls.__name__ for cls in MEAN_ONLY_STRATEGIES))
         central = isinstance(privacy, CentralDp)
@@ -74,6 +77,8 @@ class WireStrategy(Strategy):
                 f"with {'secure aggregation' if secure is not None else type(inner).__name__} "
                 f"(use one of {mean_only}, without secure-agg)"
             )
+        if isinstance(privacy, DistributedDp) and secure is None:
+            raise ValueError("distributed DP adds its noise under secure aggregation: enable it")
         if secure is not None and not needs_only_mean(inner):
             raise ValueError(
                 f"secure aggregation reveals only the sum of updates, but {type(inner).__name__} "
@@ -209,6 +214,14 @@ class WireStrategy(Strategy):
         """Stages 1-2 of secure aggregation; train only the clients that shared their keys."""
         assert self.secure is not None
         self._session = SecAggSession(self.secure, server_round, grid, stats)
+        if isinstance(self.privacy, DistributedDp):  # its vector spec, for the alive count
+            shapes = {s.name: s.shape for s in self._decoder.specs}
+            self._session.spec_for = functools.partial(
+                self.privacy.vector_spec,
+                kept=kept_count(shapes, self.masks),
+                server_round=server_round,
+                sampled=len(messages),
+            )
         try:
             record = self._session.setup(
                 (m.metadata.dst_node_id for m in messages), np.random.default_rng()
@@ -309,6 +322,9 @@ class WireStrategy(Strategy):
             stats.secagg_failure = why[:300]
             stats.accepted = 0
             return None
+        finally:  # distributed DP: a sum the server unmasked is spent, used or not
+            if isinstance(self.privacy, DistributedDp) and session.unmasked:
+                stats.privacy = self.privacy.summed(session.unmasked)
         return aggregator
 
     def _server_step(

@@ -23,19 +23,32 @@ client (sensitivities double) and the amplification is Wang, Balle & Kasiviswana
 2019) Theorem 9, which holds for any mechanism's RDP curve at integer orders. Dropouts: only the
 survivors' shares are in the sum, so a round is accounted with the number of clients whose noise
 was summed (:func:`ddg_round_rdp`'s ``clients``), never the number sampled.
+
+:class:`DistributedDp` is a run's distributed DP on the secure-aggregation path: each round it
+gives the secure session the vector spec (:class:`wire.ddp_vector.DdpVectorSpec`: bits, clip,
+the scale :func:`wire.dp.choose_scale` allows for the alive clients, each client's share
+``(scale z clip / sqrt(alive))^2`` of the variance, the round's shared rotation seed) and, once
+the server has unmasked a sum, spends that round in its ledger with the RDP of the *survivors'*
+noise. Dropouts: a client that shared keys but did not upload adds no noise, so a round with
+fewer survivors is accounted with less noise (a larger epsilon for that round), and the run goes
+on while the secure sum's threshold is met; the noise multiplier is not raised after the fact.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 from dp_accounting.rdp import rdp_privacy_accountant as rdp
 from scipy import special
 
-from strategies.privacy.accounting import PrivacyError, is_int, is_real
-from wire.dp import DEFAULT_BETA, rounded_l2_bound
+from strategies.privacy.accounting import PrivacyError, RoundPlan, is_int, is_real
+from wire import keys
+from wire.ddp_vector import DdpVectorSpec
+from wire.dp import DEFAULT_BETA, DdpSpec, choose_scale, rounded_l2_bound
+from wire.rotation import block_for, padded_length, shared_rotation_seed
 
 # integer orders only: Theorem 9's binomial expansion needs them
 ORDERS: tuple[int, ...] = tuple(range(2, 65)) + (80, 96, 128, 256, 512)
@@ -175,3 +188,158 @@ def calibrate_local_stddev(
         else:
             low = middle
     return high
+
+
+BLOCK = DdpSpec.block  # the rotation's largest block
+MIN_MULTIPLIER, MAX_MULTIPLIER = 1e-2, 1e3  # what calibration searches between
+
+
+def rotated_dim(values: int, block: int = BLOCK) -> int:
+    """Integer coordinates of ``values`` after the rotation's padding."""
+    return padded_length(values, block_for(values, block))
+
+
+def round_scale(*, bits: int, clients: int, clip: float, dim: int, z: float) -> tuple[float, float]:
+    """(scale, each client's stddev in integer units) for ``clients`` shares of ``z clip``;
+    ValueError when ``bits`` cannot hold the sum (:func:`wire.dp.choose_scale`)."""
+    share = z * clip / math.sqrt(clients)  # update units: the shares sum to stddev z clip
+    scale = choose_scale(bits=bits, clients=clients, clip=clip, dim=dim, local_stddev=share)
+    return scale, scale * share
+
+
+def planned_epsilon(z: float, plan: RoundPlan, *, clip: float, bits: int, dim: int) -> float:
+    """Epsilon after the plan's rounds, every sampled client surviving."""
+    m = plan.per_round
+    scale, stddev = round_scale(bits=bits, clients=m, clip=clip, dim=dim, z=z)
+    return ddg_epsilon(
+        rounds=plan.rounds,
+        delta=plan.delta,
+        clip=clip,
+        scale=scale,
+        dim=dim,
+        local_stddev=stddev,
+        clients=m,
+        population=plan.population,
+        sampled=m,
+    )
+
+
+def calibrate_multiplier(
+    target_epsilon: float, plan: RoundPlan, *, clip: float, bits: int, dim: int
+) -> float:
+    """The smallest noise multiplier ``z`` (to 0.1%) whose planned epsilon is at most the
+    target, the scale recomputed for each candidate; refuses an unreachable target."""
+    _check(target_epsilon=target_epsilon)
+
+    def eps(z: float) -> float:
+        return planned_epsilon(z, plan, clip=clip, bits=bits, dim=dim)
+
+    if eps(MAX_MULTIPLIER) > target_epsilon:
+        raise PrivacyError(
+            f"dp-target-epsilon {target_epsilon:g} at dp-target-delta {plan.delta:g} cannot be met "
+            f"by distributed DP over {plan.rounds} rounds of {plan.per_round} of "
+            f"{plan.population} clients at dp-bits {bits} even with noise multiplier "
+            f"{MAX_MULTIPLIER:g}: raise the epsilon, delta or dp-bits, or run fewer rounds"
+        )
+    low, high = MIN_MULTIPLIER, MAX_MULTIPLIER
+    if eps(low) <= target_epsilon:
+        return low
+    while high / low > 1.001:
+        middle = math.sqrt(low * high)
+        if eps(middle) <= target_epsilon:
+            high = middle
+        else:
+            low = middle
+    return high
+
+
+@dataclass
+class DistributedDp:
+    """A run's distributed DP: each round's vector spec and the ledger of the sums unmasked."""
+
+    noise_multiplier: float
+    clip: float
+    bits: int
+    plan: RoundPlan
+    run_seed: int = 0  # the rotation seeds' (public: every client of a round shares one)
+    seeded: bool = False  # clients draw rounding and noise from their round seed (experiments)
+    client_metrics: bool = False
+    curve: np.ndarray = field(init=False)
+    history: list[float] = field(default_factory=list, init=False)
+    _sampled: int = field(default=0, init=False)
+    _spec: DdpVectorSpec | None = field(default=None, init=False)
+    _metrics: dict[str, float] = field(default_factory=dict, init=False)
+
+    def __post_init__(self) -> None:
+        _check(noise_multiplier=self.noise_multiplier, clip=self.clip)
+        if not is_int(self.bits) or not 8 <= self.bits <= 32:
+            raise PrivacyError(f"dp-bits must be an int in [8, 32], got {self.bits!r}")
+        self.curve = np.zeros(len(ORDERS))
+
+    def round_config(self) -> dict[str, bool]:
+        """The round-config entry every client reads (wire.keys): secret or seeded draws."""
+        return {keys.DP_LOCAL_SEEDED: self.seeded}
+
+    def aggregator(self, reference: dict[str, np.ndarray]) -> None:
+        """None: the secure session's sum is the aggregate (strategies.aggregators.SecureSum)."""
+        return None
+
+    def vector_spec(
+        self, alive: int, *, kept: int, server_round: int, sampled: int
+    ) -> DdpVectorSpec:
+        """The round's spec for ``alive`` clients uploading ``kept`` values each, ``sampled``
+        having been drawn; ValueError when the bits cannot hold them."""
+        dim = rotated_dim(kept)
+        scale, stddev = round_scale(
+            bits=self.bits, clients=alive, clip=self.clip, dim=dim, z=self.noise_multiplier
+        )
+        self._sampled, self._metrics = sampled, {}
+        self._spec = DdpVectorSpec(
+            bits=self.bits,
+            clip=float(self.clip),
+            scale=scale,
+            local_variance=stddev * stddev,
+            seed=shared_rotation_seed(self.run_seed, server_round),
+            block=BLOCK,
+            length=kept,
+            clients=alive,
+        )
+        return self._spec
+
+    def summed(self, survivors: int) -> dict[str, float]:
+        """The server unmasked the sum of ``survivors`` uploads: spend the round with their
+        noise alone (used or not, the sum was seen); the metrics to log."""
+        spec, self._spec = self._spec, None
+        if spec is None or survivors < 1:
+            return {}
+        population = self.plan.population
+        self.curve = self.curve + ddg_round_rdp(
+            clip=spec.clip,
+            scale=spec.scale,
+            dim=spec.rotated_length,
+            local_stddev=math.sqrt(spec.local_variance),
+            clients=survivors,
+            population=population,
+            sampled=min(max(self._sampled, survivors), population),
+        )
+        self.history.append(epsilon_of(self.curve, self.plan.delta))
+        self._metrics = {
+            "dp-epsilon": self.history[-1],
+            "dp-epsilon-round": self.history[-1]
+            - (self.history[-2] if len(self.history) > 1 else 0),
+            "dp-delta": self.plan.delta,
+            "dp-clip": float(self.clip),
+            "dp-scale": spec.scale,
+            "dp-bits": float(self.bits),
+            "dp-survivors": float(survivors),
+        }
+        return self._metrics
+
+    @property
+    def epsilon(self) -> float:
+        return self.history[-1] if self.history else 0.0
+
+    def finish_round(self) -> dict[str, float]:
+        """This round's metrics (spent when the sum was unmasked: :meth:`summed`)."""
+        metrics, self._metrics = self._metrics, {}
+        return metrics

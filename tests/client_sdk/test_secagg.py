@@ -154,6 +154,8 @@ def test_a_client_refuses_a_single_neighbour():
         {"clients": 2**62},
         {"max-weight": "64"},
         {"clip": math.nan},
+        {"vector": "ddp"},  # a dp vector's record without its fields
+        {"vector": 3},
         {"alive": 2**62},
         {"alive": [1, 2]},
         {"round": True},

@@ -101,6 +101,53 @@ def test_poisson_sampling_is_accounted_as_dp_accountings_poisson_sampled_gaussia
     assert epsilon(1.157, fixed) > 6 * 3.0 and epsilon(3.49, fixed) == pytest.approx(3.0, abs=0.01)
 
 
+DDP = {"dp_mode": "distributed", "secure_agg": True, "dp_target_epsilon": 8.0}
+
+
+@pytest.mark.parametrize(
+    ("changes", "key", "why"),
+    [
+        ({"secure_agg": False}, "secure-agg", "under secure aggregation"),
+        ({"strategy": "krum"}, "strategy", "needs each client"),
+        ({"rotate": "shared"}, "rotate", "rotates by itself"),
+        ({"topk": 0.1}, "topk", "secure-agg"),
+        ({"error_feedback": True}, "error-feedback", "secure-agg"),
+        ({"dp_adaptive_clip": True}, "dp-adaptive-clip", "fixed dp-clip"),
+        ({"dp_bits": 7}, "dp-bits", r"\[8, 32\]"),
+        ({"dp_bits": 33}, "dp-bits", r"\[8, 32\]"),
+        ({"dp_sampling": "poisson"}, "dp-sampling", "central"),
+    ],
+)
+def test_distributed_dp_refusals_name_the_setting(changes, key, why):
+    with pytest.raises(RunConfigError, match=why) as err:
+        RunSettings(**{**DDP, **changes})
+    assert err.value.key == key
+
+
+def test_distributed_dp_is_calibrated_and_refuses_what_it_cannot_plan_at_start():
+    from strategies.privacy.distributed import planned_epsilon, rotated_dim
+
+    run = RunSettings(**DDP, num_server_rounds=2, fraction_train=0.5)
+    dp = run.distributed_privacy(20, 1000)
+    assert (dp.plan.population, dp.plan.per_round, dp.plan.rounds) == (20, 10, 2)
+    assert (dp.bits, dp.clip, dp.seeded, rotated_dim(1000)) == (16, 1.0, False, 1024)
+    eps = planned_epsilon(dp.noise_multiplier, dp.plan, clip=1.0, bits=16, dim=1024)
+    assert 7.9 < eps <= 8.0
+    assert dp.round_config() == {"dp-local-seeded": False}
+    assert RunSettings().distributed_privacy(20, 1000) is None
+    too_few = RunSettings(**{**DDP, "dp_bits": 8})
+    with pytest.raises(RunConfigError, match="count does not fit") as err:
+        too_few.distributed_privacy(400, 10)  # 400 uploads' count wraps 8 bits
+    assert err.value.key == "dp-bits"
+    with pytest.raises(RunConfigError, match="cannot be met.*dp-bits 8") as err:
+        too_few.distributed_privacy(200, 10**5)  # the sum fits only with far too little noise
+    assert err.value.key == "dp-target-epsilon"
+    hard = RunSettings(**{**DDP, "dp_target_epsilon": 1e-3, "num_server_rounds": 1000})
+    with pytest.raises(RunConfigError, match="cannot be met") as err:
+        hard.distributed_privacy(10, 1000)
+    assert err.value.key == "dp-target-epsilon"
+
+
 def test_poisson_sampling_is_for_central_dp_only():
     with pytest.raises(RunConfigError, match="dp-mode central only") as err:
         RunSettings(dp_mode="local", dp_sampling="poisson", dp_noise_multiplier=1.0)

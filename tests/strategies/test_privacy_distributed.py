@@ -18,6 +18,7 @@ from dp_accounting.rdp import rdp_privacy_accountant as rdp
 from strategies.privacy import accounting
 from strategies.privacy.accounting import PrivacyError
 from strategies.privacy.distributed import (
+    DistributedDp,
     calibrate_local_stddev,
     ddg_epsilon,
     ddg_rdp,
@@ -25,7 +26,10 @@ from strategies.privacy.distributed import (
     tau,
     wor_subsampled_rdp,
 )
-from wire.dp import DEFAULT_BETA, rounded_l2_bound
+from strategies.secagg import SecAggSession, SecAggSettings
+from strategies.stats import RoundStats
+from tests.strategies.secagg_grid import SecAggGrid
+from wire.dp import DEFAULT_BETA, clip_l2, rounded_l2_bound
 
 
 def test_tau_by_hand():
@@ -135,3 +139,37 @@ def test_hostile_settings_are_typed_errors(bad):
     )
     with pytest.raises(PrivacyError):
         ddg_round_rdp(**(kwargs | bad))
+
+
+def test_a_secure_round_with_dropouts_accounts_only_the_survivors_noise():
+    """A real SecAgg+ round (the SDK's client steps, in memory) carrying distributed-DP vectors:
+    two of six clients vanish after sharing keys; the server unmasks the six survivors' sum,
+    decodes their clipped mean, and the round is spent with four noise shares, not six (a
+    larger epsilon than the full round's), while the round itself goes on."""
+    plan = accounting.RoundPlan(population=40, per_round=6, rounds=2, delta=1e-4)
+    kept, rng = 500, np.random.default_rng(4)
+
+    def run(drop: int):
+        dp_ = DistributedDp(noise_multiplier=1e-4, clip=1.0, bits=20, plan=plan, run_seed=3)
+        spec = dp_.vector_spec(6, kept=kept, server_round=1, sampled=6)
+        updates = rng.normal(0, 0.02, size=(6, kept)).astype(np.float32)
+        updates[0] *= 20  # clipped
+        nodes = list(range(101, 107))
+        grid = SecAggGrid(
+            {n: spec.quantize(u, 1, rng)[0] for n, u in zip(nodes, updates, strict=True)}
+        )
+        grid.drop_at_train = set(nodes[6 - drop :])
+        session = SecAggSession(SecAggSettings(degree=5), 1, grid, RoundStats(server_round=1))
+        session.spec_for = lambda alive: spec if alive == 6 else None
+        record = session.setup(nodes, np.random.default_rng(1))
+        replies = grid.send_and_receive(grid.train_messages(record))
+        mean, count = spec.weighted_mean(session.aggregate(replies, spec.vector_size(kept)))
+        survivors = [clip_l2(u, 1.0)[0] for u in updates[: 6 - drop]]
+        assert count == session.unmasked == 6 - drop
+        assert np.abs(mean - np.mean(survivors, axis=0)).max() < 1e-4  # z = 1e-4: noise ~2e-5
+        return dp_.summed(session.unmasked)
+
+    full, dropped = run(0), run(2)
+    assert dropped["dp-survivors"] == 4 and full["dp-survivors"] == 6
+    assert dropped["dp-epsilon-round"] > full["dp-epsilon-round"] > 0
+    assert {"dp-epsilon", "dp-delta", "dp-clip", "dp-scale", "dp-bits"} <= set(full)
