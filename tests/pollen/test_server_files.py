@@ -123,3 +123,22 @@ def test_insecure_in_server_toml_warns_as_the_insecure_flag_does(tmp_path):
         assert "has no pyproject.toml" in lines[1]
     assert flag_lines[0] == "pollen server start: warning: --insecure: updates travel unencrypted"
     assert file_lines[0] == flag_lines[0].replace("--insecure", f"insecure = true in {config}")
+
+
+def test_run_keys_are_checked_against_the_apps_serverapp(tmp_path):
+    """Pollen's own (simulated) App takes partition in [run]; an App registering the
+    deployment ServerApp, server.app:app, refuses it in one line naming the key."""
+    config = tmp_path / "server.toml"
+    config.write_text('[run]\npartition = "iid"\nattack = "bogus"\n')
+    args = ["start", "--config", str(config), "--state-dir", str(tmp_path / "s")]
+    result, lines = _server(*args)  # --app .: the simulated App checks the value
+    assert result.exit_code == 2 and len(lines) == 1 and "[run] attack: must be one of" in lines[0]
+    app_dir = tmp_path / "device_app"
+    app_dir.mkdir()
+    components = '[tool.flwr.app.components]\nserverapp = "server.app:app"\n'
+    (app_dir / "pyproject.toml").write_text(components)
+    config.write_text('[run]\npartition = "iid"\n')
+    result, lines = _server(*args, "--app", str(app_dir))
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert "[run] partition: unknown key" in lines[0]
+    assert not (tmp_path / "s").exists()  # nothing was started
