@@ -200,6 +200,9 @@ def test_a_run_config_key_and_its_own_flag_cannot_both_be_given():
     assert "got 3" in line
 
 
+DDP = ("--secure-agg", "--dp-mode", "distributed")
+
+
 @pytest.mark.parametrize(
     ("args", "flag", "says"),
     [
@@ -217,6 +220,22 @@ def test_a_run_config_key_and_its_own_flag_cannot_both_be_given():
             ["--dp-mode", "local", "--dp-noise-multiplier", "1", "--engine", "batched"],
             "--dp-mode",
             "--engine flower",
+        ),
+        (
+            ["--dp-mode", "distributed", "--dp-noise-multiplier", "1"],
+            "--secure-agg",
+            "under secure aggregation",
+        ),
+        (
+            [*DDP, "--dp-noise-multiplier", "1", "--rotate", "shared"],
+            "--rotate",
+            "rotates by itself",
+        ),
+        ([*DDP, "--dp-noise-multiplier", "1", "--dp-bits", "40"], "--dp-bits", "[8, 32]"),
+        (
+            [*DDP, "--dp-target-epsilon", "0.001", "--dp-target-delta", "1e-9"],
+            "--dp-target-epsilon",
+            "cannot be met",
         ),
     ],
 )

@@ -1,5 +1,7 @@
 """`pollen simulate --secure-agg` in both engines: dropouts recovered, failures clean."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -98,3 +100,21 @@ def test_device_heterogeneity_finds_partitions_without_them_in_masked_uploads(tm
         assert "secagg_failure" not in row
         assert row["accepted_updates"] == CLIENTS - row["offline_clients"] > 0
         assert row["simulated_round_s"] > 0
+
+
+def test_distributed_dp_runs_under_secure_aggregation_and_reports_its_epsilon(tmp_path):
+    """dp-mode distributed through the SDK's client round (Flower engine), 2 rounds: each
+    client's discrete Gaussian share is summed under SecAgg+, and the epsilon spent is the
+    calibrated one, per round in metrics.jsonl and in total in summary.json."""
+    out = tmp_path / "ddp"
+    model, rows = _run("flower", out, dp_mode="distributed", dp_target_epsilon=8.0)
+    assert all(np.isfinite(v).all() for v in model.values())
+    for row in rows[1:]:
+        assert "secagg_failure" not in row and row["accepted_updates"] == CLIENTS
+        assert (row["dp_survivors"], row["dp_bits"], row["dp_clip"]) == (CLIENTS, 16, 1.0)
+        assert row["upload_bytes_per_client"] == (10240 + 1) * 2  # rotated 9610 + count, 16 bits
+    assert 7.9 < rows[-1]["dp_epsilon"] <= 8.0
+    assert rows[1]["dp_epsilon_round"] + rows[2]["dp_epsilon_round"] == rows[-1]["dp_epsilon"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["dp_epsilon"] == rows[-1]["dp_epsilon"]
+    assert summary["dp_delta"] == pytest.approx(CLIENTS**-1.1)
