@@ -5,11 +5,12 @@ the shapes CNN (22,618 parameters, 30 clients, Dirichlet 0.5; client_sdk/tasks/s
 the same seeds for every row: float32 FedAvg; today's (min, max) quantization (4 and 1 bit + EF)
 and top-5% + 4-bit + EF; the rotation rows of issue 20: randomized Hadamard rotation + EDEN/DRIVE
 at 1/2/4 bits (unbiased), 1 bit with the least-squares scale + EF, EF-signSGD, rotation + top-k
-and rotation + pruning. Prints one table (upload bytes per client per round, ratio vs float32,
-final accuracy as the mean over ``--seeds`` seeds, delta accuracy in points with the per-seed
-deltas) and writes accuracy_vs_bytes.png (one panel per task). Pruning ramps from 50% to 90%
-sparsity over rounds 1-10 (cubic, one global magnitude threshold). Runs on the batched engine
-on the CPU by default (``--engine``); a run never aborts (max-failed-rounds 0).
+and rotation + pruning; EDEN's fractional bits (a seeded random fraction p of the rotated values,
+``quant-fraction``; unbiased, and mse + EF). Prints one table (upload bytes per client per
+round, ratio vs float32, final accuracy as the mean over ``--seeds`` seeds, delta accuracy in
+points with the per-seed deltas) and writes accuracy_vs_bytes.png (one panel per task). Pruning
+ramps from 50% to 90% sparsity over rounds 1-10 (cubic, one global magnitude threshold). Runs on
+the batched engine on the CPU by default (``--engine``); a run never aborts (max-failed-rounds 0).
 
     .venv/bin/python benchmarks/compression.py [--rounds 30] [--seeds 3] [--out DIR]
 """
@@ -46,6 +47,15 @@ ROWS: list[tuple[str, dict[str, Any]]] = [
     ),
     ("top-5% + rot + 1-bit + EF", {**EDEN_EF, "quant_bits": 1, "topk": 0.05}),
     ("90% pruned + rot + 1-bit + EF", {**PRUNE, **EDEN_EF, "quant_bits": 1}),
+    # EDEN's fractional bits: a seeded random fraction p of each rotated block (wire.subsample)
+    *(
+        (f"rot + 1-bit EDEN, p={p}", {**EDEN, "quant_bits": 1, "quant_fraction": p})
+        for p in (0.5, 0.25)
+    ),
+    *(
+        (f"rot + 1-bit mse + EF, p={p}", {**EDEN_EF, "quant_bits": 1, "quant_fraction": p})
+        for p in (0.5, 0.25, 0.18, 0.15)
+    ),
 ]
 SHAPES = "client_sdk.tasks.shapes:shapes_task"
 TASKS = {

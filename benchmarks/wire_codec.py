@@ -4,7 +4,8 @@ Baseline (measured in the same run): ``flwr.app.Array`` from numpy and back (np.
 under the hood), the path a plain Flower client's ArrayRecord takes. Prints, per codec, the
 payload size, its ratio to float32, the median encode+decode milliseconds and the ratio of that
 time to the baseline's. Target (issues #3 and #20): every codec under 50 ms on a 2-core CPU,
-the rotation rows (randomized Hadamard + EDEN/DRIVE, EF-signSGD) included.
+the rotation rows (randomized Hadamard + EDEN/DRIVE, EF-signSGD, EDEN's fractional bits by
+sub-sampling) included.
 
     .venv/bin/python benchmarks/wire_codec.py [PARAMS]
 """
@@ -63,6 +64,22 @@ def main(params: int = 1_000_000) -> None:
             "90% masked + rot + 1b",
             CodecSpec(quant_bits=1, scheme="eden", rotate="client"),
             mask,
+        ),
+        # EDEN's fractional bits: a seeded random fraction of the rotated values (wire.subsample)
+        *(
+            (
+                f"rot + 1b EDEN, p={p}",
+                CodecSpec(quant_bits=1, scheme="eden", rotate="client", quant_fraction=p),
+                None,
+            )
+            for p in (0.5, 0.25)
+        ),
+        (
+            "rot + 1b mse, p=0.18",
+            CodecSpec(
+                quant_bits=1, scheme="eden", rotate="client", quant_fraction=0.18, eden_scale="mse"
+            ),
+            None,
         ),
     ]
 
