@@ -17,6 +17,7 @@ from strategies.secagg_metrics import shared_train_loss
 from strategies.stats import RoundStats
 from tests.strategies.secagg_grid import SecAggGrid, plain_sum, run_round, vectors_for
 from wire import PAYLOAD_FIELD, UPDATE_RECORD_KEY, RejectReason
+from wire.ddp_vector import DdpVectorSpec
 from wire.secagg import SHAMIR_PRIME, SHARE_BYTES
 from wire.secagg_protocol import SECAGG_RECORD_KEY, STAGE_KEYS, STAGE_SHARES, STAGE_UNMASK
 from wire.secagg_vector import SecAggVectorSpec
@@ -226,3 +227,25 @@ def test_an_upload_off_the_grid_fails_the_round_instead_of_poisoning_it():
     vectors[bad][0] = SPEC.modulus_mask - others  # the sum's first value: 2^m - 1, no wrap
     with pytest.raises(SecAggFailed, match="off the shared grid"):
         run_round(SecAggGrid(vectors), SETTINGS)
+
+
+def test_a_false_upload_count_fails_a_distributed_dp_round_but_the_sum_was_seen():
+    """Distributed DP's vectors end in a count of 1; a client that masks another count is
+    caught by the unmasked sum (not who), the round is not used, and the session records that
+    the server did unmask a sum (DistributedDp spends it all the same)."""
+    spec = DdpVectorSpec(
+        bits=16, clip=1.0, scale=100.0, local_variance=1.0, seed=1, block=4096, length=50,
+        clients=6,
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    nodes = list(range(11, 17))
+    vectors = {n: spec.quantize(rng.normal(0, 0.1, 50), 1, rng)[0] for n in nodes}
+    vectors[11][-1] = 2
+    grid = SecAggGrid(vectors)
+    session = SecAggSession(SecAggSettings(degree=5), 1, grid, RoundStats(server_round=1))
+    session.spec_for = lambda alive: spec
+    record = session.setup(nodes, np.random.default_rng(1))
+    replies = grid.send_and_receive(grid.train_messages(record))
+    with pytest.raises(SecAggFailed, match="counts 7 uploads, not the 6"):
+        session.aggregate(replies, spec.vector_size(50))
+    assert session.unmasked == 6
