@@ -7,7 +7,10 @@ same steps run over the chunk's [K, n] rows, with every payload, metric and stat
 byte-for-byte the SDK's (``tests/simulations/batched/test_secure.py``):
 
 - quantization in float64 on the engine's device, each client's rounding noise the numpy
-  generator the SDK seeds draws (on CUDA computed on the device, :mod:`.pcg64`);
+  generator the SDK seeds draws (on CUDA computed on the device, :mod:`.pcg64`); under
+  distributed DP (:mod:`wire.ddp_vector`) each row is encoded on the host by the SDK's own
+  function with the generator the SDK would use (its rejection-sampled rounding and discrete
+  Gaussian draw a data-dependent number of values), and only masking and packing are batched;
 - masks: each pairwise mask is one ChaCha20 stream both ends of the pair use (one adds it, the
   other subtracts it). The pair's key is agreed once (:mod:`.agreements`: only when each end
   holds the other's true public key) and its stream expanded once, for the whole round when
@@ -24,6 +27,7 @@ the SDK's error.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,7 +50,8 @@ from simulations.batched.codec import DEVICE_DRAWS, pack_rows
 from simulations.batched.memory import encode_block
 from simulations.batched.pcg64 import uniform_float64
 from simulations.batched.training import TrainedChunk, local_minus_global, trained_tensors
-from wire import UpdateRejected
+from wire import UpdateRejected, keys
+from wire.ddp_vector import DdpVectorSpec, VectorSpec, vector_spec_from_config
 from wire.secagg import mask_stream
 from wire.secagg_protocol import MASK_PURPOSE, SECAGG_RECORD_KEY
 from wire.secagg_vector import SecAggVectorSpec
@@ -144,18 +149,18 @@ def round_masks(
     a CPU, a tenth of the free GPU memory up to 2 GiB); None: each chunk masks its own."""
     if SECAGG_RECORD_KEY not in messages[0].content or plan.error_feedback or plan.codec.topk:
         return None
-    count = 1 + sum(
+    record = messages[0].content[SECAGG_RECORD_KEY]
+    kept = sum(
         spec.size if keep is None else int(keep.sum())
         for _, spec, _, keep in trained_tensors(plan, device)
     )
+    try:
+        count = vector_spec_from_config(record).vector_size(kept)
+    except (KeyError, TypeError, ValueError):  # UpdateRejected is a ValueError
+        return None
     cuda = device.type == "cuda"
     budget = min(2 << 30, torch.cuda.mem_get_info(device)[0] // 10) if cuda else 1 << 30
     if len(contexts) * count * (8 if cuda else 4) > budget:
-        return None
-    record = messages[0].content[SECAGG_RECORD_KEY]
-    try:
-        SecAggVectorSpec.from_config(record)
-    except (KeyError, TypeError, ValueError):
         return None
     peers = _checked_peers(record, contexts, range(len(contexts)))
     ready, sums = _masks_for(peers, count, device, agreements)
@@ -202,15 +207,15 @@ def secure_replies(job: ChunkJob, secure: SecureRound) -> tuple[dict[int, Messag
     masks_of_round = secure.masks
     everyone = list(range(len(messages)))
     record = messages[0].content[SECAGG_RECORD_KEY]
-    try:
-        spec = SecAggVectorSpec.from_config(record)
-    except (KeyError, TypeError, ValueError):
-        return {}, everyone
     if plan.error_feedback or plan.codec.topk or plan.codec.rotate != "none":
         return {}, everyone  # a shared rotation: the SDK's numpy rotation, client by client
     deltas = kept_deltas(trained, plan, device)
+    try:
+        spec = vector_spec_from_config(record)
+        count = spec.vector_size(deltas.shape[1])  # [w * q, w], or [rotated DDP vector, 1]
+    except (KeyError, TypeError, ValueError):  # the SDK's reply says what is wrong
+        return {}, everyone
     finite = torch.isfinite(deltas).all(dim=1).tolist()  # the SDK refuses the others
-    count = deltas.shape[1] + 1  # [w * q, w]
     if masks_of_round is None:
         peers = _checked_peers(record, contexts, [r for r in everyone if finite[r]])
         ready, masks = _masks_for(peers, count, device, secure.agreements)
@@ -229,7 +234,7 @@ def secure_replies(job: ChunkJob, secure: SecureRound) -> tuple[dict[int, Messag
     block = encode_block(device)
     for start in range(0, len(ready), block):
         rows = ready[start : start + block]
-        vectors, clipped = _quantize(
+        vectors, clipped = _vectors(
             spec,
             plan,
             deltas[rows],
@@ -241,12 +246,48 @@ def secure_replies(job: ChunkJob, secure: SecureRound) -> tuple[dict[int, Messag
         packed = pack_rows(masked, spec.modulus_bits).cpu().numpy()
         for i, row in enumerate(rows):
             context = contexts[row]
-            metrics = secure_metrics(context, trained.stats[row], clipped[i], count - 1)
+            metrics = secure_metrics(context, trained.stats[row], clipped[i], deltas.shape[1])
             replies[row] = masked_message(
                 messages[row], context, packed[i].tobytes(), count, metrics
             )
             mark_masked(context, peers[row])
     return replies, by_sdk
+
+
+def _vectors(
+    spec: VectorSpec,
+    plan: RoundPlan,
+    flat: torch.Tensor,
+    contexts: list[Context],
+    examples: list[int],
+) -> tuple[torch.Tensor, list[int]]:
+    """Each row's vector for the secure sum ([rows, count] int64) and its clipped count."""
+    if isinstance(spec, SecAggVectorSpec):
+        return _quantize(spec, plan, flat, contexts, examples)
+    return _ddp_vectors(spec, plan, flat, contexts)
+
+
+def _ddp_vectors(
+    spec: DdpVectorSpec, plan: RoundPlan, flat: torch.Tensor, contexts: list[Context]
+) -> tuple[torch.Tensor, list[int]]:
+    """:meth:`DdpVectorSpec.quantize` row by row on the host, each with the generator the SDK
+    draws from (:func:`client_sdk.rounds.secure_reply`: a secret ``os.urandom`` seed, or the
+    client's round seed when the round says ``dp-local-seeded``), so a row's rounding and noise
+    are the SDK's own; its masks and packing are then batched with the others. Conditional
+    rounding redraws a row until its norm fits, so the rows need not take the same number of
+    draws: one generator per row keeps each client's draws its own."""
+    if plan.config.get(keys.DP_LOCAL_SEEDED, False):
+        seeds = plan.seeds_for([partition_id_of(c) for c in contexts])
+    else:
+        seeds = [int.from_bytes(os.urandom(32), "little") for _ in contexts]
+    rows = flat.cpu().numpy()
+    vectors = np.empty((len(contexts), spec.vector_size(rows.shape[1])), dtype=np.int64)
+    clipped = []
+    for vector, row, seed in zip(vectors, rows, seeds, strict=True):
+        encoded, count = spec.quantize(row, 1, np.random.default_rng(seed))
+        vector[:] = encoded
+        clipped.append(count)
+    return torch.from_numpy(vectors).to(flat.device), clipped
 
 
 def _quantize(

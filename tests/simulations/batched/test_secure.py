@@ -24,9 +24,11 @@ from tests.helpers.batched import client_data as _clients
 from tests.helpers.batched import round_plan as _plan
 from tests.messages import message, node_context
 from tests.strategies.secagg_grid import SecAggGrid
+from wire import UPDATE_RECORD_KEY, keys
+from wire.ddp_vector import DdpVectorSpec
 from wire.secagg import mask_stream, new_private_key, public_key
 from wire.secagg_protocol import SECAGG_RECORD_KEY, chunks
-from wire.secagg_vector import flatten_kept
+from wire.secagg_vector import flatten_kept, kept_count
 
 DEVICES = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
 K = 6
@@ -43,16 +45,34 @@ def test_keystream_words_are_cryptographys_chacha20(device):
         keystream_words([bytes(16)], 4, device)
 
 
-def _secure_round(prune=False, float64=False, degree=4):
-    """K nodes through stages 1-2 of the real protocol, a trained chunk and its train messages."""
+def _ddp_spec(length):
+    """A distributed-DP round's vector for ``length`` kept values (16 bits, small noise)."""
+    return lambda clients: DdpVectorSpec(
+        bits=16,
+        clip=0.5,
+        scale=200.0,
+        local_variance=2.0,
+        seed=9,
+        block=1 << 10,
+        length=length,
+        clients=clients,
+    )
+
+
+def _secure_round(prune=False, float64=False, degree=4, ddp=False):
+    """K nodes through stages 1-2 of the real protocol, a trained chunk and its train messages
+    (``ddp``: a distributed-DP round whose noise is drawn from the clients' round seeds)."""
     contexts = [node_context(i, K, node_id=100 + 7 * i) for i in range(K)]
     grid = SecAggGrid({c.node_id: None for c in contexts})
     grid.contexts = {c.node_id: c for c in contexts}
     settings = SecAggSettings(degree=degree, bits=8, clip=0.05)
     session = SecAggSession(settings, 1, grid, RoundStats(server_round=1))
-    record = session.setup(grid.get_node_ids(), np.random.default_rng(0))
     task = get_task("digits")
-    plan = _plan(task, {}, prune=prune)
+    plan = _plan(task, {keys.DP_LOCAL_SEEDED: True} if ddp else {}, prune=prune)
+    if ddp:
+        shapes = {name: a.shape for name, a in plan.global_arrays.items()}
+        session.spec_for = _ddp_spec(kept_count(shapes, plan.masks))
+    record = session.setup(grid.get_node_ids(), np.random.default_rng(0))
     if float64:  # FedAdam's server sends float64 arrays: numpy promotes the delta
         plan = dataclasses.replace(
             plan, global_arrays={k: v.astype(np.float64) for k, v in plan.global_arrays.items()}
@@ -104,12 +124,48 @@ def _compare(plan, chunk, messages, contexts, device, whole_round=False):
 
 
 @pytest.mark.parametrize("device", DEVICES, ids=str)
-@pytest.mark.parametrize("case", ["plain", "pruned", "float64 global", "round masks"])
+@pytest.mark.parametrize(
+    "case", ["plain", "pruned", "float64 global", "round masks", "ddp", "ddp pruned round masks"]
+)
 def test_masked_uploads_are_the_sdks(case, device):
     plan, chunk, messages, contexts, _ = _secure_round(
-        prune=case == "pruned", float64=case == "float64 global"
+        prune="pruned" in case, float64=case == "float64 global", ddp="ddp" in case
     )
-    assert _compare(plan, chunk, messages, contexts, device, case == "round masks") == 0
+    assert _compare(plan, chunk, messages, contexts, device, "round masks" in case) == 0
+
+
+def test_ddp_uploads_unmask_to_the_clipped_mean_and_draw_secret_noise_unless_seeded():
+    """A distributed-DP chunk: the server's unmasked mean is the clients' clipped mean plus
+    unbiased error of the noise's and rounding's size; without ``dp-local-seeded`` two
+    encodings of one chunk differ (secret noise)."""
+    plan, chunk, messages, contexts, session = _secure_round(ddp=True)
+    secret = dataclasses.replace(plan, config={})
+    first, second = (
+        chunk_replies(
+            ChunkJob(secret, messages, copy.deepcopy(contexts), chunk, CPU),
+            ReplyOptions(pool=True),
+            secure.SecureRound(),
+        )[0]
+        for _ in range(2)
+    )
+    assert [dict(a.content[UPDATE_RECORD_KEY]) for a in first] != [
+        dict(b.content[UPDATE_RECORD_KEY]) for b in second
+    ]
+    job = ChunkJob(plan, messages, contexts, chunk, CPU)
+    replies, _, by_sdk = chunk_replies(job, ReplyOptions(pool=True), secure.SecureRound())
+    assert by_sdk == 0
+    for reply, msg in zip(replies, messages, strict=True):  # as the Grid stamps replies
+        reply.metadata.__dict__["_src_node_id"] = msg.metadata.dst_node_id
+    spec = session.spec
+    mean, count = spec.weighted_mean(session.aggregate(replies, spec.vector_size(spec.length)))
+    assert count == K
+    deltas = secure.kept_deltas(chunk, plan, CPU).numpy().astype(np.float64)
+    clipped = deltas * np.minimum(1.0, spec.clip / np.linalg.norm(deltas, axis=1))[:, None]
+    error = mean - clipped.mean(axis=0)
+    # each client adds variance local_variance (noise) + at most 1/4 (rounding), integer units
+    low, high = (np.sqrt(K * (spec.local_variance + r)) / (spec.scale * K) for r in (0, 0.25))
+    assert 0.9 * low < error.std() < 1.1 * high
+    assert abs(error.mean()) < 4 * high / np.sqrt(error.size)  # unbiased
 
 
 @pytest.mark.parametrize("device", DEVICES, ids=str)
