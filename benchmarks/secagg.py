@@ -8,6 +8,10 @@ figures are the protocol's own cost.
 - Pollen plain: 8-bit wire update (``wire.encode_update``), server decode + weighted mean.
 - Pollen secure: ``client_sdk.secagg`` stages + ``strategies.secagg.SecAggSession`` (8 bits,
   weights folded in, m-bit masked upload), then the weighted mean.
+- Pollen secure + DP: the same stages carrying distributed DP (``dp-mode distributed``, 16 bits
+  per coordinate, clip 1, noise multiplier 1): each client clips, rotates, rounds and adds its
+  discrete Gaussian share (``wire.ddp_vector.DdpVectorSpec``, the round's spec from
+  ``strategies.privacy.distributed.DistributedDp``); the server unmasks, un-rotates and rescales.
 - Flower plain / secure: the legacy ``DefaultWorkflow`` with a ``NumPyClient``, secure adding
   ``SecAggPlusWorkflow`` and ``secaggplus_mod`` (Flower 1.42's only SecAgg+).
 
@@ -24,6 +28,7 @@ import argparse
 import json
 import logging
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +36,12 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.common.serde import message_from_proto, message_to_proto
 
 from client_sdk import secagg
+from strategies.privacy.accounting import RoundPlan
+from strategies.privacy.distributed import DistributedDp
 from strategies.secagg import SecAggSession, SecAggSettings
 from strategies.stats import RoundStats
 from wire import PAYLOAD_FIELD, UPDATE_RECORD_KEY, CodecSpec, decode_update, encode_update
+from wire.ddp_vector import vector_spec_from_config
 from wire.secagg import mask_stream
 from wire.secagg_protocol import SECAGG_RECORD_KEY
 from wire.secagg_vector import SecAggVectorSpec
@@ -109,14 +117,14 @@ def pollen_app(update: np.ndarray, weights: dict[int, int]):
                 {UPDATE_RECORD_KEY: ConfigRecord({PAYLOAD_FIELD: payload}), "metrics": metrics}
             )
             return Message(content=content, reply_to=msg)
-        spec = SecAggVectorSpec.from_config(msg.content[SECAGG_RECORD_KEY])
-        vector, _ = spec.quantize(update, weights[context.node_id], rng)
+        spec = vector_spec_from_config(msg.content[SECAGG_RECORD_KEY])
+        vector, _ = spec.quantize(update, spec.weight_of(weights[context.node_id]), rng)
         return secagg.masked_reply(msg, context, vector)
 
     return app
 
 
-def pollen_round(n: int, params: int, secure: bool) -> dict[str, float]:
+def pollen_round(n: int, params: int, secure: bool, dp: bool = False) -> dict[str, float]:
     update = np.random.default_rng(0).normal(0, 0.05, params).astype(np.float32)
     nodes = list(range(1, n + 1))
     weights = {v: 50 + v % 7 for v in nodes}
@@ -126,12 +134,18 @@ def pollen_round(n: int, params: int, secure: bool) -> dict[str, float]:
     if secure:
         stats = RoundStats(server_round=1)
         session = SecAggSession(SecAggSettings(), 1, grid, stats)
+        if dp:  # distributed DP's round spec, as strategies.wire_adapter sets it
+            plan = RoundPlan(population=n, per_round=n, rounds=1, delta=1e-5)
+            privacy = DistributedDp(noise_multiplier=1.0, clip=1.0, bits=16, plan=plan)
+            session.spec_for = partial(privacy.vector_spec, kept=params, server_round=1, sampled=n)
+            norm = float(np.linalg.norm(update.astype(np.float64)))
+            update = update * min(1.0, 1.0 / norm)  # what the mean estimates: the clipped update
         record = session.setup(nodes, np.random.default_rng(0))
         down[SECAGG_RECORD_KEY] = record
         replies = grid.send_and_receive(
             [Message(down, v, "train", group_id="1") for v in session.alive]
         )
-        total = session.aggregate(replies, params + 1)
+        total = session.aggregate(replies, session.spec.vector_size(params))
         mean, _ = session.spec.weighted_mean(total)
         graph = (len(session.neighbours[1]), session.threshold)
     else:
@@ -250,12 +264,14 @@ def main() -> None:
     for n in args.clients:
         plain = pollen_round(n, args.params, secure=False)
         secure = pollen_round(n, args.params, secure=True)
+        secure_dp = pollen_round(n, args.params, secure=True, dp=True)
         degree, threshold = secure["degree"], secure["threshold"]
         f_plain = flower_round(n, args.params, False, degree, threshold)
         f_secure = flower_round(n, args.params, True, degree, threshold)
         for name, row in (
             ("Pollen plain", plain),
             ("Pollen SecAgg+", secure),
+            ("Pollen SecAgg+DP", secure_dp),
             ("Flower plain", f_plain),
             ("Flower SecAgg+", f_secure),
         ):
@@ -265,19 +281,26 @@ def main() -> None:
                 f"{row['down_bytes_per_client']:>10.0f}{row['max_abs_error']:>10.2e}"
             )
         ours = secure["round_s"] - plain["round_s"]
+        ours_dp = secure_dp["round_s"] - plain["round_s"]
         theirs = f_secure["round_s"] - f_plain["round_s"]
         print(
             f"{n:>4} secure overhead: Pollen {ours:.3f} s, Flower {theirs:.3f} s -> "
             f"{theirs / ours:.1f}x lower (degree {degree}, threshold {threshold})"
+        )
+        print(
+            f"{n:>4} secure + distributed DP overhead: Pollen {ours_dp:.3f} s, Flower SecAgg+ "
+            f"(no DP) {theirs:.3f} s -> {theirs / ours_dp:.1f}x lower"
         )
         rows.append(
             {
                 "clients": n,
                 "pollen_plain": plain,
                 "pollen_secure": secure,
+                "pollen_secure_dp": secure_dp,
                 "flower_plain": f_plain,
                 "flower_secure": f_secure,
                 "overhead_ratio": theirs / ours,
+                "dp_overhead_ratio": theirs / ours_dp,
             }
         )
     speed = mask_speed(args.params)
