@@ -21,12 +21,17 @@ from functools import cached_property
 
 import numpy as np
 
-from wire.bitpack import pack_uint, packed_size, unpack_uint
 from wire.discrete_gaussian import MAX_VARIANCE
 from wire.dp import DdpSpec, ddp_decode_sum, ddp_encode
 from wire.errors import RejectReason, UpdateRejected
 from wire.rotation import MAX_BLOCK, MAX_SEED, MIN_BLOCK
-from wire.secagg_vector import VECTOR_FIELD, SecAggVectorSpec
+from wire.secagg_vector import (
+    VECTOR_FIELD,
+    SecAggVectorSpec,
+    pack_masked,
+    refuse_non_finite,
+    unpack_masked,
+)
 
 DDP_VECTOR = "ddp"
 MIN_BITS, MAX_BITS = 8, 32  # 32: the masks are uint32 words
@@ -117,12 +122,7 @@ class DdpVectorSpec:
         """``[ddp_encode(flat), 1]`` as uint32 and the coordinates the L2 clip scaled (all of
         them or none). ``rng`` draws the rounding and the noise: a secret one on a device."""
         flat = np.asarray(flat)
-        if not np.isfinite(flat).all():
-            raise UpdateRejected(
-                RejectReason.NON_FINITE,
-                "the update holds NaN or Inf values; a masked upload of it would corrupt the "
-                "round's sum unseen, so it is not sent (lower the learning rate or clip)",
-            )
+        refuse_non_finite(flat)
         if flat.size != self.length or weight != 1:
             raise UpdateRejected(
                 RejectReason.LENGTH_MISMATCH,
@@ -153,18 +153,10 @@ class DdpVectorSpec:
             )
 
     def pack(self, vector: np.ndarray) -> bytes:
-        return pack_uint(vector & np.uint32(self.modulus_mask), self.bits)
+        return pack_masked(vector, self.bits)
 
     def unpack(self, payload: bytes, count: int) -> np.ndarray:
-        """The ``bits``-bit values of a masked upload of ``count`` coordinates (checked length)."""
-        expected = packed_size(count, self.bits)
-        if len(payload) != expected:
-            raise UpdateRejected(
-                RejectReason.LENGTH_MISMATCH,
-                f"masked upload is {len(payload)} bytes; {count} values of {self.bits} bits "
-                f"are {expected}",
-            )
-        return unpack_uint(payload, self.bits, count).astype(np.uint32)
+        return unpack_masked(payload, count, self.bits)
 
     def as_config(self) -> dict[str, int | float | str]:
         return {

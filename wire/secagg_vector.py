@@ -74,12 +74,7 @@ class SecAggVectorSpec:
         of a diverged update from a good one, so the client answers with an error instead and
         the server recovers its masks as for a dropped client.
         """
-        if not np.isfinite(flat).all():
-            raise UpdateRejected(
-                RejectReason.NON_FINITE,
-                "the update holds NaN or Inf values; a masked upload of it would corrupt the "
-                "round's sum unseen, so it is not sent (lower the learning rate or clip)",
-            )
+        refuse_non_finite(flat)
         clipped = int(np.count_nonzero(np.abs(flat) > self.clip))
         scaled = (np.clip(flat.astype(np.float64), -self.clip, self.clip) + self.clip) * (
             self.levels / (2 * self.clip)
@@ -114,18 +109,10 @@ class SecAggVectorSpec:
             )
 
     def pack(self, vector: np.ndarray) -> bytes:
-        return pack_uint(vector & np.uint32(self.modulus_mask), self.modulus_bits)
+        return pack_masked(vector, self.modulus_bits)
 
     def unpack(self, payload: bytes, count: int) -> np.ndarray:
-        """The m-bit values of a masked upload of ``count`` coordinates (checked length)."""
-        expected = packed_size(count, self.modulus_bits)
-        if len(payload) != expected:
-            raise UpdateRejected(
-                RejectReason.LENGTH_MISMATCH,
-                f"masked upload is {len(payload)} bytes; {count} values of "
-                f"{self.modulus_bits} bits are {expected}",
-            )
-        return unpack_uint(payload, self.modulus_bits, count).astype(np.uint32)
+        return unpack_masked(payload, count, self.modulus_bits)
 
     def as_config(self) -> dict[str, int | float | str]:
         return {
@@ -162,6 +149,32 @@ class SecAggVectorSpec:
             return cls(**values)
         except ValueError as err:
             raise UpdateRejected(RejectReason.BAD_SECAGG, str(err)) from None
+
+
+def refuse_non_finite(flat: np.ndarray) -> None:
+    """A NaN or Inf is refused (UpdateRejected, non-finite) before it is masked."""
+    if not np.isfinite(flat).all():
+        raise UpdateRejected(
+            RejectReason.NON_FINITE,
+            "the update holds NaN or Inf values; a masked upload of it would corrupt the "
+            "round's sum unseen, so it is not sent (lower the learning rate or clip)",
+        )
+
+
+def pack_masked(vector: np.ndarray, bits: int) -> bytes:
+    """A masked vector's values modulo ``2^bits``, ``bits`` each."""
+    return pack_uint(vector & np.uint32((1 << bits) - 1), bits)
+
+
+def unpack_masked(payload: bytes, count: int, bits: int) -> np.ndarray:
+    """The ``bits``-bit values of a masked upload of ``count`` coordinates (checked length)."""
+    expected = packed_size(count, bits)
+    if len(payload) != expected:
+        raise UpdateRejected(
+            RejectReason.LENGTH_MISMATCH,
+            f"masked upload is {len(payload)} bytes; {count} values of {bits} bits are {expected}",
+        )
+    return unpack_uint(payload, bits, count).astype(np.uint32)
 
 
 def flatten_kept(
