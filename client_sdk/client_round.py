@@ -22,23 +22,21 @@ import numpy as np
 import torch
 from flwr.app import ConfigRecord, Context, Message
 
-from client_sdk.feedback import flat_norm, load_residual, store_flat_residual
 from client_sdk.local_model import FakeQuantInt8, finish_local_model, prepare_local_model
 from client_sdk.records import FLOWER_RECORDS, RecordBuilder
-from client_sdk.rounds import (
-    RoundPlan,
-    TaskSource,
-    UpdateHook,
-    partition_id_of,
-    plan_round,
-    reply_message,
-    reply_metrics,
-    secure_metrics,
-    upload_reply,
-)
+from client_sdk.rounds import RoundPlan, TaskSource, UpdateHook, partition_id_of, plan_round
 from client_sdk.secagg import MaskPeers, mark_masked, mask_peers, masked_message, share_keys, unmask
 from client_sdk.task import ClientData
 from client_sdk.training import TrainStats, targets_tensor, train_local
+from client_sdk.upload import (
+    flat_norm,
+    load_residual,
+    reply_message,
+    reply_metrics,
+    secure_metrics,
+    store_flat_residual,
+    upload_reply,
+)
 from client_sdk.weights import load_arrays, model_arrays
 
 # (node context, the server's config for this round) -> this client's data

@@ -3,7 +3,7 @@
 A device builds them with Flower's own checked constructors (:data:`FLOWER_RECORDS`). A
 simulator that builds thousands of replies a round may pass a builder of the same records
 made faster (Pollen's batched engine: ``simulations.batched.flower_private``); the reply's
-layout stays written once, in :mod:`client_sdk.rounds`.
+layout stays written once, in :mod:`client_sdk.upload`.
 """
 
 from __future__ import annotations

@@ -1,44 +1,35 @@
-"""One training round on a client, split in the parts every runtime shares.
+"""Step 1 of a client round: the plan, read from the server's train message.
 
-:func:`plan_round` reads what the server sent (model, pruning mask, codec, schedule) and
-:func:`upload_reply` turns a locally trained model into the compact reply. The SDK's ClientApp
-trains one model between the two; Pollen's batched simulation engine trains K clients at once
-between them, so both runtimes send byte-for-byte the same kind of reply. Other packages use
-these through :mod:`client_sdk.client_round`, the seam's public API.
+:func:`plan_round` reads what the server sent (model, pruning mask, codec, schedule, seeds)
+into a :class:`RoundPlan`; :func:`client_sdk.upload.upload_reply` later turns the model trained
+on it into the reply. The SDK's ClientApp trains one model between the two; Pollen's batched
+simulation engine trains K clients at once between them, so both runtimes send byte-for-byte
+the same kind of reply. Other packages use these through :mod:`client_sdk.client_round`, the
+seam's public API.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Message, MetricRecord
+from flwr.app import ConfigRecord, Context, Message
 
-from client_sdk.feedback import encode_with_feedback, residual_norm
-from client_sdk.records import FLOWER_RECORDS, RecordBuilder
-from client_sdk.secagg import masked_reply
 from client_sdk.seeding import client_seed, client_seeds
 from client_sdk.task import Task, TaskConfigError
-from client_sdk.training import LocalSchedule, TrainStats
+from client_sdk.training import LocalSchedule
 from client_sdk.weights import model_arrays, tensor_specs
 from wire import (
     DOWNLOAD_RECORD_KEY,
     MASK_FIELD,
     PAYLOAD_FIELD,
-    UPDATE_RECORD_KEY,
     CodecConfigError,
     CodecSpec,
     MaskSet,
     decode_update,
     keys,
 )
-from wire.ddp_vector import DdpVectorSpec, vector_spec_from_config
-from wire.dp import local_dp
-from wire.rotation import block_for, rotate
-from wire.secagg_protocol import SECAGG_RECORD_KEY
-from wire.secagg_vector import flatten_kept
 
 # a fixed Task, or a resolver from the task name the server sends in its config
 TaskSource = Task | Callable[[str], Task]
@@ -166,150 +157,4 @@ def plan_round(task: TaskSource, msg: Message) -> RoundPlan:
         schedule=local_schedule(the_task, config),
         codec=codec_from_config(config),
         error_feedback=bool(config.get(keys.ERROR_FEEDBACK, False)),
-    )
-
-
-def upload_reply(
-    msg: Message,
-    plan: RoundPlan,
-    context: Context,
-    local: dict[str, np.ndarray],
-    stats: TrainStats,
-    update_hook: UpdateHook | None = None,
-    *,
-    records: RecordBuilder = FLOWER_RECORDS,
-) -> Message:
-    """Encode ``local - global`` (trained parameters only) and wrap it in the reply Message
-    (``records``: how its records are built, Flower's checked constructors by default)."""
-    delta = {
-        name: local[name] - g
-        for name, g in plan.global_arrays.items()
-        if not name.startswith(plan.frozen)
-    }
-    if update_hook is not None:
-        delta = update_hook(delta, context, plan.config)
-    if keys.DP_LOCAL_CLIP in plan.config:  # local DP: clipped and noised before it leaves
-        delta = local_privacy(delta, plan, context)
-    if SECAGG_RECORD_KEY in msg.content:
-        return secure_reply(msg, plan, context, delta, stats)
-    carried = residual_norm(context.state) if plan.error_feedback else 0.0
-    payload = encode_with_feedback(
-        delta,
-        server_round=plan.server_round,
-        codec=plan.codec,
-        masks=plan.masks,
-        rng=np.random.default_rng(plan.seed_for(partition_id_of(context))),
-        state=context.state if plan.error_feedback else None,
-    )
-    return reply_message(msg, plan, context, payload, stats, carried, records=records)
-
-
-def local_privacy(
-    delta: dict[str, np.ndarray], plan: RoundPlan, context: Context
-) -> dict[str, np.ndarray]:
-    """The server's local-DP clip and noise applied here (:func:`wire.dp.local_dp`). The noise
-    comes from ``os.urandom``: one the server could recompute would protect nothing from it;
-    ``dp-local-seeded`` (reproducible experiments) draws it from the client's round seed."""
-    clip = float(plan.config[keys.DP_LOCAL_CLIP])  # type: ignore[arg-type]
-    stddev = float(plan.config.get(keys.DP_LOCAL_STDDEV, 0.0))  # type: ignore[arg-type]
-    if plan.config.get(keys.DP_LOCAL_SEEDED, False):
-        seed: int | list[int] = [plan.seed_for(partition_id_of(context)), 0x4C4450]
-    else:
-        seed = int.from_bytes(os.urandom(32), "little")
-    return local_dp(delta, clip, stddev, np.random.default_rng(seed))
-
-
-def reply_metrics(
-    plan: RoundPlan,
-    context: Context,
-    stats: TrainStats,
-    upload_bytes: int,
-    carried: float = 0.0,
-    residual: float | None = None,
-    *,
-    records: RecordBuilder = FLOWER_RECORDS,
-) -> MetricRecord:
-    """What the server weighs (``num-examples``) and logs for one client's train reply
-    (``residual``: the stored residual's norm when the caller has it, else read from state)."""
-    values: dict[str, int | float] = {
-        "num-examples": int(stats.num_examples),
-        "train-loss": float(stats.mean_loss),
-        "train-steps": int(stats.steps),
-        "partition-id": partition_id_of(context),
-        "upload-bytes": int(upload_bytes),
-    }
-    if plan.error_feedback:
-        values["residual-carried"] = float(carried)
-        values["residual-norm"] = float(
-            residual_norm(context.state) if residual is None else residual
-        )
-    return records.metric(values)
-
-
-def reply_message(
-    msg: Message,
-    plan: RoundPlan,
-    context: Context,
-    payload: bytes,
-    stats: TrainStats,
-    carried: float = 0.0,
-    residual: float | None = None,
-    *,
-    records: RecordBuilder = FLOWER_RECORDS,
-) -> Message:
-    """The train reply: the encoded update and the metrics the server weighs and logs."""
-    metrics = reply_metrics(plan, context, stats, len(payload), carried, residual, records=records)
-    update = records.config({PAYLOAD_FIELD: payload})
-    return records.reply(msg, {UPDATE_RECORD_KEY: update, "metrics": metrics})
-
-
-def secure_reply(
-    msg: Message,
-    plan: RoundPlan,
-    context: Context,
-    delta: dict[str, np.ndarray],
-    stats: TrainStats,
-) -> Message:
-    """Secure aggregation's masked upload: m bits per kept coordinate (+ the weight), no header.
-
-    The server only learns the sum, so the reply carries no ``num-examples``: the weight is
-    inside the masked vector (:mod:`wire.secagg_vector`). Under distributed DP
-    (:mod:`wire.ddp_vector`) the vector is the clipped, rotated, rounded and noised update and
-    its rounding and noise come from ``os.urandom`` (noise the server could recompute would
-    protect nothing), or from the client's round seed when the round config says
-    ``dp-local-seeded`` (reproducible experiments only).
-    """
-    if plan.error_feedback or plan.codec.topk:
-        raise TaskConfigError(
-            "secure aggregation sums one shared grid of integers: it cannot be combined with "
-            "top-k sparsification or error feedback"
-        )
-    spec = vector_spec_from_config(msg.content[SECAGG_RECORD_KEY])
-    flat = flatten_kept(delta, list(delta), plan.masks)
-    if plan.codec.rotate == "client":
-        raise TaskConfigError("secure aggregation sums the uploads: rotate must be shared")
-    seed: int | list[int] = plan.seed_for(partition_id_of(context))
-    if isinstance(spec, DdpVectorSpec):
-        if plan.codec.rotate != "none":
-            raise TaskConfigError(
-                "distributed DP rotates by itself: the codec's rotate must be none"
-            )
-        if not plan.config.get(keys.DP_LOCAL_SEEDED, False):
-            seed = int.from_bytes(os.urandom(32), "little")
-    elif plan.codec.rotate == "shared":  # clip and quantize the rotated vector (the sum unrotates)
-        block = block_for(flat.size, plan.codec.rotate_block)
-        flat = rotate(flat, plan.codec.rotate_seed, block)
-    rng = np.random.default_rng(seed)
-    vector, clipped = spec.quantize(flat, spec.weight_of(stats.num_examples), rng)
-    return masked_reply(msg, context, vector, secure_metrics(context, stats, clipped, flat.size))
-
-
-def secure_metrics(context: Context, stats: TrainStats, clipped: int, size: int) -> MetricRecord:
-    """A masked upload's metrics: no ``num-examples`` (the weight is inside the masked vector)."""
-    return MetricRecord(
-        {
-            "train-loss": stats.mean_loss,
-            "partition-id": partition_id_of(context),
-            "clipped-fraction": clipped / max(size, 1),
-        }
     )

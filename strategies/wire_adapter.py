@@ -2,7 +2,7 @@
 
 The adapter wraps a Flower strategy the way Flower's DP wrappers do. A round reads:
 sample (reproducibly) -> configure (pruning mask, codec config, the inner strategy's
-``configure_train``) -> decode + validate each reply (:mod:`strategies.decoding`: an update or
+``configure_train``) -> decode + validate each reply (:mod:`strategies.aggregators`: an update or
 a counted rejection; the round goes on with the rest) -> aggregate (:mod:`strategies.aggregators`:
 the streaming mean, every update, or the secure sum, as the strategy's capability says) -> the
 server step, Flower's own ``aggregate_train`` on fresh messages built for it (no reply that came
@@ -25,13 +25,14 @@ from strategies.aggregation import weighted_metrics
 from strategies.aggregators import (
     MEAN_ONLY_STRATEGIES,
     Aggregator,
+    RoundDecoder,
     SecureSum,
     UpdateAggregator,
     aggregator_for,
     needs_only_mean,
+    quantized_download,
 )
 from strategies.compression import CompressionSettings
-from strategies.decoding import RoundDecoder, quantized_download
 from strategies.privacy.central import CentralDp
 from strategies.privacy.distributed import DistributedDp
 from strategies.privacy.local import LocalDp

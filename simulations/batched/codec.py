@@ -1,7 +1,7 @@
 """The update codec for K clients at once on the engine's device: quantize, pack, error feedback.
 
 A torch port of :mod:`wire.quantize`, :mod:`wire.bitpack` (widths 1..32) and the SDK's
-error feedback (:mod:`client_sdk.feedback`) over [K, n] rows, written by hand because the wire
+error feedback (:mod:`client_sdk.upload`) over [K, n] rows, written by hand because the wire
 layer is numpy-only (devices run it without torch) while the batched engine keeps the trained
 models on its device. Every step is the same IEEE float32 operation as numpy's, one kernel at a
 time (no fused multiply-add; ``torch.round`` rounds half to even like ``np.rint``), dtypes

@@ -1,6 +1,6 @@
 """Secure aggregation's masked uploads (SecAgg+ stage 3) for a chunk of K clients at once.
 
-On a device, :func:`client_sdk.rounds.secure_reply` quantizes the update onto the round's
+On a device, :func:`client_sdk.upload.secure_reply` quantizes the update onto the round's
 shared integer grid (:mod:`wire.secagg_vector`), adds a self mask and one signed pairwise mask
 per live neighbour (:func:`client_sdk.secagg.mask_vector`) and packs m bits per value. Here the
 same steps run over the chunk's [K, n] rows, with every payload, metric and state change
@@ -271,7 +271,7 @@ def _ddp_vectors(
     spec: DdpVectorSpec, plan: RoundPlan, flat: torch.Tensor, contexts: list[Context]
 ) -> tuple[torch.Tensor, list[int]]:
     """:meth:`DdpVectorSpec.quantize` row by row on the host, each with the generator the SDK
-    draws from (:func:`client_sdk.rounds.secure_reply`: a secret ``os.urandom`` seed, or the
+    draws from (:func:`client_sdk.upload.secure_reply`: a secret ``os.urandom`` seed, or the
     client's round seed when the round says ``dp-local-seeded``), so a row's rounding and noise
     are the SDK's own; its masks and packing are then batched with the others. Conditional
     rounding redraws a row until its norm fits, so the rows need not take the same number of

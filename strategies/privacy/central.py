@@ -37,8 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 
-from strategies.aggregators import fresh_reply
-from strategies.decoding import Update
+from strategies.aggregators import Update, fresh_reply
 from strategies.privacy.accounting import (
     Ledger,
     PrivacyError,

@@ -1,6 +1,6 @@
 """Local differential privacy: each client clips its whole update to L2 norm ``C`` and adds
 ``N(0, (z C)^2)`` per coordinate on the device (:func:`wire.dp.local_dp`, applied by
-``client_sdk.rounds.local_privacy``) before encoding, so the server never holds an un-noised
+``client_sdk.upload.local_privacy``) before encoding, so the server never holds an un-noised
 update (the local model of DP; Kasiviswanathan et al. 2011, Gaussian mechanism).
 
 Accounting is per client against the server: one participation is the Gaussian mechanism on a

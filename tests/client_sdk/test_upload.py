@@ -1,7 +1,7 @@
 import numpy as np
 from flwr.app import RecordDict
 
-from client_sdk.feedback import (
+from client_sdk.upload import (
     RESIDUAL_KEY,
     encode_with_feedback,
     residual_norm,

@@ -10,8 +10,8 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord
 
 from client_sdk import build_client_app, model_arrays
-from client_sdk.feedback import RESIDUAL_KEY
 from client_sdk.tasks import get_task
+from client_sdk.upload import RESIDUAL_KEY
 from server import RunSettings
 from strategies import StrategySettings, build_strategy
 from tests.helpers.simulated import iid_data as simulated_client_data

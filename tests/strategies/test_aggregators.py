@@ -11,10 +11,10 @@ from strategies.aggregators import (
     CollectAll,
     MeanAggregator,
     SecureSum,
+    Update,
     aggregator_for,
     needs_only_mean,
 )
-from strategies.decoding import Update
 from strategies.registry import PER_UPDATE_STRATEGIES, STRATEGY_CLASSES, SUM_STRATEGIES
 from strategies.secagg import SecAggSession
 from strategies.stats import RoundStats

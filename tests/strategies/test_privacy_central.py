@@ -11,7 +11,7 @@ import pytest
 from flwr.app import MessageType, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
-from strategies.decoding import Update
+from strategies.aggregators import Update
 from strategies.privacy.accounting import PrivacyError, RoundPlan, epsilon_by_round
 from strategies.privacy.central import AdaptiveClip, CentralDp, DpMeanAggregator, update_norm
 from tests.helpers.replies import GLOBAL, float32_arrays

@@ -7,9 +7,8 @@ import pytest
 import torch
 from flwr.app import MessageType, RecordDict
 
-from client_sdk.feedback import stored_residual
-from client_sdk.rounds import upload_reply
 from client_sdk.tasks import get_task
+from client_sdk.upload import stored_residual, upload_reply
 from simulations.batched import codec, memory
 from simulations.batched.chunk_job import ChunkJob
 from simulations.batched.codec import dequantize_rows, encode_chunk, pack_rows, quantize_rows

@@ -10,8 +10,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Rec
 from torch import nn
 
 from client_sdk import model_arrays
-from client_sdk.feedback import stored_residual
 from client_sdk.tasks import get_task
+from client_sdk.upload import stored_residual
 from simulations.batched import BatchedGrid
 from simulations.batched.memory import SAFETY, MemoryPlanner
 from tests.helpers.simulated import iid_data as simulated_client_data

@@ -12,9 +12,8 @@ import pytest
 import torch
 from flwr.app import MessageType, RecordDict
 
-from client_sdk.feedback import stored_residual
-from client_sdk.rounds import upload_reply
 from client_sdk.tasks import get_task
+from client_sdk.upload import stored_residual, upload_reply
 from simulations.batched.chunk_job import ChunkJob
 from simulations.batched.replies import ReplyOptions, chunk_replies
 from simulations.batched.rotated import (

@@ -8,9 +8,9 @@ import pytest
 import torch
 from flwr.app import MessageType, RecordDict
 
-from client_sdk.rounds import upload_reply
 from client_sdk.secagg import STATE_KEY
 from client_sdk.tasks import get_task
+from client_sdk.upload import upload_reply
 from simulations.batched import secure
 from simulations.batched.agreements import AgreementCache
 from simulations.batched.chacha import keystream_words
