@@ -7,13 +7,22 @@ next round (:mod:`.caches`). K comes from the memory planner (:mod:`.memory`); a
 runs out of GPU memory is retried with K halved. Each chunk trains in the layout the tuner
 chose (:mod:`.layouts`) and its replies are built by :func:`.replies.chunk_replies`. A secure
 round's masks are computed for all its clients before the first chunk trains (:mod:`.secure`).
+
+On a CPU with several threads, a round whose planned steps fill every core for most of it
+trains its chunks at once, one torch thread each (:func:`plan_chunks`; as pfl-research's
+worker processes train users, Granqvist et al. 2024); a chunk trains exactly as alone on one
+thread, so the replies do not depend on which thread trained which chunk.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 from flwr.app import Context, Message
 
@@ -25,12 +34,90 @@ from simulations.batched.memory import MemoryPlanner
 from simulations.batched.replies import ReplyOptions, chunk_replies
 from simulations.batched.secure import SecureRound, round_masks
 from simulations.batched.stats import EngineStats
-from simulations.batched.training import NotVectorizable, check_sample_mean_loss, train_clients
+from simulations.batched.training import (
+    ClientBatch,
+    NotVectorizable,
+    TrainedChunk,
+    check_sample_mean_loss,
+    train_clients,
+)
 
 log = logging.getLogger(__name__)
 
 # (message, its node's context, the node's data): one client of a round, ready to train
 Ready = tuple[Message, Context, ClientData]
+# The planned cost of a chunk on one thread, in client-steps: each of its steps costs one per
+# client still training plus a fixed part (vmap, autograd, the optimizer) worth this many.
+STEP_FIXED_ROWS = 4.0
+# How much faster every thread trains one chunk than one thread does (what a round trained
+# chunk after chunk gets from the other cores; benchmarks/README.md).
+THREADS_SPEEDUP = 1.6
+# Chunks trained at once but not yet answered, at most (their data stays in memory).
+MAX_PENDING = 8
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """The round's chunks (positions in its clients sorted largest first) and whether they
+    train at once, one thread each."""
+
+    chunks: list[list[int]]
+    at_once: bool
+
+
+def chunk_cost(steps: np.ndarray) -> float:
+    """Planned one-thread cost of a chunk whose clients take ``steps`` steps (client-steps)."""
+    return float(steps.sum() + STEP_FIXED_ROWS * steps.max())
+
+
+def _makespan(costs: list[float], workers: int) -> float:
+    """Time to train chunks of ``costs`` on ``workers`` threads, largest first into the
+    least-loaded thread (as a pool runs them when they are submitted largest first)."""
+    load = [0.0] * workers
+    for cost in sorted(costs, reverse=True):
+        load[load.index(min(load))] += cost
+    return max(load)
+
+
+def plan_chunks(steps: np.ndarray, k: int, workers: int) -> ChunkPlan:
+    """Chunks of at most ``k`` clients for ``steps`` (each client's planned steps, largest
+    first) on ``workers`` CPU threads.
+
+    In order (chunk after chunk, every thread in each) unless balanced chunks trained at once
+    are planned to finish first: clients largest first into the least-loaded of ``workers``
+    groups (counting each chunk's fixed cost), each group cut into chunks of ``k``, one thread
+    per chunk, listed costliest first (the order a pool should take them in). Deterministic:
+    it reads only the planned steps.
+    """
+    n = len(steps)
+    in_order = ChunkPlan([list(range(s, min(n, s + k))) for s in range(0, n, k)], False)
+    if workers < 2 or n < 2:
+        return in_order
+    load, groups = [0.0] * workers, [[] for _ in range(workers)]
+    for i, count in enumerate(steps.tolist()):
+        w = load.index(min(load))
+        starts_chunk = len(groups[w]) % k == 0  # largest first: this client sets its length
+        load[w] += count * (1.0 + (STEP_FIXED_ROWS if starts_chunk else 0.0))
+        groups[w].append(i)
+    balanced = [g[s : s + k] for g in groups for s in range(0, len(g), k)]
+    costs = [chunk_cost(steps[c]) for c in balanced]
+    alone = sum(chunk_cost(steps[c]) for c in in_order.chunks) / THREADS_SPEEDUP
+    if _makespan(costs, workers) >= alone:
+        return in_order
+    costliest = sorted(range(len(balanced)), key=lambda i: (-costs[i], i))
+    return ChunkPlan([balanced[i] for i in costliest], True)
+
+
+@dataclass
+class _Job:
+    """A chunk ready to train: its clients, their seeds, data, and the layout it trains in."""
+
+    chunk: list[Ready]
+    seeds: list[int]
+    batch: ClientBatch
+    before: int  # device memory allocated before the chunk (MemoryPlanner.start_chunk)
+    layout: str = ""
+    train_seconds: float = 0.0
 
 
 class ChunkRunner:
@@ -74,11 +161,27 @@ class ChunkRunner:
             secure.masks = round_masks(plan, messages, contexts, self.device, secure.agreements)
             self.stats.reply_seconds += time.perf_counter() - started
         try:
-            self._chunks(plan, ready, options, secure, outbox)
+            chunks = self._cpu_plan(plan, ready)
+            if chunks is None:
+                self._in_order(plan, ready, options, secure, outbox)
+            else:
+                chosen = [[ready[i] for i in chunk] for chunk in chunks]
+                self._at_once(plan, chosen, options, secure, outbox)
         finally:
             secure.masks = None
 
-    def _chunks(
+    def _cpu_plan(self, plan: RoundPlan, ready: list[Ready]) -> list[list[int]] | None:
+        """Balanced chunks to train at once (:func:`plan_chunks`), or None: chunk after chunk."""
+        workers = torch.get_num_threads() if self.device.type == "cpu" else 1
+        # the cost constants were measured with the packed kernels on image models
+        if workers < 2 or ready[0][2].x_train.ndim != 4 or not self.tuner.stored_channels_last():
+            return None
+        sizes = np.array([len(d.y_train) for _, _, d in ready], dtype=np.int64)
+        steps = -(-sizes // plan.schedule.batch_size) * plan.schedule.epochs  # as batch_schedule
+        chosen = plan_chunks(steps, self.memory.clients_per_chunk(len(ready)), workers)
+        return chosen.chunks if chosen.at_once else None
+
+    def _in_order(
         self,
         plan: RoundPlan,
         ready: list[Ready],
@@ -92,7 +195,8 @@ class ChunkRunner:
             k = self.memory.clients_per_chunk(len(ready) - done)
             chunk = ready[done : done + k]
             try:
-                self._chunk(plan, chunk, options, secure, outbox)
+                job = self._prepare(plan, chunk)
+                trained = self._trained(plan, job)
             except torch.cuda.OutOfMemoryError:
                 smaller = self.memory.shrink_after_oom(k)
                 log.warning(
@@ -103,19 +207,53 @@ class ChunkRunner:
                 if k == 1:
                     raise
                 continue
+            self._answer(plan, job, trained, options, secure, outbox)
             done += len(chunk)
 
-    def _chunk(
+    def _at_once(
         self,
         plan: RoundPlan,
-        chunk: list[Ready],
+        chunks: list[list[Ready]],
         options: ReplyOptions,
         secure: SecureRound,
         outbox: dict[str, Message],
     ) -> None:
-        contexts = [c for _, c, _ in chunk]
-        pids = [partition_id_of(c) for c in contexts]
-        seeds = plan.seeds_for(pids)
+        """The chunks in a pool of one-thread workers, in the plan's order (a worker that
+        finishes takes the next) and answered in that order here, at most
+        :data:`MAX_PENDING` prepared ahead (their data stays in memory)."""
+        workers = torch.get_num_threads()
+        pending: deque[tuple[_Job, Future]] = deque()
+        torch.set_num_threads(1)  # each chunk trains as on one core
+        try:
+            with ThreadPoolExecutor(workers, thread_name_prefix="pollen-chunk") as pool:
+                try:
+                    for chunk in chunks:
+                        job = self._prepare(plan, chunk)
+                        pending.append((job, pool.submit(self._train, plan, job)))
+                        if len(pending) > MAX_PENDING:
+                            self._finish(plan, *pending.popleft(), options, secure, outbox)
+                    while pending:
+                        self._finish(plan, *pending.popleft(), options, secure, outbox)
+                except BaseException:
+                    pool.shutdown(cancel_futures=True)
+                    raise
+        finally:
+            torch.set_num_threads(workers)
+
+    def _finish(
+        self,
+        plan: RoundPlan,
+        job: _Job,
+        future: Future,
+        options: ReplyOptions,
+        secure: SecureRound,
+        outbox: dict[str, Message],
+    ) -> None:
+        self._answer(plan, job, self._trained(plan, job, future), options, secure, outbox)
+
+    def _prepare(self, plan: RoundPlan, chunk: list[Ready]) -> _Job:
+        """The chunk's data on the device and the layout it trains in."""
+        pids = [partition_id_of(c) for _, c, _ in chunk]
         before = self.memory.start_chunk()
         data_started = time.perf_counter()
         channels_last = self.tuner.stored_channels_last()
@@ -123,31 +261,56 @@ class ChunkRunner:
             plan, pids, [d for _, _, d in chunk], channels_last=channels_last
         )
         self.stats.data_seconds += time.perf_counter() - data_started
+        job = _Job(chunk, plan.seeds_for(pids), batch, before)
+        job.layout = self.tuner.layout_for(plan, batch, job.seeds)
+        self._note_layout()
+        return job
+
+    def _train(self, plan: RoundPlan, job: _Job) -> TrainedChunk:
+        started = time.perf_counter()
+        with cudnn_benchmark(self.tuner.cudnn_benchmark):
+            trained = train_clients(plan, job.batch, job.seeds, self.device, layout=job.layout)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        job.train_seconds += time.perf_counter() - started  # added up by _answer
+        return trained
+
+    def _trained(self, plan: RoundPlan, job: _Job, future: Future | None = None) -> TrainedChunk:
+        """The chunk trained (``future``'s result, or trained here); on an error from Pollen's
+        kernels, trained again with vmap's own rules, else :class:`NotVectorizable`."""
         try:
-            layout = self.tuner.layout_for(plan, batch, seeds)
-            self._note_layout()
-            started = time.perf_counter()
-            with cudnn_benchmark(self.tuner.cudnn_benchmark):
-                trained = train_clients(plan, batch, seeds, self.device, layout=layout)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            self.stats.train_seconds += time.perf_counter() - started
+            return future.result() if future is not None else self._train(plan, job)
         except (RuntimeError, TypeError, ValueError) as err:
             if isinstance(err, torch.cuda.OutOfMemoryError):
                 raise
-            if self.tuner.give_up_kernels(batch, err):  # e.g. a CNN that .view()s
+            # e.g. a CNN that .view()s; a chunk already running when another gave up retrains
+            if job.layout != self.tuner.layout or self.tuner.give_up_kernels(job.batch, err):
                 self._note_layout()
-                self._chunk(plan, chunk, options, secure, outbox)
-                return
+                again = self._prepare(plan, job.chunk)  # stored as the new layout reads it
+                job.batch, job.layout, job.before = again.batch, again.layout, again.before
+                return self._trained(plan, job)
             raise NotVectorizable(
                 f"vmap could not run the Task: {type(err).__name__}: {err}"
             ) from err
-        self.memory.end_chunk(len(chunk), before)
+
+    def _answer(
+        self,
+        plan: RoundPlan,
+        job: _Job,
+        trained: TrainedChunk,
+        options: ReplyOptions,
+        secure: SecureRound,
+        outbox: dict[str, Message],
+    ) -> None:
+        chunk = job.chunk
+        self.memory.end_chunk(len(chunk), job.before)
         self.stats.chunk_sizes.append(len(chunk))
+        self.stats.train_seconds += job.train_seconds  # summed over the workers
         started = time.perf_counter()
-        messages = [m for m, _, _ in chunk]
-        job = ChunkJob(plan, messages, contexts, trained, self.device)
-        built = chunk_replies(job, options, secure)
+        messages, contexts = [m for m, _, _ in chunk], [c for _, c, _ in chunk]
+        built = chunk_replies(
+            ChunkJob(plan, messages, contexts, trained, self.device), options, secure
+        )
         self.stats.pooled_clients += built.pooled
         self.stats.sdk_encoded_clients += built.by_sdk
         for msg, reply in zip(messages, built.replies, strict=True):

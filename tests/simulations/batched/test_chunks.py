@@ -4,13 +4,16 @@ client answered once, largest clients first."""
 import dataclasses
 import logging
 
+import numpy as np
 import pytest
 import torch
 from flwr.app import MessageType, RecordDict
+from torch import nn
 
 from client_sdk.tasks import get_task
+from client_sdk.tasks.sizes import client_sizes
 from simulations.batched.caches import ClientCaches
-from simulations.batched.chunks import ChunkRunner
+from simulations.batched.chunks import ChunkPlan, ChunkRunner, chunk_cost, plan_chunks
 from simulations.batched.layouts import LayoutTuner
 from simulations.batched.memory import MemoryPlanner
 from simulations.batched.replies import ReplyOptions
@@ -20,6 +23,7 @@ from simulations.batched.training import NotVectorizable
 from tests.helpers.batched import CPU
 from tests.helpers.batched import round_plan as _plan
 from tests.helpers.simulated import split_data
+from tests.helpers.skewed import skewed_clients
 from tests.messages import message, node_context
 from wire import PAYLOAD_FIELD, UPDATE_RECORD_KEY, decode_update
 
@@ -100,3 +104,97 @@ def test_a_loss_that_is_not_a_per_sample_mean_is_not_vectorizable():
     with pytest.raises(NotVectorizable, match="not the mean of per-sample losses"):
         runner.run(plan, _ready(plan), ReplyOptions(), SecureRound(), outbox)
     assert outbox == {} and stats.vectorized_clients == 0
+
+
+def test_one_chunk_of_equal_clients_or_one_thread_trains_in_order():
+    steps = np.full(50, 5)
+    assert plan_chunks(steps, 50, 1) == ChunkPlan([list(range(50))], False)
+    tiny = plan_chunks(np.array([3, 1]), 50, 2)
+    assert tiny == ChunkPlan([[0, 1]], False)  # two chunks would each pay the fixed cost
+
+
+def test_skewed_chunks_are_balanced_by_their_planned_steps():
+    sizes = client_sizes("pareto:2", 50, 100, seed=0)
+    steps = np.sort(-(-sizes // 10))[::-1]
+    in_order = [list(range(0, 50)), list(range(50, 100))]
+    assert chunk_cost(steps[in_order[0]]) > 3 * chunk_cost(steps[in_order[1]])
+    chosen = plan_chunks(steps, 50, 2)
+    assert chosen.at_once and plan_chunks(steps, 50, 2) == chosen  # deterministic
+    assert sorted(i for c in chosen.chunks for i in c) == list(range(100))
+    assert all(c == sorted(c) and len(c) <= 50 for c in chosen.chunks)
+    costs = [chunk_cost(steps[c]) for c in chosen.chunks]  # the two costliest run at once
+    assert costs == sorted(costs, reverse=True) and costs[0] < 1.1 * costs[1]
+    assert costs[0] < 0.7 * chunk_cost(steps[in_order[0]])
+
+
+def _cnn_ready(task, sizes):
+    """Image clients of ``sizes`` for ``task``, and its round plan (minibatches of 10)."""
+    plan = _plan(task, {"batch-size": 10, "local-epochs": 1})
+    ready = [
+        (
+            message(RecordDict(), src=0, dst=100 + pid, message_type=MessageType.TRAIN),
+            node_context(pid, len(sizes), node_id=100 + pid),
+            data,
+        )
+        for pid, data in enumerate(skewed_clients(task, sizes))
+    ]
+    return plan, ready
+
+
+def test_chunks_trained_at_once_answer_as_each_alone_on_one_thread():
+    saved = torch.get_num_threads()
+    plan, ready = _cnn_ready(get_task("tutorial-cnn:50"), [30] * 4)
+    chosen = plan_chunks(np.full(4, 3), 2, 2)  # two chunks of equal work
+    assert chosen == ChunkPlan([[0, 2], [1, 3]], True)
+    try:
+        torch.set_num_threads(2)
+        runner, _, stats = _runner(fixed_k=2)
+        at_once = {}
+        runner.run(plan, ready, ReplyOptions(pool=False), SecureRound(), at_once)
+        assert torch.get_num_threads() == 2
+        assert stats.chunk_sizes == [len(c) for c in chosen.chunks]
+        torch.set_num_threads(1)
+        alone = {}
+        for chunk in chosen.chunks:  # a run of one chunk's clients trains that chunk
+            runner, _, stats = _runner(fixed_k=len(chunk))
+            runner.run(
+                plan, [ready[i] for i in chunk], ReplyOptions(pool=False), SecureRound(), alone
+            )
+            assert stats.chunk_sizes == [len(chunk)]
+    finally:
+        torch.set_num_threads(saved)
+    assert set(alone) == set(at_once) == {m.metadata.message_id for m, _, _ in ready}
+    for key, reply in alone.items():
+        payload = reply.content[UPDATE_RECORD_KEY][PAYLOAD_FIELD]
+        assert isinstance(payload, bytes)
+        assert at_once[key].content[UPDATE_RECORD_KEY][PAYLOAD_FIELD] == payload
+
+
+class _ViewingCNN(nn.Module):
+    """A CNN that ``.view()``s its activations, which the packed kernels cannot give it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 5)
+        self.fc = nn.Linear(2 * 28 * 28, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv(x))
+        return self.fc(h.view(h.shape[0], -1))
+
+
+def test_chunks_at_once_that_the_packed_kernels_cannot_run_train_with_vmaps_rules(caplog):
+    viewing = dataclasses.replace(get_task("tutorial-cnn:50"), model_fn=_ViewingCNN)
+    plan, ready = _cnn_ready(viewing, [30] * 4)
+    saved, outbox = torch.get_num_threads(), {}
+    try:
+        torch.set_num_threads(2)  # two chunks at once (as above), each failing in the pool
+        runner, _, stats = _runner(fixed_k=2)
+        with caplog.at_level(logging.WARNING):
+            runner.run(plan, ready, ReplyOptions(pool=False), SecureRound(), outbox)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(saved)
+    assert "view size" in caplog.text and stats.layout == "grouped"
+    assert stats.chunk_sizes == [2, 2] and stats.vectorized_clients == 4
+    assert set(outbox) == {m.metadata.message_id for m, _, _ in ready}
