@@ -346,6 +346,7 @@ def main() -> None:
             "not_run": errors,
         }
         json_path.write_text(json.dumps(results, indent=2))  # after every task
+        plot(results, args.plot or args.out / "privacy.png")
     results["wall_s"] = time.perf_counter() - started
     json_path.write_text(json.dumps(results, indent=2))
     print(f"\n{results['command']}  (wall {results['wall_s']:.0f} s, delta {DELTA:g})")
