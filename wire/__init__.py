@@ -21,7 +21,7 @@ from wire.pooling import (
     POOL_WEIGHT_FIELD,
     POOLING_CONFIG_KEY,
 )
-from wire.rows import encode_float32_rows, encode_quantized_rows
+from wire.rows import encode_float32_rows
 from wire.stages import TensorSpec
 
 # Where a payload lives inside a Flower RecordDict: a ConfigRecord holding one bytes value.
@@ -52,6 +52,5 @@ __all__ = [
     "UpdateRejected",
     "decode_update",
     "encode_float32_rows",
-    "encode_quantized_rows",
     "encode_update",
 ]

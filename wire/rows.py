@@ -93,33 +93,3 @@ def encode_float32_rows(
     return encode_rows(
         {"values": values}, specs, server_round=server_round, codec=CodecSpec(), masks=masks
     )
-
-
-def encode_quantized_rows(
-    scales: np.ndarray,
-    codes: np.ndarray,
-    specs: Sequence[TensorSpec],
-    *,
-    server_round: int,
-    codec: CodecSpec,
-    masks: MaskSet | None = None,
-) -> list[bytes]:
-    """Payloads for many clients' quantized updates (no top-k, no rotation), one per row.
-
-    Row k of ``scales`` holds client k's (min, max) float32 pairs, chunk by chunk, and row k of
-    ``codes`` its bit-packed codes; quantizing them is the caller's.
-    """
-    if codec.topk or not codec.quant_bits or codec.scheme != "uniform" or codec.rotate != "none":
-        raise ValueError("encode_quantized_rows encodes quantized updates without top-k")
-    if len(scales) != len(codes):
-        raise ValueError(f"{len(scales)} rows of scales, {len(codes)} of codes")
-    return encode_rows(
-        {
-            "scales": np.ascontiguousarray(scales, dtype="<f4"),
-            "codes": np.ascontiguousarray(codes, dtype=np.uint8),
-        },
-        specs,
-        server_round=server_round,
-        codec=codec,
-        masks=masks,
-    )

@@ -8,12 +8,12 @@ time (no fused multiply-add; ``torch.round`` rounds half to even like ``np.rint`
 promote as numpy's do, and stochastic rounding uses each client's noise from the numpy
 generator the SDK seeds (on CUDA computed on the device, :mod:`.pcg64`): each payload and
 each stored residual is byte-for-byte the SDK's (``tests/simulations/batched/test_codec.py``).
-Top-k stays with the SDK's encoder.
+The uniform quantization twin (:mod:`.stage_twins`) runs these kernels; :mod:`.encoder` runs a
+round's chain of twins and stores residuals with :func:`store_residuals`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,13 +24,11 @@ from client_sdk.client_round import (
     RoundPlan,
     flat_norm,
     load_residual,
-    partition_id_of,
     store_flat_residual,
 )
-from simulations.batched.memory import encode_block
 from simulations.batched.pcg64 import uniform_float32
-from simulations.batched.training import TrainedChunk, local_minus_global, trained_tensors
-from wire import TensorSpec, encode_quantized_rows
+from simulations.batched.training import local_minus_global, trained_tensors
+from wire import TensorSpec
 from wire.bitpack import packed_size
 from wire.quantize import num_chunks
 
@@ -111,14 +109,6 @@ DecodedChunk = tuple[torch.Tensor, list[TensorSpec], int, list[float], list[floa
 DEVICE_DRAWS = {"cuda"}
 
 
-def _noise(
-    plan: RoundPlan, contexts: list[Context], count: int, device: torch.device
-) -> torch.Tensor:
-    """Each client's stochastic-rounding draws from the generator ``upload_reply`` seeds."""
-    seeds = plan.seeds_for([partition_id_of(c) for c in contexts])
-    return noise_rows(seeds, count, plan.codec.quant_chunk, device)
-
-
 def noise_rows(seeds: list[int], count: int, chunk: int, device: torch.device) -> torch.Tensor:
     """[K, chunks, chunk] float32: the first draws of ``np.random.default_rng(seed).random``
     per row, as the SDK's stochastic rounding takes them; computed on the device where
@@ -131,35 +121,6 @@ def noise_rows(seeds: list[int], count: int, chunk: int, device: torch.device) -
     for row, seed in zip(noise, seeds, strict=True):
         np.random.default_rng(seed).random(dtype=np.float32, out=row)
     return torch.from_numpy(noise).to(device)
-
-
-def encode_chunk(
-    plan: RoundPlan, contexts: list[Context], trained: TrainedChunk, device: torch.device
-) -> Iterator[tuple[slice, EncodedBlock | None]]:
-    """Quantized payloads of K clients, block by block: (the block's rows, its payloads and,
-    under error feedback, the norms of the residuals they carried in and of those they keep;
-    each node's stored residual is updated). None for a block with an update that is not
-    finite: nothing of it is stored, and the caller lets the SDK's encoder handle those clients
-    one by one, so that the server rejects exactly them."""
-    block = encode_block(device)
-    for start in range(0, len(contexts), block):
-        rows = slice(start, start + block)
-        local = {name: tensor[rows] for name, tensor in trained.local.items()}
-        yield rows, _encode_block(plan, contexts[rows], local, device)
-
-
-@dataclass
-class _QuantizedBlock:
-    """A block of clients' quantized updates (delta + residual), before any bytes."""
-
-    names: list[str]
-    specs: list[TensorSpec]
-    targets: list[torch.Tensor]  # [k, numel] per tensor, in its own dtype
-    keeps: list[torch.Tensor | None]
-    carried: list[float]  # norms of the residuals carried in (0.0 without error feedback)
-    codes: torch.Tensor
-    lo: torch.Tensor
-    hi: torch.Tensor
 
 
 @dataclass
@@ -215,101 +176,6 @@ def store_residuals(
     """Each node's residual ``target - sent`` ([k, n] what the server decodes) is stored; the
     new residuals' norms."""
     return _store_residuals(contexts, block.names, block.specs, block.targets, block.keeps, sent)
-
-
-def _quantize_block(
-    plan: RoundPlan,
-    contexts: list[Context],
-    local: dict[str, torch.Tensor],
-    device: torch.device,
-) -> _QuantizedBlock | None:
-    codec = plan.codec
-    targets = block_targets(plan, contexts, local, device)
-    kept = targets.kept
-    noise = None
-    if codec.stochastic:
-        noise = _noise(plan, contexts, kept.shape[1], device)
-    codes, lo, hi = quantize_rows(kept, codec.quant_bits, codec.quant_chunk, noise)
-    if not bool(torch.isfinite(lo).all() and torch.isfinite(hi).all()):  # min/max keep NaN, inf
-        return None
-    return _QuantizedBlock(
-        targets.names,
-        targets.specs,
-        targets.targets,
-        targets.keeps,
-        targets.carried,
-        codes,
-        lo,
-        hi,
-    )
-
-
-def _payloads(plan: RoundPlan, block: _QuantizedBlock, rows: slice = slice(None)) -> list[bytes]:
-    codec = plan.codec
-    scales = torch.stack([block.lo[rows], block.hi[rows]], dim=2).reshape(
-        block.lo[rows].shape[0], -1
-    )
-    return encode_quantized_rows(
-        scales.cpu().numpy(),
-        pack_rows(block.codes[rows], codec.quant_bits).cpu().numpy(),
-        block.specs,
-        server_round=plan.server_round,
-        codec=codec,
-        masks=plan.masks,
-    )
-
-
-def _sent_and_kept(
-    plan: RoundPlan, contexts: list[Context], block: _QuantizedBlock
-) -> tuple[torch.Tensor, list[float | None]]:
-    """What the server decodes from each payload ([k, kept] float32); under error feedback each
-    node's residual is stored and the new residuals' norms returned."""
-    codec = plan.codec
-    sent = dequantize_rows(block.codes, block.lo, block.hi, codec.quant_bits, codec.quant_chunk)
-    if not plan.error_feedback:
-        return sent, [None] * len(contexts)
-    norms = _store_residuals(contexts, block.names, block.specs, block.targets, block.keeps, sent)
-    return sent, norms
-
-
-def _encode_block(
-    plan: RoundPlan,
-    contexts: list[Context],
-    local: dict[str, torch.Tensor],
-    device: torch.device,
-) -> EncodedBlock | None:
-    block = _quantize_block(plan, contexts, local, device)
-    if block is None:
-        return None
-    payloads = _payloads(plan, block)
-    if not plan.error_feedback:
-        return payloads, block.carried, [None] * len(contexts)
-    return payloads, block.carried, _sent_and_kept(plan, contexts, block)[1]
-
-
-def decode_chunk(
-    plan: RoundPlan, contexts: list[Context], trained: TrainedChunk, device: torch.device
-) -> DecodedChunk | None:
-    """What the server would decode from each of the K clients' quantized payloads, without
-    the payloads: ([K, kept] float32 on ``device``, the specs, one payload's size in bytes,
-    carried and kept residual norms); each node's residual is stored as :func:`encode_chunk`
-    stores it. None, with nothing stored, when an update is not finite."""
-    step = encode_block(device)
-    parts = [slice(start, start + step) for start in range(0, len(contexts), step)]
-    blocks = []
-    for rows in parts:  # every block quantized before any residual is stored
-        local = {name: tensor[rows] for name, tensor in trained.local.items()}
-        blocks.append(_quantize_block(plan, contexts[rows], local, device))
-    if any(block is None for block in blocks):
-        return None
-    sent, carried, kept = [], [], []
-    for rows, block in zip(parts, blocks, strict=True):
-        values, norms = _sent_and_kept(plan, contexts[rows], block)
-        sent.append(values)
-        carried += block.carried
-        kept += norms
-    size = len(_payloads(plan, blocks[0], slice(0, 1))[0])  # one layout, one size per round
-    return torch.cat(sent), blocks[0].specs, size, carried, kept
 
 
 def _add_residual(

@@ -20,7 +20,7 @@ FREE_FRACTION = 0.8  # share of free memory the engine lets itself use
 # Clients per chunk on CPU: the fastest K for the tutorial CNN on the 2-core machine (larger K
 # falls out of cache; benchmarks/README.md).
 CPU_DEFAULT_CAP = 50
-# Clients encoded together (quantized, masked, bit-packed: .codec, .rotated, .secure), per device
+# Clients encoded together (quantized, masked, bit-packed: .encoder, .secure), per device
 # type: on a CPU a small block's tensors stay in cache (whole chunks of fresh tensors encoded
 # slower than numpy's client-by-client encoder; benchmarks/README.md); a GPU takes more.
 ENCODE_BLOCK = {"cpu": 32, "cuda": 1024}

@@ -3,8 +3,6 @@
 :func:`chunk_replies` takes the first path of :data:`REPLY_PATHS` that applies to the chunk
 (and does not decline it), from the least to the most per-client work:
 
-- ``rotated``: EDEN/DRIVE and EF-signSGD updates, rotated or not, quantized and bit-packed for
-  the K clients at once on the device (:mod:`.rotated`), byte-for-byte the SDK's payloads;
 - ``pooled``: when the server's train config allows pooling (its strategy needs only the
   weighted mean, :mod:`wire.pooling`), the chunk's weighted mean is summed on the device and
   sent once; the other K-1 replies carry their metrics and the pool's id. This removes the
@@ -16,8 +14,10 @@
   (None) when the mean or an update is not finite;
 - ``float32``: uncompressed updates, every payload cut from one [K, kept] matrix with one
   shared header (byte-for-byte what the SDK would send);
-- ``quantized``: uniformly quantized updates (with or without error feedback), quantized and
-  bit-packed for the K clients at once on the device (:mod:`.codec`);
+- ``quantized``: compressed updates (uniform quantization, EDEN/DRIVE, EF-signSGD, rotation,
+  fractional bits; with or without error feedback) through the codec's chain of stage twins for
+  the K clients at once on the device (:mod:`.encoder`), byte-for-byte the SDK's payloads
+  without rotation;
 - ``secure``: secure aggregation's masked uploads, quantized, masked and packed for the K
   clients at once (:mod:`.secure`), byte-for-byte the SDK's;
 - ``sdk``: everything else (top-k, hooked updates such as simulated attacks, a rotation
@@ -47,10 +47,10 @@ from client_sdk.client_round import (
     upload_reply,
 )
 from simulations.batched.chunk_job import ChunkJob
-from simulations.batched.codec import EncodedBlock, decode_chunk, encode_chunk
+from simulations.batched.codec import EncodedBlock
+from simulations.batched.encoder import decode_chunk, encode_chunk
+from simulations.batched.encoder import handles as twins_handle
 from simulations.batched.flower_private import FAST_RECORDS
-from simulations.batched.rotated import encode_rotated_chunk
-from simulations.batched.rotated import handles as handles_rotated
 from simulations.batched.secure import SecureRound, secure_replies
 from simulations.batched.training import flat_deltas, pooled_delta, weighted_mean
 from wire import (
@@ -162,9 +162,9 @@ def quantized_replies(
     job: ChunkJob,
     encoder: Callable[..., Iterator[tuple[slice, EncodedBlock | None]]] = encode_chunk,
 ) -> ChunkReplies:
-    """Quantized updates of the chunk from the device codec (``encoder``: uniform
-    quantization, or :func:`.rotated.encode_rotated_chunk`); the SDK's encoder takes a block
-    of the codec holding an update that is not finite."""
+    """Compressed updates of the chunk from the device's stage twins (``encoder``:
+    :func:`.encoder.encode_chunk`); the SDK's encoder takes a block holding an update that is
+    not finite."""
     replies: list[Message] = []
     by_sdk = 0
     for rows, encoded in encoder(job.plan, job.contexts, job.trained, job.device):
@@ -215,7 +215,7 @@ def pooled_replies(job: ChunkJob) -> list[Message] | None:
     """One pool: the first reply carries the chunk's weighted mean, the rest their metrics.
 
     Quantized updates: the mean of what the server would decode from each client's payload
-    (:func:`.codec.decode_chunk`: the same quantization, noise and residuals as the payloads,
+    (:func:`.encoder.decode_chunk`: the same quantization, noise and residuals as the payloads,
     without their bytes), and every member counts the payload it would have sent. None, with
     nothing stored, when the mean or an update is not finite: the caller sends per-client
     payloads instead, so the server rejects exactly the clients whose updates are bad.
@@ -301,11 +301,6 @@ def _plain_on_device(r: ReplyRequest) -> bool:
 
 # In order: the first path that applies and does not decline builds the chunk's replies.
 REPLY_PATHS: tuple[ReplyPath, ...] = (
-    ReplyPath(
-        "rotated",
-        lambda r: _plain_on_device(r) and handles_rotated(r.plan),
-        lambda r: quantized_replies(r.job, encode_rotated_chunk),
-    ),
     ReplyPath("pooled", lambda r: r.vectorized and r.float32 and r.pooling_allowed, _pooled),
     ReplyPath(
         "float32",
@@ -321,7 +316,7 @@ REPLY_PATHS: tuple[ReplyPath, ...] = (
     ),
     ReplyPath(
         "quantized",
-        lambda r: r.vectorized and r.options.on_device,
+        lambda r: _plain_on_device(r) and twins_handle(r.plan),
         lambda r: quantized_replies(r.job),
     ),
     ReplyPath(

@@ -11,7 +11,8 @@ from client_sdk.tasks import get_task
 from client_sdk.upload import stored_residual, upload_reply
 from simulations.batched import codec, memory
 from simulations.batched.chunk_job import ChunkJob
-from simulations.batched.codec import dequantize_rows, encode_chunk, pack_rows, quantize_rows
+from simulations.batched.codec import dequantize_rows, pack_rows, quantize_rows
+from simulations.batched.encoder import encode_chunk
 from simulations.batched.replies import quantized_replies
 from simulations.batched.training import stack_clients, train_clients
 from tests.helpers.batched import CPU

@@ -127,7 +127,6 @@ def test_a_pool_whose_mean_is_not_finite_is_not_built():
 def test_the_reply_paths_are_tried_from_the_least_to_the_most_per_client_work():
     names = [path.name for path in REPLY_PATHS]
     assert names == [
-        "rotated",
         "pooled",
         "float32",
         "pooled-quantized",

@@ -15,11 +15,11 @@ from flwr.app import MessageType, RecordDict
 from client_sdk.tasks import get_task
 from client_sdk.upload import stored_residual, upload_reply
 from simulations.batched.chunk_job import ChunkJob
+from simulations.batched.encoder import encode_chunk
 from simulations.batched.replies import ReplyOptions, chunk_replies
-from simulations.batched.rotated import (
+from simulations.batched.rotation_rows import (
     eden_rows,
     eden_values,
-    encode_rotated_chunk,
     fwht_rows,
     rotate_rows,
     sign_rows,
@@ -96,7 +96,7 @@ def _engine_vs_sdk(config, prune=False, rounds=2):
             upload_reply(request, plan, c, local, stats).content[UPDATE_RECORD_KEY][PAYLOAD_FIELD]
             for c, local, stats in zip(sdk_contexts, locals_, chunk.stats, strict=True)
         ]
-        blocks = [b for _, b in encode_rotated_chunk(plan, engine_contexts, chunk, CPU)]
+        blocks = [b for _, b in encode_chunk(plan, engine_contexts, chunk, CPU)]
         assert None not in blocks
         out.append((sdk, [p for b in blocks for p in b[0]]))
     return plan, out, sdk_contexts, engine_contexts
