@@ -108,9 +108,10 @@ def test_a_loss_that_is_not_a_per_sample_mean_is_not_vectorizable():
 
 def test_one_chunk_of_equal_clients_or_one_thread_trains_in_order():
     steps = np.full(50, 5)
-    assert plan_chunks(steps, 50, 1) == ChunkPlan([list(range(50))], False)
-    tiny = plan_chunks(np.array([3, 1]), 50, 2)
-    assert tiny == ChunkPlan([[0, 1]], False)  # two chunks would each pay the fixed cost
+    for workers in (1, 2):  # the 50-client benchmark's round: one chunk, every thread
+        assert plan_chunks(steps, 50, workers) == ChunkPlan([list(range(50))], False)
+    tiny = plan_chunks(np.array([3, 1]), 1, 2)
+    assert tiny == ChunkPlan([[0], [1]], False)  # the long chunk alone takes most of the time
 
 
 def test_skewed_chunks_are_balanced_by_their_planned_steps():
