@@ -23,8 +23,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Two workers (pytest-xdist), one per core of the CI machine; tests/conftest.py splits torch's
+# threads between them and keeps their runs apart. `make test DURATIONS=30` lists more slow tests.
+DURATIONS ?= 5
 test: lint
-	$(BIN)/pytest -q --durations=5
+	$(BIN)/pytest -q -n 2 --dist loadgroup --durations=$(DURATIONS)
 
 e2e: $(STAMP)
 	$(BIN)/pytest -q -m e2e -s
