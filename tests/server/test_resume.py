@@ -7,6 +7,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from server import MODEL_FILE, read_metrics
 from server.checkpoint import CHECKPOINT_FILE
@@ -27,6 +28,8 @@ ARGS = [
     "--seed",
     "7",
 ]
+# Both tests read the one uninterrupted run: under pytest -n they go to the same worker.
+pytestmark = pytest.mark.xdist_group("resume")
 
 
 def _simulate(out, *extra, **popen):
@@ -41,9 +44,16 @@ def _rounds_logged(out):
     return [r["round"] for r in read_metrics(path)] if path.exists() else []
 
 
-def test_sigkilled_run_resumes_to_the_identical_model(tmp_path):
-    whole, crashed = tmp_path / "whole", tmp_path / "crashed"
-    assert _simulate(whole).wait(timeout=300) == 0
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+    """The uninterrupted run (5 rounds, seed 7): its final model and its checkpoint."""
+    out = tmp_path_factory.mktemp("resume") / "whole"
+    assert _simulate(out).wait(timeout=300) == 0
+    return out
+
+
+def test_sigkilled_run_resumes_to_the_identical_model(whole, tmp_path):
+    crashed = tmp_path / "crashed"
 
     victim = _simulate(crashed, start_new_session=True)
     deadline = time.monotonic() + 300
@@ -65,9 +75,7 @@ def test_sigkilled_run_resumes_to_the_identical_model(tmp_path):
     assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
 
 
-def test_resume_refuses_other_settings(tmp_path):
-    out = tmp_path / "run"
-    assert _simulate(out).wait(timeout=300) == 0
+def test_resume_refuses_other_settings(whole):
     other = subprocess.run(
         [
             sys.executable,
@@ -77,7 +85,7 @@ def test_resume_refuses_other_settings(tmp_path):
             *ARGS[:-1],
             "8",
             "--out",
-            str(out),
+            str(whole),
             "--resume",
         ],
         capture_output=True,
