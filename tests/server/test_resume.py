@@ -28,8 +28,6 @@ ARGS = [
     "--seed",
     "7",
 ]
-# Both tests read the one uninterrupted run: under pytest -n they go to the same worker.
-pytestmark = pytest.mark.xdist_group("resume")
 
 
 def _simulate(out, *extra, **popen):
