@@ -1,5 +1,6 @@
 """Secure aggregation on a real deployment: a TLS SuperLink with SuperNode authentication and
-four registered SuperNodes run two SecAgg+ rounds; an insecure SuperNode is refused."""
+four registered SuperNodes run two SecAgg+ rounds with distributed DP (each node adds its discrete
+Gaussian share before masking; the epsilon is reported); an insecure SuperNode is refused."""
 
 import os
 import subprocess
@@ -31,6 +32,8 @@ min-available-nodes = 4
 partition = "iid"
 secure-agg = true
 secagg-threshold = 2
+dp-mode = "distributed"
+dp-target-epsilon = 8.0
 round-timeout = 240.0
 out-dir = "{out}"
 """
@@ -72,6 +75,8 @@ out-dir = "{out}"
     for row in rows[1:]:
         assert row["accepted_updates"] == 4 and row["rejected_updates"] == 0
         assert "secagg_failure" not in row
-        # 4 clients x 256 x 255 < 2^18: 18 bits per kept coordinate plus the weight
-        assert row["upload_bytes_per_client"] == -(-(9610 + 1) * 18 // 8)
-    assert rows[2]["accuracy"] > rows[0]["accuracy"] + 0.2
+        # dp-bits 16 per coordinate of the rotated update (9610 padded to 10240) plus the count
+        assert row["upload_bytes_per_client"] == (10240 + 1) * 2
+        assert row["dp_survivors"] == 4 and 0 <= row["accuracy"] <= 1
+    # calibrated for 2 rounds of 4 of 4 clients at delta 4^-1.1 (no sampling amplification)
+    assert 7.9 < rows[2]["dp_epsilon"] <= 8.0 and rows[2]["dp_delta"] == 4**-1.1
