@@ -46,6 +46,7 @@ from benchmarks.privacy_flower import run_flower_dp  # noqa: E402
 from benchmarks.privacy_tasks import TASKS, TaskSpec  # noqa: E402
 from pollen.api import SettingsError  # noqa: E402
 from strategies.privacy.accounting import RoundPlan, calibrate_noise  # noqa: E402
+from strategies.privacy.distributed import calibrate_multiplier, rotated_dim  # noqa: E402
 
 DELTA = 1e-5
 RESULTS = Path("benchmarks/results")
@@ -116,7 +117,8 @@ def distributed_row(bits: int) -> Callable[[TaskSpec, float, int, int, Path], Ro
             dp_target_delta=DELTA,
             dp_seeded_noise=True,
         )
-        return _row(f"Pollen distributed DP {bits}-bit", bits, epsilon, summary)
+        z = distributed_noise_for(spec, epsilon, rounds, bits)
+        return _row(f"Pollen distributed DP {bits}-bit", bits, epsilon, summary, noise_multiplier=z)
 
     return produce
 
@@ -140,6 +142,15 @@ def noise_for(spec: TaskSpec, epsilon: float, rounds: int) -> float:
         )
         _NOISE[key] = calibrate_noise(epsilon, plan)
     return _NOISE[key]
+
+
+def distributed_noise_for(spec: TaskSpec, epsilon: float, rounds: int, bits: int) -> float:
+    """The multiplier the distributed run calibrates (server.config's call, as it makes it)."""
+    model = spec.task_object().build_model(0)
+    kept = sum(p.numel() for p in model.parameters())
+    plan = RoundPlan(population=spec.clients, per_round=spec.per_round, rounds=rounds, delta=DELTA)
+    dim = rotated_dim(kept)
+    return calibrate_multiplier(epsilon, plan, clip=spec.clip, bits=bits, dim=dim)
 
 
 def run_task(spec: TaskSpec, args: argparse.Namespace, rounds: int, errors: list[str]) -> list[Row]:
