@@ -2,8 +2,10 @@
 
 After every round the server writes one ``checkpoint.npz`` atomically (write to a temporary
 file, then rename): the global model, the wrapped Flower strategy's optimizer state (FedAdam /
-FedYogi / FedAdagrad moments ``m_t``, ``v_t``), the round number and the run settings. Nothing
-else is needed: client sampling, pruning masks and client seeds are functions of (seed, round),
+FedYogi / FedAdagrad moments ``m_t``, ``v_t``), the round number, the run settings and, under
+differential privacy, the privacy ledger (the RDP curve spent so far, the epsilon history and
+the clip), so that a resumed run keeps counting the privacy it has spent. Nothing else is
+needed: client sampling, pruning masks and client seeds are functions of (seed, round),
 so a resumed run continues exactly where the crashed one stopped. Client-side state (error
 feedback residuals) lives on the clients; in simulation it is lost with the crashed process.
 
@@ -19,7 +21,7 @@ import math
 import os
 import zipfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -44,6 +46,7 @@ class Checkpoint:
     optimizer: dict[str, dict[str, np.ndarray]]
     settings: dict[str, Any]
     source: Path | None = None  # the file it was read from, named in every refusal
+    privacy: dict[str, Any] = field(default_factory=dict)  # the DP ledger (strategies.privacy)
 
 
 def optimizer_state(strategy: object) -> dict[str, dict[str, np.ndarray]]:
@@ -67,7 +70,11 @@ def save_checkpoint(out_dir: Path, checkpoint: Checkpoint) -> Path:
     entries: dict[str, np.ndarray] = {f"arrays/{k}": v for k, v in checkpoint.arrays.items()}
     for attr, values in checkpoint.optimizer.items():
         entries.update({f"opt/{attr}/{k}": v for k, v in values.items()})
-    meta = {"server_round": checkpoint.server_round, "settings": checkpoint.settings}
+    meta = {
+        "server_round": checkpoint.server_round,
+        "settings": checkpoint.settings,
+        "privacy": checkpoint.privacy,
+    }
     entries["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     path = out_dir / CHECKPOINT_FILE
     tmp = out_dir / (CHECKPOINT_FILE + ".tmp.npz")
@@ -179,6 +186,9 @@ def _parse(entries: dict[str, np.ndarray], *, source: Path) -> Checkpoint:
     settings = meta.get("settings")
     if not isinstance(settings, dict) or not all(isinstance(k, str) for k in settings):
         raise ResumeError("meta settings must be a JSON object of run-config keys")
+    privacy = meta.get("privacy", {})  # its values are checked where they are restored
+    if not isinstance(privacy, dict) or not all(isinstance(k, str) for k in privacy):
+        raise ResumeError("meta privacy must be a JSON object (the DP ledger)")
     arrays: dict[str, np.ndarray] = {}
     optimizer: dict[str, dict[str, np.ndarray]] = {}
     for key, value in entries.items():
@@ -204,7 +214,7 @@ def _parse(entries: dict[str, np.ndarray], *, source: Path) -> Checkpoint:
                 raise ResumeError(
                     f"optimizer state {_short(f'opt/{attr}/{name}')} does not match a model array"
                 )
-    return Checkpoint(server_round, arrays, optimizer, settings, source=source)
+    return Checkpoint(server_round, arrays, optimizer, settings, source=source, privacy=privacy)
 
 
 def check_resumable(

@@ -28,6 +28,7 @@ from client_sdk.tasks import get_task
 from client_sdk.training import evaluate_metrics
 from server.checkpoint import (
     Checkpoint,
+    ResumeError,
     check_resumable,
     load_checkpoint,
     optimizer_state,
@@ -44,6 +45,10 @@ from strategies import (
     build_strategy,
     stall_reason,
 )
+from strategies.privacy.accounting import PrivacyError
+from strategies.privacy.central import CentralDp
+from strategies.privacy.distributed import DistributedDp
+from strategies.privacy.local import LocalDp
 from strategies.schedules import MetricsAggregation, parse_schedule
 from wire import keys
 
@@ -168,6 +173,8 @@ def run_federation(
     )
     if checkpoint is not None:
         restore_optimizer_state(strategy.inner, checkpoint.optimizer)
+        if privacy is not None:
+            restore_privacy(privacy, checkpoint)
         strategy.round_offset = done
     num_partitions = settings.num_partitions or len(strategy.sampler.wait_for_nodes(grid))
     central = central_evaluation(task, num_partitions, settings.seed)
@@ -200,7 +207,11 @@ def run_federation(
         metrics_log.write(row)
         if server_round > 0:
             state = Checkpoint(
-                server_round, named, optimizer_state(strategy.inner), asdict(settings)
+                server_round,
+                named,
+                optimizer_state(strategy.inner),
+                asdict(settings),
+                privacy={} if privacy is None else privacy.state(),
             )
             save_checkpoint(out_dir, state)
         if on_round is not None:
@@ -236,6 +247,21 @@ def run_federation(
         export,
     )
     return FederationResult(final_arrays=final, rows=metrics_log.rows, out_dir=out_dir)
+
+
+def restore_privacy(privacy: CentralDp | LocalDp | DistributedDp, checkpoint: Checkpoint) -> None:
+    """Continue a DP run's ledger from its checkpoint: a resumed run that counted from zero
+    would report less privacy spent than it was (a checkpoint without a ledger is refused)."""
+    where = f"{checkpoint.source}: " if checkpoint.source is not None else ""
+    if not checkpoint.privacy:
+        raise ResumeError(
+            f"{where}the checkpoint holds no privacy ledger, so the epsilon spent before round "
+            f"{checkpoint.server_round} is unknown; start the DP run afresh"
+        )
+    try:
+        privacy.restore(checkpoint.privacy, checkpoint.server_round)
+    except PrivacyError as err:
+        raise ResumeError(f"{where}{err}") from None
 
 
 def central_evaluation(

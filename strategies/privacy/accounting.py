@@ -22,6 +22,7 @@ dp-accounting's ``compute_epsilon`` (Canonne, Kamath & Steinke 2020's conversion
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import dp_accounting as dp
@@ -204,8 +205,43 @@ class Ledger:
     def epsilon(self) -> float:
         return self.history[-1] if self.history else 0.0
 
+    def state(self) -> dict[str, list[float]]:
+        return ledger_state(self.curve, self.history)
+
+    def restore(self, state: Mapping[str, object], rounds: int) -> None:
+        """Continue from a checkpoint's ledger (:func:`restored_ledger`)."""
+        self.curve, self.history = restored_ledger(state, len(ORDERS), rounds)
+
     def last_round(self) -> float:
         """Epsilon the latest round added (the difference of cumulative values)."""
         if not self.history:
             return 0.0
         return self.history[-1] - (self.history[-2] if len(self.history) > 1 else 0.0)
+
+
+def ledger_state(curve: np.ndarray, history: list[float]) -> dict[str, list[float]]:
+    """A ledger as the checkpoint keeps it (JSON numbers): its RDP curve and epsilon history."""
+    return {"curve": [float(v) for v in curve], "history": [float(v) for v in history]}
+
+
+def restored_ledger(
+    state: Mapping[str, object], orders: int, rounds: int
+) -> tuple[np.ndarray, list[float]]:
+    """The (curve, history) a checkpoint's ``state`` holds, checked as hostile input: a curve
+    of ``orders`` finite values >= 0, a non-decreasing history of finite values >= 0 no longer
+    than the ``rounds`` the checkpoint has done. Raises PrivacyError naming what is wrong."""
+    curve, history = state.get("curve"), state.get("history")
+    for name, values in (("curve", curve), ("history", history)):
+        if not isinstance(values, list) or not all(
+            is_real(v) and math.isfinite(v) and v >= 0 for v in values
+        ):
+            raise PrivacyError(f"the privacy ledger's {name} is not a list of numbers >= 0")
+    assert isinstance(curve, list) and isinstance(history, list)
+    if len(curve) != orders:
+        raise PrivacyError(f"the privacy ledger's curve has {len(curve)} orders, not {orders}")
+    if len(history) > rounds or any(b < a for a, b in zip(history, history[1:], strict=False)):
+        raise PrivacyError(
+            f"the privacy ledger's history ({len(history)} values) is not a non-decreasing "
+            f"epsilon per released round of the {rounds} done"
+        )
+    return np.asarray(curve, dtype=np.float64), [float(v) for v in history]

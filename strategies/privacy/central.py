@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -209,6 +210,18 @@ class CentralDp:
             denominator=float(self.plan.per_round) if self.plan.sampling == "poisson" else None,
         )
         return self._round
+
+    def state(self) -> dict[str, object]:
+        """What a checkpoint keeps: the ledger and the clip (adaptive clipping moves it)."""
+        return {**self.ledger.state(), "clip": float(self.clip)}
+
+    def restore(self, state: Mapping[str, object], rounds: int) -> None:
+        """Continue after ``rounds`` rounds from a checkpoint's :meth:`state`."""
+        self.ledger.restore(state, rounds)
+        clip = state.get("clip")
+        if not is_real(clip) or not (math.isfinite(clip) and clip > 0):
+            raise PrivacyError(f"the checkpoint's dp clip must be a positive number, got {clip!r}")
+        self.clip = float(clip)
 
     def finish_round(self) -> dict[str, float]:
         """After the round's release: spend it in the ledger, move an adaptive clip; metrics."""

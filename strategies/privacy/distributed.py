@@ -37,14 +37,21 @@ on while the secure sum's threshold is met; the noise multiplier is not raised a
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from dp_accounting.rdp import rdp_privacy_accountant as rdp
 from scipy import special
 
-from strategies.privacy.accounting import PrivacyError, RoundPlan, is_int, is_real
+from strategies.privacy.accounting import (
+    PrivacyError,
+    RoundPlan,
+    is_int,
+    is_real,
+    ledger_state,
+    restored_ledger,
+)
 from wire import keys
 from wire.ddp_vector import DdpVectorSpec
 from wire.dp import DEFAULT_BETA, DdpSpec, choose_scale, rounded_l2_bound
@@ -338,6 +345,14 @@ class DistributedDp:
     @property
     def epsilon(self) -> float:
         return self.history[-1] if self.history else 0.0
+
+    def state(self) -> dict[str, object]:
+        """What a checkpoint keeps: the ledger of the sums unmasked so far."""
+        return dict(ledger_state(self.curve, self.history))
+
+    def restore(self, state: Mapping[str, object], rounds: int) -> None:
+        """Continue after ``rounds`` rounds from a checkpoint's :meth:`state`."""
+        self.curve, self.history = restored_ledger(state, len(ORDERS), rounds)
 
     def finish_round(self) -> dict[str, float]:
         """This round's metrics (spent when the sum was unmasked: :meth:`summed`)."""

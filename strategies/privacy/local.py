@@ -14,6 +14,7 @@ post-processing), so robust strategies and secure aggregation may be used with i
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -56,6 +57,14 @@ class LocalDp:
     def aggregator(self, reference: dict[str, np.ndarray]) -> None:
         """None: the strategy's own aggregator runs on the (already noised) updates."""
         return None
+
+    def state(self) -> dict[str, object]:
+        """What a checkpoint keeps: the ledger."""
+        return dict(self.ledger.state())
+
+    def restore(self, state: Mapping[str, object], rounds: int) -> None:
+        """Continue after ``rounds`` rounds from a checkpoint's :meth:`state`."""
+        self.ledger.restore(state, rounds)
 
     def finish_round(self) -> dict[str, float]:
         """A round that released noised updates: spend it; the metrics to log."""
