@@ -46,7 +46,7 @@ from benchmarks.privacy_flower import run_flower_dp  # noqa: E402
 from benchmarks.privacy_tasks import TASKS, TaskSpec  # noqa: E402
 from pollen.api import SettingsError  # noqa: E402
 from strategies.privacy.accounting import RoundPlan, calibrate_noise  # noqa: E402
-from strategies.privacy.distributed import calibrate_multiplier, rotated_dim  # noqa: E402
+from strategies.privacy.distributed import calibrate_multiplier  # noqa: E402
 
 DELTA = 1e-5
 RESULTS = Path("benchmarks/results")
@@ -149,8 +149,7 @@ def distributed_noise_for(spec: TaskSpec, epsilon: float, rounds: int, bits: int
     model = spec.task_object().build_model(0)
     kept = sum(p.numel() for p in model.parameters())
     plan = RoundPlan(population=spec.clients, per_round=spec.per_round, rounds=rounds, delta=DELTA)
-    dim = rotated_dim(kept)
-    return calibrate_multiplier(epsilon, plan, clip=spec.clip, bits=bits, dim=dim)
+    return calibrate_multiplier(epsilon, plan, clip=spec.clip, bits=bits, values=kept)
 
 
 def run_task(spec: TaskSpec, args: argparse.Namespace, rounds: int, errors: list[str]) -> list[Row]:

@@ -26,7 +26,6 @@ from strategies.privacy.central import AdaptiveClip, CentralDp
 from strategies.privacy.distributed import (
     DistributedDp,
     calibrate_multiplier,
-    rotated_dim,
     round_scale,
 )
 from strategies.privacy.local import LocalDp, local_plan
@@ -167,13 +166,14 @@ class RunSettings(  # fields in the reverse order of the bases: the task's first
             return None
         n = self.dp_population or population
         per_round = sample_size(n, self.fraction_train, 1)  # as the run's sampler draws
-        dim = rotated_dim(values)
         if per_round >= 1 << self.dp_bits:
             raise RunConfigError(
                 "dp-bits", f"{per_round} clients' count does not fit {self.dp_bits} bits"
             )
         try:
-            round_scale(bits=self.dp_bits, clients=per_round, clip=self.dp_clip, dim=dim, z=1.0)
+            round_scale(
+                bits=self.dp_bits, clients=per_round, clip=self.dp_clip, values=values, z=1.0
+            )
         except ValueError as err:
             raise RunConfigError("dp-bits", str(err)) from None
         try:
@@ -184,7 +184,11 @@ class RunSettings(  # fields in the reverse order of the bases: the task's first
                 delta=self.dp_target_delta or n**-1.1,
             )
             z = self.dp_noise_multiplier or calibrate_multiplier(
-                self.dp_target_epsilon, plan, clip=self.dp_clip, bits=self.dp_bits, dim=dim
+                self.dp_target_epsilon,
+                plan,
+                clip=self.dp_clip,
+                bits=self.dp_bits,
+                values=values,
             )
             return DistributedDp(
                 noise_multiplier=z,

@@ -14,9 +14,9 @@
 A coordinate of the true sum wraps when it leaves the centred range; :func:`wrap_probability`
 bounds the chance that any does, treating the sum as sub-Gaussian (the paper, Sec. 4.2 and
 Theorem 34): after the rotation a coordinate of a norm-``c`` vector has variance proxy
-``rho c^2 / d``, rounding error ``1/4``, a discrete Gaussian share ``s^2`` (Canonne et al. 2020);
-:func:`choose_scale` picks the largest scale whose bound is at most a target
-(default :data:`WRAP_BOUND`).
+``rho c^2 / B`` (``B`` the rotation's block: one block may hold all of the norm), rounding
+error ``1/4``, a discrete Gaussian share ``s^2`` (Canonne et al. 2020); :func:`choose_scale`
+picks the largest scale whose bound is at most a target (default :data:`WRAP_BOUND`).
 """
 
 from __future__ import annotations
@@ -122,21 +122,28 @@ def conditional_round(
 
 
 def variance_proxy(
-    *, clients: int, scaled_clip: float, dim: int, local_variance: float, rho: float = RHO
+    *,
+    clients: int,
+    scaled_clip: float,
+    block: int,
+    local_variance: float,
+    rho: float = RHO,
 ) -> float:
-    """Sub-Gaussian variance proxy of one coordinate of the sum of ``clients`` vectors."""
+    """Sub-Gaussian variance proxy of one coordinate of the sum of ``clients`` vectors rotated
+    block by block (``block``: the rotation's block, :func:`wire.rotation.block_for`): a block
+    spreads only its own share of the norm, at most all of it, over its ``block`` values."""
     rounding = 0.25 + 1 / VARIANCE_DENOMINATOR  # rounding error, the sampler's variance round-up
-    return rho / dim * (clients * scaled_clip) ** 2 + clients * (rounding + local_variance)
+    return rho / block * (clients * scaled_clip) ** 2 + clients * (rounding + local_variance)
 
 
 def wrap_probability(
-    *, bits: int, clients: int, scaled_clip: float, dim: int, local_variance: float
+    *, bits: int, clients: int, scaled_clip: float, dim: int, block: int, local_variance: float
 ) -> float:
     """Bound on the probability that any of the ``dim`` coordinates of the sum leaves
     ``[-2^(bits-1), 2^(bits-1))``: ``2 d exp(-(2^(bits-1))^2 / (2 v))`` (union over coordinates,
     sub-Gaussian tail with proxy ``v`` of :func:`variance_proxy`), capped at 1."""
     v = variance_proxy(
-        clients=clients, scaled_clip=scaled_clip, dim=dim, local_variance=local_variance
+        clients=clients, scaled_clip=scaled_clip, block=block, local_variance=local_variance
     )
     half = 2.0 ** (bits - 1)
     return min(1.0, 2 * dim * math.exp(-(half * half) / (2 * v)))
@@ -148,6 +155,7 @@ def choose_scale(
     clients: int,
     clip: float,
     dim: int,
+    block: int,
     local_stddev: float,
     wrap_bound: float = WRAP_BOUND,
 ) -> float:
@@ -160,14 +168,14 @@ def choose_scale(
         raise ValueError(f"wrap bound must be in (0, 1), got {wrap_bound!r}")
     n = clients
     k = math.sqrt(2 * math.log(2 * dim / wrap_bound))
-    # 2^bits >= 2 k sqrt(v), v = scale^2 (rho c^2 n^2 / d + n s^2) + n (1/4 + 1/16)
+    # 2^bits >= 2 k sqrt(v), v = scale^2 (rho c^2 n^2 / B + n s^2) + n (1/4 + 1/16)
     room = 4.0**bits / (4 * k * k) - n * (0.25 + 1 / VARIANCE_DENOMINATOR)
     if room <= 0:
         raise ValueError(
             f"{bits} bits per coordinate cannot hold the sum of {n} clients' rounding errors "
             f"with wrap probability {wrap_bound:g}: raise the bits or sample fewer clients"
         )
-    scale = math.sqrt(room / (RHO / dim * clip**2 * n**2 + n * local_stddev**2))
+    scale = math.sqrt(room / (RHO / block * clip**2 * n**2 + n * local_stddev**2))
     if (scale * local_stddev) ** 2 > MAX_VARIANCE:  # the exact sampler's range
         scale = math.sqrt(MAX_VARIANCE) / local_stddev
     return scale

@@ -206,18 +206,30 @@ def rotated_dim(values: int, block: int = BLOCK) -> int:
     return padded_length(values, block_for(values, block))
 
 
-def round_scale(*, bits: int, clients: int, clip: float, dim: int, z: float) -> tuple[float, float]:
-    """(scale, each client's stddev in integer units) for ``clients`` shares of ``z clip``;
-    ValueError when ``bits`` cannot hold the sum (:func:`wire.dp.choose_scale`)."""
+def round_scale(
+    *, bits: int, clients: int, clip: float, values: int, z: float
+) -> tuple[float, float]:
+    """(scale, each client's stddev in integer units) for ``clients`` shares of ``z clip`` on
+    updates of ``values`` kept coordinates; ValueError when ``bits`` cannot hold the sum
+    (:func:`wire.dp.choose_scale`, with the rotation's padded length and block)."""
     share = z * clip / math.sqrt(clients)  # update units: the shares sum to stddev z clip
-    scale = choose_scale(bits=bits, clients=clients, clip=clip, dim=dim, local_stddev=share)
+    scale = choose_scale(
+        bits=bits,
+        clients=clients,
+        clip=clip,
+        dim=rotated_dim(values),
+        block=block_for(values, BLOCK),
+        local_stddev=share,
+    )
     return scale, scale * share
 
 
-def planned_epsilon(z: float, plan: RoundPlan, *, clip: float, bits: int, dim: int) -> float:
-    """Epsilon after the plan's rounds, every sampled client surviving."""
+def planned_epsilon(z: float, plan: RoundPlan, *, clip: float, bits: int, values: int) -> float:
+    """Epsilon after the plan's rounds of updates of ``values`` coordinates, every sampled
+    client surviving."""
     m = plan.per_round
-    scale, stddev = round_scale(bits=bits, clients=m, clip=clip, dim=dim, z=z)
+    dim = rotated_dim(values)
+    scale, stddev = round_scale(bits=bits, clients=m, clip=clip, values=values, z=z)
     return ddg_epsilon(
         rounds=plan.rounds,
         delta=plan.delta,
@@ -232,14 +244,14 @@ def planned_epsilon(z: float, plan: RoundPlan, *, clip: float, bits: int, dim: i
 
 
 def calibrate_multiplier(
-    target_epsilon: float, plan: RoundPlan, *, clip: float, bits: int, dim: int
+    target_epsilon: float, plan: RoundPlan, *, clip: float, bits: int, values: int
 ) -> float:
     """The smallest noise multiplier ``z`` (to 0.1%) whose planned epsilon is at most the
     target, the scale recomputed for each candidate; refuses an unreachable target."""
     _check(target_epsilon=target_epsilon)
 
     def eps(z: float) -> float:
-        return planned_epsilon(z, plan, clip=clip, bits=bits, dim=dim)
+        return planned_epsilon(z, plan, clip=clip, bits=bits, values=values)
 
     if eps(MAX_MULTIPLIER) > target_epsilon:
         raise PrivacyError(
@@ -296,9 +308,8 @@ class DistributedDp:
     ) -> DdpVectorSpec:
         """The round's spec for ``alive`` clients uploading ``kept`` values each, ``sampled``
         having been drawn; ValueError when the bits cannot hold them."""
-        dim = rotated_dim(kept)
         scale, stddev = round_scale(
-            bits=self.bits, clients=alive, clip=self.clip, dim=dim, z=self.noise_multiplier
+            bits=self.bits, clients=alive, clip=self.clip, values=kept, z=self.noise_multiplier
         )
         self._sampled, self._metrics = sampled, {}
         self._spec = DdpVectorSpec(

@@ -131,7 +131,7 @@ def test_distributed_dp_is_calibrated_and_refuses_what_it_cannot_plan_at_start()
     dp = run.distributed_privacy(20, 1000)
     assert (dp.plan.population, dp.plan.per_round, dp.plan.rounds) == (20, 10, 2)
     assert (dp.bits, dp.clip, dp.seeded, rotated_dim(1000)) == (16, 1.0, False, 1024)
-    eps = planned_epsilon(dp.noise_multiplier, dp.plan, clip=1.0, bits=16, dim=1024)
+    eps = planned_epsilon(dp.noise_multiplier, dp.plan, clip=1.0, bits=16, values=1000)
     assert 7.9 < eps <= 8.0
     assert dp.round_config() == {"dp-local-seeded": False}
     assert RunSettings().distributed_privacy(20, 1000) is None

@@ -20,6 +20,7 @@ from wire.dp import (
     rounded_l2_bound,
     wrap_probability,
 )
+from wire.rotation import block_for, rotate
 
 
 def test_clip_l2():
@@ -76,9 +77,15 @@ def test_rounding_refuses_an_unclipped_vector():
 def spec_for(n, bits, d, clip=1.0, z=1.0, seed=7, wrap_bound=1e-6):
     local_sd = z * clip / math.sqrt(n)  # n shares sum to the central noise z * clip
     probe = DdpSpec(bits=bits, clip=clip, scale=1.0, local_variance=1.0, seed=seed)
-    dim = probe.rotated_length(d)
+    dim, block = probe.rotated_length(d), block_for(d, probe.block)
     scale = choose_scale(
-        bits=bits, clients=n, clip=clip, dim=dim, local_stddev=local_sd, wrap_bound=wrap_bound
+        bits=bits,
+        clients=n,
+        clip=clip,
+        dim=dim,
+        block=block,
+        local_stddev=local_sd,
+        wrap_bound=wrap_bound,
     )
     spec = DdpSpec(
         bits=bits, clip=clip, scale=scale, local_variance=(local_sd * scale) ** 2, seed=seed
@@ -94,11 +101,26 @@ def test_chosen_scale_meets_the_wrap_bound(n, bits):
         clients=n,
         scaled_clip=spec.clip * spec.scale,
         dim=dim,
+        block=block_for(3000, spec.block),
         local_variance=spec.local_variance,
     )
     assert p <= 1e-6 * (1 + 1e-9)
     with pytest.raises(ValueError, match="raise the bits"):
-        choose_scale(bits=4, clients=n, clip=1.0, dim=dim, local_stddev=0.1)
+        choose_scale(bits=4, clients=n, clip=1.0, dim=dim, block=dim, local_stddev=0.1)
+
+
+def test_an_update_whose_norm_sits_in_one_rotation_block_does_not_wrap():
+    """The rotation mixes block by block: an update whose whole norm lies in one of 16 blocks
+    keeps it there, so a coordinate's variance proxy is c^2 / block, not c^2 / dim. 100 clients
+    sending that update: the noiseless sum stays inside the modulus (it wrapped 97 coordinates
+    when the scale was chosen with c^2 / dim)."""
+    n, bits, clip, values = 100, 16, 1.0, 16 * 4096
+    spec, dim = spec_for(n, bits, values, clip=clip, z=0.3)
+    update = np.zeros(values, np.float32)
+    update[:4096] = np.random.default_rng(0).normal(size=4096)
+    update *= clip / np.linalg.norm(update)
+    rotated = rotate(update, spec.seed, block_for(values, spec.block)).astype(np.float64)
+    assert np.abs(n * rotated * spec.scale).max() < 2 ** (bits - 1)
 
 
 def test_wraps_happen_no_more_often_than_the_bound():

@@ -9,6 +9,7 @@ from wire import RejectReason, UpdateRejected
 from wire.ddp_vector import DdpVectorSpec, vector_spec_from_config
 from wire.dp import choose_scale, clip_l2
 from wire.mask import MaskSet
+from wire.rotation import block_for
 from wire.secagg import (
     SHAMIR_PRIME,
     agree,
@@ -172,7 +173,10 @@ def _ddp(clients: int = 5, length: int = 300, stddev: float = 1e-6, bits: int = 
     """A distributed-DP spec with near-zero noise (``stddev`` in update units per client)."""
     kw = {"bits": bits, "clip": 1.0, "seed": 7, "block": 4096, "length": length}
     dim = DdpVectorSpec(scale=1.0, local_variance=1.0, clients=clients, **kw).rotated_length
-    scale = choose_scale(bits=bits, clients=clients, clip=1.0, dim=dim, local_stddev=stddev)
+    block = block_for(length, 4096)
+    scale = choose_scale(
+        bits=bits, clients=clients, clip=1.0, dim=dim, block=block, local_stddev=stddev
+    )
     return DdpVectorSpec(scale=scale, local_variance=(scale * stddev) ** 2, clients=clients, **kw)
 
 
