@@ -65,6 +65,13 @@ class RunSettings(  # fields in the reverse order of the bases: the task's first
             self._check_privacy(
                 self.strategy, self.secure_agg, self.secagg_share_metrics, self.rotate
             )
+            if self.dp_mode != "none" and self.fraction_evaluate > 0 and not self.dp_client_metrics:
+                raise SettingError(
+                    "fraction-evaluate",
+                    "federated evaluation sends each client's metrics on its own data in the "
+                    "clear, around the DP noise: set it to 0 (the server evaluates centrally), "
+                    "or opt in with dp-client-metrics",
+                )
         except SettingError as err:
             raise RunConfigError(err.key, err.why) from None
 

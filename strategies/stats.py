@@ -98,8 +98,12 @@ def stall_reason(rounds: dict[int, RoundStats], upto: int, limit: int) -> str | 
     last = [rounds.get(r) for r in range(upto - limit + 1, upto + 1)]
     if any(
         stats is None
-        # a DP round releases its noise even with no update (Poisson sampling may draw nobody)
-        or ((stats.accepted or stats.privacy) and not stats.aggregation_failure)
+        # a DP round releases its noise even with no update (Poisson sampling may draw nobody);
+        # a secure sum that failed its checks released nothing, spent or not
+        or (
+            (stats.accepted or (stats.privacy and not stats.secagg_failure))
+            and not stats.aggregation_failure
+        )
         for stats in last
     ):
         return None

@@ -285,7 +285,11 @@ class WireStrategy(Strategy):
         """Each reply decoded and checked (or counted as a rejection) into the aggregator the
         inner strategy needs, with the accepted clients' metrics and weights; None when no
         update was accepted."""
-        dp = self.privacy.aggregator(self._reference) if self.privacy is not None else None
+        dp = (
+            self.privacy.aggregator(self._reference, self.compression.frozen)
+            if self.privacy is not None
+            else None
+        )
         aggregator = dp or aggregator_for(self.inner, self._reference, pools=self.pooling)
         records: list[dict] = []
         weights: list[float] = []

@@ -86,6 +86,7 @@ class DpMeanAggregator:
     rng: np.random.Generator
     denominator: float | None = None  # Poisson: the expected cohort; None: the count added
     accepts_pools: bool = False  # a pool's mean is not one client's update: clip needs each
+    frozen: tuple[str, ...] = ()  # name prefixes never trained nor uploaded: never noised
     total: dict[str, np.ndarray] = field(default_factory=dict)
     count: int = 0
     unclipped: int = 0
@@ -114,10 +115,10 @@ class DpMeanAggregator:
 
     def noisy_mean(self) -> dict[str, np.ndarray]:
         """The noisy mean update per tensor (noise drawn once per call, in name order)."""
-        total = self.total or {  # no update added: the noise alone, on every float tensor
+        total = self.total or {  # no update added: the noise alone, on every trained tensor
             name: np.zeros(ref.shape, np.float64)
             for name, ref in self.reference.items()
-            if np.issubdtype(ref.dtype, np.floating)
+            if np.issubdtype(ref.dtype, np.floating) and not name.startswith(self.frozen)
         }
         return {
             name: ((s + self.rng.normal(0.0, self.sum_stddev, s.shape)) / self._divisor()).astype(
@@ -199,10 +200,14 @@ class CentralDp:
             return float(self.noise_multiplier)
         return adaptive_clip_noise(self.noise_multiplier, self.count_stddev)
 
-    def aggregator(self, reference: dict[str, np.ndarray]) -> DpMeanAggregator:
-        """This round's aggregator (clip and noise as they stand now)."""
+    def aggregator(
+        self, reference: dict[str, np.ndarray], frozen: tuple[str, ...] = ()
+    ) -> DpMeanAggregator:
+        """This round's aggregator (clip and noise as they stand now; ``frozen``: the name
+        prefixes clients neither train nor upload)."""
         self._round = DpMeanAggregator(
             reference,
+            frozen=frozen,
             clip=self.clip,
             sum_stddev=self.sum_multiplier * self.clip,
             count_stddev=self.count_stddev,

@@ -299,7 +299,7 @@ class DistributedDp:
         """The round-config entry every client reads (wire.keys): secret or seeded draws."""
         return {keys.DP_LOCAL_SEEDED: self.seeded}
 
-    def aggregator(self, reference: dict[str, np.ndarray]) -> None:
+    def aggregator(self, reference: dict[str, np.ndarray], frozen: tuple[str, ...] = ()) -> None:
         """None: the secure session's sum is the aggregate (strategies.aggregators.SecureSum)."""
         return None
 

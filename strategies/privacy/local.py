@@ -54,7 +54,7 @@ class LocalDp:
             keys.DP_LOCAL_SEEDED: self.seeded,
         }
 
-    def aggregator(self, reference: dict[str, np.ndarray]) -> None:
+    def aggregator(self, reference: dict[str, np.ndarray], frozen: tuple[str, ...] = ()) -> None:
         """None: the strategy's own aggregator runs on the (already noised) updates."""
         return None
 

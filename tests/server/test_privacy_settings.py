@@ -65,6 +65,13 @@ def test_clear_client_metrics_under_dp_need_an_opt_in():
         RunSettings(**dp, secagg_share_metrics=True)
     assert err.value.key == "secagg-share-metrics"
     assert RunSettings(**dp, secagg_share_metrics=True, dp_client_metrics=True).local_privacy()
+    for mode in ("central", "local"):  # federated evaluation's metrics are per client too
+        with pytest.raises(RunConfigError, match="dp-client-metrics") as err:
+            RunSettings(dp_mode=mode, dp_noise_multiplier=1.0, fraction_evaluate=0.5)
+        assert err.value.key == "fraction-evaluate"
+    RunSettings(
+        dp_mode="central", dp_noise_multiplier=1.0, fraction_evaluate=0.5, dp_client_metrics=True
+    )
 
 
 def test_poisson_sampling_is_accounted_as_dp_accountings_poisson_sampled_gaussian():

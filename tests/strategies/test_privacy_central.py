@@ -185,3 +185,14 @@ def test_a_poisson_round_divides_by_the_expected_cohort_and_releases_noise_when_
     logged = strategy.rounds[1].as_metrics()
     assert logged["dp_epsilon"] == pytest.approx(epsilon_by_round(1.0, plan)[0])
     assert stall_reason(strategy.rounds, 1, 1) is None
+
+
+def test_an_empty_poisson_round_never_noises_frozen_tensors():
+    """Frozen layers are neither trained nor uploaded: a round that drew nobody adds its noise
+    to the trained tensors only, and the frozen ones stay exactly as sent."""
+    reference = {"frozen.w": np.ones(3, np.float32), "head.w": np.zeros(2, np.float32)}
+    plan = RoundPlan(population=8, per_round=2, rounds=3, delta=1e-3, sampling="poisson")
+    dp = CentralDp(noise_multiplier=1.0, clip=2.0, plan=plan, noise_seed=1)
+    agg = dp.aggregator(reference, frozen=("frozen.",))
+    assert list(agg.noisy_mean()) == ["head.w"]
+    assert list(dp.aggregator(reference).noisy_mean()) == ["frozen.w", "head.w"]

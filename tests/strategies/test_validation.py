@@ -187,6 +187,17 @@ def test_a_failed_server_step_counts_toward_a_stall():
     assert "aggregation-failure (2 times)" in stall_reason(rounds, 2, 2)
 
 
+def test_a_spent_but_failed_secure_sum_counts_toward_a_stall():
+    """Distributed DP spends a round once its sum is unmasked; a sum that then fails its checks
+    (a client masked a false count every round) still released no model."""
+    rounds = {r: RoundStats(server_round=r, privacy={"dp-epsilon": float(r)}) for r in (1, 2)}
+    for stats in rounds.values():
+        stats.secagg_failure = "the unmasked sum counts 7 uploads, not the 6 summed"
+    assert "secagg-failure (2 times)" in stall_reason(rounds, 2, 2)
+    rounds[2].secagg_failure = ""  # an empty Poisson round released its noise: no stall
+    assert stall_reason(rounds, 2, 2) is None
+
+
 def test_qfedavg_refuses_a_reply_whose_loss_it_cannot_use():
     strategy, _ = _configured(name="qfedavg", nodes=4)
     replies = [_reply(i, GOOD, n=1) for i in (1, 2)]
