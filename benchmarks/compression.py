@@ -50,7 +50,7 @@ ROWS: list[tuple[str, dict[str, Any]]] = [
     # EDEN's fractional bits: a seeded random fraction p of each rotated block (wire.subsample)
     *(
         (f"rot + 1-bit EDEN, p={p}", {**EDEN, "quant_bits": 1, "quant_fraction": p})
-        for p in (0.5, 0.25)
+        for p in (0.5, 0.25, 0.18, 0.15)
     ),
     *(
         (f"rot + 1-bit mse + EF, p={p}", {**EDEN_EF, "quant_bits": 1, "quant_fraction": p})
