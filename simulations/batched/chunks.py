@@ -53,7 +53,7 @@ STEP_FIXED_ROWS = 4.0
 # chunk after chunk gets from the other cores; benchmarks/README.md).
 THREADS_SPEEDUP = 1.6
 # Chunks trained at once but not yet answered, at most (their data stays in memory).
-MAX_PENDING = 8
+MAX_PENDING = 32
 
 
 @dataclass(frozen=True)
