@@ -320,7 +320,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--json", type=Path, default=None, help="default: OUT/privacy.json")
     parser.add_argument("--plot", type=Path, default=None, help="default: OUT/privacy.png")
+    parser.add_argument("--report", type=Path, default=None, help="print a saved JSON's tables")
     args = parser.parse_args()
+    if args.report:
+        report(json.loads(args.report.read_text()))
+        return
     if args.quick:
         args.seeds, args.epsilons, args.rounds = 1, [8.0], 3
     if args.flower_seeds is None:
@@ -359,15 +363,20 @@ def main() -> None:
         plot(results, args.plot or args.out / "privacy.png")
     results["wall_s"] = time.perf_counter() - started
     json_path.write_text(json.dumps(results, indent=2))
-    print(f"\n{results['command']}  (wall {results['wall_s']:.0f} s, delta {DELTA:g})")
+    report(results)
+
+
+def report(results: dict[str, Any]) -> None:
+    wall = results.get("wall_s")
+    took = "unfinished" if wall is None else f"wall {wall:.0f} s"
+    print(f"\n{results['command']}  ({took}, delta {DELTA:g})")
     for name, task in results["tasks"].items():
         print(f"\n{name}: {task['setup']}")
         print_table(name, task["table"])
         for line in task["checks"]:
             print(f"  check {name} {line}")
-        for line in task["not_run"]:
+        for line in task.get("not_run", []):
             print(f"  not run: {line}")
-    plot(results, args.plot or args.out / "privacy.png")
 
 
 if __name__ == "__main__":
