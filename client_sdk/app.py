@@ -37,18 +37,26 @@ __all__ = ["DataProvider", "build_client_app", "client_seed", "partition_id_of"]
 
 
 def build_client_app(
-    task: TaskSource, data: DataProvider, *, update_hook: UpdateHook | None = None
+    task: TaskSource,
+    data: DataProvider,
+    *,
+    update_hook: UpdateHook | None = None,
+    allow_seeded_noise: bool = False,
 ) -> ClientApp:
     """A Flower ClientApp that trains ``task`` on the data ``data`` returns for this node.
 
     ``update_hook`` may change the delta before it is compressed and sent (simulated attacks,
-    local differential-privacy noise).
+    local differential-privacy noise). ``allow_seeded_noise``: a simulator's app lets the
+    server's ``dp-seeded-noise`` draw DP noise from the client's round seed (reproducible
+    experiments); a device's app leaves it off, so its noise is always secret.
     """
     app = ClientApp()
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        return train_round(task, msg, context, data, update_hook)  # .client_round
+        return train_round(  # .client_round
+            task, msg, context, data, update_hook, allow_seeded_noise=allow_seeded_noise
+        )
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:

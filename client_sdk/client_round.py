@@ -98,9 +98,14 @@ def train_round(
     context: Context,
     data: DataProvider,
     update_hook: UpdateHook | None = None,
+    *,
+    allow_seeded_noise: bool = False,
 ) -> Message:
-    """The whole round for one client: plan, local update, encode, reply."""
+    """The whole round for one client: plan, local update, encode, reply
+    (``allow_seeded_noise``: :func:`client_sdk.upload.seeded_noise`)."""
     plan = plan_round(task, msg)
     client_data = data(context, plan.config)
     local, stats = local_update(plan, client_data, plan.seed_for(partition_id_of(context)))
-    return upload_reply(msg, plan, context, local, stats, update_hook)
+    return upload_reply(
+        msg, plan, context, local, stats, update_hook, allow_seeded_noise=allow_seeded_noise
+    )

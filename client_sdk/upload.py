@@ -132,9 +132,11 @@ def upload_reply(
     update_hook: UpdateHook | None = None,
     *,
     records: RecordBuilder = FLOWER_RECORDS,
+    allow_seeded_noise: bool = False,
 ) -> Message:
     """Encode ``local - global`` (trained parameters only) and wrap it in the reply Message
-    (``records``: how its records are built, Flower's checked constructors by default)."""
+    (``records``: how its records are built, Flower's checked constructors by default;
+    ``allow_seeded_noise``: see :func:`seeded_noise`)."""
     delta = {
         name: local[name] - g
         for name, g in plan.global_arrays.items()
@@ -143,9 +145,11 @@ def upload_reply(
     if update_hook is not None:
         delta = update_hook(delta, context, plan.config)
     if keys.DP_LOCAL_CLIP in plan.config:  # local DP: clipped and noised before it leaves
-        delta = local_privacy(delta, plan, context)
+        delta = local_privacy(delta, plan, context, seeded_noise(plan, allow_seeded_noise))
     if SECAGG_RECORD_KEY in msg.content:
-        return secure_reply(msg, plan, context, delta, stats)
+        return secure_reply(
+            msg, plan, context, delta, stats, seeded=seeded_noise(plan, allow_seeded_noise)
+        )
     carried = residual_norm(context.state) if plan.error_feedback else 0.0
     payload = encode_with_feedback(
         delta,
@@ -158,15 +162,23 @@ def upload_reply(
     return reply_message(msg, plan, context, payload, stats, carried, records=records)
 
 
+def seeded_noise(plan: RoundPlan, allowed: bool) -> bool:
+    """Whether this client draws its DP noise from its round seed: only when the server asks
+    (``dp-local-seeded`` exactly True) AND the app that runs the client allows it (a simulator,
+    for reproducible experiments). A device's app never does: noise the server could recompute
+    protects nothing from it, so a server cannot switch a device's noise to a seed it knows."""
+    return allowed and plan.config.get(keys.DP_LOCAL_SEEDED) is True
+
+
 def local_privacy(
-    delta: dict[str, np.ndarray], plan: RoundPlan, context: Context
+    delta: dict[str, np.ndarray], plan: RoundPlan, context: Context, seeded: bool = False
 ) -> dict[str, np.ndarray]:
     """The server's local-DP clip and noise applied here (:func:`wire.dp.local_dp`). The noise
-    comes from ``os.urandom``: one the server could recompute would protect nothing from it;
-    ``dp-local-seeded`` (reproducible experiments) draws it from the client's round seed."""
+    comes from ``os.urandom`` unless ``seeded`` (:func:`seeded_noise`): then from the client's
+    round seed."""
     clip = float(plan.config[keys.DP_LOCAL_CLIP])  # type: ignore[arg-type]
     stddev = float(plan.config.get(keys.DP_LOCAL_STDDEV, 0.0))  # type: ignore[arg-type]
-    if plan.config.get(keys.DP_LOCAL_SEEDED, False):
+    if seeded:
         seed: int | list[int] = [plan.seed_for(partition_id_of(context)), 0x4C4450]
     else:
         seed = int.from_bytes(os.urandom(32), "little")
@@ -223,6 +235,8 @@ def secure_reply(
     context: Context,
     delta: dict[str, np.ndarray],
     stats: TrainStats,
+    *,
+    seeded: bool = False,
 ) -> Message:
     """Secure aggregation's masked upload: m bits per kept coordinate (+ the weight), no header.
 
@@ -230,8 +244,7 @@ def secure_reply(
     inside the masked vector (:mod:`wire.secagg_vector`). Under distributed DP
     (:mod:`wire.ddp_vector`) the vector is the clipped, rotated, rounded and noised update and
     its rounding and noise come from ``os.urandom`` (noise the server could recompute would
-    protect nothing), or from the client's round seed when the round config says
-    ``dp-local-seeded`` (reproducible experiments only).
+    protect nothing), or from the client's round seed when ``seeded`` (:func:`seeded_noise`).
     """
     if plan.error_feedback or plan.codec.topk:
         raise TaskConfigError(
@@ -248,7 +261,7 @@ def secure_reply(
             raise TaskConfigError(
                 "distributed DP rotates by itself: the codec's rotate must be none"
             )
-        if not plan.config.get(keys.DP_LOCAL_SEEDED, False):
+        if not seeded:
             seed = int.from_bytes(os.urandom(32), "little")
     elif plan.codec.rotate == "shared":  # clip and quantize the rotated vector (the sum unrotates)
         block = block_for(flat.size, plan.codec.rotate_block)

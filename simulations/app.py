@@ -58,5 +58,7 @@ def client_data_of(
     return partial(simulated_client_data, simulated=SimulatedClientsSection(**own))
 
 
-clientapp = build_client_app(get_task, simulated_client_data, update_hook=simulated_attack)
+clientapp = build_client_app(
+    get_task, simulated_client_data, update_hook=simulated_attack, allow_seeded_noise=True
+)
 serverapp = build_server_app(schema=SimulationRunSettings)

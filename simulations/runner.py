@@ -200,6 +200,7 @@ def _run_flower(server_app, settings: SimulationSettings) -> None:
                 get_task,
                 client_data_of(settings.run),
                 update_hook=attack_hook(settings.run.section(SimulatedClientsSection)),
+                allow_seeded_noise=True,
             ),
             num_supernodes=settings.clients,
             backend_config={

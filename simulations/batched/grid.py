@@ -69,7 +69,9 @@ class BatchedGrid(Grid):
         # quantized and masked (secure) updates encoded for a chunk at once (.codec, .secure);
         # False: by the SDK's encoder, client by client
         self.encode_on_device = encode_on_device
-        self._client_app = build_client_app(task, data, update_hook=update_hook)
+        self._client_app = build_client_app(
+            task, data, update_hook=update_hook, allow_seeded_noise=True
+        )
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
         # quantized updates pooled too (the mean of what the server would decode): by default
         # on CUDA only, where it removes the server's per-client decode; on a CPU it saved

@@ -151,7 +151,16 @@ def each_reply(job: ChunkJob, hook: UpdateHook | None = None) -> list[Message]:
     for msg, context, local, stats in rows:
         try:
             replies.append(
-                upload_reply(msg, job.plan, context, local, stats, hook, records=FAST_RECORDS)
+                upload_reply(
+                    msg,
+                    job.plan,
+                    context,
+                    local,
+                    stats,
+                    hook,
+                    records=FAST_RECORDS,
+                    allow_seeded_noise=True,  # a simulator: the server's dp-seeded-noise holds
+                )
             )
         except Exception as err:
             replies.append(error_reply(msg, err))

@@ -276,7 +276,7 @@ def _ddp_vectors(
     are the SDK's own; its masks and packing are then batched with the others. Conditional
     rounding redraws a row until its norm fits, so the rows need not take the same number of
     draws: one generator per row keeps each client's draws its own."""
-    if plan.config.get(keys.DP_LOCAL_SEEDED, False):
+    if plan.config.get(keys.DP_LOCAL_SEEDED) is True:  # a simulator allows it (seeded_noise)
         seeds = plan.seeds_for([partition_id_of(c) for c in contexts])
     else:
         seeds = [int.from_bytes(os.urandom(32), "little") for _ in contexts]

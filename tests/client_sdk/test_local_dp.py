@@ -22,7 +22,7 @@ def _data(context, config):
     return TASK.data.client_data(pid, 4, partitioner=IidPartitioner(), seed=0)
 
 
-def _upload(**config):
+def _upload(allow_seeded_noise=True, **config):
     content = RecordDict(
         {
             "arrays": ArrayRecord({k: Array(v) for k, v in GLOBAL.items()}),
@@ -30,7 +30,7 @@ def _upload(**config):
         }
     )
     msg = message(content, src=1, dst=7, message_type=MessageType.TRAIN)
-    reply = train_round(TASK, msg, node_context(1, 4), _data)
+    reply = train_round(TASK, msg, node_context(1, 4), _data, allow_seeded_noise=allow_seeded_noise)
     payload = reply.content[UPDATE_RECORD_KEY][PAYLOAD_FIELD]
     return decode_update(payload).as_dict()
 
@@ -49,6 +49,18 @@ def test_the_upload_is_clipped_and_noised_on_the_device():
     assert all(np.array_equal(noised[k], _upload(**dp)[k]) for k in noised)  # seeded: repeats
     secret = {**dp, keys.DP_LOCAL_SEEDED: False}
     assert not np.array_equal(_upload(**secret)["0.weight"], _upload(**secret)["0.weight"])
+
+
+def test_a_server_cannot_switch_a_devices_noise_to_a_seed_it_knows():
+    """A device's app leaves seeded noise off, so the server's dp-local-seeded leaves the noise
+    secret; a simulator's app that allows it takes only an exact True (not "false" or 1)."""
+    dp = {keys.DP_LOCAL_CLIP: 0.5, keys.DP_LOCAL_STDDEV: 0.01}
+    for allowed, asked in ((False, True), (True, "false"), (True, 1)):
+        first, second = (
+            _upload(allow_seeded_noise=allowed, **dp, **{keys.DP_LOCAL_SEEDED: asked})["0.weight"]
+            for _ in range(2)
+        )
+        assert not np.array_equal(first, second), (allowed, asked)
 
 
 def test_local_dp_by_hand():
