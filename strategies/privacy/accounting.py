@@ -13,7 +13,9 @@ samplings are accounted, each with the neighbouring relation it needs:
 - ``poisson``: each client joins a round independently with probability ``q = m / N``
   (add-or-remove-one neighbours, sensitivity ``C``, multiplier ``z``; Mironov, Talwar & Zhang
   2019, the DP-SGD accounting of Abadi et al. 2016). Only correct for a sampler that draws this
-  way; Pollen's sampler draws a fixed number, so ``fixed`` is what its runs report.
+  way: ``dp-sampling poisson`` switches the run's sampler to
+  :class:`strategies.sampling.PoissonSampler` (central DP); otherwise the sampler draws a fixed
+  number and ``fixed`` is what runs report.
 
 Both are RDP (Mironov 2017) compositions over the rounds, converted to (epsilon, delta) by
 dp-accounting's ``compute_epsilon`` (Canonne, Kamath & Steinke 2020's conversion).
