@@ -189,11 +189,21 @@ def plot(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
     fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 5), dpi=100)
     for ax, (task_name, rows) in zip(np.atleast_1d(axes), results.items(), strict=True):
         base = rows[0]["final_accuracy"]
+        floor = base - 0.1  # rows below (collapsed ones) sit on the floor, their accuracy named
         for r in rows:
             x, y = r["upload_bytes_per_client_round"], r["final_accuracy"]
             rotated = r["row"].startswith(("rot", "top-5% + rot", "90% pruned + rot", "EF-sign"))
-            ax.plot(x, y, "o", color="tab:red" if rotated else "tab:blue")
-            ax.annotate(r["row"], (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+            label = r["row"] if y >= floor else f"{r['row']} ({y:.2f})"
+            ax.plot(
+                x,
+                max(y, floor),
+                "o" if y >= floor else "v",
+                color="tab:red" if rotated else "tab:blue",
+            )
+            ax.annotate(
+                label, (x, max(y, floor)), fontsize=6, xytext=(3, 3), textcoords="offset points"
+            )
+        ax.set_ylim(floor - 0.005, base + 0.02)
         ax.axhline(base - 0.01, color="gray", lw=0.8, ls="--", label="float32 - 1 pt")
         ax.set_xscale("log")
         ax.set_title(task_name)
