@@ -295,7 +295,9 @@ def plot(results: dict[str, Any], path: Path) -> None:
                 ax.axhline(base, color="gray", ls="--", lw=1, label=mechanism)
         ax.set_xscale("log")
         ax.set_xticks(results["epsilons"], [f"{e:g}" for e in results["epsilons"]])
-        ax.set_title(f"{task}: {results['tasks'][task]['setup']}", fontsize=8)
+        ax.minorticks_off()
+        setup = results["tasks"][task]["setup"].replace(" (fixed", "\n(fixed")
+        ax.set_title(f"{task}: {setup}", fontsize=8)
         ax.set_xlabel(f"epsilon (delta = {DELTA:g})")
         ax.set_ylabel("final central test accuracy (mean +- std over seeds)")
         ax.grid(alpha=0.3)
@@ -322,8 +324,11 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, default=None, help="default: OUT/privacy.png")
     parser.add_argument("--report", type=Path, default=None, help="print a saved JSON's tables")
     args = parser.parse_args()
-    if args.report:
-        report(json.loads(args.report.read_text()))
+    if args.report:  # and redraw its plot where --plot names a file
+        saved = json.loads(args.report.read_text())
+        report(saved)
+        if args.plot:
+            plot(saved, args.plot)
         return
     if args.quick:
         args.seeds, args.epsilons, args.rounds = 1, [8.0], 3
