@@ -86,14 +86,15 @@ def plan_chunks(steps: np.ndarray, k: int, workers: int) -> ChunkPlan:
     In order (chunk after chunk, every thread in each) unless balanced chunks trained at once
     are planned to finish first: clients largest first into the least-loaded of ``workers``
     groups (counting each chunk's fixed cost), each group cut into chunks of ``k``, one thread
-    per chunk, listed costliest first (the order a pool should take them in). A round of one
-    chunk stays one chunk on every thread (one chunk on one thread lost at 50 equal clients,
-    benchmarks/README.md; two half chunks at once are unmeasured). Deterministic: it reads
-    only the planned steps.
+    per chunk, listed costliest first (the order a pool should take them in). A round of
+    fewer than two chunks per worker stays in order: one chunk on one thread lost at 50 equal
+    clients, and at 100 skewed clients (two chunks) balanced chunks at once lost three passes
+    of three at Pareto(2) (benchmarks/README.md). Deterministic: it reads only the planned
+    steps.
     """
     n = len(steps)
     in_order = ChunkPlan([list(range(s, min(n, s + k))) for s in range(0, n, k)], False)
-    if workers < 2 or len(in_order.chunks) < 2:
+    if workers < 2 or len(in_order.chunks) < 2 * workers:
         return in_order
     load, groups = [0.0] * workers, [[] for _ in range(workers)]
     for i, count in enumerate(steps.tolist()):
