@@ -130,21 +130,25 @@ class RunSettings(  # fields in the reverse order of the bases: the task's first
             key = "dp-target-epsilon" if self.dp_target_epsilon else "dp-target-delta"
             raise RunConfigError(key, str(err)) from None
 
+    def privacy_plan(self, population: int) -> RoundPlan:
+        """The rounds DP accounts for: ``population`` clients (dp-population wins when set),
+        sampled as the run's sampler draws them (raises PrivacyError)."""
+        n = self.dp_population or population
+        return RoundPlan(
+            population=n,
+            per_round=sample_size(n, self.fraction_train, 1),
+            rounds=self.num_server_rounds,
+            delta=self.dp_target_delta or n**-1.1,
+            sampling=self.dp_sampling,  # the run's sampler draws the same way (registry)
+        )
+
     def central_privacy(self, population: int) -> CentralDp | None:
         """Central DP for ``population`` clients (dp-population wins when set), the noise
         calibrated to dp-target-epsilon where asked; a target that cannot be met is refused."""
         if self.dp_mode != "central":
             return None
-        n = self.dp_population or population
-        per_round = sample_size(n, self.fraction_train, 1)  # as the run's sampler draws
         try:
-            plan = RoundPlan(
-                population=n,
-                per_round=per_round,
-                rounds=self.num_server_rounds,
-                delta=self.dp_target_delta or n**-1.1,
-                sampling=self.dp_sampling,  # the run's sampler draws the same way (registry)
-            )
+            plan = self.privacy_plan(population)
             z = self.dp_noise_multiplier or calibrate_noise(self.dp_target_epsilon, plan)
         except PrivacyError as err:
             key = "dp-target-epsilon" if self.dp_target_epsilon else "dp-target-delta"
@@ -172,7 +176,7 @@ class RunSettings(  # fields in the reverse order of the bases: the task's first
         if self.dp_mode != "distributed":
             return None
         n = self.dp_population or population
-        per_round = sample_size(n, self.fraction_train, 1)  # as the run's sampler draws
+        per_round = sample_size(n, self.fraction_train, 1)  # as privacy_plan counts them
         if per_round >= 1 << self.dp_bits:
             raise RunConfigError(
                 "dp-bits", f"{per_round} clients' count does not fit {self.dp_bits} bits"
@@ -184,12 +188,7 @@ class RunSettings(  # fields in the reverse order of the bases: the task's first
         except ValueError as err:
             raise RunConfigError("dp-bits", str(err)) from None
         try:
-            plan = RoundPlan(
-                population=n,
-                per_round=per_round,
-                rounds=self.num_server_rounds,
-                delta=self.dp_target_delta or n**-1.1,
-            )
+            plan = self.privacy_plan(population)
             z = self.dp_noise_multiplier or calibrate_multiplier(
                 self.dp_target_epsilon,
                 plan,

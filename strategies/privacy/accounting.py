@@ -24,7 +24,7 @@ dp-accounting's ``compute_epsilon`` (Canonne, Kamath & Steinke 2020's conversion
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import dp_accounting as dp
@@ -157,12 +157,22 @@ def calibrate_noise(target_epsilon: float, plan: RoundPlan, tolerance: float = 1
             f"over {plan.rounds} rounds of {plan.per_round} of {plan.population} clients even with "
             f"noise multiplier {MAX_NOISE:g}: raise the epsilon or delta, or run fewer rounds"
         )
-    low, high = MIN_NOISE, MAX_NOISE
-    if epsilon(low, plan) <= target_epsilon:
+    return smallest_meeting(
+        lambda z: epsilon(z, plan), target_epsilon, MIN_NOISE, MAX_NOISE, tolerance
+    )
+
+
+def smallest_meeting(
+    eps: Callable[[float], float], target: float, low: float, high: float, tolerance: float = 1e-3
+) -> float:
+    """The smallest noise ``x`` in ``[low, high]`` (to ``tolerance``, relative: a geometric
+    bisection) with ``eps(x) <= target``, for an ``eps`` that falls as the noise grows and a
+    ``high`` that meets the target (the callers check it and word the refusal)."""
+    if eps(low) <= target:
         return low
-    while high / low > 1 + tolerance:  # epsilon falls as the noise grows
+    while high / low > 1 + tolerance:
         middle = math.sqrt(low * high)
-        if epsilon(middle, plan) <= target_epsilon:
+        if eps(middle) <= target:
             high = middle
         else:
             low = middle

@@ -51,6 +51,7 @@ from strategies.privacy.accounting import (
     is_real,
     ledger_state,
     restored_ledger,
+    smallest_meeting,
 )
 from wire import keys
 from wire.ddp_vector import DdpVectorSpec
@@ -187,14 +188,7 @@ def calibrate_local_stddev(
             f"the distributed discrete Gaussian over {rounds} rounds with these settings "
             f"({', '.join(f'{k}={v}' for k, v in sorted(round_kwargs.items()))})"
         )
-    low, high = 1e-3, max_stddev
-    while high / low > 1 + tolerance:
-        middle = math.sqrt(low * high)
-        if eps(middle) <= target_epsilon:
-            high = middle
-        else:
-            low = middle
-    return high
+    return smallest_meeting(eps, target_epsilon, 1e-3, max_stddev, tolerance)
 
 
 BLOCK = DdpSpec.block  # the rotation's largest block
@@ -260,16 +254,7 @@ def calibrate_multiplier(
             f"{plan.population} clients at dp-bits {bits} even with noise multiplier "
             f"{MAX_MULTIPLIER:g}: raise the epsilon, delta or dp-bits, or run fewer rounds"
         )
-    low, high = MIN_MULTIPLIER, MAX_MULTIPLIER
-    if eps(low) <= target_epsilon:
-        return low
-    while high / low > 1.001:
-        middle = math.sqrt(low * high)
-        if eps(middle) <= target_epsilon:
-            high = middle
-        else:
-            low = middle
-    return high
+    return smallest_meeting(eps, target_epsilon, MIN_MULTIPLIER, MAX_MULTIPLIER)
 
 
 @dataclass
