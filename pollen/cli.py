@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -263,7 +264,22 @@ def _quiet_logs(verbose: bool) -> None:
 
 
 def main() -> None:
-    app()
+    """The ``pollen`` command. A value click cannot parse or an unknown option is one line
+    naming it and exit 2, like Pollen's own refusals (click would print a usage box)."""
+    try:
+        code = app(standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError:  # the help is printed already
+        code = 2
+    except click.UsageError as err:
+        names, ctx = [], err.ctx
+        while ctx is not None and ctx.parent is not None:  # the root's name: "pollen" always
+            names.insert(0, ctx.info_name or "")
+            ctx = ctx.parent
+        typer.echo(f"{' '.join(['pollen', *names])}: error: {err.format_message()}", err=True)
+        code = 2
+    except click.exceptions.Abort:
+        code = 1
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,26 @@ def test_bad_flags_exit_nonzero_with_one_line_naming_the_flag(args, flag):
     assert len(lines) == 1 and lines[0].startswith(f"pollen simulate: error: {flag}:")
 
 
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["simulate", "--rounds", "x"], "'--rounds': 'x' is not a valid integer"),
+        (["simulate", "--dp-bits", "1e99"], "'--dp-bits'"),
+        (["simulate", "--bogus", "1"], "No such option '--bogus'"),
+        (["server", "start", "--port"], "'--port' requires an argument"),
+    ],
+)
+def test_values_click_cannot_parse_are_one_line_too(args, says):
+    """The command itself (not CliRunner): click's usage errors come out as one line, exit 2."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pollen", *args], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pollen") and says in lines[0]
+    assert ": error: " in lines[0]
+
+
 def test_simulate_end_to_end_through_the_console_script(tmp_path):
     out = tmp_path / "run"
     done = subprocess.run(
