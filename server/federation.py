@@ -175,6 +175,8 @@ def run_federation(
         restore_optimizer_state(strategy.inner, checkpoint.optimizer)
         if privacy is not None:
             restore_privacy(privacy, checkpoint)
+            if settings.dp_target_epsilon and not settings.dp_noise_multiplier:
+                recalibrate_privacy(privacy, checkpoint, settings, initial)
         strategy.round_offset = done
     num_partitions = settings.num_partitions or len(strategy.sampler.wait_for_nodes(grid))
     central = central_evaluation(task, num_partitions, settings.seed)
@@ -262,6 +264,37 @@ def restore_privacy(privacy: CentralDp | LocalDp | DistributedDp, checkpoint: Ch
         privacy.restore(checkpoint.privacy, checkpoint.server_round)
     except PrivacyError as err:
         raise ResumeError(f"{where}{err}") from None
+
+
+def recalibrate_privacy(
+    privacy: CentralDp | LocalDp | DistributedDp,
+    checkpoint: Checkpoint,
+    settings: RunSettings,
+    initial: dict[str, np.ndarray],
+) -> None:
+    """Resuming a run calibrated to dp-target-epsilon: the rounds left get the noise that keeps
+    the total (the ledger so far plus them) within the target. Without this, a run resumed
+    with more planned rounds would calibrate as if starting afresh and overshoot the target."""
+    left = settings.num_server_rounds - checkpoint.server_round
+    if left <= 0:
+        return
+    before = privacy.noise_multiplier
+    try:
+        if isinstance(privacy, DistributedDp):
+            values = sum(int(a.size) for a in initial.values())
+            privacy.recalibrate(settings.dp_target_epsilon, left, values)
+        else:
+            privacy.recalibrate(settings.dp_target_epsilon, left)
+    except PrivacyError as err:
+        where = f"{checkpoint.source}: " if checkpoint.source is not None else ""
+        raise ResumeError(f"{where}dp-target-epsilon: {err}") from None
+    log.info(
+        "resumed DP run: noise multiplier %.4g -> %.4g for the %d rounds left (target %g)",
+        before,
+        privacy.noise_multiplier,
+        left,
+        settings.dp_target_epsilon,
+    )
 
 
 def central_evaluation(

@@ -179,6 +179,24 @@ def smallest_meeting(
     return high
 
 
+def calibrate_rest(
+    projected: Callable[[float], float], target_epsilon: float, rounds_left: int
+) -> float:
+    """The smallest noise multiplier for a run's ``rounds_left`` remaining rounds whose
+    ``projected(z)`` total epsilon (the ledger so far plus those rounds at ``z``) is at most
+    ``target_epsilon``: how a resumed run keeps its target when its planned rounds changed or
+    its ledger holds rounds spent differently from the plan. Refuses a target already spent."""
+    if not is_real(target_epsilon) or not (math.isfinite(target_epsilon) and target_epsilon > 0):
+        raise PrivacyError(f"dp-target-epsilon must be a positive number, got {target_epsilon!r}")
+    if projected(MAX_NOISE) > target_epsilon:
+        raise PrivacyError(
+            f"the {rounds_left} rounds left cannot stay within dp-target-epsilon "
+            f"{target_epsilon:g}: the rounds already done spent {projected(math.inf):.4g}; "
+            "raise the target or plan fewer rounds"
+        )
+    return smallest_meeting(projected, target_epsilon, MIN_NOISE, MAX_NOISE)
+
+
 def adaptive_clip_noise(noise_multiplier: float, count_stddev: float) -> float:
     """Noise multiplier left for the update sum when adaptive clipping also releases a noisy
     count of clipped updates with stddev ``count_stddev`` (Andrew, Thakkar, McMahan & Ramaswamy,
@@ -219,6 +237,14 @@ class Ledger:
 
     def state(self) -> dict[str, list[float]]:
         return ledger_state(self.curve, self.history)
+
+    def projected(self, noise_multiplier: float, rounds_left: int) -> float:
+        """Epsilon after the rounds spent so far and ``rounds_left`` more at ``noise_multiplier``
+        (infinite noise: the rounds spent alone)."""
+        if rounds_left == 0 or math.isinf(noise_multiplier):
+            return epsilon_of(self.curve, self.plan.delta) if self.history else 0.0
+        added = rounds_left * rdp_of_round(noise_multiplier, self.plan)
+        return epsilon_of(self.curve + added, self.plan.delta)
 
     def restore(self, state: Mapping[str, object], rounds: int) -> None:
         """Continue from a checkpoint's ledger (:func:`restored_ledger`)."""

@@ -44,6 +44,7 @@ from strategies.privacy.accounting import (
     PrivacyError,
     RoundPlan,
     adaptive_clip_noise,
+    calibrate_rest,
     is_real,
 )
 from strategies.replies import WEIGHT_KEY
@@ -227,6 +228,17 @@ class CentralDp:
         if not is_real(clip) or not (math.isfinite(clip) and clip > 0):
             raise PrivacyError(f"the checkpoint's dp clip must be a positive number, got {clip!r}")
         self.clip = float(clip)
+
+    def recalibrate(self, target_epsilon: float, rounds_left: int) -> float:
+        """Resuming: the multiplier for the rounds left so the run's total stays within
+        ``target_epsilon`` (:func:`calibrate_rest`); the one set."""
+        z = calibrate_rest(
+            lambda z: self.ledger.projected(z, rounds_left), target_epsilon, rounds_left
+        )
+        if self.adaptive is not None:
+            adaptive_clip_noise(z, self.count_stddev)
+        self.noise_multiplier = z
+        return z
 
     def finish_round(self) -> dict[str, float]:
         """After the round's release: spend it in the ledger, move an adaptive clip; metrics."""

@@ -47,6 +47,7 @@ from scipy import special
 from strategies.privacy.accounting import (
     PrivacyError,
     RoundPlan,
+    calibrate_rest,
     is_int,
     is_real,
     ledger_state,
@@ -218,23 +219,29 @@ def round_scale(
     return scale, scale * share
 
 
-def planned_epsilon(z: float, plan: RoundPlan, *, clip: float, bits: int, values: int) -> float:
-    """Epsilon after the plan's rounds of updates of ``values`` coordinates, every sampled
-    client surviving."""
+def planned_round_rdp(
+    z: float, plan: RoundPlan, *, clip: float, bits: int, values: int
+) -> np.ndarray:
+    """One planned round's RDP curve: updates of ``values`` coordinates, every sampled client
+    surviving."""
     m = plan.per_round
-    dim = rotated_dim(values)
     scale, stddev = round_scale(bits=bits, clients=m, clip=clip, values=values, z=z)
-    return ddg_epsilon(
-        rounds=plan.rounds,
-        delta=plan.delta,
+    return ddg_round_rdp(
         clip=clip,
         scale=scale,
-        dim=dim,
+        dim=rotated_dim(values),
         local_stddev=stddev,
         clients=m,
         population=plan.population,
         sampled=m,
     )
+
+
+def planned_epsilon(z: float, plan: RoundPlan, *, clip: float, bits: int, values: int) -> float:
+    """Epsilon after the plan's rounds of updates of ``values`` coordinates, every sampled
+    client surviving."""
+    curve = planned_round_rdp(z, plan, clip=clip, bits=bits, values=values)
+    return epsilon_of(plan.rounds * curve, plan.delta)
 
 
 def calibrate_multiplier(
@@ -349,6 +356,23 @@ class DistributedDp:
     def restore(self, state: Mapping[str, object], rounds: int) -> None:
         """Continue after ``rounds`` rounds from a checkpoint's :meth:`state`."""
         self.curve, self.history = restored_ledger(state, len(ORDERS), rounds)
+
+    def projected(self, z: float, rounds_left: int, values: int) -> float:
+        """Epsilon after the sums unmasked so far and ``rounds_left`` planned rounds at ``z``
+        (infinite ``z``: the spent rounds alone)."""
+        if rounds_left == 0 or math.isinf(z):
+            return epsilon_of(self.curve, self.plan.delta) if self.history else 0.0
+        curve = planned_round_rdp(z, self.plan, clip=self.clip, bits=self.bits, values=values)
+        return epsilon_of(self.curve + rounds_left * curve, self.plan.delta)
+
+    def recalibrate(self, target_epsilon: float, rounds_left: int, values: int) -> float:
+        """Resuming: the multiplier for the rounds left so the run's total stays within
+        ``target_epsilon`` (updates of ``values`` coordinates); the one set."""
+        z = calibrate_rest(
+            lambda z: self.projected(z, rounds_left, values), target_epsilon, rounds_left
+        )
+        self.noise_multiplier = max(z, MIN_MULTIPLIER)
+        return self.noise_multiplier
 
     def finish_round(self) -> dict[str, float]:
         """This round's metrics (spent when the sum was unmasked: :meth:`summed`)."""

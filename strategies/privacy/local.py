@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from strategies.privacy.accounting import Ledger, PrivacyError, RoundPlan, is_real
+from strategies.privacy.accounting import Ledger, PrivacyError, RoundPlan, calibrate_rest, is_real
 from wire import keys
 
 
@@ -65,6 +65,14 @@ class LocalDp:
     def restore(self, state: Mapping[str, object], rounds: int) -> None:
         """Continue after ``rounds`` rounds from a checkpoint's :meth:`state`."""
         self.ledger.restore(state, rounds)
+
+    def recalibrate(self, target_epsilon: float, rounds_left: int) -> float:
+        """Resuming: the multiplier for the rounds left so each client's total stays within
+        ``target_epsilon`` (:func:`calibrate_rest`); the one set."""
+        self.noise_multiplier = calibrate_rest(
+            lambda z: self.ledger.projected(z, rounds_left), target_epsilon, rounds_left
+        )
+        return self.noise_multiplier
 
     def finish_round(self) -> dict[str, float]:
         """A round that released noised updates: spend it; the metrics to log."""

@@ -83,3 +83,39 @@ def test_a_tampered_ledger_is_refused_in_one_line(stopped, tmp_path, change, why
     with pytest.raises(ResumeError, match=why) as err:
         _run(target, 3, resume=True)
     assert "\n" not in str(err.value) and CHECKPOINT_FILE in str(err.value)
+
+
+def _target_run(out, rounds, resume=False):
+    run = SimulationRunSettings(
+        num_server_rounds=rounds,
+        partition="iid",
+        seed=3,
+        resume=resume,
+        dp_mode="central",
+        dp_target_epsilon=4.0,
+        fraction_train=0.5,
+    )
+    simulate(SimulationSettings(run=run, clients=12, out_dir=out, engine="batched"))
+    return read_metrics(out / "metrics.jsonl")
+
+
+def test_resuming_with_more_rounds_keeps_the_target_epsilon(tmp_path):
+    """2 rounds calibrated for a 2-round plan, then resumed as a 5-round run: the 3 rounds left
+    get more noise so the total stays within dp-target-epsilon (calibrating afresh for 5
+    rounds would have spent the first two at the 2-round plan's lower noise and overshot)."""
+    first = _target_run(tmp_path, 2)
+    assert first[-1]["dp_epsilon"] == pytest.approx(4.0, rel=2e-3)
+    rows = _target_run(tmp_path, 5, resume=True)
+    assert [r["round"] for r in rows] == [0, 1, 2, 3, 4, 5]
+    spent = [r["dp_epsilon"] for r in rows[1:]]
+    assert spent[:2] == [r["dp_epsilon"] for r in first[1:]]  # the ledger carried over
+    assert spent[1] < spent[2] < spent[3] < spent[4] <= 4.0 * (1 + 1e-6)
+    assert spent[4] > 4.0 * 0.99  # not over-noised either: the target is what is spent
+
+
+def test_a_target_already_spent_is_refused_at_resume_in_one_line(tmp_path):
+    _target_run(tmp_path, 2)
+    _rewrite_privacy(tmp_path, lambda p: {**p, "curve": [50.0 * v for v in p["curve"]]})
+    with pytest.raises(ResumeError, match="dp-target-epsilon") as err:
+        _target_run(tmp_path, 4, resume=True)
+    assert "\n" not in str(err.value)

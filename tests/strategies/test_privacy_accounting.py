@@ -16,6 +16,7 @@ from strategies.privacy.accounting import (
     RoundPlan,
     adaptive_clip_noise,
     calibrate_noise,
+    calibrate_rest,
     epsilon,
     epsilon_by_round,
     rdp_of_round,
@@ -88,6 +89,27 @@ def test_calibration_meets_the_target_with_the_least_noise():
     assert epsilon(z, plan) <= 3.0 < epsilon(z * 0.99, plan)
 
 
+def test_the_rest_of_a_resumed_plan_keeps_the_total_within_the_target():
+    """Spent 5 rounds at more noise than a 20-round plan at epsilon 3 needs, 15 more planned:
+    the rest's multiplier is the least meeting 3 with the ledger counted (below the plan's:
+    the 5 were cheaper); already past the target, the rest is refused."""
+    plan = RoundPlan(population=1000, per_round=50, rounds=20, delta=1e-5)
+    fresh = calibrate_noise(3.0, plan)
+    ledger = Ledger(plan)
+    for _ in range(5):
+        ledger.spend(1.5 * fresh)
+    z = calibrate_rest(lambda z: ledger.projected(z, 15), 3.0, 15)
+    assert ledger.projected(z, 15) <= 3.0 < ledger.projected(z * 0.99, 15)
+    assert z < fresh and ledger.projected(fresh, 15) < 3.0
+    same = Ledger(plan)
+    for _ in range(5):
+        same.spend(fresh)
+    assert same.projected(fresh, 15) == pytest.approx(epsilon(fresh, plan), rel=1e-12)
+    assert ledger.projected(float("inf"), 15) == ledger.epsilon
+    with pytest.raises(PrivacyError, match="15 rounds left cannot stay within .* 0.1"):
+        calibrate_rest(lambda z: ledger.projected(z, 15), 0.1, 15)
+
+
 def test_unreachable_target_is_refused_naming_the_settings():
     plan = RoundPlan(population=100, per_round=100, rounds=100_000, delta=1e-5)
     with pytest.raises(PrivacyError, match="dp-target-epsilon 0.001 .* cannot be met over 100000"):
@@ -141,3 +163,16 @@ def test_hostile_noise_and_targets_are_typed_errors(bad):
 def test_no_noise_is_no_privacy():
     plan = RoundPlan(population=1000, per_round=10, rounds=5, delta=1e-5)
     assert epsilon(0.0, plan) == math.inf
+
+
+def test_local_dp_gives_its_rest_the_recalibrated_noise():
+    from strategies.privacy.local import LocalDp, local_plan
+    from wire import keys
+
+    dp = LocalDp(noise_multiplier=4.0, clip=0.5, plan=local_plan(10, 1e-5))
+    for _ in range(3):
+        dp.finish_round()
+    target = 1.5 * dp.ledger.projected(4.0, 7)  # more budget than 4.0 would spend
+    z = dp.recalibrate(target, 7)
+    assert z < 4.0 and dp.ledger.projected(z, 7) <= target
+    assert dp.round_config()[keys.DP_LOCAL_STDDEV] == pytest.approx(z * 0.5)

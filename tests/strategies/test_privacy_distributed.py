@@ -20,6 +20,7 @@ from strategies.privacy.accounting import PrivacyError
 from strategies.privacy.distributed import (
     DistributedDp,
     calibrate_local_stddev,
+    calibrate_multiplier,
     ddg_epsilon,
     ddg_rdp,
     ddg_round_rdp,
@@ -119,6 +120,24 @@ def test_calibration_meets_the_target_and_refuses_the_impossible():
     assert ddg_epsilon(rounds=100, delta=1e-5, local_stddev=s * 0.99, **kwargs) > 3.0
     with pytest.raises(PrivacyError, match="cannot be met .* 100 rounds"):
         calibrate_local_stddev(1e-9, rounds=100, delta=1e-5, max_stddev=1e3, **kwargs)
+
+
+def test_recalibrating_the_rounds_left_keeps_the_total_within_the_target():
+    """A resumed run (server.federation.recalibrate_privacy): 4 rounds spent at the 4-round
+    plan's multiplier, then 6 more planned; the rest gets more noise, the total meets 3."""
+    values = 2000
+    plan = accounting.RoundPlan(population=500, per_round=50, rounds=4, delta=1e-5)
+    z = calibrate_multiplier(3.0, plan, clip=1.0, bits=16, values=values)
+    ddp = DistributedDp(noise_multiplier=z, clip=1.0, bits=16, plan=plan)
+    for server_round in range(1, 5):
+        ddp.vector_spec(50, kept=values, server_round=server_round, sampled=50)
+        ddp.summed(50)
+    assert ddp.epsilon == pytest.approx(3.0, rel=2e-3)
+    with pytest.raises(PrivacyError, match="6 rounds left cannot stay within"):
+        ddp.recalibrate(2.0, 6, values)  # already spent more than 2
+    later = ddp.recalibrate(3.5, 6, values)
+    assert later > z and ddp.noise_multiplier == later
+    assert ddp.projected(later, 6, values) <= 3.5 < ddp.projected(later * 0.99, 6, values)
 
 
 @pytest.mark.parametrize(
