@@ -152,19 +152,20 @@ def _takes_every_node(inner: Strategy) -> Strategy:
     return inner
 
 
-def sampler_for(privacy: object) -> type[SeededSampler]:
-    """Poisson sampling when central DP is accounted for it (its plan says so), else fixed-size:
-    the sampler and the accountant read the same setting."""
-    poisson = isinstance(privacy, CentralDp) and privacy.plan.sampling == "poisson"
-    return PoissonSampler if poisson else SeededSampler
+def sampler_for(privacy: object, *, seed: int, min_available: int) -> SeededSampler:
+    """Poisson sampling at the accounted rate when central DP is accounted for it (its plan
+    says so), else fixed-size: the sampler and the accountant read the same setting."""
+    if isinstance(privacy, CentralDp) and privacy.plan.sampling == "poisson":
+        return PoissonSampler(seed=seed, min_available=min_available, rate=privacy.plan.rate)
+    return SeededSampler(seed=seed, min_available=min_available)
 
 
 def build_strategy(settings: StrategySettings) -> WireStrategy:
     """The named Flower strategy (or ``settings.inner``) inside Pollen's wire adapter."""
     return WireStrategy(
         _takes_every_node(settings.inner) if settings.inner is not None else _inner(settings),
-        sampler=sampler_for(settings.privacy)(
-            seed=settings.seed, min_available=settings.min_available_nodes
+        sampler=sampler_for(
+            settings.privacy, seed=settings.seed, min_available=settings.min_available_nodes
         ),
         fraction_train=settings.fraction_train,
         fraction_evaluate=settings.fraction_evaluate,

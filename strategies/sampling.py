@@ -99,13 +99,26 @@ class PoissonSampler(SeededSampler):
     2016; Mironov, Talwar & Zhang 2019): for the same epsilon it needs far less noise than
     fixed-size sampling's replace-one bound. A round may draw no node at all (probability
     ``(1 - q)^N``); it still releases its noise (:mod:`strategies.privacy.central`).
-    Evaluation still samples a fixed number (:meth:`SeededSampler.sample`)."""
+    Evaluation still samples a fixed number (:meth:`SeededSampler.sample`).
+
+    ``rate``: the accountant's ``q`` (its plan's, over dp-population), which every node then
+    joins with whatever number is connected; without it ``q`` comes from the connected nodes.
+    Fewer nodes connected than the declared population would otherwise raise each one's chance
+    above the accounted one wherever ``min_nodes`` lifts ``m``."""
+
+    rate: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.rate is not None and not (
+            isinstance(self.rate, float | int) and 0 < self.rate <= 1
+        ):
+            raise ValueError(f"Poisson sampling rate must be in (0, 1], got {self.rate!r}")
 
     def sample_train(
         self, grid: Grid, server_round: int, fraction: float, min_nodes: int
     ) -> list[int]:
         nodes = self.wait_for_nodes(grid)
-        rate = poisson_rate(len(nodes), fraction, min_nodes)
+        rate = self.rate if self.rate is not None else poisson_rate(len(nodes), fraction, min_nodes)
         if rate >= 1:
             return nodes
         self._learn_partitions(grid, nodes)

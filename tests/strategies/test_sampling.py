@@ -82,3 +82,16 @@ def test_poisson_sampling_may_draw_nobody_and_evaluation_still_samples_a_fixed_n
     assert 0 in sizes and max(sizes) > 1
     assert len(PoissonSampler(seed=2).sample(grid, 1, 0.125, 1, purpose=1)) == 1
     assert len(PoissonSampler(seed=2).sample_train(grid, 1, 1.0, 1)) == 8  # q = 1: everyone
+
+
+def test_poisson_sampling_at_the_accounted_rate_whatever_is_connected():
+    """dp-population 1000 at q = 0.1, 10 nodes connected, min-train-nodes 2: from the
+    connected nodes the rate would be 2/10; every node joins with the accounted 0.1."""
+    grid = QueryAnsweringGrid({n: n for n in range(10)})
+    assert poisson_rate(10, 0.1, 2) == 0.2
+    sampler = PoissonSampler(seed=5, rate=0.1)
+    joined = sum(len(sampler.sample_train(grid, r, 0.1, 2)) for r in range(1, 1001))
+    assert abs(joined / 10_000 - 0.1) < 4 * (0.1 * 0.9 / 10_000) ** 0.5  # 4 sigma
+    for bad in (0.0, 1.5, "0.1", float("nan")):
+        with pytest.raises(ValueError, match="rate"):
+            PoissonSampler(seed=0, rate=bad)
