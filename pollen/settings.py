@@ -120,12 +120,14 @@ def _check_engine_options(simulation: dict[str, Any]) -> None:
 
 
 def _check_privacy(run: Any, simulation: dict[str, Any]) -> None:
-    """Plan the run's privacy now (a noise calibration that cannot meet its target raises,
-    naming the key) and refuse local DP on the batched engine, which builds replies without
+    """Plan the run's cohorts and privacy now (a robust aggregator's cohort too small for
+    num-malicious, or a noise calibration that cannot meet its target, raises naming the key)
+    and refuse local DP on the batched engine, which builds replies without
     the SDK's client round: one line before anything starts, not a traceback mid-run."""
     from simulations.runner import resolve_engine
     from simulations.settings import EngineSection
 
+    run.check_cohort(simulation.get("clients", EngineSection.clients))
     run.local_privacy()
     run.central_privacy(simulation.get("clients", EngineSection.clients))
     if run.dp_mode == "distributed":  # accounted over the model's values

@@ -29,6 +29,7 @@ from strategies.privacy.distributed import (
     round_scale,
 )
 from strategies.privacy.local import LocalDp, local_plan
+from strategies.registry import robust_cohort
 from strategies.sampling import sample_size
 from wire import CodecSpec
 
@@ -129,6 +130,19 @@ class RunSettings(  # fields in the reverse order of the bases: the task's first
         except PrivacyError as err:
             key = "dp-target-epsilon" if self.dp_target_epsilon else "dp-target-delta"
             raise RunConfigError(key, str(err)) from None
+
+    def check_cohort(self, population: int) -> None:
+        """Refuse a robust aggregator whose planned rounds (``population`` nodes sampled at
+        fraction-train) are too small for num-malicious Byzantine updates, naming the key."""
+        needed = robust_cohort(self.strategy, self.num_malicious) if self.num_malicious else 0
+        cohort = sample_size(population, self.fraction_train, 1)
+        if cohort < needed:
+            raise RunConfigError(
+                "num-malicious",
+                f"{self.strategy} with {self.num_malicious} malicious needs {needed} updates a "
+                f"round, a round trains {cohort} of {population} clients: lower num-malicious "
+                "or train more clients a round",
+            )
 
     def privacy_plan(self, population: int) -> RoundPlan:
         """The rounds DP accounts for: ``population`` clients (dp-population wins when set),

@@ -179,6 +179,7 @@ def run_federation(
                 recalibrate_privacy(privacy, checkpoint, settings, initial)
         strategy.round_offset = done
     num_partitions = settings.num_partitions or len(strategy.sampler.wait_for_nodes(grid))
+    settings.check_cohort(num_partitions)
     central = central_evaluation(task, num_partitions, settings.seed)
     metrics_log = MetricsLog(out_dir / "metrics.jsonl", keep_until=done if checkpoint else None)
     clock = {"start": time.perf_counter(), "last": time.perf_counter()}

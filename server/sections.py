@@ -17,7 +17,7 @@ from strategies import (
     SecAggSettings,
     StrategySettings,
 )
-from strategies.privacy.accounting import SAMPLINGS
+from strategies.privacy.accounting import MAX_ROUNDS, SAMPLINGS
 from strategies.schedules import parse_schedule
 from wire import CodecSpec
 from wire.codec import SCALES, SCHEMES
@@ -25,6 +25,8 @@ from wire.secagg_vector import SecAggVectorSpec
 
 MAX_SEED = 2**31 - 1
 MAX_BATCH_SIZE = 2**20
+MAX_POPULATION = 10**9  # dp-population: clients a run may sample from
+MAX_EPOCHS = 10_000  # local epochs a client runs in a round
 _CODEC = CodecSpec()  # the codec's own defaults are the settings' defaults
 _STRATEGY = StrategySettings()  # and the strategies' own defaults for their options
 
@@ -71,7 +73,7 @@ class TaskSection(Section):
     )
     resume: bool = setting(False, "Continue the run in --out from its checkpoint.")
     lr: float = setting(0.0, "Client learning rate (0: the Task's).", check=at_least(0))
-    local_epochs: int = setting(0, "Local epochs (0: the Task's).", check=at_least(0))
+    local_epochs: int = setting(0, "Local epochs (0: the Task's).", check=within(0, MAX_EPOCHS))
     batch_size: int = setting(0, "Local batch size (0: the Task's).", check=_batch_size)
     lr_schedule: str = setting(
         "constant",
@@ -85,7 +87,7 @@ class StrategySection(Section):
     """Rounds, client sampling and the server's strategy."""
 
     num_server_rounds: int = setting(
-        3, "Federated rounds.", check=at_least(1), flag="--rounds", cli_default=30
+        3, "Federated rounds.", check=within(1, MAX_ROUNDS), flag="--rounds", cli_default=30
     )
     strategy: str = setting(
         "fedavg",
@@ -313,7 +315,9 @@ class PrivacySection(Section):
         0.0, "Delta of the reported epsilon (0: 1/N^1.1).", check=within(0, 1, high_open=True)
     )
     dp_population: int = setting(
-        0, "Clients that may be sampled, N (0: num-partitions, else the nodes).", check=at_least(0)
+        0,
+        "Clients that may be sampled, N (0: num-partitions, else the nodes).",
+        check=within(0, MAX_POPULATION),
     )
     dp_sampling: str = setting(
         "fixed",

@@ -60,6 +60,9 @@ def _images(seed: int, count: int) -> tuple[np.ndarray, np.ndarray]:
     return x.numpy(), y.numpy()
 
 
+MAX_SAMPLES = 100_000  # images a client generates (1.2 GB of float32 32x32 RGB)
+
+
 @dataclass(frozen=True, kw_only=True)
 class GeneratedImages:
     """A natural partition: each client generates its own ``samples`` images from its id."""
@@ -69,8 +72,11 @@ class GeneratedImages:
     sizes: str = ""  # "": every client ``samples``; else a skewed distribution (.sizes)
 
     def __post_init__(self) -> None:
-        if self.samples < 1:
-            raise TaskConfigError(f"tutorial-cnn needs >= 1 sample per client, got {self.samples}")
+        if not 1 <= self.samples <= MAX_SAMPLES:
+            raise TaskConfigError(
+                f"tutorial-cnn needs 1 to {MAX_SAMPLES} samples per client (12 KiB each), got "
+                f"{self.samples}"
+            )
         if self.sizes:
             try:
                 parse_sizes(self.sizes)

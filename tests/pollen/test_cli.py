@@ -182,6 +182,22 @@ def test_non_finite_float_flags_are_refused_naming_the_flag(flag, value):
         (["--clients", "5000", "--partition", "iid"], "--partition", "5000 clients"),
         (["--out", "/proc/pollen-run"], "--out", "cannot write run files"),
         (["--resume"], "--resume", "name the run directory"),
+        # sizes that would run for ever or allocate without bound
+        (["--rounds", str(10**23)], "--rounds", "must be in [1, 1000000]"),
+        (["--local-epochs", str(10**11)], "--local-epochs", "must be in [0, 10000]"),
+        (["--dp-population", str(10**20)], "--dp-population", "must be in [0, 1000000000]"),
+        (["--task", "tutorial-cnn:99999999999999"], "--task", "1 to 100000 samples"),
+        # robust aggregators whose rounds are too small for the assumed attackers
+        (
+            ["--strategy", "bulyan", "--num-malicious", "1", "--clients", "4"],
+            "--num-malicious",
+            "needs 7 updates a round, a round trains 4 of 4",
+        ),
+        (
+            ["--strategy", "krum", "--num-malicious", str(10**12), "--clients", "8"],
+            "--num-malicious",
+            "needs 2000000000003 updates",
+        ),
     ],
 )
 def test_hostile_values_are_one_line_flag_errors(args, flag, says):
