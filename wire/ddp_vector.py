@@ -22,7 +22,7 @@ from functools import cached_property
 import numpy as np
 
 from wire.discrete_gaussian import MAX_VARIANCE
-from wire.dp import DdpSpec, ddp_decode_sum, ddp_encode
+from wire.dp import DdpSpec, ddp_decode_sum, ddp_encode, l2_norm
 from wire.errors import RejectReason, UpdateRejected
 from wire.rotation import MAX_BLOCK, MAX_SEED, MIN_BLOCK
 from wire.secagg_vector import (
@@ -129,7 +129,7 @@ class DdpVectorSpec:
                 f"the round's dp vector holds {self.length} kept values of weight 1; this "
                 f"update has {flat.size} of weight {weight}",
             )
-        norm = float(np.linalg.norm(flat.astype(np.float64)))
+        norm = l2_norm(flat)
         vector = np.empty(self.rotated_length + 1, dtype=np.uint32)
         vector[:-1] = ddp_encode(flat, self.ddp, rng)
         vector[-1] = 1

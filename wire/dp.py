@@ -40,6 +40,14 @@ WRAP_BOUND = 1e-6  # default chance per round that any coordinate of the sum wra
 RHO = 1.0  # flatness of the rotated vector (the paper's Lemma 29 constant, ~1 for Hadamard)
 
 
+def l2_norm(values: np.ndarray) -> float:
+    """The L2 norm, summed in float64 by numpy's own loop (``einsum``), not BLAS: the same bits
+    whatever BLAS's thread count, and no wait on its threads (which dominated a client's
+    encode on a busy machine)."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    return math.sqrt(float(np.einsum("i,i->", v, v)))
+
+
 def clip_l2(values: np.ndarray, clip: float) -> tuple[np.ndarray, float]:
     """``values * min(1, clip / ||values||)`` (float32) and the norm before clipping."""
     v = np.asarray(values, dtype=np.float32).ravel()
@@ -47,7 +55,7 @@ def clip_l2(values: np.ndarray, clip: float) -> tuple[np.ndarray, float]:
         raise ValueError("cannot clip a vector with NaN or infinite values")
     if not (isinstance(clip, int | float) and math.isfinite(clip) and clip > 0):
         raise ValueError(f"L2 clip must be a positive number, got {clip!r}")
-    norm = float(np.linalg.norm(v.astype(np.float64)))
+    norm = l2_norm(v)
     if norm <= clip:
         return v.copy(), norm
     return (v * np.float32(clip / norm)).astype(np.float32), norm
@@ -101,19 +109,26 @@ def conditional_round(
     """Unbiased randomized rounding to int64 (``floor(x) + Bernoulli(x - floor(x))``), redrawn
     until the squared norm (exact in integers) is at most ``bound^2``; the tries it took."""
     x = np.asarray(values, dtype=np.float64)
-    if not np.all(np.isfinite(x)) or (x.size and np.max(np.abs(x)) >= 2.0**40):
+    peak = float(np.max(np.abs(x))) if x.size else 0.0
+    if not np.all(np.isfinite(x)) or peak >= 2.0**40:
         raise ValueError("conditional rounding needs finite values below 2^40")
     low = np.floor(x)
     frac = x - low
+    base = low.astype(np.int64)
     if math.isinf(bound):
-        return low.astype(np.int64) + (rng.random(x.shape) < frac), 1
+        return base + (rng.random(x.shape) < frac), 1
     if not 0 <= bound * bound < 2.0**62:
         raise ValueError(f"rounding bound must be in [0, 2^31), got {bound!r}")
     limit = math.floor(bound * bound)
+    # |rounded| <= peak + 1: below 2^61 in all, the int64 sum of squares cannot overflow
+    fits = (peak + 1) ** 2 * x.size < 2.0**61
     for tries in range(1, MAX_ROUNDING_TRIES + 1):
-        rounded = low.astype(np.int64) + (rng.random(x.shape) < frac)
-        approx = float(np.dot(rounded.astype(np.float64), rounded.astype(np.float64)))
-        if approx < 2.0**62 and int(np.dot(rounded, rounded)) <= limit:  # exact in int64
+        rounded = base + (rng.random(x.shape) < frac)
+        if not fits:
+            approx = float(np.dot(rounded.astype(np.float64), rounded.astype(np.float64)))
+            if approx >= 2.0**62:
+                continue
+        if int(np.dot(rounded, rounded)) <= limit:  # exact in int64
             return rounded, tries
     raise ValueError(
         f"conditional rounding found no vector within norm {bound:.6g} in {MAX_ROUNDING_TRIES} "
@@ -220,13 +235,13 @@ def ddp_encode(values: np.ndarray, spec: DdpSpec, rng: np.random.Generator) -> n
     block = block_for(clipped.size, spec.block)
     rotated = rotate(clipped, spec.seed, block).astype(np.float64) * spec.scale
     scaled_clip = spec.clip * spec.scale
-    norm = float(np.linalg.norm(rotated))
+    norm = l2_norm(rotated)
     if norm > scaled_clip:  # the rotation keeps the norm up to float32 error: clip that away
         rotated *= scaled_clip / norm
     bound = rounded_l2_bound(scaled_clip, rotated.size, spec.beta)
     integers, _ = conditional_round(rng, rotated, bound)
     noisy = integers + discrete_gaussian(rng, spec.local_variance, integers.size)
-    return np.mod(noisy, spec.modulus).astype(np.uint64)
+    return noisy.view(np.uint64) & np.uint64(spec.modulus - 1)  # two's complement mod 2^bits
 
 
 def modular_sum(vectors: list[np.ndarray], bits: int) -> np.ndarray:

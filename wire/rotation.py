@@ -103,8 +103,11 @@ def fwht(rows: np.ndarray) -> np.ndarray:
     ``H_B = H_f1 (x) H_f2 (x) ...`` (Kronecker), so each factor is one batched BLAS product along
     its axis of the rows seen as [m, f1, f2, ...]: n * (f1 + f2 + ...) additions instead of the
     butterflies' n log2 B, but on numpy far faster than log2 B butterfly passes, each a full
-    pass over the array (benchmarks/README.md). :func:`fwht_reference` is the butterfly form the
-    tests compare against. Returns a fresh array."""
+    pass over the array (benchmarks/README.md). The last factor multiplies f rows at a time (a
+    stack of f x f products, the same sums): OpenBLAS runs products that small on the calling
+    thread, where one [n / f, f] product would wake its thread pool, whose wait dominates on a
+    busy machine. :func:`fwht_reference` is the butterfly form the tests compare against.
+    Returns a fresh array."""
     m, b = rows.shape
     out = np.array(rows, dtype=np.float32, copy=True)
     if b < 2:
@@ -113,8 +116,10 @@ def fwht(rows: np.ndarray) -> np.ndarray:
     for f in factors(b):
         right = b * m // (left * f)  # the factor's axis in [left, f, right]
         view = out.reshape(left, f, right)
-        if right == 1:
-            out = view.reshape(left, f) @ hadamard(f)  # H is symmetric
+        if right == 1 and left % f == 0:  # H is symmetric
+            out = np.matmul(view.reshape(left // f, f, f), hadamard(f))
+        elif right == 1:
+            out = view.reshape(left, f) @ hadamard(f)
         else:
             out = np.matmul(hadamard(f), view)
         left *= f

@@ -16,6 +16,7 @@ from wire.dp import (
     ddp_decode_sum,
     ddp_encode,
     gaussian_noise,
+    l2_norm,
     modular_sum,
     rounded_l2_bound,
     wrap_probability,
@@ -67,6 +68,22 @@ def test_plain_rounding_is_unbiased():
     x = np.full(50_000, 0.3)
     r, tries = conditional_round(rng, x, math.inf)
     assert tries == 1 and abs(r.mean() - 0.3) < 5 * math.sqrt(0.21 / 50_000)
+
+
+def test_l2_norm_is_the_float64_norm():
+    rng = np.random.default_rng(5)
+    for x in (rng.normal(size=100_003).astype(np.float32), rng.normal(size=(7, 9)) * 1e150):
+        assert math.isclose(l2_norm(x), float(np.linalg.norm(x.astype(np.float64))), rel_tol=1e-12)
+    assert l2_norm(np.zeros(0)) == 0.0
+
+
+def test_rounding_of_values_whose_squares_could_overflow_int64():
+    """One coordinate near 2^31 among many: the int64 sum of squares is checked in float first."""
+    x = np.zeros(64)
+    x[0], x[1:] = 2.0e9 + 0.5, 0.3
+    bound = float(np.linalg.norm(x)) + 2
+    r, _ = conditional_round(np.random.default_rng(6), x, bound)
+    assert r[0] in (2_000_000_000, 2_000_000_001) and int(r @ r) <= bound * bound
 
 
 def test_rounding_refuses_an_unclipped_vector():
