@@ -27,9 +27,11 @@ from wire import (
     CodecConfigError,
     CodecSpec,
     MaskSet,
+    TensorSpec,
     decode_update,
     keys,
 )
+from wire.header_ref import REF_BYTES, RoundHeaders
 
 # a fixed Task, or a resolver from the task name the server sends in its config
 TaskSource = Task | Callable[[str], Task]
@@ -120,6 +122,7 @@ class RoundPlan:
     schedule: LocalSchedule
     codec: CodecSpec
     error_feedback: bool
+    header_ref: bytes | None = None  # the digest of the header the server expects, if any
 
     def seed_for(self, partition_id: int) -> int:
         return client_seed(self.run_seed, self.server_round, partition_id)
@@ -127,6 +130,14 @@ class RoundPlan:
     def seeds_for(self, partition_ids: Sequence[int]) -> list[int]:
         """``[self.seed_for(pid) for pid in partition_ids]``, computed at once."""
         return client_seeds(self.run_seed, self.server_round, partition_ids)
+
+    def reference(self, specs: Sequence[TensorSpec]) -> RoundHeaders | None:
+        """The headers this client may reference instead of sending (:mod:`wire.header_ref`):
+        None unless the server announced a digest and this client expects the same headers."""
+        if self.header_ref is None:
+            return None
+        headers = RoundHeaders(tuple(specs), self.server_round, self.codec, self.masks)
+        return headers if headers.digest == self.header_ref else None
 
 
 def plan_round(task: TaskSource, msg: Message) -> RoundPlan:
@@ -157,4 +168,11 @@ def plan_round(task: TaskSource, msg: Message) -> RoundPlan:
         schedule=local_schedule(the_task, config),
         codec=codec_from_config(config),
         error_feedback=bool(config.get(keys.ERROR_FEEDBACK, False)),
+        header_ref=_header_ref(config.get(keys.HEADER_REF)),
     )
+
+
+def _header_ref(value: object) -> bytes | None:
+    """The announced digest; anything else (a wrong type or length) is no announcement: the
+    client then sends its full header, which the server checks as always."""
+    return value if isinstance(value, bytes) and len(value) == REF_BYTES else None

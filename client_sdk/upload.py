@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -33,12 +33,14 @@ from wire import (
     UPDATE_RECORD_KEY,
     CodecSpec,
     MaskSet,
+    TensorSpec,
     decode_update,
     encode_update,
     keys,
 )
 from wire.ddp_vector import DdpVectorSpec, vector_spec_from_config
 from wire.dp import local_dp
+from wire.header_ref import RoundHeaders
 from wire.rotation import block_for, rotate
 from wire.secagg_protocol import SECAGG_RECORD_KEY
 from wire.secagg_vector import flatten_kept
@@ -106,8 +108,12 @@ def encode_with_feedback(
     masks: MaskSet | None,
     rng: np.random.Generator,
     state: RecordDict | None,
+    node_id: int | None = None,
+    reference: Callable[[list[TensorSpec]], RoundHeaders | None] | None = None,
 ) -> bytes:
-    """Encode ``delta`` (+ the stored residual when ``state`` is given) and update the residual."""
+    """Encode ``delta`` (+ the stored residual when ``state`` is given) and update the residual.
+    ``node_id`` derives a per-client rotation's seed; ``reference`` gives the headers the
+    server announced for these tensors (:meth:`RoundPlan.reference`), sent as their digest."""
     target = dict(delta)
     if state is not None:
         stored = stored_residual(state)
@@ -116,9 +122,19 @@ def encode_with_feedback(
                 target[name] = value + stored[name]
     if masks is not None:
         target = masks.apply(target)
-    payload = encode_update(target, server_round=server_round, codec=codec, masks=masks, rng=rng)
+    specs = [TensorSpec(name, tuple(np.shape(value))) for name, value in target.items()]
+    headers = None if reference is None else reference(specs)
+    payload = encode_update(
+        target,
+        server_round=server_round,
+        codec=codec,
+        masks=masks,
+        rng=rng,
+        node_id=node_id,
+        reference=headers,
+    )
     if state is not None:
-        sent = decode_update(payload, masks=masks).as_dict()
+        sent = decode_update(payload, masks=masks, headers=headers, node_id=node_id).as_dict()
         store_residual(state, {name: target[name] - sent[name] for name in target})
     return payload
 
@@ -158,6 +174,8 @@ def upload_reply(
         masks=plan.masks,
         rng=np.random.default_rng(plan.seed_for(partition_id_of(context))),
         state=context.state if plan.error_feedback else None,
+        node_id=context.node_id,
+        reference=plan.reference,
     )
     return reply_message(msg, plan, context, payload, stats, carried, records=records)
 

@@ -75,6 +75,7 @@ from wire import (
     decode_update,
     encode_update,
 )
+from wire.header_ref import RoundHeaders
 from wire.rotation import block_for, padded_length, unrotate
 from wire.secagg_vector import kept_count, unflatten_kept
 
@@ -110,6 +111,7 @@ class RoundDecoder:
     clip_norm: float = 0.0
     limits: ReplyLimits = field(default_factory=ReplyLimits)
     rotation_seed: int | None = None  # a shared rotation's seed this round (issue 20)
+    headers: RoundHeaders | None = None  # the headers this round expects (and announced)
     needs_loss: bool = False  # the strategy weighs each update by its train loss (q-FFL)
     specs: list[TensorSpec] = field(init=False)
     model_bytes: int = field(init=False)
@@ -139,6 +141,8 @@ class RoundDecoder:
                     f"this strategy weighs updates by {LOSS!r}: it must be a number in "
                     f"[0, {MAX_LOSS:g}], got {str(loss)[:40]}",
                 )
+        node = msg.metadata.src_node_id
+        seed = None if self.headers is None else self.headers.rotation_seed(node)
         update = decode_update(
             payload,
             expected=self.specs,
@@ -146,7 +150,9 @@ class RoundDecoder:
             expected_round=stats.server_round,
             # a rotated float32 update pads each block to a power of two: at most 1/8 more
             max_bytes=self.model_bytes + self.model_bytes // 8 + PAYLOAD_SLACK_BYTES,
-            rotation_seed=self.rotation_seed,
+            rotation_seed=self.rotation_seed if self.headers is None else seed,
+            headers=self.headers,
+            node_id=node,
         )
         deltas = update.as_dict()
         check_update(deltas, self.limits)

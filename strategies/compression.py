@@ -31,7 +31,7 @@ class CompressionSettings:
         """The round-config entries clients read to compress their update (a shared rotation's
         seed for this round, :func:`wire.rotation.shared_rotation_seed`, among them)."""
         shared = {}
-        if self.codec.rotate == "shared":
+        if self.codec.rotate != "none":  # shared, or the root of each client's (wire.header_ref)
             shared[keys.ROTATE_SEED] = shared_rotation_seed(run_seed, server_round)
         return {
             **shared,

@@ -15,6 +15,7 @@ import functools
 import logging
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -44,7 +45,8 @@ from strategies.secagg import SecAggFailed, SecAggSession, SecAggSettings
 from strategies.secagg_metrics import shared_train_loss
 from strategies.stats import RoundStats
 from strategies.validation import ReplyLimits, is_finite_model
-from wire import MASK_FIELD, POOLING_CONFIG_KEY, MaskSet, keys
+from wire import MASK_FIELD, POOLING_CONFIG_KEY, MaskSet, TensorSpec, keys
+from wire.header_ref import RoundHeaders
 from wire.secagg_protocol import SECAGG_RECORD_KEY
 from wire.secagg_vector import kept_count
 
@@ -114,6 +116,7 @@ class WireStrategy(Strategy):
         self.masks: MaskSet | None = None  # this round's pruning mask (the server owns it)
         self._reference: dict[str, np.ndarray] = {}  # the model clients start from this round
         self._rotation_seed: int | None = None  # this round's shared rotation, if any
+        self._headers: RoundHeaders | None = None  # the headers this round expects
         # Only the weighted mean is needed: a host running many clients may pool their updates.
         self.pooling = (
             self.needs_mean_only and secure is None and not clip_norm > 0 and privacy is None
@@ -137,7 +140,7 @@ class WireStrategy(Strategy):
         setup); what this round's replies are decoded against is fixed here."""
         server_round += self.round_offset
         master, arrays, mask_bytes = self._pruned(server_round, arrays)
-        round_config = self._round_config(server_round, config, mask_bytes)
+        round_config = self._round_config(server_round, config, mask_bytes, master)
         if isinstance(self.inner, FedAvgM):  # its momentum steps from the model clients get
             self.inner.current_arrays = arrays
         nodes = self.sampler.sample_train(
@@ -175,11 +178,25 @@ class WireStrategy(Strategy):
         master = self.masks.apply(master)
         return master, ArrayRecord({k: Array(v) for k, v in master.items()}), self.masks.encode()
 
-    def _round_config(self, server_round: int, config: ConfigRecord, mask: bytes) -> ConfigRecord:
-        """The train config: the caller's, the codec's, the scheduled lr, pooling, the mask."""
-        codec_config = self.compression.codec_config(server_round, self.sampler.seed)
-        self._rotation_seed = codec_config.get(keys.ROTATE_SEED)
+    def _round_config(
+        self, server_round: int, config: ConfigRecord, mask: bytes, master: dict
+    ) -> ConfigRecord:
+        """The train config: the caller's, the codec's, the scheduled lr, pooling, the mask,
+        the digest of the header this round expects (:mod:`wire.header_ref`)."""
+        comp = self.compression
+        codec_config = comp.codec_config(server_round, self.sampler.seed)
+        seed = codec_config.get(keys.ROTATE_SEED)
+        self._rotation_seed = seed if comp.codec.rotate == "shared" else None
+        specs = [
+            TensorSpec(name, tuple(a.shape))
+            for name, a in master.items()
+            if not name.startswith(comp.frozen)
+        ]
+        codec = comp.codec if seed is None else replace(comp.codec, rotate_seed=int(seed))
+        self._headers = RoundHeaders(tuple(specs), server_round, codec, self.masks)
         round_config = ConfigRecord({**dict(config), **codec_config})
+        if self._headers.digest is not None:
+            round_config[keys.HEADER_REF] = self._headers.digest
         if (lr := self.hooks.round_lr(server_round)) is not None:
             round_config[keys.LR] = lr
         if self.pooling:
@@ -205,6 +222,7 @@ class WireStrategy(Strategy):
             clip_norm=self.clip_norm,
             limits=self.limits,
             rotation_seed=self._rotation_seed,
+            headers=self._headers,
             needs_loss=isinstance(self.inner, QFedAvg),
         )
         return download

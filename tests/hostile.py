@@ -27,7 +27,7 @@ from flwr.app import (
 )
 
 from tests.messages import node_context
-from wire import PAYLOAD_FIELD, POOL_ID_FIELD, POOL_SIZE_FIELD, POOL_WEIGHT_FIELD
+from wire import PAYLOAD_FIELD, POOL_ID_FIELD, POOL_SIZE_FIELD, POOL_WEIGHT_FIELD, keys
 from wire.format import read_header
 
 _PREFIX = struct.Struct("<4sHI")
@@ -328,7 +328,23 @@ class HostileGrid:
         return list(self.nodes)
 
     def send_and_receive(self, messages, *, timeout=None) -> list[Message]:
+        """Every message's reply; in half the train batches (drawn) the honest nodes do not
+        see the announced header digest, so they send full headers for hostile nodes to
+        rewrite field by field (the other half's references meet the byte mutations)."""
         messages = list(messages)
+        hidden: list[tuple[ConfigRecord, bytes]] = []
+        if messages and messages[0].metadata.message_type == "train" and self.rng.random() < 0.5:
+            for msg in messages:
+                config = msg.content.config_records.get("config")
+                if config is not None and keys.HEADER_REF in config:
+                    hidden.append((config, config.pop(keys.HEADER_REF)))
+        try:
+            return self._replies(messages)
+        finally:
+            for config, digest in hidden:
+                config[keys.HEADER_REF] = digest
+
+    def _replies(self, messages: list[Message]) -> list[Message]:
         honest_replies: dict[str, list[Message]] = {}
         replies = []
         for msg in messages:

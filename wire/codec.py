@@ -31,11 +31,11 @@ class CodecSpec:
     scheme: str = "uniform"
     eden_scale: str = "unbiased"  # eden only: unbiased | mse (least error, biased: use with EF)
     # randomized Hadamard rotation before the values stage (wire.rotation): none; client (seed
-    # drawn per client and round, written in the header); shared (rotate_seed, the server's
-    # seed for this round: one rotation for every client)
+    # derived from rotate_seed and the node id, else drawn per client and round; written in
+    # the header); shared (rotate_seed, the server's seed for this round: one for every client)
     rotate: str = "none"
     rotate_block: int = 1024  # values per Hadamard block (a power of two)
-    rotate_seed: int = 0  # shared rotation only
+    rotate_seed: int = 0  # the round's rotation seed (the server's rotate-seed)
     # EDEN's fractional bits (wire.subsample): send this random fraction of each rotated
     # block's coordinates (1: all); unbiased (x 1/p) with eden-scale unbiased, else for EF
     quant_fraction: float = 1.0

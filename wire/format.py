@@ -1,12 +1,15 @@
-"""Wire format v2: a versioned, self-describing, pickle-free client-update payload.
+"""Wire format v2/v3: a versioned, self-describing, pickle-free client-update payload.
 
 Layout (all integers little-endian)::
 
     b"PLNW" | version: u16 | header_len: u32 | header: zlib(UTF-8 JSON) | body sections
+    b"PLNW" | 3: u16 | 4: u32 | reference: 4 bytes | body sections
 
 Version 2 deflates the header with a preset dictionary (:mod:`wire.header_dict`; the header
 sizes it gives are in benchmarks/README.md); version 1 (plain zlib, the same JSON) is still
-decoded.
+decoded. Version 3 replaces a header the server announced it expects with the announcement's
+4-byte digest (:mod:`wire.header_ref`); the server decodes it with the header it expects for the
+sending node, through the same checks as a sent header.
 
 The header names the format version, the round, every tensor's name/shape/dtype, the codec
 stages in the order they ran with their parameters (``select`` → [``topk``] → [``rotate``] →
@@ -36,16 +39,24 @@ from wire.codec import CodecSpec
 from wire.errors import RejectReason, UpdateRejected
 from wire.header_cache import HeaderCache
 from wire.header_dict import HEADER_ZDICT_V2
+from wire.header_ref import (
+    FORMAT_VERSION,
+    REF_BYTES,
+    RoundHeaders,
+    canonical,
+    header_of,
+    rotation_seed_for,
+)
 from wire.kept import TensorSpec, scatter_kept, segment_lengths
 from wire.mask import MaskSet
 from wire.registry import encode_chain, parse_chain
 from wire.stage_api import DecodeContext, EncodeContext
 
 MAGIC = b"PLNW"
-FORMAT_VERSION = 2
 # each version's preset zlib dictionary for the header (None: plain zlib)
 HEADER_DICTS: dict[int, bytes | None] = {1: None, 2: HEADER_ZDICT_V2}
-SUPPORTED_VERSIONS = frozenset(HEADER_DICTS)
+REFERENCE_VERSION = 3  # a header reference instead of the header
+SUPPORTED_VERSIONS = frozenset({*HEADER_DICTS, REFERENCE_VERSION})
 _PREFIX = struct.Struct("<4sHI")
 MAX_HEADER_BYTES = 1 << 20
 ALLOWED_DTYPES = frozenset({"float32"})
@@ -78,16 +89,25 @@ def encode_update(
     codec: CodecSpec | None = None,
     masks: MaskSet | None = None,
     rng: np.random.Generator | None = None,
+    node_id: int | None = None,
+    reference: RoundHeaders | None = None,
 ) -> bytes:
     """Encode named tensors (e.g. local-minus-global deltas) into one payload.
 
-    ``rng`` drives stochastic rounding and draws a per-client rotation's seed (required then);
-    masked tensors send kept values only.
+    ``rng`` drives stochastic rounding and draws a per-client rotation's seed when there is no
+    ``node_id`` (else the seed is derived from it and the codec's round seed); masked tensors
+    send kept values only. ``reference``: the headers whose digest the server announced this
+    round; a header equal to the one expected for ``node_id`` is sent as that digest (v3).
     """
     codec = codec or CodecSpec()
     specs = [TensorSpec(name, tuple(int(d) for d in np.shape(t))) for name, t in tensors.items()]
     ctx = EncodeContext(
-        specs, masks, segment_lengths(specs, masks), tuple(tensors.values()), rng=rng
+        specs,
+        masks,
+        segment_lengths(specs, masks),
+        tuple(tensors.values()),
+        rng=rng,
+        rotation_seed=rotation_seed_for(codec, node_id) if codec.rotate == "client" else None,
     )
     sections: list[tuple[str, Any]] = []
     values = None
@@ -96,29 +116,29 @@ def encode_update(
         ctx.previous.append((stage.name, params))
         sections += stage_sections
     stages = [{"name": name, "params": params} for name, params in ctx.previous]
-    frame = payload_frame(
-        server_round, specs, stages, [(name, _nbytes(buf)) for name, buf in sections]
+    header = header_of(
+        server_round,
+        specs,
+        stages,
+        [(name, _nbytes(buf)) for name, buf in sections],
     )
+    expected = None
+    if reference is not None and reference.digest is not None:
+        try:
+            expected = reference.header_for(node_id)
+        except ValueError:  # a per-client rotation without a node id: the full header
+            expected = None
+    frame = payload_frame(header, reference.digest if header == expected else None)
     return b"".join([frame, *(buf for _, buf in sections)])  # one copy
 
 
-def payload_frame(
-    server_round: int,
-    specs: Sequence[TensorSpec],
-    stages: list[dict[str, Any]],
-    sections: list[tuple[str, int]],
-) -> bytes:
-    """Prefix and compressed header of a payload whose body has ``sections``."""
-    header = {
-        "format": FORMAT_VERSION,
-        "round": int(server_round),
-        "tensors": [{"name": s.name, "shape": list(s.shape), "dtype": s.dtype} for s in specs],
-        "stages": stages,
-        "sections": [[name, size] for name, size in sections],
-    }
-    header_json = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+def payload_frame(header: dict[str, Any], reference: bytes | None = None) -> bytes:
+    """Prefix and header of a payload: the ``reference`` digest (v3) where given, else the
+    deflated JSON ``header`` (v2)."""
+    if reference is not None:
+        return _PREFIX.pack(MAGIC, REFERENCE_VERSION, len(reference)) + reference
     deflater = zlib.compressobj(9, zdict=HEADER_DICTS[FORMAT_VERSION])
-    header_bytes = deflater.compress(header_json) + deflater.flush()
+    header_bytes = deflater.compress(canonical(header)) + deflater.flush()
     return _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_bytes)) + header_bytes
 
 
@@ -134,13 +154,17 @@ def decode_update(
     expected_round: int | None = None,
     max_bytes: int | None = None,
     rotation_seed: int | None = None,
+    headers: RoundHeaders | None = None,
+    node_id: int | None = None,
 ) -> DecodedUpdate:
     """Validate and decode a payload; raise :class:`UpdateRejected` on any inconsistency.
 
     ``expected`` (the tensors the server wants: the global model's trainable ones), ``masks``
     (this round's pruning mask) and ``expected_round`` are what the server knows; an update for
     another model, mask or round is refused. ``max_bytes`` refuses an oversized payload first.
-    ``rotation_seed``: this round's shared rotation; a rotation with another seed is refused.
+    ``rotation_seed``: the rotation seed this update must name (the round's shared one, or
+    the sender's derived one); a rotation with another seed is refused. ``headers``: what this
+    round announced (a v3 reference decodes with ``headers.header_for(node_id)``).
     """
     if not isinstance(payload, (bytes, bytearray, memoryview)):
         raise UpdateRejected(
@@ -173,8 +197,11 @@ def decode_update(
             f"header claims {header_len} bytes but only {len(view) - _PREFIX.size} follow",
         )
     key = bytes(view[4 : _PREFIX.size + header_len])  # version, length, header: one per version
-    cached = HEADER_CACHE.get(key)
-    header, specs, text_bytes = cached or _parsed_header(key[6:], version)
+    if version == REFERENCE_VERSION:
+        cached, (header, specs, text_bytes) = None, _referenced(key[6:], headers, node_id)
+    else:
+        cached = HEADER_CACHE.get(key)
+        header, specs, text_bytes = cached or _parsed_header(key[6:], version)
     if expected_round is not None and header["round"] != expected_round:
         raise UpdateRejected(
             RejectReason.ROUND_MISMATCH,
@@ -182,7 +209,7 @@ def decode_update(
         )
     if expected is not None:
         _check_expected(specs, expected)
-        if cached is None:  # only headers that matched the model are kept
+        if cached is None and version != REFERENCE_VERSION:  # only ones that matched the model
             HEADER_CACHE.put(key, (header, specs, text_bytes))
     if masks is not None:
         _check_mask_shapes(specs, masks)
@@ -216,8 +243,12 @@ def decode_update(
 
 
 def read_header(payload: bytes) -> dict[str, Any]:
-    """The inflated JSON header of a payload (for inspection and tests); not validated."""
+    """The inflated JSON header of a payload (for inspection and tests; a v3 payload's
+    reference as hex); not validated."""
     _, version, header_len = _PREFIX.unpack_from(payload, 0)
+    if version == REFERENCE_VERSION:
+        reference = payload[_PREFIX.size : _PREFIX.size + header_len]
+        return {"format": version, "reference": bytes(reference).hex()}
     inflater = _inflater(version)
     return json.loads(inflater.decompress(payload[_PREFIX.size : _PREFIX.size + header_len]))
 
@@ -228,6 +259,26 @@ HEADER_CACHE = HeaderCache()
 def _inflater(version: int) -> Any:
     zdict = HEADER_DICTS.get(version)
     return zlib.decompressobj() if zdict is None else zlib.decompressobj(zdict=zdict)
+
+
+def _referenced(
+    raw: bytes, headers: RoundHeaders | None, node_id: int | None
+) -> tuple[dict[str, Any], tuple[TensorSpec, ...], int]:
+    """The header a v3 reference stands for: the one this round expects from ``node_id``."""
+    if headers is None or headers.digest is None:
+        why = "payload references a header, but this round announced none"
+        raise UpdateRejected(RejectReason.BAD_HEADER, why)
+    if len(raw) != REF_BYTES:
+        why = f"header reference has {len(raw)} bytes, not {REF_BYTES}"
+        raise UpdateRejected(RejectReason.BAD_HEADER, why)
+    if raw != headers.digest:
+        why = f"header reference {raw.hex()} is not this round's ({headers.digest.hex()})"
+        raise UpdateRejected(RejectReason.BAD_HEADER, why)
+    try:
+        header = headers.header_for(node_id)
+    except ValueError as err:
+        raise UpdateRejected(RejectReason.BAD_HEADER, str(err)) from None
+    return header, tuple(_tensor_specs(header)), 0
 
 
 def _parsed_header(raw: bytes, version: int) -> tuple[dict[str, Any], tuple[TensorSpec, ...], int]:

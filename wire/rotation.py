@@ -71,6 +71,13 @@ def shared_rotation_seed(run_seed: int, server_round: int) -> int:
     )
 
 
+def client_rotation_seed(round_seed: int, node_id: int) -> int:
+    """A per-client rotation's seed: from the round's rotation seed and the client's node id,
+    which the server also knows, so the seed need not travel (:mod:`wire.header_ref`); distinct
+    node ids give independent PCG64 streams (the independence DRIVE/EDEN assume)."""
+    return int(np.random.default_rng([int(round_seed), int(node_id), 0x434C49]).integers(MAX_SEED))
+
+
 def random_signs(seed: int, length: int) -> np.ndarray:
     """The rotation's diagonal: float32 +1/-1, bit i of ``default_rng(seed).bytes`` (LSB first)
     set means -1."""

@@ -15,32 +15,11 @@ import numpy as np
 
 from wire.codec import CodecSpec
 from wire.format import payload_frame
+from wire.header_ref import RoundHeaders, header_of, row_layout
 from wire.kept import TensorSpec, segment_lengths
 from wire.mask import MaskSet
-from wire.registry import encode_chain
-from wire.stage_api import DecodeContext, EncodeContext
 
-
-def row_layout(
-    specs: Sequence[TensorSpec],
-    *,
-    codec: CodecSpec,
-    masks: MaskSet | None = None,
-    rotation_seed: int | None = None,
-) -> tuple[list[dict], list[tuple[str, int]]]:
-    """The header's stages and body sections (name, bytes) of every row's payload for ``codec``
-    (a stage whose params depend on the values, top-k, is refused with a ValueError)."""
-    lengths = segment_lengths(specs, masks)
-    ctx = EncodeContext(specs, masks, lengths, rotation_seed=rotation_seed)
-    check = DecodeContext(specs, masks, lengths)
-    count, sections = sum(lengths), []
-    for stage in encode_chain(codec):
-        params = stage.header_params(codec, count, ctx)
-        ctx.previous.append((stage.name, params))
-        count, stage_sections = stage.layout(params, count, check)
-        check = check.then(stage.name, params)
-        sections += stage_sections
-    return [{"name": n, "params": p} for n, p in ctx.previous], sections
+__all__ = ["encode_float32_rows", "encode_rows", "row_layout"]
 
 
 def encode_rows(
@@ -51,10 +30,13 @@ def encode_rows(
     codec: CodecSpec,
     masks: MaskSet | None = None,
     rotation_seeds: Sequence[int] | None = None,
+    reference: RoundHeaders | None = None,
 ) -> list[bytes]:
     """One payload per row of the ``sections`` arrays ([clients, ...], C-contiguous, row k's
     bytes are client k's section as :func:`encode_update` lays it out). ``rotation_seeds``:
-    each client's seed when ``codec`` rotates per client (one header per distinct seed)."""
+    each client's seed when ``codec`` rotates per client (one header per distinct seed).
+    ``reference``: the round's announced headers; a row whose header is the expected one for
+    its seed sends the digest instead (v3), as :func:`encode_update` does."""
     arrays = {name: np.ascontiguousarray(a) for name, a in sections.items()}
     clients = {len(a) for a in arrays.values()}
     if len(clients) != 1:
@@ -69,7 +51,11 @@ def encode_rows(
         got = [(name, a[0].nbytes if k else 0) for name, a in arrays.items()]
         if k and got != layout:
             raise ValueError(f"rows hold sections {got}; the codec's stages need {layout}")
-        frames[seed] = payload_frame(server_round, specs, stages, layout)
+        header = header_of(server_round, specs, stages, layout)
+        digest = None if reference is None else reference.digest
+        if digest is not None and header != reference.header_for_seed(seed):
+            digest = None
+        frames[seed] = payload_frame(header, digest)
     views = [[memoryview(row).cast("B") for row in a] for a in arrays.values()]
     return [b"".join([frames[seed], *(rows[i] for rows in views)]) for i, seed in enumerate(seeds)]
 
@@ -80,6 +66,7 @@ def encode_float32_rows(
     *,
     server_round: int,
     masks: MaskSet | None = None,
+    reference: RoundHeaders | None = None,
 ) -> list[bytes]:
     """Payloads for many clients' uncompressed updates at once, one per row of ``rows``.
 
@@ -91,5 +78,10 @@ def encode_float32_rows(
         raise ValueError(f"rows must be [clients, {count}] kept values, got {rows.shape}")
     values = np.ascontiguousarray(rows, dtype="<f4")
     return encode_rows(
-        {"values": values}, specs, server_round=server_round, codec=CodecSpec(), masks=masks
+        {"values": values},
+        specs,
+        server_round=server_round,
+        codec=CodecSpec(),
+        masks=masks,
+        reference=reference,
     )

@@ -107,7 +107,8 @@ def _run_block(
         return None
     seeds = plan.seeds_for([partition_id_of(c) for c in contexts])
     lengths = segment_lengths(targets.specs, plan.masks)
-    ctx = TwinContext(targets.specs, plan.masks, lengths, device, seeds=seeds)
+    nodes = [c.node_id for c in contexts]
+    ctx = TwinContext(targets.specs, plan.masks, lengths, device, seeds=seeds, node_ids=nodes)
     return targets, run_twins(plan.codec, targets.kept, ctx)
 
 
@@ -124,4 +125,5 @@ def _payloads(
         codec=plan.codec,
         masks=plan.masks,
         rotation_seeds=rotation_seeds,
+        reference=plan.reference(specs),
     )

@@ -211,7 +211,13 @@ def vectorized_replies(job: ChunkJob) -> list[Message]:
     """Uncompressed updates: every payload from one [K, kept] matrix and one shared header."""
     plan = job.plan
     rows, specs = flat_deltas(job.trained, plan, job.device)
-    payloads = encode_float32_rows(rows, specs, server_round=plan.server_round, masks=plan.masks)
+    payloads = encode_float32_rows(
+        rows,
+        specs,
+        server_round=plan.server_round,
+        masks=plan.masks,
+        reference=plan.reference(specs),
+    )
     return [
         reply_message(msg, plan, context, payload, stats, records=FAST_RECORDS)
         for msg, context, payload, stats in zip(
@@ -259,7 +265,11 @@ def _pool(
     ``member_bytes``: what each member's own payload weighs (0: the carrier's float32 size)."""
     plan = job.plan
     payload = encode_float32_rows(
-        mean[None], specs, server_round=plan.server_round, masks=plan.masks
+        mean[None],
+        specs,
+        server_round=plan.server_round,
+        masks=plan.masks,
+        reference=plan.reference(specs),  # a float32 round's header travels as its digest
     )[0]
     pool_id = uuid.uuid4().hex
     fields = {

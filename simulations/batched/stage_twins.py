@@ -41,7 +41,7 @@ from wire.eden import EDEN, SIGN
 from wire.kept import TensorSpec
 from wire.mask import MaskSet
 from wire.registry import STAGES, encode_chain
-from wire.rotation import MAX_SEED, ROTATE, padded_length
+from wire.rotation import MAX_SEED, ROTATE, client_rotation_seed, padded_length
 from wire.stage_api import EncodeContext, Params
 from wire.stages import FLOAT32, QUANTIZE, SELECT_STAGE
 from wire.subsample import SUBSAMPLE_STAGE, inverse_fraction, positions, subset_seed
@@ -57,8 +57,8 @@ class TwinEncoded(NamedTuple):
 @dataclass
 class TwinContext:
     """What a twin may read: tensor specs, mask, kept counts, the device, each row's codec
-    generator seed (None: no stage draws), ``select``'s input tensors ([K, *shape] each) and
-    the stages that ran before (name, each row's params)."""
+    generator seed (None: no stage draws), ``select``'s input tensors ([K, *shape] each), each
+    row's node id and the stages that ran before (name, each row's params)."""
 
     specs: Sequence[TensorSpec]
     masks: MaskSet | None
@@ -66,6 +66,7 @@ class TwinContext:
     device: torch.device
     seeds: Sequence[int] | None = None
     tensors: Sequence[torch.Tensor] = ()
+    node_ids: Sequence[int] | None = None  # each row's node: a per-client rotation's seed
     previous: list[tuple[str, list[Params]]] = field(default_factory=list)
 
     def wire_context(self, row: int = 0, rotation_seed: int | None = None) -> EncodeContext:
@@ -124,7 +125,8 @@ class SelectTwin:
 
 
 class RotateTwin:
-    """``rotate``: each row's randomized Hadamard rotation (seeds as the SDK draws them)."""
+    """``rotate``: each row's randomized Hadamard rotation (seeds as the SDK derives them from
+    the node ids, else draws them)."""
 
     name = ROTATE.name
 
@@ -132,6 +134,8 @@ class RotateTwin:
         k, n = values.shape
         if codec.rotate == "shared":
             seeds = [codec.rotate_seed] * k
+        elif ctx.node_ids is not None:  # as the SDK derives it (wire.header_ref)
+            seeds = [client_rotation_seed(codec.rotate_seed, node) for node in ctx.node_ids]
         elif ctx.seeds is None:
             raise ValueError("a per-client rotation needs each row's generator seed")
         else:

@@ -17,7 +17,7 @@ from strategies import StrategySettings, build_strategy
 from tests.helpers.simulated import iid_data as simulated_client_data
 from tests.messages import node_context
 from tests.strategies.fake_grid import QueryAnsweringGrid
-from wire import DOWNLOAD_RECORD_KEY, MASK_FIELD, PAYLOAD_FIELD, UPDATE_RECORD_KEY
+from wire import DOWNLOAD_RECORD_KEY, MASK_FIELD, PAYLOAD_FIELD, UPDATE_RECORD_KEY, keys
 
 NODES = {101: 0, 102: 1, 103: 2}
 
@@ -96,11 +96,14 @@ def test_an_update_made_under_another_mask_is_rejected_and_the_round_goes_on(set
             QueryAnsweringGrid(NODES),
         )
     )
-    replies = [client_app(messages[0], contexts[messages[0].metadata.dst_node_id])]
-    replies += [client_app(m, contexts[m.metadata.dst_node_id]) for m in stale[1:]]
+    replies = [client_app(m, contexts[m.metadata.dst_node_id]) for m in messages[:1] + stale[1:2]]
+    # a client that sends its full header (no announced digest) meets the mask check itself;
+    # one that references the other round's header is an unknown reference (wire.header_ref)
+    stale[2].content["config"].pop(keys.HEADER_REF)
+    replies += [client_app(m, contexts[m.metadata.dst_node_id]) for m in stale[2:]]
     new, _ = strategy.aggregate_train(1, replies)
     assert new is not None and strategy.rounds[1].accepted == 1
-    assert [r.reason for r in strategy.rounds[1].rejected] == ["mask-mismatch", "mask-mismatch"]
+    assert sorted(r.reason for r in strategy.rounds[1].rejected) == ["bad-header", "mask-mismatch"]
 
 
 def test_frozen_layers_are_never_uploaded(setup):

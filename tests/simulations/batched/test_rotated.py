@@ -30,9 +30,10 @@ from tests.helpers.batched import CPU
 from tests.helpers.batched import client_data as _clients
 from tests.helpers.batched import round_plan as _plan
 from tests.messages import message, node_context
-from wire import PAYLOAD_FIELD, UPDATE_RECORD_KEY, decode_update
+from wire import PAYLOAD_FIELD, UPDATE_RECORD_KEY, TensorSpec, decode_update, keys
 from wire.eden import eden_dequantize, eden_quantize, sign_quantize
 from wire.format import read_header
+from wire.header_ref import RoundHeaders
 from wire.rotation import fwht, random_signs, rotate, unrotate
 
 DEVICES = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
@@ -84,7 +85,11 @@ def test_eden_and_sign_rows_are_the_wires_bit_for_bit(bits, scale, device):
 
 def _engine_vs_sdk(config, prune=False, rounds=2):
     task = get_task("digits")
-    plan = _plan(task, {"quant-chunk": 256, **config}, prune=prune)
+    return _engine_vs_sdk_plan(_plan(task, {"quant-chunk": 256, **config}, prune=prune), rounds)
+
+
+def _engine_vs_sdk_plan(plan, rounds=2):
+    task = plan.task
     chunk = train_clients(plan, stack_clients(_clients(task, k=4), CPU), [1, 2, 3, 4], CPU)
     sdk_contexts = [node_context(i, 4, node_id=20 + i) for i in range(4)]
     engine_contexts = [node_context(i, 4, node_id=20 + i) for i in range(4)]
@@ -176,3 +181,47 @@ def test_chunk_replies_routes_each_codec_to_its_encoder():
         assert (pooled, by_sdk) == (0, want_sdk), config
         header = read_header(replies[0].content[UPDATE_RECORD_KEY][PAYLOAD_FIELD])
         assert header["stages"][-1]["name"] == last_stage
+
+
+@pytest.mark.parametrize("rotation", ["client", "shared"])
+def test_device_and_sdk_payloads_reference_the_announced_header_alike(rotation):
+    """With the round's header announced (v3), both encoders send the 4-byte reference and the
+    same body layout; each decodes, with the server's expected header for its node, as the
+    full-header payloads do (within the rotation's float error)."""
+    config = {
+        "quant-scheme": "eden",
+        "quant-bits": 1,
+        "rotate": rotation,
+        "rotate-block": 512,
+        "rotate-seed": 77,
+        "quant-fraction": 0.5 if rotation == "client" else 1.0,  # a subset needs its own seed
+    }
+    task = get_task("digits")
+    plain = _plan(task, {"quant-chunk": 256, **config}, prune=True)
+    specs = [TensorSpec(n, a.shape) for n, a in plain.global_arrays.items()]
+    headers = RoundHeaders(tuple(specs), plain.server_round, plain.codec, plain.masks)
+    announced = _plan(
+        task, {"quant-chunk": 256, **config, keys.HEADER_REF: headers.digest}, prune=True
+    )
+    assert announced.header_ref == headers.digest and plain.header_ref is None
+    _, [(sdk, engine)], _, _ = _engine_vs_sdk_plan(announced, rounds=1)
+    _, [(sdk_full, _)], _, _ = _engine_vs_sdk_plan(plain, rounds=1)
+    for k, (theirs, ours, full) in enumerate(zip(sdk, engine, sdk_full, strict=True)):
+        assert theirs[:14] == ours[:14] == b"PLNW\x03\x00\x04\x00\x00\x00" + headers.digest
+        assert len(theirs) == len(ours) == len(full) - read_header_bytes(full) + 14
+        node = 20 + k
+        seed = headers.rotation_seed(node)
+        got = [
+            decode_update(p, masks=plain.masks, headers=headers, node_id=node, rotation_seed=seed)
+            for p in (theirs, ours)
+        ]
+        want = decode_update(full, masks=plain.masks, rotation_seed=seed)
+        assert all(
+            a.tobytes() == b.tobytes() for a, b in zip(got[0].tensors, want.tensors, strict=True)
+        )
+        a, b = (np.concatenate([t.ravel() for t in d.tensors]) for d in got)
+        np.testing.assert_allclose(b, a, atol=2e-3 * np.abs(a).max())
+
+
+def read_header_bytes(payload):
+    return 10 + int.from_bytes(payload[6:10], "little")
