@@ -178,7 +178,7 @@ def choose_scale(
     deviations inside the modulus, so :func:`wrap_probability` is at most ``wrap_bound``, as TF
     Federated's ``heuristic_scale_factor`` (which fixes ``k = 4``) with the sampler's variance
     round-up (``local_stddev`` in the update's units). Capped where the scaled variance would
-    leave the exact sampler's range; refuses bits too few for ``clients``' rounding errors."""
+    leave the noise sampler's range; refuses bits too few for ``clients``' rounding errors."""
     if not 0 < wrap_bound < 1:
         raise ValueError(f"wrap bound must be in (0, 1), got {wrap_bound!r}")
     n = clients
@@ -191,7 +191,7 @@ def choose_scale(
             f"with wrap probability {wrap_bound:g}: raise the bits or sample fewer clients"
         )
     scale = math.sqrt(room / (RHO / block * clip**2 * n**2 + n * local_stddev**2))
-    if (scale * local_stddev) ** 2 > MAX_VARIANCE:  # the exact sampler's range
+    if (scale * local_stddev) ** 2 > MAX_VARIANCE:  # the noise sampler's range
         scale = math.sqrt(MAX_VARIANCE) / local_stddev
     return scale
 
