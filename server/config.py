@@ -134,7 +134,7 @@ class RunSettings(  # fields in the reverse order of the bases: the task's first
     def check_cohort(self, population: int) -> None:
         """Refuse a robust aggregator whose planned rounds (``population`` nodes sampled at
         fraction-train) are too small for num-malicious Byzantine updates, naming the key."""
-        needed = robust_cohort(self.strategy, self.num_malicious) if self.num_malicious else 0
+        needed = robust_cohort(self.strategy, self.num_malicious)
         cohort = sample_size(population, self.fraction_train, 1)
         if cohort < needed:
             raise RunConfigError(

@@ -110,7 +110,9 @@ class PoissonSampler(SeededSampler):
 
     def __post_init__(self) -> None:
         if self.rate is not None and not (
-            isinstance(self.rate, float | int) and 0 < self.rate <= 1
+            isinstance(self.rate, float | int)
+            and not isinstance(self.rate, bool)
+            and 0 < self.rate <= 1
         ):
             raise ValueError(f"Poisson sampling rate must be in (0, 1], got {self.rate!r}")
 

@@ -367,7 +367,9 @@ class DistributedDp:
 
     def recalibrate(self, target_epsilon: float, rounds_left: int, values: int) -> float:
         """Resuming: the multiplier for the rounds left so the run's total stays within
-        ``target_epsilon`` (updates of ``values`` coordinates); the one set."""
+        ``target_epsilon`` (updates of ``values`` coordinates); the one set. Like the first
+        calibration it plans every sampled client surviving: rounds with dropouts spend more
+        (:meth:`summed` accounts the survivors' noise) and may take the total past the target."""
         z = calibrate_rest(
             lambda z: self.projected(z, rounds_left, values), target_epsilon, rounds_left
         )

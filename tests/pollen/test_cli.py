@@ -198,6 +198,7 @@ def test_non_finite_float_flags_are_refused_naming_the_flag(flag, value):
             "--num-malicious",
             "needs 2000000000003 updates",
         ),
+        (["--strategy", "bulyan", "--clients", "2"], "--num-malicious", "0 malicious needs 3"),
     ],
 )
 def test_hostile_values_are_one_line_flag_errors(args, flag, says):

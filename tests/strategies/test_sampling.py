@@ -92,6 +92,6 @@ def test_poisson_sampling_at_the_accounted_rate_whatever_is_connected():
     sampler = PoissonSampler(seed=5, rate=0.1)
     joined = sum(len(sampler.sample_train(grid, r, 0.1, 2)) for r in range(1, 1001))
     assert abs(joined / 10_000 - 0.1) < 4 * (0.1 * 0.9 / 10_000) ** 0.5  # 4 sigma
-    for bad in (0.0, 1.5, "0.1", float("nan")):
+    for bad in (0.0, 1.5, "0.1", float("nan"), True):
         with pytest.raises(ValueError, match="rate"):
             PoissonSampler(seed=0, rate=bad)
