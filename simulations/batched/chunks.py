@@ -48,10 +48,13 @@ log = logging.getLogger(__name__)
 Ready = tuple[Message, Context, ClientData]
 # The planned cost of a chunk on one thread, in client-steps: each of its steps costs one per
 # client still training plus a fixed part (vmap, autograd, the optimizer) worth this many.
-STEP_FIXED_ROWS = 4.0
+# Both constants are least-squares fits to one tutorial-CNN chunk of K = 1..50 clients on one
+# and two threads (benchmarks/chunk_costs.py; benchmarks/README.md, "Simulation engines",
+# fourth session).
+STEP_FIXED_ROWS = 2.0
 # How much faster every thread trains one chunk than one thread does (what a round trained
-# chunk after chunk gets from the other cores; benchmarks/README.md).
-THREADS_SPEEDUP = 1.6
+# chunk after chunk gets from the other cores).
+THREADS_SPEEDUP = 1.5
 # Chunks trained at once but not yet answered, at most (their data stays in memory).
 MAX_PENDING = 32
 
