@@ -130,7 +130,9 @@ class StrategySection(Section):
         check=within(0, 0.5, high_open=True),
     )
     num_malicious: int = setting(
-        _STRATEGY.num_malicious, "Krum/MultiKrum/Bulyan: assumed malicious clients.", check=at_least(0)
+        _STRATEGY.num_malicious,
+        "Krum/MultiKrum/Bulyan: assumed malicious clients.",
+        check=at_least(0),
     )
     multikrum_select: int = setting(
         _STRATEGY.multikrum_select, "MultiKrum: updates averaged (0: one).", check=at_least(0)

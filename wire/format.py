@@ -7,9 +7,9 @@ Layout (all integers little-endian)::
 
 Version 2 deflates the header with a preset dictionary (:mod:`wire.header_dict`; the header
 sizes it gives are in benchmarks/README.md); version 1 (plain zlib, the same JSON) is still
-decoded. Version 3 replaces a header the server announced it expects with the announcement's
-4-byte digest (:mod:`wire.header_ref`); the server decodes it with the header it expects for the
-sending node, through the same checks as a sent header.
+decoded. Version 3 replaces a header the server announced it expects with that header's 4-byte
+digest (:mod:`wire.header_ref`); the server decodes it with the header it expects for the sending
+node, whose digest it must be, through the same checks as a sent header.
 
 The header names the format version, the round, every tensor's name/shape/dtype, the codec
 stages in the order they ran with their parameters (``select`` → [``topk``] → [``rotate``] →
@@ -44,6 +44,7 @@ from wire.header_ref import (
     REF_BYTES,
     RoundHeaders,
     canonical,
+    digest_of,
     header_of,
     rotation_seed_for,
 )
@@ -128,7 +129,7 @@ def encode_update(
             expected = reference.header_for(node_id)
         except ValueError:  # a per-client rotation without a node id: the full header
             expected = None
-    frame = payload_frame(header, reference.digest if header == expected else None)
+    frame = payload_frame(header, digest_of(header) if header == expected else None)
     return b"".join([frame, *(buf for _, buf in sections)])  # one copy
 
 
@@ -271,13 +272,13 @@ def _referenced(
     if len(raw) != REF_BYTES:
         why = f"header reference has {len(raw)} bytes, not {REF_BYTES}"
         raise UpdateRejected(RejectReason.BAD_HEADER, why)
-    if raw != headers.digest:
-        why = f"header reference {raw.hex()} is not this round's ({headers.digest.hex()})"
-        raise UpdateRejected(RejectReason.BAD_HEADER, why)
     try:
         header = headers.header_for(node_id)
     except ValueError as err:
         raise UpdateRejected(RejectReason.BAD_HEADER, str(err)) from None
+    if raw != (expected := digest_of(header)):
+        why = f"header reference {raw.hex()} is not this round's for this node ({expected.hex()})"
+        raise UpdateRejected(RejectReason.BAD_HEADER, why)
     return header, tuple(_tensor_specs(header)), 0
 
 

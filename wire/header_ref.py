@@ -6,9 +6,11 @@ client's rotation seed, which both sides derive from the round's rotation seed a
 node id (:func:`wire.rotation.client_rotation_seed`). The server builds the header it expects
 through the same stage chain the encoders use (each stage's ``header_params`` and ``layout``)
 and announces a 4-byte digest of it in the round config; a client whose own header equals the
-expected one sends that digest instead (the way HTTP/2's HPACK indexes a header both ends know,
-RFC 7541), else its full header. The digest covers the header built with the round's rotation
-seed, so one announcement serves every client of the round.
+expected one sends that header's digest instead (the way HTTP/2's HPACK indexes a header both
+ends know, RFC 7541), else its full header. The announced digest covers the header built with
+the round's rotation seed, so one announcement serves every client of the round; a per-client
+rotation's reference is the digest of the node's own header, so a reference made with another
+node's seed is refused, not decoded with the wrong rotation.
 """
 
 from __future__ import annotations
@@ -74,6 +76,11 @@ def canonical(header: dict[str, Any]) -> bytes:
     return json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
 
 
+def digest_of(header: dict[str, Any]) -> bytes:
+    """A header's reference: the first :data:`REF_BYTES` bytes of its canonical text's SHA-256."""
+    return hashlib.sha256(canonical(header)).digest()[:REF_BYTES]
+
+
 def rotation_seed_for(codec: CodecSpec, node_id: int | None) -> int | None:
     """The rotation seed a client's header names: the round's for a shared rotation, derived
     from it and ``node_id`` for a per-client one (None: no rotation, or no node id)."""
@@ -105,7 +112,7 @@ class RoundHeaders:
         except (ValueError, UpdateRejected):  # top-k, or a codec these tensors cannot take
             self.digest = None
             return
-        self.digest = hashlib.sha256(canonical(template)).digest()[:REF_BYTES]
+        self.digest = digest_of(template)
 
     def header_for_seed(self, seed: int | None) -> dict[str, Any]:
         """The expected header of a client whose rotation seed is ``seed`` (not to be mutated)."""
@@ -124,6 +131,12 @@ class RoundHeaders:
         if self.codec.rotate == "client" and node_id is None:
             raise ValueError("a per-client rotation's expected header needs the node id")
         return self.header_for_seed(rotation_seed_for(self.codec, node_id))
+
+    def reference_for(self, node_id: int | None) -> bytes:
+        """What node ``node_id`` sends for its expected header: that header's own digest (the
+        round's announced one unless its rotation seed is per client), so a reference made for
+        another node's seed is refused rather than decoded with the wrong rotation."""
+        return digest_of(self.header_for(node_id))
 
     def rotation_seed(self, node_id: int | None) -> int | None:
         return rotation_seed_for(self.codec, node_id)

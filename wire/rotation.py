@@ -215,8 +215,8 @@ class RotateStage:
         if ctx.rotation_seed is not None and params["seed"] != ctx.rotation_seed:
             raise UpdateRejected(
                 RejectReason.BAD_HEADER,
-                f"update rotated with seed {params['seed']}, this round's shared "
-                f"rotation is {ctx.rotation_seed}",
+                f"update rotated with seed {params['seed']}, this round's rotation for this "
+                f"node is {ctx.rotation_seed} (shared, or derived from the node id)",
             )
         return padded, []
 

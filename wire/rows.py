@@ -15,7 +15,7 @@ import numpy as np
 
 from wire.codec import CodecSpec
 from wire.format import payload_frame
-from wire.header_ref import RoundHeaders, header_of, row_layout
+from wire.header_ref import RoundHeaders, digest_of, header_of, row_layout
 from wire.kept import TensorSpec, segment_lengths
 from wire.mask import MaskSet
 
@@ -52,12 +52,21 @@ def encode_rows(
         if k and got != layout:
             raise ValueError(f"rows hold sections {got}; the codec's stages need {layout}")
         header = header_of(server_round, specs, stages, layout)
-        digest = None if reference is None else reference.digest
-        if digest is not None and header != reference.header_for_seed(seed):
-            digest = None
-        frames[seed] = payload_frame(header, digest)
+        frames[seed] = payload_frame(header, _reference(header, reference, seed))
     views = [[memoryview(row).cast("B") for row in a] for a in arrays.values()]
     return [b"".join([frames[seed], *(rows[i] for rows in views)]) for i, seed in enumerate(seeds)]
+
+
+def _reference(header: dict, reference: RoundHeaders | None, seed: int | None) -> bytes | None:
+    """The digest a row with ``header`` sends (its own, as :func:`encode_update`'s), or None
+    where the round announced nothing or expects another header (or none can be built)."""
+    if reference is None or reference.digest is None:
+        return None
+    try:
+        expected = reference.header_for_seed(seed)
+    except ValueError:  # a per-client rotation without its seed: the full header
+        return None
+    return digest_of(header) if header == expected else None
 
 
 def encode_float32_rows(

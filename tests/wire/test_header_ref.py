@@ -96,8 +96,12 @@ def test_a_reference_decodes_to_what_the_full_header_decodes_to(name, node, rnd,
 def test_the_reference_frame_layout_and_sizes():
     full, ref, headers = _pair()
     assert ref[:10] == b"PLNW" + struct.pack("<HI", 3, REF_BYTES)
-    assert ref[10:14] == headers.digest and len(headers.digest) == REF_BYTES
-    assert read_header(ref) == {"format": 3, "reference": headers.digest.hex()}
+    # a per-client rotation: the node's own header's digest (the announcement is the round's)
+    assert ref[10:14] == headers.reference_for(77) != headers.digest
+    assert len(headers.digest) == REF_BYTES
+    assert read_header(ref) == {"format": 3, "reference": headers.reference_for(77).hex()}
+    shared = _pair(CODECS["eden-2-shared"])
+    assert shared[1][10:14] == shared[2].digest == shared[2].reference_for(77)
     # 610 values, 1-bit EDEN on half of each rotated block: 20 B of scales + 40 B of codes
     assert (len(full), len(ref)) == (175, 74)
     float32 = _pair(CODECS["float32"])
@@ -199,10 +203,13 @@ def test_truncated_or_padded_reference_payloads_are_rejected():
     assert _reason(ref[:14], headers=headers)[0] == RejectReason.LENGTH_MISMATCH
 
 
-def test_a_full_header_with_another_nodes_rotation_seed_is_refused():
-    full, _, headers = _pair(node=5)
+def test_a_full_header_or_reference_with_another_nodes_rotation_seed_is_refused():
+    full, ref, headers = _pair(node=5)
     reason, detail = _reason(full, headers=headers, node=6)
     assert reason == RejectReason.BAD_HEADER and "rotated with seed" in detail
+    # a reference made for node 5's rotation, received from node 6: not decoded with 6's seed
+    reason, detail = _reason(ref, headers=headers, node=6)
+    assert reason == RejectReason.BAD_HEADER and "for this node" in detail
     drawn = _encode(_delta(), server_round=3, codec=EDEN_HALF, rng=np.random.default_rng(0))
     assert _reason(drawn, headers=headers, node=5)[0] == RejectReason.BAD_HEADER
 

@@ -207,9 +207,11 @@ def test_device_and_sdk_payloads_reference_the_announced_header_alike(rotation):
     _, [(sdk, engine)], _, _ = _engine_vs_sdk_plan(announced, rounds=1)
     _, [(sdk_full, _)], _, _ = _engine_vs_sdk_plan(plain, rounds=1)
     for k, (theirs, ours, full) in enumerate(zip(sdk, engine, sdk_full, strict=True)):
-        assert theirs[:14] == ours[:14] == b"PLNW\x03\x00\x04\x00\x00\x00" + headers.digest
+        node = 20 + k  # its reference: its own header's digest (the announced one if shared)
+        reference = headers.reference_for(node)
+        assert (reference == headers.digest) == (rotation == "shared")
+        assert theirs[:14] == ours[:14] == b"PLNW\x03\x00\x04\x00\x00\x00" + reference
         assert len(theirs) == len(ours) == len(full) - read_header_bytes(full) + 14
-        node = 20 + k
         seed = headers.rotation_seed(node)
         got = [
             decode_update(p, masks=plain.masks, headers=headers, node_id=node, rotation_seed=seed)
