@@ -21,6 +21,7 @@ from server.sections import (
     TaskSection,
 )
 from strategies import CompressionSettings, PruningSchedule, SecAggSettings
+from strategies.aggregation import robust_cohort
 from strategies.privacy.accounting import PrivacyError, RoundPlan, calibrate_noise
 from strategies.privacy.central import AdaptiveClip, CentralDp
 from strategies.privacy.distributed import (
@@ -29,7 +30,6 @@ from strategies.privacy.distributed import (
     round_scale,
 )
 from strategies.privacy.local import LocalDp, local_plan
-from strategies.registry import robust_cohort
 from strategies.sampling import sample_size
 from wire import CodecSpec
 

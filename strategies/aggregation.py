@@ -117,3 +117,14 @@ def common_scalars(records: Sequence[Mapping[str, Any]]) -> list[str]:
     for record in records[1:]:
         shared &= set(record)
     return sorted(k for k in shared if all(not isinstance(r[k], list) for r in records))
+
+
+def robust_cohort(name: str, num_malicious: int) -> int:
+    """Updates a robust aggregator needs each round to tolerate ``num_malicious`` Byzantine
+    ones: Krum and Multi-Krum ``2f + 3`` for ``f >= 1`` (Blanchard et al. 2017: n > 2f + 2;
+    with no attacker assumed any update will do), Bulyan ``4f + 3`` (El Mhamdi et al. 2018,
+    Flower's own minimum); 0 for the others. Below it Flower's Krum still picks an update
+    without its guarantee and its Bulyan skips the round with only a log warning."""
+    f = int(num_malicious)
+    krum = 2 * f + 3 if f > 0 else 0
+    return {"krum": krum, "multikrum": krum, "bulyan": 4 * f + 3}.get(name.lower(), 0)

@@ -132,15 +132,6 @@ def _options(settings: StrategySettings) -> dict[str, dict]:
     }
 
 
-def robust_cohort(name: str, num_malicious: int) -> int:
-    """Updates a robust aggregator needs each round to tolerate ``num_malicious`` Byzantine
-    ones: Krum and Multi-Krum ``2f + 3`` (Blanchard et al. 2017: n > 2f + 2), Bulyan
-    ``4f + 3`` (El Mhamdi et al. 2018); 0 for the others. Below it Flower's Krum still picks
-    an update and its Bulyan skips the round with only a log warning: a run would look fine."""
-    f = int(num_malicious)
-    return {"krum": 2 * f + 3, "multikrum": 2 * f + 3, "bulyan": 4 * f + 3}.get(name.lower(), 0)
-
-
 def _inner(settings: StrategySettings) -> Strategy:
     # The adapter samples (and skips evaluation when its fraction is 0); the wrapped strategy
     # takes every node it is shown.

@@ -22,7 +22,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvgM, QFedAvg, Strategy
 
-from strategies.aggregation import weighted_metrics
+from strategies.aggregation import robust_cohort, weighted_metrics
 from strategies.aggregators import (
     MEAN_ONLY_STRATEGIES,
     Aggregator,
@@ -354,7 +354,17 @@ class WireStrategy(Strategy):
         self, server_round: int, replies: list[Message], stats: RoundStats
     ) -> ArrayRecord | None:
         """The inner strategy's new model from the aggregate; None (the model stays) when its
-        step fails or its model is not finite."""
+        step fails, its model is not finite or a robust aggregator has too few updates."""
+        name = type(self.inner).__name__
+        needed = robust_cohort(name, getattr(self.inner, "num_malicious_nodes", 0))
+        if stats.accepted < needed:
+            stats.aggregation_failure = f"{name} needs {needed} updates, {stats.accepted} accepted"
+            log.warning(
+                "round %d: %s; the global model stays as it was",
+                server_round,
+                stats.aggregation_failure,
+            )
+            return None
         try:
             arrays, _ = self.inner.aggregate_train(server_round, replies)
         except Exception as err:  # noqa: BLE001 - a round fails, the run goes on

@@ -115,17 +115,31 @@ def _robust_round(name, deltas, **kw):
     [
         ("fedmedian", {}, 1.0),  # median of 0, 1, 2, 100, -50 is 1
         ("fedtrimmedavg", {"trim_beta": 0.2}, 1.0),  # drop -50 and 100: mean of 0, 1, 2
-        ("krum", {"num_malicious": 2}, None),  # one honest update (0, 1 and 2 tie)
-        ("multikrum", {"num_malicious": 2, "multikrum_select": 3}, 1.0),  # mean of 0, 1, 2
+        # f = 1 (5 updates >= 2f + 3): scores sum the 2 nearest; 1 is closest to 0 and 2
+        ("krum", {"num_malicious": 1}, 1.0),
+        ("multikrum", {"num_malicious": 1, "multikrum_select": 3}, 1.0),  # mean of 0, 1, 2
     ],
 )
 def test_robust_strategies_ignore_outlying_updates(name, kwargs, expected):
     delta = _robust_round(name, [0.0, 1.0, 2.0, 100.0, -50.0], **kwargs)
-    if expected is None:
-        assert any(np.allclose(delta, honest, atol=1e-5) for honest in (0.0, 1.0, 2.0))
-    else:
-        np.testing.assert_allclose(delta, expected, atol=1e-5)
+    np.testing.assert_allclose(delta, expected, atol=1e-5)
     assert np.allclose(_robust_round("fedavg", [0.0, 1.0, 2.0, 100.0, -50.0]), 10.6, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "needed"),
+    [("krum", {"num_malicious": 2}, 7), ("bulyan", {"num_malicious": 0}, 3)],
+)
+def test_a_robust_round_with_too_few_updates_fails_and_keeps_the_model(name, kwargs, needed):
+    """5 updates cannot tolerate 2 Krum attackers (Blanchard et al.: n > 2f + 2), and Bulyan
+    needs 3 even with none: the round fails with its reason instead of aggregating anyway
+    (Krum) or skipping with only Flower's log line (Bulyan)."""
+    strategy, _ = _configured(name=name, nodes=5 if name == "krum" else 2, **kwargs)
+    deltas = [0.0, 1.0, 2.0, 100.0, -50.0][: 5 if name == "krum" else 2]
+    replies = [_reply(i + 1, {"w": np.full(3, d, np.float32)}, n=1) for i, d in enumerate(deltas)]
+    assert strategy.aggregate_train(1, replies) == (None, None)
+    failure = strategy.rounds[1].aggregation_failure
+    assert failure == f"{name.capitalize()} needs {needed} updates, {len(deltas)} accepted"
 
 
 def test_updates_longer_than_clip_norm_are_scaled_down():
