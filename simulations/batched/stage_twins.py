@@ -38,10 +38,11 @@ from simulations.batched.rotation_rows import (
 )
 from wire.codec import CodecSpec
 from wire.eden import EDEN, SIGN
+from wire.header_ref import rotation_seed_for
 from wire.kept import TensorSpec
 from wire.mask import MaskSet
 from wire.registry import STAGES, encode_chain
-from wire.rotation import MAX_SEED, ROTATE, client_rotation_seed, padded_length
+from wire.rotation import MAX_SEED, ROTATE, padded_length
 from wire.stage_api import EncodeContext, Params
 from wire.stages import FLOAT32, QUANTIZE, SELECT_STAGE
 from wire.subsample import SUBSAMPLE_STAGE, inverse_fraction, positions, subset_seed
@@ -132,10 +133,9 @@ class RotateTwin:
 
     def encode(self, values: torch.Tensor, codec: CodecSpec, ctx: TwinContext) -> TwinEncoded:
         k, n = values.shape
-        if codec.rotate == "shared":
-            seeds = [codec.rotate_seed] * k
-        elif ctx.node_ids is not None:  # as the SDK derives it (wire.header_ref)
-            seeds = [client_rotation_seed(codec.rotate_seed, node) for node in ctx.node_ids]
+        if codec.rotate == "shared" or ctx.node_ids is not None:  # as the SDK's encode_update
+            nodes = ctx.node_ids if ctx.node_ids is not None else [None] * k
+            seeds = [rotation_seed_for(codec, node) for node in nodes]
         elif ctx.seeds is None:
             raise ValueError("a per-client rotation needs each row's generator seed")
         else:
