@@ -289,7 +289,8 @@ def recalibrate_privacy(
     except PrivacyError as err:
         where = f"{checkpoint.source}: " if checkpoint.source is not None else ""
         raise ResumeError(f"{where}dp-target-epsilon: {err}") from None
-    log.info(
+    rises = privacy.noise_multiplier > before * 1.01  # a target nearly spent: little signal left
+    (log.warning if rises else log.info)(
         "resumed DP run: noise multiplier %.4g -> %.4g for the %d rounds left (target %g)",
         before,
         privacy.noise_multiplier,
