@@ -35,7 +35,7 @@ def _run(tmp_path, task, engine, **run):
     ],
 )
 def test_own_metrics_on_both_engines(tmp_path, task, metric, keys):
-    results = {engine: _run(tmp_path, task, engine) for engine in ("batched", "flower")}
+    results = {engine: _run_whole(tmp_path, task, engine) for engine in ("batched", "flower")}
     for summary, rows in results.values():
         assert summary["primary_metric"] == metric
         assert keys <= set(rows[-1]) and rows[-1][metric] < rows[0][metric]  # lower is better
@@ -43,8 +43,21 @@ def test_own_metrics_on_both_engines(tmp_path, task, metric, keys):
         assert f"federated_{metric}" in rows[-1]  # clients report the Task's metrics too
         assert summary["export"]["metric"] == metric and f"int8_{metric}" in summary["export"]
         assert summary["settings"]["lr"] > 0  # the Task's own rate, not 0
-    batched, flower = (results[e][1][-1][metric] for e in ("batched", "flower"))
-    assert batched == pytest.approx(flower, rel=1e-4)  # the engines agree
+    by_round = {e: [r[metric] for r in rows] for e, (_, rows) in results.items()}
+    assert by_round["batched"] == pytest.approx(by_round["flower"], rel=1e-4), by_round
+
+
+def _run_whole(tmp_path, task, engine, attempts=2):
+    """A run in which every client trained and was accepted every round. A client lost to the
+    machine (a Ray worker killed under load: a failure with its reason, never a rejection) is
+    the run's to survive, not a disagreement between engines: that run is repeated once."""
+    for attempt in range(attempts):
+        summary, rows = _run(tmp_path / f"try{attempt}", task, engine)
+        assert not any(r.get("rejected_updates") for r in rows), rows
+        lost = [r.get("failures") for r in rows[1:] if r.get("accepted_updates") != 6]
+        if not lost:
+            return summary, rows
+    raise AssertionError(f"{engine}: clients lost in both runs: {lost}")
 
 
 def test_regression_under_compression(tmp_path):
