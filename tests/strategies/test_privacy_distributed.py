@@ -17,16 +17,15 @@ from dp_accounting.rdp import rdp_privacy_accountant as rdp
 
 from strategies.privacy import accounting
 from strategies.privacy.accounting import PrivacyError
-from strategies.privacy.distributed import (
-    DistributedDp,
+from strategies.privacy.ddg_accounting import (
     calibrate_local_stddev,
-    calibrate_multiplier,
     ddg_epsilon,
     ddg_rdp,
     ddg_round_rdp,
     tau,
     wor_subsampled_rdp,
 )
+from strategies.privacy.distributed import DistributedDp, calibrate_multiplier
 from strategies.secagg import SecAggSession, SecAggSettings
 from strategies.stats import RoundStats
 from tests.strategies.secagg_grid import SecAggGrid
