@@ -27,12 +27,19 @@ A round's RDP at each order is the smaller of two sound bounds:
    integer shift has every integer-order moment of its likelihood ratio equal to the continuous
    Gaussian's (the sum over the integers of ``exp(-(x - c)^2 / 2S^2)`` is the same for every
    integer ``c``; Canonne, Kamath & Steinke 2020 use it for their Theorem 4), so dp-accounting's
-   bound for the without-replacement sampled Gaussian (Wang et al. Theorem 27, built from those
-   moments) holds for it at multiplier ``sqrt(n) s / D2``. The sum of shares is within
-   ``t = -d ln(1 - tau)`` in max-divergence of that discrete Gaussian (per coordinate within
-   ``tau``, Proposition 14; ``tests/strategies/test_privacy_distributed.py`` checks both premises
-   numerically), and so are the sampled mixtures; a pair within ``t`` of another pair has Renyi
-   divergence at most ``(2 alpha - 1) t / (alpha - 1)`` above it.
+   bound for the without-replacement sampled Gaussian (Wang et al. Theorem 27) holds for it at
+   multiplier ``sqrt(n) s / D2``: that bound reads the mechanism only through upper bounds on
+   integer-order moments of one neighbouring pair (even-order Pearson-Vajda divergences, odd
+   ones by Cauchy-Schwarz, and ``exp((j - 1) eps(j))``), which grow with the shift, so the
+   continuous Gaussian at distance ``D2`` bounds every integer shift within ``D2``. The sum of
+   shares is within ``t = -d ln(1 - tau)`` in max-divergence of that discrete Gaussian (per
+   coordinate within ``tau``, Proposition 14; ``tests/strategies/test_privacy_ddg_accounting.py``
+   checks both premises numerically), and so are the sampled mixtures; a pair within ``t`` of
+   another pair has Renyi divergence at most ``(2 alpha - 1) t / (alpha - 1)`` above it.
+
+Not in either bound: the noise sampler's distance from the exact discrete Gaussian (at most
+2^-111 in total variation per draw, :mod:`wire.discrete_gaussian`) adds about draws x 2^-111 to
+delta; and the rate ``m / N`` assumes that who drops out does not depend on who was sampled.
 
 Dropouts: only the survivors' shares are in the sum, so a round is accounted with the number of
 clients whose noise was summed (:func:`ddg_round_rdp`'s ``clients``), never the number sampled.
