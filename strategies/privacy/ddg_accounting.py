@@ -47,6 +47,7 @@ clients whose noise was summed (:func:`ddg_round_rdp`'s ``clients``), never the 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -115,6 +116,7 @@ def sum_closeness(local_stddev: float, clients: int, dim: int) -> float:
     return -dim * math.log1p(-t) if t < 1 else math.inf
 
 
+@functools.lru_cache(maxsize=64)  # a run's rounds repeat one curve; each costs O(order^2)
 def gaussian_moments_rdp(
     *, l2: float, local_stddev: float, clients: int, dim: int, population: int, sampled: int
 ) -> np.ndarray:
@@ -126,6 +128,7 @@ def gaussian_moments_rdp(
     curve = np.full(len(ORDERS), math.inf)
     t = sum_closeness(local_stddev, clients, dim)
     if not math.isfinite(t):
+        curve.setflags(write=False)
         return curve
     z = math.sqrt(clients) * local_stddev / l2
     accountant = rdp.RdpAccountant(list(GAUSSIAN_ORDERS), dp.NeighboringRelation.REPLACE_ONE)
@@ -134,6 +137,7 @@ def gaussian_moments_rdp(
     )
     a = np.asarray(GAUSSIAN_ORDERS, dtype=np.float64)
     curve[[ORDERS.index(o) for o in GAUSSIAN_ORDERS]] = accountant.rdp + (2 * a - 1) * t / (a - 1)
+    curve.setflags(write=False)  # cached: shared by every caller
     return curve
 
 
