@@ -20,7 +20,7 @@ import json
 import math
 import os
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -28,7 +28,10 @@ from typing import IO, Any
 import numpy as np
 
 CHECKPOINT_FILE = "checkpoint.npz"
-OPTIMIZER_ATTRS = ("m_t", "v_t")  # Flower's FedOpt family keeps its moments here
+# Flower's FedOpt family keeps its moments in dicts by array name; FedAvgM its momentum in a
+# list in the model's array order (kept here by array name too)
+OPTIMIZER_ATTRS = ("m_t", "v_t", "momentum_vector")
+LISTED_ATTRS = ("momentum_vector",)
 # Settings that may differ between the crashed run and its resumption.
 RESUMABLE_CHANGES = ("resume", "out_dir", "num_server_rounds")
 MAX_ENTRIES = 100_000  # a model's arrays plus two optimizer moments each, with room to spare
@@ -49,21 +52,32 @@ class Checkpoint:
     privacy: dict[str, Any] = field(default_factory=dict)  # the DP ledger (strategies.privacy)
 
 
-def optimizer_state(strategy: object) -> dict[str, dict[str, np.ndarray]]:
-    return {
-        attr: dict(value)
-        for attr in OPTIMIZER_ATTRS
-        if isinstance(value := getattr(strategy, attr, None), dict) and value
-    }
+def optimizer_state(strategy: object, names: Sequence[str]) -> dict[str, dict[str, np.ndarray]]:
+    """The server optimizer's state by attribute and array name (``names``: the model's arrays
+    in order, which a listed state such as FedAvgM's momentum follows)."""
+    state: dict[str, dict[str, np.ndarray]] = {}
+    for attr in OPTIMIZER_ATTRS:
+        value = getattr(strategy, attr, None)
+        if isinstance(value, dict) and value:
+            state[attr] = dict(value)
+        elif attr in LISTED_ATTRS and isinstance(value, list) and value:
+            state[attr] = dict(zip(names, value, strict=True))
+    return state
 
 
 def restore_optimizer_state(
-    strategy: object, state: Mapping[str, Mapping[str, np.ndarray]]
+    strategy: object, state: Mapping[str, Mapping[str, np.ndarray]], names: Sequence[str]
 ) -> None:
+    """Put :func:`optimizer_state` back (``names``: the model's arrays in order)."""
     for attr, value in state.items():
         if attr not in OPTIMIZER_ATTRS or not hasattr(strategy, attr):
             raise ResumeError(f"checkpoint holds {attr!r}, which {type(strategy).__name__} lacks")
-        setattr(strategy, attr, {k: np.array(v) for k, v in value.items()})
+        if attr in LISTED_ATTRS:
+            if set(value) != set(names):
+                raise ResumeError(f"checkpoint's {attr!r} does not cover the model's arrays")
+            setattr(strategy, attr, [np.array(value[name]) for name in names])
+        else:
+            setattr(strategy, attr, {k: np.array(v) for k, v in value.items()})
 
 
 def save_checkpoint(out_dir: Path, checkpoint: Checkpoint) -> Path:

@@ -172,7 +172,7 @@ def run_federation(
         )
     )
     if checkpoint is not None:
-        restore_optimizer_state(strategy.inner, checkpoint.optimizer)
+        restore_optimizer_state(strategy.inner, checkpoint.optimizer, list(checkpoint.arrays))
         if privacy is not None:
             restore_privacy(privacy, checkpoint)
             if settings.dp_target_epsilon and not settings.dp_noise_multiplier:
@@ -212,7 +212,7 @@ def run_federation(
             state = Checkpoint(
                 server_round,
                 named,
-                optimizer_state(strategy.inner),
+                optimizer_state(strategy.inner, list(named)),
                 asdict(settings),
                 privacy={} if privacy is None else privacy.state(),
             )
