@@ -72,9 +72,9 @@ def restore_optimizer_state(
     for attr, value in state.items():
         if attr not in OPTIMIZER_ATTRS or not hasattr(strategy, attr):
             raise ResumeError(f"checkpoint holds {attr!r}, which {type(strategy).__name__} lacks")
+        if set(value) != set(names):  # Flower's strategies index it by every array
+            raise ResumeError(f"checkpoint's {attr!r} does not cover the model's arrays")
         if attr in LISTED_ATTRS:
-            if set(value) != set(names):
-                raise ResumeError(f"checkpoint's {attr!r} does not cover the model's arrays")
             setattr(strategy, attr, [np.array(value[name]) for name in names])
         else:
             setattr(strategy, attr, {k: np.array(v) for k, v in value.items()})
