@@ -1,6 +1,7 @@
 """Run settings of the ServerApp, read from Flower's run config (``[tool.flwr.app.config]``).
 
-:class:`RunSettings` is made of the sections of :mod:`server.sections`, where each setting is
+:class:`RunSettings` is made of the sections of :mod:`server.sections` (and
+:mod:`server.privacy_section`), where each setting is
 declared once (key, type, default, help, check): the run-config keys, the ``pollen simulate``
 flags and pyproject's defaults (checked by a test) all come from there.
 """
@@ -11,11 +12,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from server.privacy_section import PrivacySection
 from server.schema import SettingError, check_fields, from_keys, settings_of
 from server.sections import (
     CompressionSection,
     LimitsSection,
-    PrivacySection,
     SecureSection,
     StrategySection,
     TaskSection,
@@ -27,6 +28,7 @@ from strategies.privacy.central import AdaptiveClip, CentralDp
 from strategies.privacy.distributed import (
     DistributedDp,
     calibrate_multiplier,
+    noise_shares,
     round_scale,
 )
 from strategies.privacy.local import LocalDp, local_plan
@@ -197,7 +199,12 @@ class RunSettings(  # fields in the reverse order of the bases: the task's first
             )
         try:
             round_scale(
-                bits=self.dp_bits, clients=per_round, clip=self.dp_clip, values=values, z=1.0
+                bits=self.dp_bits,
+                clients=per_round,
+                clip=self.dp_clip,
+                values=values,
+                z=1.0,
+                shares=noise_shares(per_round, self.dp_dropout_tolerance),
             )
         except ValueError as err:
             raise RunConfigError("dp-bits", str(err)) from None
@@ -209,6 +216,7 @@ class RunSettings(  # fields in the reverse order of the bases: the task's first
                 clip=self.dp_clip,
                 bits=self.dp_bits,
                 values=values,
+                tolerance=self.dp_dropout_tolerance,
             )
             return DistributedDp(
                 noise_multiplier=z,
@@ -218,6 +226,7 @@ class RunSettings(  # fields in the reverse order of the bases: the task's first
                 run_seed=self.seed,
                 seeded=self.dp_seeded_noise,
                 client_metrics=self.dp_client_metrics,
+                dropout_tolerance=self.dp_dropout_tolerance,
             )
         except PrivacyError as err:
             key = "dp-target-epsilon" if self.dp_target_epsilon else "dp-target-delta"

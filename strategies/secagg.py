@@ -92,6 +92,7 @@ class SecAggSession:
     # the round's vector spec for the alive count (distributed DP's); None: settings' grid
     spec_for: Callable[[int], VectorSpec] | None = None
     unmasked: int = 0  # uploads in the sum the server unmasked (0: none was)
+    min_uploads: int = 0  # fewer are not unmasked (distributed DP's noise is sized for these)
     # signed rounds (client_sdk.secagg_auth): each node's public signing key, its key signature
     sig_keys: dict[int, bytes] = field(default_factory=dict)
     key_sigs: dict[int, bytes] = field(default_factory=dict)
@@ -267,6 +268,11 @@ class SecAggSession:
         if len(survivors) < self.threshold:
             raise SecAggFailed(
                 f"{len(survivors)} masked uploads, below the threshold {self.threshold}"
+            )
+        if len(survivors) < self.min_uploads:  # unmasking them would release too little noise
+            raise SecAggFailed(
+                f"{len(survivors)} masked uploads, fewer than the {self.min_uploads} the "
+                f"distributed DP noise was sized for (dp-dropout-tolerance); not unmasked"
             )
         dropped = sorted(alive - set(survivors))
         self._unmask(total, sorted(survivors), dropped)

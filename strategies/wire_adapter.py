@@ -251,6 +251,8 @@ class WireStrategy(Strategy):
             stats.secagg_failure = why[:300]
             self._session = None
             return []
+        if isinstance(self.privacy, DistributedDp):
+            self._session.min_uploads = self.privacy.min_uploads
         alive = set(self._session.alive)
         kept = [m for m in messages if m.metadata.dst_node_id in alive]
         for content in {id(m.content): m.content for m in kept}.values():

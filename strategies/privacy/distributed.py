@@ -6,9 +6,14 @@ gives the secure session the vector spec (:class:`wire.ddp_vector.DdpVectorSpec`
 the scale :func:`wire.dp.choose_scale` allows for the alive clients, each client's share
 ``(scale z clip / sqrt(alive))^2`` of the variance, the round's shared rotation seed) and, once
 the server has unmasked a sum, spends that round in its ledger with the RDP of the *survivors'*
-noise. Dropouts: a client that shared keys but did not upload adds no noise, so a round with
-fewer survivors is accounted with less noise (a larger epsilon for that round), and the run goes
-on while the secure sum's threshold is met; the noise multiplier is not raised after the fact.
+noise. Dropouts: a client that shared keys but did not upload adds no noise. Each share is sized
+for the fewest uploads the round may sum, :func:`noise_shares` (``dp-dropout-tolerance``: up to
+that fraction of the alive clients may vanish), and the server does not unmask a sum of fewer
+(:attr:`DistributedDp.min_uploads`, enforced by the secure session): so every unmasked sum
+carries at least the planned noise and the run's total stays within its target whatever drops.
+As in Kairouz, Liu & Steinke (ICML 2021, section 5), who size the noise for a lower bound on the
+survivors; TensorFlow Federated's ``DistributedDpSumFactory`` sizes it for the expected cohort
+and leaves dropouts unaccounted.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from strategies.privacy.accounting import (
     RoundPlan,
     calibrate_rest,
     is_int,
+    is_real,
     ledger_state,
     restored_ledger,
     smallest_meeting,
@@ -36,6 +42,7 @@ from wire.rotation import block_for, padded_length, shared_rotation_seed
 
 BLOCK = DdpSpec.block  # the rotation's largest block
 MIN_MULTIPLIER, MAX_MULTIPLIER = 1e-2, 1e3  # what calibration searches between
+MAX_TOLERANCE = 0.5  # dp-dropout-tolerance: at most half a round's alive clients may vanish
 
 
 def rotated_dim(values: int, block: int = BLOCK) -> int:
@@ -43,13 +50,20 @@ def rotated_dim(values: int, block: int = BLOCK) -> int:
     return padded_length(values, block_for(values, block))
 
 
+def noise_shares(alive: int, tolerance: float) -> int:
+    """The fewest uploads a round of ``alive`` clients may sum when up to ``tolerance`` of them
+    may vanish: each client's noise is sized so that this many shares reach stddev z clip."""
+    return max(alive - math.floor(tolerance * alive + 1e-9), 1)
+
+
 def round_scale(
-    *, bits: int, clients: int, clip: float, values: int, z: float
+    *, bits: int, clients: int, clip: float, values: int, z: float, shares: int = 0
 ) -> tuple[float, float]:
-    """(scale, each client's stddev in integer units) for ``clients`` shares of ``z clip`` on
-    updates of ``values`` kept coordinates; ValueError when ``bits`` cannot hold the sum
-    (:func:`wire.dp.choose_scale`, with the rotation's padded length and block)."""
-    share = z * clip / math.sqrt(clients)  # update units: the shares sum to stddev z clip
+    """(scale, each client's stddev in integer units) for a sum of up to ``clients`` vectors
+    whose fewest ``shares`` (0: all of them) carry stddev ``z clip``, on updates of ``values``
+    kept coordinates; ValueError when ``bits`` cannot hold the sum (:func:`wire.dp.choose_scale`,
+    with the rotation's padded length and block)."""
+    share = z * clip / math.sqrt(shares or clients)  # update units
     scale = choose_scale(
         bits=bits,
         clients=clients,
@@ -62,39 +76,48 @@ def round_scale(
 
 
 def planned_round_rdp(
-    z: float, plan: RoundPlan, *, clip: float, bits: int, values: int
+    z: float, plan: RoundPlan, *, clip: float, bits: int, values: int, tolerance: float = 0.0
 ) -> np.ndarray:
-    """One planned round's RDP curve: updates of ``values`` coordinates, every sampled client
-    surviving."""
+    """One planned round's RDP curve: updates of ``values`` coordinates, the fewest uploads
+    the server unmasks (:func:`noise_shares`) surviving: a round's worst case."""
     m = plan.per_round
-    scale, stddev = round_scale(bits=bits, clients=m, clip=clip, values=values, z=z)
+    shares = noise_shares(m, tolerance)
+    scale, stddev = round_scale(bits=bits, clients=m, clip=clip, values=values, z=z, shares=shares)
     return ddg_round_rdp(
         clip=clip,
         scale=scale,
         dim=rotated_dim(values),
         local_stddev=stddev,
-        clients=m,
+        clients=shares,
         population=plan.population,
         sampled=m,
     )
 
 
-def planned_epsilon(z: float, plan: RoundPlan, *, clip: float, bits: int, values: int) -> float:
-    """Epsilon after the plan's rounds of updates of ``values`` coordinates, every sampled
-    client surviving."""
-    curve = planned_round_rdp(z, plan, clip=clip, bits=bits, values=values)
+def planned_epsilon(
+    z: float, plan: RoundPlan, *, clip: float, bits: int, values: int, tolerance: float = 0.0
+) -> float:
+    """Epsilon after the plan's rounds of updates of ``values`` coordinates, each round at its
+    worst case (:func:`planned_round_rdp`)."""
+    curve = planned_round_rdp(z, plan, clip=clip, bits=bits, values=values, tolerance=tolerance)
     return epsilon_of(plan.rounds * curve, plan.delta)
 
 
 def calibrate_multiplier(
-    target_epsilon: float, plan: RoundPlan, *, clip: float, bits: int, values: int
+    target_epsilon: float,
+    plan: RoundPlan,
+    *,
+    clip: float,
+    bits: int,
+    values: int,
+    tolerance: float = 0.0,
 ) -> float:
     """The smallest noise multiplier ``z`` (to 0.1%) whose planned epsilon is at most the
     target, the scale recomputed for each candidate; refuses an unreachable target."""
     check_positive(target_epsilon=target_epsilon)
 
     def eps(z: float) -> float:
-        return planned_epsilon(z, plan, clip=clip, bits=bits, values=values)
+        return planned_epsilon(z, plan, clip=clip, bits=bits, values=values, tolerance=tolerance)
 
     if eps(MAX_MULTIPLIER) > target_epsilon:
         raise PrivacyError(
@@ -117,6 +140,8 @@ class DistributedDp:
     run_seed: int = 0  # the rotation seeds' (public: every client of a round shares one)
     seeded: bool = False  # clients draw rounding and noise from their round seed (experiments)
     client_metrics: bool = False
+    dropout_tolerance: float = 0.0  # the fraction of a round's alive clients that may vanish
+    min_uploads: int = field(default=0, init=False)  # this round's: the session enforces it
     curve: np.ndarray = field(init=False)
     history: list[float] = field(default_factory=list, init=False)
     _sampled: int = field(default=0, init=False)
@@ -127,6 +152,11 @@ class DistributedDp:
         check_positive(noise_multiplier=self.noise_multiplier, clip=self.clip)
         if not is_int(self.bits) or not 8 <= self.bits <= 32:
             raise PrivacyError(f"dp-bits must be an int in [8, 32], got {self.bits!r}")
+        tolerance = self.dropout_tolerance
+        if not is_real(tolerance) or not 0 <= tolerance <= MAX_TOLERANCE:
+            raise PrivacyError(
+                f"dp-dropout-tolerance must be in [0, {MAX_TOLERANCE}], got {tolerance!r}"
+            )
         self.curve = np.zeros(len(ORDERS))
 
     def round_config(self) -> dict[str, bool]:
@@ -141,9 +171,16 @@ class DistributedDp:
         self, alive: int, *, kept: int, server_round: int, sampled: int
     ) -> DdpVectorSpec:
         """The round's spec for ``alive`` clients uploading ``kept`` values each, ``sampled``
-        having been drawn; ValueError when the bits cannot hold them."""
+        having been drawn, each share sized for :attr:`min_uploads` of them; ValueError when the
+        bits cannot hold them."""
+        self.min_uploads = noise_shares(alive, self.dropout_tolerance)
         scale, stddev = round_scale(
-            bits=self.bits, clients=alive, clip=self.clip, values=kept, z=self.noise_multiplier
+            bits=self.bits,
+            clients=alive,
+            clip=self.clip,
+            values=kept,
+            z=self.noise_multiplier,
+            shares=self.min_uploads,
         )
         self._sampled, self._metrics = sampled, {}
         self._spec = DdpVectorSpec(
@@ -204,14 +241,20 @@ class DistributedDp:
         (infinite ``z``: the spent rounds alone)."""
         if rounds_left == 0 or math.isinf(z):
             return epsilon_of(self.curve, self.plan.delta) if self.history else 0.0
-        curve = planned_round_rdp(z, self.plan, clip=self.clip, bits=self.bits, values=values)
+        curve = planned_round_rdp(
+            z,
+            self.plan,
+            clip=self.clip,
+            bits=self.bits,
+            values=values,
+            tolerance=self.dropout_tolerance,
+        )
         return epsilon_of(self.curve + rounds_left * curve, self.plan.delta)
 
     def recalibrate(self, target_epsilon: float, rounds_left: int, values: int) -> float:
         """Resuming: the multiplier for the rounds left so the run's total stays within
         ``target_epsilon`` (updates of ``values`` coordinates); the one set. Like the first
-        calibration it plans every sampled client surviving: rounds with dropouts spend more
-        (:meth:`summed` accounts the survivors' noise) and may take the total past the target."""
+        calibration it plans each round at its worst case (:func:`planned_round_rdp`)."""
         z = calibrate_rest(
             lambda z: self.projected(z, rounds_left, values), target_epsilon, rounds_left
         )

@@ -1,6 +1,7 @@
 """`pollen simulate --secure-agg` in both engines: dropouts recovered, failures clean."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -9,6 +10,8 @@ from server import MODEL_FILE, read_metrics
 from simulations.attacks import drops_out
 from simulations.runner import SimulationSettings, simulate
 from simulations.settings import SimulationRunSettings
+from strategies.privacy.accounting import RoundPlan
+from strategies.privacy.distributed import calibrate_multiplier, planned_epsilon
 
 CLIENTS = 8
 
@@ -16,11 +19,10 @@ CLIENTS = 8
 def _run(engine, out, sim=None, **run):
     settings = SimulationSettings(
         run=SimulationRunSettings(
-            num_server_rounds=2,
+            **{"num_server_rounds": 2, **run},
             min_available_nodes=CLIENTS,
             partition="iid",
             secure_agg=True,
-            **run,
         ),
         clients=CLIENTS,
         out_dir=out,
@@ -118,3 +120,40 @@ def test_distributed_dp_runs_under_secure_aggregation_and_reports_its_epsilon(tm
     summary = json.loads((out / "summary.json").read_text())
     assert summary["dp_epsilon"] == rows[-1]["dp_epsilon"]
     assert summary["dp_delta"] == pytest.approx(CLIENTS**-1.1)
+
+
+def test_distributed_dp_sums_no_fewer_uploads_than_its_noise_was_sized_for(tmp_path):
+    """dp-dropout-tolerance 0.25 of 8 alive clients: each share is sized for 6 uploads. With
+    seed 0's dropouts (2, 2, 3 of 8 after sharing keys), rounds 1-2 sum 6 uploads and round 3's
+    5 are not unmasked (though above the SecAgg+ threshold): no round spends more than the
+    plan's worst case, so the run's epsilon stays within its target."""
+    out = tmp_path / "ddp-drops"
+    dropped = [_dropped(r, 0.3) for r in (1, 2, 3)]
+    assert dropped == [2, 2, 3]
+    _, rows = _run(
+        "batched",
+        out,
+        num_server_rounds=3,
+        dropout_rate=0.3,
+        secagg_degree=7,
+        secagg_threshold=4,
+        dp_mode="distributed",
+        dp_target_epsilon=8.0,
+        dp_dropout_tolerance=0.25,
+    )
+    for row, gone in zip(rows[1:], dropped, strict=True):
+        if gone <= 2:
+            assert "secagg_failure" not in row
+            assert row["dp_survivors"] == row["accepted_updates"] == CLIENTS - gone
+        else:
+            assert "fewer than the 6 the distributed DP noise" in row["secagg_failure"]
+            assert row["accepted_updates"] == 0 and "dp_survivors" not in row
+    # rounds 1-2 spent exactly the plan's worst case (6 shares), which calibration sized for
+    plan = RoundPlan(population=CLIENTS, per_round=CLIENTS, rounds=3, delta=CLIENTS**-1.1)
+    sized = dict(clip=1.0, bits=16, values=9610, tolerance=0.25)  # the digits MLP's values
+    z = calibrate_multiplier(8.0, plan, **sized)
+    for done in (1, 2):
+        expected = planned_epsilon(z, replace(plan, rounds=done), **sized)
+        assert rows[done]["dp_epsilon"] == pytest.approx(expected, rel=1e-9)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["dp_epsilon"] == rows[2]["dp_epsilon"] < planned_epsilon(z, plan, **sized) <= 8

@@ -25,8 +25,14 @@ from strategies.privacy.ddg_accounting import (
     tau,
     wor_subsampled_rdp,
 )
-from strategies.privacy.distributed import DistributedDp, calibrate_multiplier
-from strategies.secagg import SecAggSession, SecAggSettings
+from strategies.privacy.ddg_accounting import epsilon_of as ddg_epsilon_of
+from strategies.privacy.distributed import (
+    DistributedDp,
+    calibrate_multiplier,
+    noise_shares,
+    planned_round_rdp,
+)
+from strategies.secagg import SecAggFailed, SecAggSession, SecAggSettings
 from strategies.stats import RoundStats
 from tests.strategies.secagg_grid import SecAggGrid
 from wire.dp import DEFAULT_BETA, clip_l2, rounded_l2_bound
@@ -159,17 +165,21 @@ def test_hostile_settings_are_typed_errors(bad):
         ddg_round_rdp(**(kwargs | bad))
 
 
-def test_a_secure_round_with_dropouts_accounts_only_the_survivors_noise():
-    """A real SecAgg+ round (the SDK's client steps, in memory) carrying distributed-DP vectors:
-    two of six clients vanish after sharing keys; the server unmasks the six survivors' sum,
-    decodes their clipped mean, and the round is spent with four noise shares, not six (a
-    larger epsilon than the full round's), while the round itself goes on."""
+def test_a_secure_round_sums_the_survivors_only_down_to_the_uploads_its_noise_was_sized_for():
+    """A real SecAgg+ round (the SDK's client steps, in memory) carrying distributed-DP vectors
+    at dp-dropout-tolerance 1/3: six clients share keys, so each noise share is sized for four
+    uploads. Two vanish: the server unmasks the four survivors' sum, decodes their clipped
+    mean, and spends the round for four shares, exactly the plan's worst case (more survivors
+    would spend less). Three vanish: the three uploads are not unmasked and nothing is spent."""
     plan = accounting.RoundPlan(population=40, per_round=6, rounds=2, delta=1e-4)
     kept, rng = 500, np.random.default_rng(4)
 
     def run(drop: int):
-        dp_ = DistributedDp(noise_multiplier=1e-4, clip=1.0, bits=20, plan=plan, run_seed=3)
+        dp_ = DistributedDp(
+            noise_multiplier=1e-4, clip=1.0, bits=20, plan=plan, run_seed=3, dropout_tolerance=1 / 3
+        )
         spec = dp_.vector_spec(6, kept=kept, server_round=1, sampled=6)
+        assert dp_.min_uploads == 4
         updates = rng.normal(0, 0.02, size=(6, kept)).astype(np.float32)
         updates[0] *= 20  # clipped
         nodes = list(range(101, 107))
@@ -180,7 +190,13 @@ def test_a_secure_round_with_dropouts_accounts_only_the_survivors_noise():
         session = SecAggSession(SecAggSettings(degree=5), 1, grid, RoundStats(server_round=1))
         session.spec_for = lambda alive: spec if alive == 6 else None
         record = session.setup(nodes, np.random.default_rng(1))
+        session.min_uploads = dp_.min_uploads  # as the wire adapter does
         replies = grid.send_and_receive(grid.train_messages(record))
+        if drop > 2:
+            with pytest.raises(SecAggFailed, match="fewer than the 4 the distributed DP noise"):
+                session.aggregate(replies, spec.vector_size(kept))
+            assert session.unmasked == 0
+            return dp_
         mean, count = spec.weighted_mean(session.aggregate(replies, spec.vector_size(kept)))
         survivors = [clip_l2(u, 1.0)[0] for u in updates[: 6 - drop]]
         assert count == session.unmasked == 6 - drop
@@ -189,5 +205,23 @@ def test_a_secure_round_with_dropouts_accounts_only_the_survivors_noise():
 
     full, dropped = run(0), run(2)
     assert dropped["dp-survivors"] == 4 and full["dp-survivors"] == 6
+    worst = planned_round_rdp(1e-4, plan, clip=1.0, bits=20, values=kept, tolerance=1 / 3)
+    assert dropped["dp-epsilon"] == pytest.approx(ddg_epsilon_of(worst, plan.delta), rel=1e-12)
     assert dropped["dp-epsilon-round"] > full["dp-epsilon-round"] > 0
     assert {"dp-epsilon", "dp-delta", "dp-clip", "dp-scale", "dp-bits"} <= set(full)
+    assert run(3).epsilon == 0.0
+
+
+@pytest.mark.parametrize(
+    ("alive", "tolerance", "shares"),
+    [(6, 0.0, 6), (6, 0.1, 6), (10, 0.1, 9), (9, 1 / 3, 6), (7, 0.5, 4), (1, 0.5, 1)],
+)
+def test_noise_shares_leave_at_most_the_tolerated_fraction_out(alive, tolerance, shares):
+    assert noise_shares(alive, tolerance) == shares
+
+
+@pytest.mark.parametrize("bad", [-0.1, 0.51, float("nan"), True, "0.1", None])
+def test_a_dropout_tolerance_outside_zero_to_half_is_refused(bad):
+    plan = accounting.RoundPlan(population=40, per_round=6, rounds=2, delta=1e-4)
+    with pytest.raises(PrivacyError, match="dp-dropout-tolerance"):
+        DistributedDp(noise_multiplier=1.0, clip=1.0, bits=16, plan=plan, dropout_tolerance=bad)
