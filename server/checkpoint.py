@@ -27,11 +27,9 @@ from typing import IO, Any
 
 import numpy as np
 
+from strategies.server_step import LISTED_ATTRS, OPTIMIZER_ATTRS
+
 CHECKPOINT_FILE = "checkpoint.npz"
-# Flower's FedOpt family keeps its moments in dicts by array name; FedAvgM its momentum in a
-# list in the model's array order (kept here by array name too)
-OPTIMIZER_ATTRS = ("m_t", "v_t", "momentum_vector")
-LISTED_ATTRS = ("momentum_vector",)
 # Settings that may differ between the crashed run and its resumption.
 RESUMABLE_CHANGES = ("resume", "out_dir", "num_server_rounds")
 MAX_ENTRIES = 100_000  # a model's arrays plus two optimizer moments each, with room to spare

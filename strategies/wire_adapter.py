@@ -22,7 +22,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvgM, QFedAvg, Strategy
 
-from strategies.aggregation import robust_cohort, weighted_metrics
+from strategies.aggregation import weighted_metrics
 from strategies.aggregators import (
     MEAN_ONLY_STRATEGIES,
     Aggregator,
@@ -43,8 +43,9 @@ from strategies.sampling import FixedNodesGrid, SeededSampler
 from strategies.schedules import RoundHooks
 from strategies.secagg import SecAggFailed, SecAggSession, SecAggSettings
 from strategies.secagg_metrics import shared_train_loss
+from strategies.server_step import server_step
 from strategies.stats import RoundStats
-from strategies.validation import ReplyLimits, is_finite_model
+from strategies.validation import ReplyLimits
 from wire import MASK_FIELD, POOLING_CONFIG_KEY, MaskSet, TensorSpec, keys
 from wire.header_ref import RoundHeaders
 from wire.secagg_protocol import SECAGG_RECORD_KEY
@@ -355,39 +356,12 @@ class WireStrategy(Strategy):
     def _server_step(
         self, server_round: int, replies: list[Message], stats: RoundStats
     ) -> ArrayRecord | None:
-        """The inner strategy's new model from the aggregate; None (the model stays) when its
-        step fails, its model is not finite or a robust aggregator has too few updates."""
-        name = type(self.inner).__name__
-        needed = robust_cohort(name, getattr(self.inner, "num_malicious_nodes", 0))
-        if stats.accepted < needed:
-            stats.aggregation_failure = f"{name} needs {needed} updates, {stats.accepted} accepted"
-            log.warning(
-                "round %d: %s; the global model stays as it was",
-                server_round,
-                stats.aggregation_failure,
-            )
-            return None
-        try:
-            arrays, _ = self.inner.aggregate_train(server_round, replies)
-        except Exception as err:  # noqa: BLE001 - a round fails, the run goes on
-            stats.aggregation_failure = f"{type(err).__name__}: {str(err)[:300]}"
-        else:
-            if arrays is None:
-                return None
-            if is_finite_model(arrays):
-                if self.compression.frozen:
-                    # averaging equal values can move the last bit; frozen layers stay as sent
-                    for name, ref in self._reference.items():
-                        if name.startswith(self.compression.frozen):
-                            arrays[name] = Array(ref)
-                return arrays
-            stats.aggregation_failure = "the aggregated model is not finite"
-        log.warning(
-            "round %d: %s; the global model stays as it was",
-            server_round,
-            stats.aggregation_failure,
-        )
-        return None
+        frozen = {
+            name: ref
+            for name, ref in self._reference.items()
+            if self.compression.frozen and name.startswith(self.compression.frozen)
+        }
+        return server_step(self.inner, server_round, replies, stats, frozen=frozen)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
