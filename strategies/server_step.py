@@ -2,11 +2,12 @@
 and what a refused step leaves behind.
 
 A step is refused when the strategy needs more updates than were accepted (a robust
-aggregator's cohort), when it raises, or when its model is not finite. Then the global model
-stays as it was, and so does the server optimizer's state: Flower's FedAvgM and FedOpt family
-(FedAdam, FedYogi, FedAdagrad) update their momentum and moments inside ``aggregate_train``,
-before anyone sees the model, and a NaN moment kept from a refused step would poison every
-later round. The state is named once here (the checkpoint saves the same attributes).
+aggregator's cohort), when it raises, or when its model or its optimizer state is not finite.
+Then the global model stays as it was, and so does the server optimizer's state: Flower's
+FedAvgM and FedOpt family (FedAdam, FedYogi, FedAdagrad) update their momentum and moments
+inside ``aggregate_train``, before anyone sees the model, and a NaN moment kept from a refused
+step would poison every later round. The state is named once here (the checkpoint saves the
+same attributes).
 """
 
 from __future__ import annotations
@@ -57,14 +58,26 @@ def server_step(
     else:
         if arrays is None:
             return None
-        if is_finite_model(arrays):
+        if not is_finite_model(arrays):
+            why = "the aggregated model is not finite"
+        elif not _finite_state(inner):  # e.g. FedAdam's v_t overflowed: x + m / inf is finite
+            why = f"{name}'s optimizer state is not finite"
+        else:
             for key, value in (frozen or {}).items():
                 arrays[key] = Array(value)
             return arrays
-        why = "the aggregated model is not finite"
     for attr, value in before.items():
         setattr(inner, attr, value)
     return _refused(server_round, stats, why)
+
+
+def _finite_state(inner: Strategy) -> bool:
+    for attr in OPTIMIZER_ATTRS:
+        value = getattr(inner, attr, None)
+        arrays = value.values() if isinstance(value, dict) else value or ()
+        if not all(np.isfinite(a).all() for a in arrays):
+            return False
+    return True
 
 
 def _refused(server_round: int, stats: RoundStats, why: str) -> None:

@@ -73,12 +73,19 @@ def tau(local_stddev: float, clients: int) -> float:
 
 
 def ddg_rdp(
-    orders: Sequence[float], l2: float, l1: float, local_stddev: float, clients: int, dim: int
+    orders: Sequence[float],
+    l2: float,
+    l1: float,
+    local_stddev: float,
+    clients: int,
+    dim: int,
+    tau_clients: int = 0,
 ) -> np.ndarray:
-    """Proposition 14's RDP curve of the sum of ``clients`` discrete Gaussian shares."""
+    """Proposition 14's RDP curve of the sum of ``clients`` discrete Gaussian shares, ``tau``
+    taken at ``tau_clients >= clients`` shares (0: ``clients``; see :func:`ddg_round_rdp`)."""
     a = np.asarray(orders, dtype=np.float64)
     sd = math.sqrt(clients) * local_stddev
-    t = tau(local_stddev, clients)
+    t = tau(local_stddev, max(tau_clients, clients))
     first = a * l2**2 / (2 * sd**2) + t * dim
     second = a / 2 * (l2**2 / sd**2 + 2 * l1 * t / sd + t**2 * dim)
     third = a / 2 * (l2 / sd + t * math.sqrt(dim)) ** 2
@@ -108,17 +115,25 @@ def wor_subsampled_rdp(base: np.ndarray, order: int, rate: float) -> float:
     return min(float(special.logsumexp(log_terms)) / (order - 1), float(base[order]))
 
 
-def sum_closeness(local_stddev: float, clients: int, dim: int) -> float:
+def sum_closeness(local_stddev: float, clients: int, dim: int, tau_clients: int = 0) -> float:
     """Max-divergence (both ways) between the sum of ``clients`` shares ``N_Z(0, s^2)^dim`` and
     ``N_Z(0, clients s^2)^dim``: ``-dim ln(1 - tau)`` (Proposition 14's per-coordinate ratio is
-    within ``1 +- tau``), infinite when ``tau >= 1``."""
-    t = tau(local_stddev, clients)
+    within ``1 +- tau``), infinite when ``tau >= 1``; ``tau`` at ``tau_clients`` as in
+    :func:`ddg_rdp`."""
+    t = tau(local_stddev, max(tau_clients, clients))
     return -dim * math.log1p(-t) if t < 1 else math.inf
 
 
 @functools.lru_cache(maxsize=64)  # a run's rounds repeat one curve; each costs O(order^2)
 def gaussian_moments_rdp(
-    *, l2: float, local_stddev: float, clients: int, dim: int, population: int, sampled: int
+    *,
+    l2: float,
+    local_stddev: float,
+    clients: int,
+    dim: int,
+    population: int,
+    sampled: int,
+    tau_clients: int = 0,
 ) -> np.ndarray:
     """RDP at :data:`ORDERS` (infinite where not computed) of ``clients`` discrete Gaussian
     shares of stddev ``local_stddev`` on a replace-one sensitivity ``l2`` (integer units),
@@ -126,7 +141,7 @@ def gaussian_moments_rdp(
     bound at multiplier ``sqrt(clients) local_stddev / l2`` plus the sum's closeness
     (module docstring, bound 2)."""
     curve = np.full(len(ORDERS), math.inf)
-    t = sum_closeness(local_stddev, clients, dim)
+    t = sum_closeness(local_stddev, clients, dim, tau_clients)
     if not math.isfinite(t):
         curve.setflags(write=False)
         return curve
@@ -154,15 +169,28 @@ def ddg_round_rdp(
     clients: int,
     population: int,
     sampled: int,
+    tau_clients: int = 0,
     beta: float = DEFAULT_BETA,
 ) -> np.ndarray:
     """One round's RDP curve at :data:`ORDERS`: ``clients`` noise shares (the survivors) of
     stddev ``local_stddev`` (integer units) on updates clipped to ``clip`` and scaled by
-    ``scale``, ``sampled`` of ``population`` clients drawn without replacement."""
+    ``scale``, ``sampled`` of ``population`` clients drawn without replacement.
+
+    ``tau_clients`` (>= ``clients``; 0: ``clients``): Theorem 1's ``tau`` grows with the number
+    of shares, and every term of both bounds grows with ``tau``, so taking it at more shares
+    than were summed still bounds the round. At the round's upper limit (the clients that could
+    have uploaded) the curve can only fall as more of them upload; with ``tau`` at the
+    survivors it can rise where shares are small (stddev about 1 integer unit), which would
+    let a round whose every client uploaded spend more than one sized for dropouts."""
     check_positive(clip=clip, scale=scale, local_stddev=local_stddev)
     for name, value in (("dim", dim), ("clients", clients), ("population", population)):
         if not is_int(value) or value < 1:
             raise PrivacyError(f"dp {name} must be an int >= 1, got {value!r}")
+    if not is_int(tau_clients) or not (tau_clients == 0 or clients <= tau_clients <= sampled):
+        raise PrivacyError(
+            f"dp tau_clients ({tau_clients!r}) must be 0 or an int between the clients whose "
+            f"noise was summed ({clients}) and those sampled ({sampled})"
+        )
     if not is_int(sampled) or not clients <= sampled <= population:
         raise PrivacyError(
             f"dp sampled ({sampled!r}) must be an int between the clients whose noise was summed "
@@ -175,7 +203,7 @@ def ddg_round_rdp(
     # replace-one neighbours: one client's vector swapped for another moves the sum twice as far
     l2, l1 = 2 * l2, 2 * l1
 
-    base = ddg_rdp(np.arange(max(ORDERS) + 1), l2, l1, local_stddev, clients, dim)
+    base = ddg_rdp(np.arange(max(ORDERS) + 1), l2, l1, local_stddev, clients, dim, tau_clients)
     rate = sampled / population
     general = np.array([wor_subsampled_rdp(base, a, rate) for a in ORDERS])
     moments = gaussian_moments_rdp(
@@ -185,6 +213,7 @@ def ddg_round_rdp(
         dim=dim,
         population=population,
         sampled=sampled,
+        tau_clients=tau_clients,
     )
     return np.minimum(general, moments)  # both bound every order: so does the smaller
 

@@ -4,13 +4,15 @@
 :class:`DistributedDp` is a run's distributed DP on the secure-aggregation path: each round it
 gives the secure session the vector spec (:class:`wire.ddp_vector.DdpVectorSpec`: bits, clip,
 the scale :func:`wire.dp.choose_scale` allows for the alive clients, each client's share
-``(scale z clip / sqrt(alive))^2`` of the variance, the round's shared rotation seed) and, once
+``(scale z clip)^2 / min_uploads`` of the variance, the round's shared rotation seed) and, once
 the server has unmasked a sum, spends that round in its ledger with the RDP of the *survivors'*
 noise. Dropouts: a client that shared keys but did not upload adds no noise. Each share is sized
 for the fewest uploads the round may sum, :func:`noise_shares` (``dp-dropout-tolerance``: up to
 that fraction of the alive clients may vanish), and the server does not unmask a sum of fewer
 (:attr:`DistributedDp.min_uploads`, enforced by the secure session): so every unmasked sum
-carries at least the planned noise and the run's total stays within its target whatever drops.
+carries at least the planned noise and the run's total stays within its target whatever drops
+(the plan takes Theorem 1's ``tau`` at every client that could upload, so the bound can only
+fall as more of them do: :func:`strategies.privacy.ddg_accounting.ddg_round_rdp`).
 As in Kairouz, Liu & Steinke (ICML 2021, section 5), who size the noise for a lower bound on the
 survivors; TensorFlow Federated's ``DistributedDpSumFactory`` sizes it for the expected cohort
 and leaves dropouts unaccounted.
@@ -91,6 +93,7 @@ def planned_round_rdp(
         clients=shares,
         population=plan.population,
         sampled=m,
+        tau_clients=m,  # tau at all m: the bound then falls as more of them upload
     )
 
 

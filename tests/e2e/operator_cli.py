@@ -63,8 +63,14 @@ def wait_for_run(cwd: Path, timeout_s: float) -> dict:
 
 
 def kill_groups(processes: list[subprocess.Popen]) -> None:
+    """Kill each process's group and reap the process (no zombie left for the test run)."""
     for proc in processes:
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
+            pass
+    for proc in processes:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
             pass

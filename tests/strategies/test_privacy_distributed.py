@@ -225,3 +225,34 @@ def test_a_dropout_tolerance_outside_zero_to_half_is_refused(bad):
     plan = accounting.RoundPlan(population=40, per_round=6, rounds=2, delta=1e-4)
     with pytest.raises(PrivacyError, match="dp-dropout-tolerance"):
         DistributedDp(noise_multiplier=1.0, clip=1.0, bits=16, plan=plan, dropout_tolerance=bad)
+
+
+def test_no_unmasked_round_spends_more_than_the_planned_worst_case_where_shares_are_small():
+    """10,000 of 10^6 clients a round at 16 bits: each share's stddev is under 1 integer unit,
+    where Theorem 1's tau grows with the number of shares. With tau taken at the clients alive,
+    every number of uploads the server unmasks (9,000-10,000, and fewer alive) spends at most
+    the planned round at each order; with tau at the survivors, all 10,000 uploading would
+    spend more than the 9,000 the noise was sized for."""
+    plan = accounting.RoundPlan(population=10**6, per_round=10_000, rounds=100, delta=1e-7)
+    sized = dict(clip=1.0, bits=16, values=1000, tolerance=0.1)
+    z = 5.2154  # the multiplier calibrated for epsilon 4 over these rounds
+    planned = planned_round_rdp(z, plan, **sized)
+    dp_ = DistributedDp(noise_multiplier=z, clip=1.0, bits=16, plan=plan, dropout_tolerance=0.1)
+    for alive, survivors in [(10_000, 9_000), (10_000, 9_500), (10_000, 10_000), (9_500, 9_500)]:
+        spec = dp_.vector_spec(alive, kept=1000, server_round=1, sampled=10_000)
+        assert math.sqrt(spec.local_variance) < 1.0
+        dp_.curve = np.zeros(len(planned))
+        dp_.summed(survivors)
+        assert np.all(dp_.curve <= planned * (1 + 1e-12)), (alive, survivors)
+    spec = dp_.vector_spec(10_000, kept=1000, server_round=1, sampled=10_000)
+    kwargs = dict(
+        clip=1.0,
+        scale=spec.scale,
+        dim=spec.rotated_length,
+        local_stddev=math.sqrt(spec.local_variance),
+        population=10**6,
+        sampled=10_000,
+    )
+    sized_for = ddg_round_rdp(clients=9_000, **kwargs)  # tau at the survivors, both
+    all_uploaded = ddg_round_rdp(clients=10_000, **kwargs)
+    assert np.any(all_uploaded > sized_for)

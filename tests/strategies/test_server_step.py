@@ -105,3 +105,17 @@ def test_frozen_arrays_stay_exactly_as_sent():
         frozen={"b": sent},
     )
     assert arrays["b"].numpy().tobytes() == sent.tobytes()
+
+
+def test_a_finite_model_from_an_overflowed_moment_is_refused_too():
+    """A pseudo-gradient past 1.8e19 squares to inf in float32: FedAdam's v_t becomes inf while
+    its model, x + m / inf, stays finite; kept, those coordinates would never move again."""
+    inner = FedAdam(eta=0.1, eta_l=0.1)
+    huge = {"w": np.array([1.0, 3e19, 3.0], np.float32), "b": START["b"]}
+    refused, stats = _step(inner, 1, huge, START)
+    assert (
+        refused is None and stats.aggregation_failure == "FedAdam's optimizer state is not finite"
+    )
+    assert inner.m_t is None and inner.v_t is None  # as before the step
+    model, _ = _step(inner, 2, {k: v + 0.1 for k, v in START.items()}, START)
+    assert all(np.isfinite(model[k]).all() for k in START)
