@@ -26,8 +26,8 @@ from client_sdk.client_round import (
     load_residual,
     store_flat_residual,
 )
+from simulations.batched.deltas import local_minus_global, trained_tensors
 from simulations.batched.pcg64 import uniform_float32
-from simulations.batched.training import local_minus_global, trained_tensors
 from wire import TensorSpec
 from wire.bitpack import packed_size
 from wire.quantize import num_chunks

@@ -48,11 +48,11 @@ from client_sdk.client_round import (
 )
 from simulations.batched.chunk_job import ChunkJob
 from simulations.batched.codec import EncodedBlock
+from simulations.batched.deltas import flat_deltas, pooled_delta, weighted_mean
 from simulations.batched.encoder import decode_chunk, encode_chunk
 from simulations.batched.encoder import handles as twins_handle
 from simulations.batched.flower_private import FAST_RECORDS
 from simulations.batched.secure import SecureRound, secure_replies
-from simulations.batched.training import flat_deltas, pooled_delta, weighted_mean
 from wire import (
     PAYLOAD_FIELD,
     POOL_ID_FIELD,

@@ -47,9 +47,10 @@ from simulations.batched.agreements import AgreementCache
 from simulations.batched.chacha import keystream_words
 from simulations.batched.chunk_job import ChunkJob
 from simulations.batched.codec import DEVICE_DRAWS, pack_rows
+from simulations.batched.deltas import local_minus_global, trained_tensors
 from simulations.batched.memory import encode_block
 from simulations.batched.pcg64 import uniform_float64
-from simulations.batched.training import TrainedChunk, local_minus_global, trained_tensors
+from simulations.batched.training import TrainedChunk
 from wire import UpdateRejected, keys
 from wire.ddp_vector import DdpVectorSpec, VectorSpec, vector_spec_from_config
 from wire.secagg import mask_stream

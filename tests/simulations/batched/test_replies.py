@@ -8,6 +8,7 @@ from flwr.app import MessageType, RecordDict
 from client_sdk.tasks import get_task
 from client_sdk.training import TrainStats
 from simulations.batched.chunk_job import ChunkJob
+from simulations.batched.deltas import POOL_BLOCK, flat_deltas, pooled_delta
 from simulations.batched.replies import (
     REPLY_PATHS,
     ReplyOptions,
@@ -15,14 +16,7 @@ from simulations.batched.replies import (
     pooled_replies,
     vectorized_replies,
 )
-from simulations.batched.training import (
-    POOL_BLOCK,
-    TrainedChunk,
-    flat_deltas,
-    pooled_delta,
-    stack_clients,
-    train_clients,
-)
+from simulations.batched.training import TrainedChunk, stack_clients, train_clients
 from tests.helpers.batched import CPU
 from tests.helpers.batched import client_data as _clients
 from tests.helpers.batched import round_plan as _plan

@@ -14,12 +14,12 @@ from client_sdk.tasks import get_task
 from client_sdk.training import train_local
 from client_sdk.weights import load_arrays
 from simulations.batched import training
+from simulations.batched.deltas import flat_deltas
 from simulations.batched.layouts import BENCHMARK_SUFFIX, CUDNN_LAYOUTS, pick_layout
 from simulations.batched.training import (
     LAYOUTS,
     NotVectorizable,
     check_sample_mean_loss,
-    flat_deltas,
     stack_clients,
     train_clients,
     vectorization_blocker,
