@@ -39,7 +39,7 @@ def _fail(command: str, err: Exception) -> None:
 
 @server_app.command("start")
 def server_start(
-    config: Path = typer.Option(None, help="TOML file with [superlink] and [run] tables."),
+    config: Path = typer.Option(None, help="TOML file with \\[superlink] and \\[run] tables."),
     state_dir: Path = _STATE,
     app_dir: Path = typer.Option(Path("."), "--app", help="The Pollen Flower App to run."),
     host: str = typer.Option(None, help="Listen address (overrides the file)."),

@@ -40,6 +40,9 @@ class CertificatePaths:
     node_keys: tuple[tuple[Path, Path], ...] = ()  # (private, public) per SuperNode
 
 
+MAX_DAYS = 100 * 366  # a certificate valid for up to a century
+
+
 def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
@@ -86,8 +89,8 @@ def create_certificates(
     overwrite: bool = False,
 ) -> CertificatePaths:
     """Write ca.crt/ca.key, server.pem/server.key and node-I.key/.pub into ``out_dir``."""
-    if days < 1:
-        raise CertificateError(f"--days must be >= 1, got {days}")
+    if not 1 <= days <= MAX_DAYS:  # X.509 dates end in 9999
+        raise CertificateError(f"--days must be in [1, {MAX_DAYS}], got {days}")
     if nodes < 0:
         raise CertificateError(f"--nodes must be >= 0, got {nodes}")
     if not hosts:

@@ -317,7 +317,7 @@ def server_status(state_dir: Path) -> dict[str, Any]:
     state = read_state(state_dir)
     if state is None:
         return {"running": False, "why": f"no {STATE_FILE} in {state_dir}"}
-    ca = Path(state["ca_cert"]) if state["ca_cert"] else None
+    ca = Path(state["ca_cert"]) if state.get("ca_cert") else None
     status: dict[str, Any] = {
         "running": alive(state["pid"]),
         "address": state["address"],

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 class MetricsLog:
@@ -32,5 +35,27 @@ class MetricsLog:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """Rows of a ``metrics.jsonl`` file."""
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """Rows of a ``metrics.jsonl`` file: each line a JSON object with an int ``round``. Other
+    lines (a last line cut by a crash mid-append, or anything else) are skipped with a warning
+    naming the file and lines, so a resume or a status never fails on them."""
+    rows: list[dict[str, Any]] = []
+    skipped: list[int] = []
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        valid = isinstance(row, dict) and isinstance(row.get("round"), int)
+        if valid and not isinstance(row["round"], bool):
+            rows.append(row)
+        else:
+            skipped.append(number)
+    if skipped:
+        shown = ", ".join(map(str, skipped[:5])) + (", ..." if len(skipped) > 5 else "")
+        log.warning(
+            "%s: skipped %d line(s) that are not a round's metrics: %s", path, len(skipped), shown
+        )
+    return rows

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from server.schema import Section, SettingError, above, at_least, one_of, setting, within
+from server.schema import Section, SettingError, at_least, one_of, setting, within
 from strategies import SUM_STRATEGIES
 from strategies.privacy.accounting import SAMPLINGS
 from strategies.privacy.distributed import MAX_TOLERANCE
 
 MAX_POPULATION = 10**9  # dp-population: clients a run may sample from
+MAX_CLIP = 1e6  # dp-clip: an update's L2 norm beyond this is no update (max-update-value's default)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -29,7 +30,9 @@ class PrivacySection(Section):
         0.0, "Noise stddev / dp-clip (0: calibrated from dp-target-epsilon).", check=at_least(0)
     )
     dp_clip: float = setting(
-        1.0, "L2 clip of each update (the start, if adaptive).", check=above(0)
+        1.0,
+        "L2 clip of each update (the start, if adaptive).",
+        check=within(0, MAX_CLIP, low_open=True),
     )
     dp_adaptive_clip: bool = setting(False, "Track the median update norm (Andrew et al. 2021).")
     dp_target_epsilon: float = setting(
@@ -73,6 +76,14 @@ class PrivacySection(Section):
                 "dp-sampling", f"{self.dp_sampling} is accounted for dp-mode central only"
             )
         if self.dp_mode == "none":
+            for key, value in (
+                ("dp-target-epsilon", self.dp_target_epsilon),
+                ("dp-noise-multiplier", self.dp_noise_multiplier),
+            ):
+                if value > 0:
+                    raise SettingError(
+                        key, "is set but dp-mode is none: the run would have no DP; set dp-mode"
+                    )
             return
         if secure_agg and share_metrics and not self.dp_client_metrics:
             raise SettingError(

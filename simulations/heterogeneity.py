@@ -88,7 +88,7 @@ def load_tiers(spec: str) -> tuple[DeviceTier, ...]:
     try:
         rows = json.loads(path.read_text())
         tiers = tuple(DeviceTier(**row) for row in rows)
-    except (OSError, json.JSONDecodeError, TypeError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError) as err:
         raise HeterogeneityError(
             f"device tiers {spec!r}: expected 'default' or a JSON list of objects with name, "
             f"share, step_s, uplink_mbps, downlink_mbps ({err})"

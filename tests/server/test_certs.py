@@ -40,7 +40,12 @@ def test_existing_certificates_are_kept_unless_forced(tmp_path):
 
 @pytest.mark.parametrize(
     ("kwargs", "flag"),
-    [({"hosts": ["a b"]}, "--host"), ({"days": 0}, "--days"), ({"hosts": []}, "--host")],
+    [
+        ({"hosts": ["a b"]}, "--host"),
+        ({"days": 0}, "--days"),
+        ({"days": 10**8}, "--days"),
+        ({"hosts": []}, "--host"),
+    ],
 )
 def test_bad_requests_name_the_flag(tmp_path, kwargs, flag):
     with pytest.raises(CertificateError, match=flag):

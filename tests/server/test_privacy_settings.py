@@ -14,13 +14,21 @@ from strategies.privacy.accounting import epsilon
         ({}, "dp-noise-multiplier", "exactly one"),
         ({"dp_noise_multiplier": 1.0, "dp_target_epsilon": 3.0}, "dp-noise-multiplier", "one"),
         ({"dp_noise_multiplier": -1.0}, "dp-noise-multiplier", ">= 0"),
-        ({"dp_clip": 0.0}, "dp-clip", "> 0"),
+        ({"dp_clip": 0.0}, "dp-clip", "must be in"),
+        ({"dp_clip": 1e300, "dp_noise_multiplier": 1.0}, "dp-clip", "must be in"),
     ],
 )
 def test_refusals_name_the_setting(kwargs, key, why):
     with pytest.raises(RunConfigError, match=why) as err:
         RunSettings(dp_mode="central", **kwargs)
     assert err.value.key == key
+
+
+@pytest.mark.parametrize("key", ["dp_target_epsilon", "dp_noise_multiplier"])
+def test_a_dp_budget_without_a_dp_mode_is_refused_not_run_without_dp(key):
+    with pytest.raises(RunConfigError, match="dp-mode is none: the run would have no DP") as err:
+        RunSettings(**{key: 8.0})
+    assert err.value.key == key.replace("_", "-")
 
 
 def test_central_dp_is_calibrated_for_the_planned_rounds():
