@@ -99,7 +99,8 @@ task = Task(
 README = """\
 # {name}
 
-A federated learning app on Pollen (built on [Flower](https://flower.ai)): your Task is in `task.py`.
+A federated learning app on Pollen (built on [Flower](https://flower.ai)): your Task is in
+`task.py`.
 
 ```bash
 # simulate 20 clients on this machine (Pollen's batched engine or Flower's)
