@@ -53,6 +53,7 @@ from strategies.schedules import MetricsAggregation, parse_schedule
 from wire import keys
 
 log = logging.getLogger(__name__)
+PREVIOUS_METRICS = "metrics.previous.jsonl"  # --resume without a checkpoint keeps the old log
 
 RoundCallback = Callable[[dict[str, Any]], None]
 MODEL_FILE = "final_model.npz"
@@ -138,7 +139,16 @@ def run_federation(
         check_resumable(checkpoint, asdict(settings), defaults=defaults_of(type(settings)))
         log.info("resuming %s after round %d", out_dir, checkpoint.server_round)
     elif settings.resume:
-        log.info("no checkpoint in %s: starting from round 1", out_dir)
+        previous = out_dir / "metrics.jsonl"
+        if previous.is_file():  # a run whose checkpoint is gone: keep its log, start afresh
+            kept = previous.replace(out_dir / PREVIOUS_METRICS)
+            log.warning(
+                "no checkpoint in %s: starting from round 1 (its log kept as %s)",
+                out_dir,
+                kept.name,
+            )
+        else:
+            log.info("no checkpoint in %s: starting from round 1", out_dir)
     (out_dir / "run_config.json").write_text(json.dumps(asdict(settings), indent=2))
     (out_dir / ABORT_FILE).unlink(missing_ok=True)
     task = get_task(settings.task)

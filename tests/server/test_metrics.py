@@ -52,3 +52,17 @@ def test_a_resume_after_a_cut_metrics_line_continues_and_keeps_every_round(tmp_p
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert [row["round"] for row in rows] == [0, 1, 2, 3]
     assert rows[:3] == [json.loads(line) for line in before.decode().splitlines()]
+
+
+def test_a_resume_without_a_checkpoint_starts_afresh_and_keeps_the_old_log(tmp_path):
+    """The checkpoint is gone (deleted, another disk): `--resume` starts at round 1 and the
+    previous run's metrics.jsonl is kept beside the new one, not overwritten."""
+    old = b'{"round": 0, "accuracy": 0.1}\n{"round": 1, "accuracy": 0.2}\n'
+    (tmp_path / "metrics.jsonl").write_bytes(old)
+    result = CliRunner().invoke(
+        app, ["simulate", *ARGS, "--rounds", "1", "--resume", "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "metrics.previous.jsonl").read_bytes() == old
+    assert [row["round"] for row in read_metrics(tmp_path / "metrics.jsonl")] == [0, 1]
+    assert read_metrics(tmp_path / "metrics.jsonl")[1]["accuracy"] != 0.2
